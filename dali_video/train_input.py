@@ -1,0 +1,93 @@
+"""dali-video-train: train a small Keras video model with model.fit on clips from dali-video.
+
+With no --data it builds a small sample dataset (cached) and trains on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def small_video_model(num_classes: int, clip_len: int, crop_size: int):
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    return tf.keras.Sequential([
+        layers.Input((clip_len, crop_size, crop_size, 3)),
+        layers.Conv3D(16, 3, strides=(1, 2, 2), padding="same", activation="relu"),
+        layers.Conv3D(32, 3, strides=2, padding="same", activation="relu"),
+        layers.GlobalAveragePooling3D(),
+        layers.Dense(num_classes),
+    ])
+
+
+def _num_classes(data, split) -> int:
+    from .sampling import load_table
+
+    return int(load_table(data, split).label.max()) + 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
+    p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
+    p.add_argument("--split", help="split of a dataset folder that holds several")
+    p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--crop-size", type=int, default=112)
+    p.add_argument("--resize-shorter", type=int, help="resize frames before cropping (default: as stored)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    from .dataset import clip_dataset, steps_per_epoch
+    from .sample_data import sample_dataset
+
+    data = args.data or str(sample_dataset())
+    device = "cpu" if args.cpu else "gpu"
+    if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        print("dali-video-train: no GPU visible to TensorFlow; using the CPU fallback (--cpu)", file=sys.stderr)
+        device = "cpu"
+    kw = dict(batch_size=args.batch_size, clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,
+              resize_shorter=args.resize_shorter, split=args.split)
+    try:
+        ds = clip_dataset(data, device=device, seed=args.seed, **kw)
+        steps = args.steps_per_epoch or steps_per_epoch(data, **kw)
+        num_classes = _num_classes(data, args.split)
+    except (ValueError, OSError) as e:
+        print(f"dali-video-train: error: {e}", file=sys.stderr)
+        return 1
+    tf.keras.utils.set_random_seed(args.seed)
+    model = small_video_model(num_classes, args.clip_len, args.crop_size)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+    class Speed(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.start
+            clips = steps * args.batch_size
+            print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
+                              "accuracy": round(float(logs["accuracy"]), 4),
+                              "clips_per_s": round(clips / seconds, 1),
+                              "frames_per_s": round(clips * args.clip_len / seconds, 1)}), flush=True)
+
+    print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {args.clip_len}"
+          f"x{args.crop_size}x{args.crop_size}, {num_classes} classes", flush=True)
+    model.fit(ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=[Speed()], verbose=0, shuffle=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Every on-disk fact of dali-video: TFRecord framing, feature keys, shard names and index files.
+
+This module is the bottom layer: it imports nothing else from the project.
+
+Files next to a shard ``NAME.tfrecord``:
+  ``NAME.tfrecord.idx``   DALI's ``tfrecord2idx`` index: one ``"<offset> <record size>\\n"`` line per record.
+  ``NAME.tfrecord.fidx``  the frame index (below): where every JPEG of every video lies in the shard.
+
+Frame index, version 1 (little-endian):
+  bytes 0-7   magic ``b"DVFIDX\\x00\\x01"``
+  bytes 8-11  u32 length H of the JSON header that follows (UTF-8)
+  H bytes     JSON header: format version, shard size and record count (to detect a stale index),
+              the frame layout, per-video columns (filename, label, ...), the frame table's offset,
+              row count and CRC32C
+  padding to a multiple of 16, then the frame table: one 16-byte row per frame, video after video,
+  in frame order: u64 absolute offset of the JPEG in the shard, u32 its length, u32 its CRC32C.
+A reader loads the header and reads only the rows of the frames it needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import crc32c as _crc32c
+import numpy as np
+
+FORMAT_VERSION = 1
+SHARD_SUFFIX = ".tfrecord"
+IDX_SUFFIX = ".idx"
+FIDX_SUFFIX = ".fidx"
+FIDX_MAGIC = b"DVFIDX\x00\x01"
+MANIFEST_SUFFIX = ".manifest.json"
+_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
+
+# Feature keys of the dali-video layout (one tf.train.Example per video).
+FRAMES = "frames"
+NUM_FRAMES = "num_frames"
+HEIGHT = "height"
+WIDTH = "width"
+CHANNELS = "channels"
+CLASS_LABEL = "class_label"
+CLASS_TEXT = "class_text"
+FILENAME = "filename"
+# Layouts written by other tools: frames as one feature each (``frames/0000``), or a
+# tf.train.SequenceExample with one frame per element of a feature list (DeepMind DMVR).
+FRAME_FEATURE_RE = re.compile(r"^frames/(\d+)$")
+SEQUENCE_FRAME_KEYS = ("image/encoded", "frames")
+LABEL_KEYS = (CLASS_LABEL, "label", "clip/label/index", "image/class/label")
+FILENAME_KEYS = (FILENAME, "video_id", "clip/id", "filename/raw")
+CLASS_TEXT_KEYS = (CLASS_TEXT, "clip/label/text", "label/text")
+LAYOUTS = ("example", "frame_features", "sequence_example")
+
+FRAME_ROW = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
+_HEADER_KEYS = ("version", "shard_size", "num_records", "layout", "frames_key", "frame_table_offset",
+                "num_frame_rows", "frame_table_crc", "videos")
+VIDEO_COLUMNS = ("record", "record_offset", "record_length", "num_frames", "height", "width",
+                 "label", "filename", "class_text")
+MAX_RECORD_BYTES = 1 << 34  # 16 GiB: a larger length field is corruption, never an allocation
+
+
+class FormatError(ValueError):
+    """A file does not hold what its format promises; the message names file, record and offset."""
+
+
+def crc32c(data) -> int:
+    return _crc32c.crc32c(data)
+
+
+def masked_crc(data) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- shard names
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    m = _SHARD_RE.match(name)
+    return (m["split"], int(m["index"]), int(m["count"])) if m else None
+
+
+def idx_path(shard) -> Path:
+    return Path(str(shard) + IDX_SUFFIX)
+
+
+def fidx_path(shard) -> Path:
+    return Path(str(shard) + FIDX_SUFFIX)
+
+
+def manifest_path(folder, split: str) -> Path:
+    return Path(folder) / f"{split}{MANIFEST_SUFFIX}"
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the file appears only complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- TFRecord framing
+
+def encode_record(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data))
+
+
+RECORD_OVERHEAD = 16  # u64 length, u32 length CRC, ..., u32 data CRC
+
+
+def check_not_gzip(path, head: bytes) -> None:
+    if head[:2] == b"\x1f\x8b":
+        raise FormatError(f"{path}: the file is GZIP-compressed; DALI and dali-video read only "
+                          f"uncompressed TFRecords. Decompress it (gunzip -c {Path(path).name} > "
+                          f"{Path(path).stem}.tfrecord) and index that.")
+
+
+def scan_records(path, *, check_data_crc: bool = True):
+    """Yield ``(offset, size, data)`` for every record of a TFRecord file; ``size`` counts the framing.
+
+    Raises FormatError naming the file, the record number and the byte offset of the first problem.
+    """
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        check_not_gzip(path, f.read(2))
+        f.seek(0)
+        offset, number = 0, 0
+        while offset < file_size:
+            where = f"{path}: record {number} at byte {offset}"
+            head = f.read(12)
+            if len(head) < 12:
+                raise FormatError(f"{where}: truncated header ({len(head)} of 12 bytes)")
+            (length,) = struct.unpack_from("<Q", head)
+            if struct.unpack_from("<I", head, 8)[0] != masked_crc(head[:8]):
+                raise FormatError(f"{where}: length field fails its CRC (corrupt length or not a TFRecord file)")
+            if length > min(MAX_RECORD_BYTES, file_size - offset - RECORD_OVERHEAD):
+                raise FormatError(f"{where}: record length {length} runs past the end of the file "
+                                  f"({file_size} bytes): the file is truncated")
+            data = f.read(length)
+            footer = f.read(4)
+            if check_data_crc and struct.unpack("<I", footer)[0] != masked_crc(data):
+                raise FormatError(f"{where}: data fails its CRC (corrupt record)")
+            yield offset, length + RECORD_OVERHEAD, data
+            offset += length + RECORD_OVERHEAD
+            number += 1
+
+
+# ---------------------------------------------------------------- DALI .idx
+
+def format_idx(entries) -> bytes:
+    """DALI's tfrecord2idx text: ``"<offset> <size>\\n"`` per record."""
+    return "".join(f"{offset} {size}\n" for offset, size in entries).encode()
+
+
+def read_idx(path) -> list[tuple[int, int]]:
+    entries = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f):
+            parts = line.split()
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise FormatError(f"{path}: line {number + 1} is not '<offset> <size>': {line[:80]!r}")
+            entries.append((int(parts[0]), int(parts[1])))
+    return entries
+
+
+# ---------------------------------------------------------------- frame index
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """The header of a ``.fidx`` file; frame rows are read on demand with :meth:`read_rows`."""
+
+    path: Path
+    shard_size: int
+    num_records: int
+    layout: str
+    frames_key: str
+    frame_table_offset: int
+    num_frame_rows: int
+    frame_table_crc: int
+    videos: dict  # column name -> list, one entry per video (VIDEO_COLUMNS)
+    notes: dict  # free-form notes of the tool that wrote the shard (the writer's failures, say)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.videos["record"])
+
+    def frame_starts(self) -> np.ndarray:
+        """Row of each video's first frame in the frame table."""
+        counts = np.asarray(self.videos["num_frames"], dtype=np.int64)
+        return np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
+
+    def read_rows(self, first: int, count: int, fd: int | None = None) -> np.ndarray:
+        """Rows ``first .. first+count-1`` of the frame table (one read; ``fd``: this file, open)."""
+        if first < 0 or count < 0 or first + count > self.num_frame_rows:
+            raise FormatError(f"{self.path}: frame rows {first}..{first + count} outside the table "
+                              f"of {self.num_frame_rows} rows")
+        start = self.frame_table_offset + first * FRAME_ROW.itemsize
+        size = count * FRAME_ROW.itemsize
+        if fd is None:
+            with open(self.path, "rb") as f:
+                data = os.pread(f.fileno(), size, start)
+        else:
+            data = os.pread(fd, size, start)
+        if len(data) != size:
+            raise FormatError(f"{self.path}: frame table truncated (wanted {size} bytes at {start})")
+        return np.frombuffer(data, dtype=FRAME_ROW)
+
+
+def encode_frame_index(*, shard_size: int, num_records: int, layout: str, frames_key: str,
+                       videos: dict, rows: np.ndarray, notes: dict | None = None) -> bytes:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+    missing = [c for c in VIDEO_COLUMNS if c not in videos]
+    if missing:
+        raise ValueError(f"video columns missing: {missing}")
+    rows = np.ascontiguousarray(rows, dtype=FRAME_ROW)
+    if int(sum(videos["num_frames"])) != len(rows):
+        raise ValueError(f"{len(rows)} frame rows for {sum(videos['num_frames'])} frames")
+    table = rows.tobytes()
+    header = {"version": FORMAT_VERSION, "shard_size": shard_size, "num_records": num_records,
+              "layout": layout, "frames_key": frames_key, "frame_table_offset": 0, "num_frame_rows": len(rows),
+              "frame_table_crc": crc32c(table), "videos": {c: list(videos[c]) for c in VIDEO_COLUMNS},
+              "notes": notes or {}}
+    # The offset depends on the header's own length: settle it with a fixed-width placeholder.
+    header["frame_table_offset"] = 10 ** 15
+    size = len(json.dumps(header).encode())
+    header["frame_table_offset"] = _align(12 + size, 16)
+    text = json.dumps(header).encode().ljust(size)
+    out = FIDX_MAGIC + struct.pack("<I", len(text)) + text
+    return out + b"\x00" * (header["frame_table_offset"] - len(out)) + table
+
+
+def _align(n: int, k: int) -> int:
+    return (n + k - 1) // k * k
+
+
+def read_frame_index(path) -> FrameIndex:
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:8] != FIDX_MAGIC:
+            raise FormatError(f"{path}: not a dali-video frame index (bad magic {head[:8]!r}); "
+                              f"rebuild it with: dali-video-index build {_shard_of(path)}")
+        (size,) = struct.unpack_from("<I", head, 8)
+        file_size = os.fstat(f.fileno()).st_size
+        if size > file_size - 12:
+            raise FormatError(f"{path}: header length {size} runs past the end of the file ({file_size} bytes)")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
+        raise FormatError(f"{path}: header lacks fields {[k for k in _HEADER_KEYS if k not in header]}")
+    if header["version"] != FORMAT_VERSION:
+        raise FormatError(f"{path}: frame index version {header['version']}, this dali-video reads "
+                          f"version {FORMAT_VERSION}; rebuild: dali-video-index build {_shard_of(path)}")
+    videos = header["videos"]
+    if not isinstance(videos, dict) or any(not isinstance(videos.get(c), list) for c in VIDEO_COLUMNS) \
+            or len({len(videos[c]) for c in VIDEO_COLUMNS}) != 1:
+        raise FormatError(f"{path}: video columns malformed")
+    end = header["frame_table_offset"] + header["num_frame_rows"] * FRAME_ROW.itemsize
+    if end != file_size or sum(videos["num_frames"]) != header["num_frame_rows"]:
+        raise FormatError(f"{path}: frame table holds {(file_size - header['frame_table_offset']) // 16} "
+                          f"rows, header promises {header['num_frame_rows']}: truncated or corrupt")
+    return FrameIndex(path=path, notes=header.get("notes") or {},
+                      **{k: header[k] for k in _HEADER_KEYS if k != "version"})
+
+
+def _shard_of(fidx) -> str:
+    s = str(fidx)
+    return s[: -len(FIDX_SUFFIX)] if s.endswith(FIDX_SUFFIX) else s
+
+
+def check_fresh(shard, index: FrameIndex) -> None:
+    """Raise FormatError when the shard changed after its frame index was written."""
+    size = os.path.getsize(shard)
+    if size != index.shard_size:
+        raise FormatError(f"{index.path}: stale frame index: the shard is {size} bytes, the index was "
+                          f"built for {index.shard_size}. Rebuild it: dali-video-index build {shard}")
+
+
+# ---------------------------------------------------------------- JPEG
+
+def jpeg_size(data) -> tuple[int, int]:
+    """(height, width) from a JPEG's SOF marker, without decoding."""
+    data = memoryview(data)
+    if bytes(data[:2]) != b"\xff\xd8":
+        raise FormatError("not a JPEG (no SOI marker)")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise FormatError(f"JPEG marker expected at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        seg = struct.unpack_from(">H", data, i + 2)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                break
+            h, w = struct.unpack_from(">HH", data, i + 5)
+            return h, w
+        i += 2 + seg
+    raise FormatError("JPEG has no frame header (SOF)")

@@ -1,0 +1,261 @@
+"""dali_video on the CPU fallback: clip sampling, pixels, epochs, shards, errors, model.fit."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dali_video
+from dali_video.sample_data import frame_number
+from dali_video.sampling import ClipSpec, crop_windows, load_table
+from index_tools import FormatError, build, read_frame_index
+from index_tools import format as fmt
+
+from .conftest import ROOT
+from .test_index_tools import _write_tf_layout
+
+CPU = dict(device="cpu", dtype="uint8", std=(1.0, 1.0, 1.0))
+
+
+def batches(files, n, **kw):
+    ds = dali_video.clip_dataset(files, with_meta=True, **{**CPU, **kw})
+    return [(c.numpy(), lab.numpy(), {k: v.numpy() for k, v in m.items()}) for c, lab, m in ds.take(n)]
+
+
+def clips_of(files, n, **kw):
+    """(clip, label, filename, first_frame) for every clip of n batches."""
+    return [(c, lab, name.decode(), first) for clips, labels, meta in batches(files, n, **kw)
+            for c, lab, name, first in zip(clips, labels, meta["filename"], meta["first_frame"])]
+
+
+def numbers(clip):
+    return [frame_number(f) for f in clip]
+
+
+def test_training_clips_are_contiguous_in_bounds_labelled_and_cover_each_epoch(dataset):
+    table = load_table(dataset)
+    frames = dict(zip(table.filename, table.num_frames))
+    label = dict(zip(table.filename, table.label))
+    clips = clips_of(dataset, 10, batch_size=2, clip_len=6, stride=3, crop_size=32, seed=5)
+    for clip, lab, name, first in clips:
+        got = numbers(clip)
+        assert got == [first + 3 * i for i in range(6)], (name, got)
+        assert got[-1] < frames[name]
+        assert lab == label[name] == {"a": 0, "b": 1}[name[0]]
+    for epoch in range(2):  # 10 videos, batch 2: 5 batches an epoch
+        assert sorted(c[2] for c in clips[epoch * 10:(epoch + 1) * 10]) == sorted(frames)
+    assert [c[2] for c in clips[:10]] != [c[2] for c in clips[10:]]  # a new order each epoch
+
+
+def test_same_seed_same_clips_other_seed_other_clips(dataset):
+    kw = dict(batch_size=4, clip_len=4, crop_size=24)
+    a, b = batches(dataset, 3, seed=1, **kw), batches(dataset, 3, seed=1, **kw)
+    c = batches(dataset, 3, seed=2, **kw)
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[2]["first_frame"], y[2]["first_frame"])
+               for x, y in zip(a, b))
+    assert any(not np.array_equal(x[0], z[0]) for x, z in zip(a, c))
+
+
+def test_shards_are_disjoint_and_cover_the_data(dataset):
+    names = []
+    for shard_id in range(3):
+        p = dali_video.clip_pipeline(dataset, batch_size=1, clip_len=2, crop_size=16, device="cpu",
+                                     shard_id=shard_id, num_shards=3)
+        names.append({p.table.filename[v] for v in p.videos})
+        p.close()
+    assert not names[0] & names[1] and not names[1] & names[2] and not names[0] & names[2]
+    assert set().union(*names) == set(load_table(dataset).filename)
+    with pytest.raises(ValueError, match="shard 10 of 11 gets no videos: the dataset has 10"):
+        dali_video.clip_pipeline(dataset, batch_size=1, clip_len=2, crop_size=16, device="cpu", shard_id=10,
+                                 num_shards=11)
+
+
+def source_frame(files, name, k):
+    """Frame k of video ``name``, decoded from the shard (RGB)."""
+    table = load_table(files)
+    v = list(table.filename).index(name)
+    index = table.shards[table.shard[v]]
+    row = index.read_rows(int(table.frame_start[v]) + k, 1)[0]
+    with open(index.path.with_suffix(""), "rb") as f:
+        f.seek(int(row["offset"]))
+        return cv2.imdecode(np.frombuffer(f.read(int(row["length"])), np.uint8), cv2.IMREAD_COLOR_RGB)
+
+
+def test_crop_and_flip_are_the_same_for_all_frames_of_a_clip(dataset):
+    windows = []
+    for clip, _, name, first in clips_of(dataset, 3, batch_size=4, clip_len=6, crop_size=32, seed=0):
+        found = set()
+        for t, frame in enumerate(clip):
+            source = source_frame(dataset, name, first + t).astype(int)
+            frame = frame.astype(int)
+            errors = {}
+            for y in range(48 - 32 + 1):
+                for x in range(64 - 32 + 1):
+                    window = source[y:y + 32, x:x + 32]
+                    for flip in (0, 1):
+                        errors[y, x, flip] = np.abs(frame - (window[:, ::-1] if flip else window)).mean()
+            exact = {w for w, e in errors.items() if e == 0}  # flat rows can match at several y
+            assert exact, (name, first + t)
+            found = exact if t == 0 else found & exact
+        assert found, name  # one window and flip reproduce every frame of the clip
+        windows.append(found)
+    assert {f for w in windows for *_, f in w} == {0, 1}  # both flipped and unflipped clips occur
+    assert len({frozenset((x, f) for _, x, f in w) for w in windows}) > 2  # windows differ between clips
+
+
+def test_uint8_output_is_exactly_the_decoded_pixels(dataset):
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    index = read_frame_index(fmt.fidx_path(shard))
+    data = shard.read_bytes()
+    starts = index.frame_starts()
+    for clip, _, name, first in clips_of([shard], 1, batch_size=3, clip_len=5, crop_size=32, training=False):
+        v = index.videos["filename"].index(name)
+        y, x = (48 - 32) // 2, (64 - 32) // 2
+        for t in range(5):
+            row = index.read_rows(int(starts[v]) + first + t, 1)[0]
+            jpeg = data[row["offset"]:row["offset"] + row["length"]]
+            expected = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR_RGB)[y:y + 32, x:x + 32]
+            assert np.array_equal(clip[t], expected)
+
+
+def test_evaluation_centres_clips_and_crops(dataset):
+    table = load_table(dataset)
+    frames = dict(zip(table.filename, table.num_frames))
+    clips = clips_of(dataset, 5, batch_size=2, clip_len=8, crop_size=32, training=False)
+    for clip, _, name, first in clips[:10]:
+        assert first == (frames[name] - 8) // 2
+        red = clip[..., 0].astype(int).mean(axis=(0, 1))
+        assert red[0] < red[-1]  # never flipped
+    assert [c[2] for c in clips[:10]] == list(table.filename)  # in order, once each
+    spec = ClipSpec(clip_len=8, crop_size=32)
+    assert [w[:2] for w in crop_windows(48, 64, spec, rng=None, num_crops=3)] == [(8, 0), (8, 16), (8, 32)]
+    multi = clips_of(dataset, 3, batch_size=6, clip_len=4, crop_size=32, training=False, clips_per_video=2,
+                     num_crops=3)
+    name = multi[0][2]
+    assert [c[2] for c in multi[:6]] == [name] * 6
+    assert [c[3] for c in multi[:6]] == [0] * 3 + [frames[name] - 4] * 3
+
+
+@pytest.mark.parametrize("policy", ["repeat_last", "loop", "skip"])
+def test_short_video_policies(dataset, policy):
+    table = load_table(dataset)
+    frames = dict(zip(table.filename, table.num_frames))
+    clip_len = 30  # longer than some videos (20-40 frames)
+    short = {n for n, f in frames.items() if f < clip_len}
+    assert short and short != set(frames)
+    clips = clips_of(dataset, 3, batch_size=4, clip_len=clip_len, crop_size=16, short_videos=policy, seed=0)
+    seen = set()
+    for clip, _, name, first in clips:
+        seen.add(name)
+        n = frames[name]
+        got = numbers(clip)
+        if name not in short:
+            assert got == list(range(first, first + clip_len))
+        elif policy == "repeat_last":
+            assert got == [min(i, n - 1) for i in range(clip_len)]
+        else:
+            assert got == [i % n for i in range(clip_len)]
+    if policy == "skip":
+        assert not seen & short
+    else:
+        assert seen & short
+
+
+def test_resize_shorter_then_crop(dataset):
+    clips = clips_of(dataset, 1, batch_size=2, clip_len=3, crop_size=40, resize_shorter=40, training=False,
+                     device="cpu", dtype="float32", std=(255, 255, 255))
+    for clip, _, _, first in clips:
+        assert clip.shape == (3, 40, 40, 3) and clip.dtype == np.float32 and 0 <= clip.min() and clip.max() <= 1
+        assert numbers((clip * 255).round()) == [first, first + 1, first + 2]
+
+
+def test_loads_tensorflow_written_layouts(tmp_path):
+    for layout in ("example", "sequence_example", "frame_features"):
+        shard = _write_tf_layout(tmp_path / f"{layout}.tfrecord", layout, videos=4, frames=10)
+        build(shard)
+        for clip, label, name, first in clips_of([shard], 2, batch_size=2, clip_len=4, crop_size=16, seed=0):
+            assert numbers(clip) == list(range(first, first + 4))
+            assert label in (0, 1, 2, 3)
+
+
+def test_missing_and_stale_indexes_say_how_to_rebuild(dataset_copy):
+    shard = sorted(Path(dataset_copy).glob("*.tfrecord"))[0]
+    fmt.fidx_path(shard).rename(str(shard) + ".bak")
+    with pytest.raises(FormatError, match="index missing for shard .* dali-video-index build"):
+        dali_video.clip_pipeline(dataset_copy, batch_size=1, clip_len=2, device="cpu")
+    Path(str(shard) + ".bak").rename(fmt.fidx_path(shard))
+    with open(shard, "ab") as f:
+        f.write(b"\0" * 10)
+    with pytest.raises(FormatError, match="stale frame index.*dali-video-index build"):
+        dali_video.clip_pipeline(dataset_copy, batch_size=1, clip_len=2, device="cpu")
+
+
+def test_corrupt_frame_names_shard_video_and_frame(dataset_copy):
+    shard = sorted(Path(dataset_copy).glob("*.tfrecord"))[0]
+    index = read_frame_index(fmt.fidx_path(shard))
+    data = bytearray(shard.read_bytes())
+    for row in index.read_rows(0, index.num_frame_rows):
+        data[int(row["offset"]) + int(row["length"]) // 2] ^= 0xFF  # every frame of the shard
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"tfrecord: video '.*' frame \d+ at byte \d+ fails its CRC32C"):
+        batches([shard], 1, batch_size=1, clip_len=2, crop_size=16)
+
+
+def test_arguments_are_validated_with_allowed_values(dataset):
+    cases = [(dict(clip_len=0), "clip_len must be an integer >= 1"),
+             (dict(stride=-1), "stride must be an integer >= 1"),
+             (dict(device="tpu"), r"device must be one of \('gpu', 'cpu'\)"),
+             (dict(dtype="int7"), "dtype must be one of"),
+             (dict(short_videos="pad"), "short_videos must be one of"),
+             (dict(crop_size=100), "smaller than crop_size \\(100\\); pass resize_shorter"),
+             (dict(resize_shorter=50, crop_size=64), "resize_shorter must be None or an integer >= crop_size"),
+             (dict(num_crops=2), r"num_crops must be one of \(1, 3\)")]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            dali_video.clip_pipeline(dataset, batch_size=2, **{"device": "cpu", "clip_len": 4, "crop_size": 16, **kw})
+
+
+def test_model_fit_runs_on_the_dataset(dataset):
+    ds = dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="cpu", seed=0)
+    clips, labels = next(iter(ds))
+    assert clips.shape == (2, 4, 32, 32, 3) and clips.dtype == tf.float32 and labels.shape == (2,)
+    assert ds.element_spec[0].shape == (2, 4, 32, 32, 3)
+    model = tf.keras.Sequential([tf.keras.layers.Input((4, 32, 32, 3)), tf.keras.layers.Conv3D(4, 3),
+                                 tf.keras.layers.GlobalAveragePooling3D(), tf.keras.layers.Dense(2)])
+    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    steps = dali_video.steps_per_epoch(dataset, batch_size=2, clip_len=4, crop_size=32)
+    assert steps == 5
+    history = model.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import dali_video
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ds = dali_video.distribute(strategy, sys.argv[1], global_batch_size=4, clip_len=3, crop_size=16,
+                           with_meta=True, device="cpu", dtype="uint8", std=(1, 1, 1))
+names = [set(), set()]
+it = iter(ds)
+for _ in range(4):
+    clips, _, meta = next(it)
+    assert [c.shape for c in strategy.experimental_local_results(clips)] == [(2, 3, 16, 16, 3)] * 2
+    for r, value in enumerate(strategy.experimental_local_results(meta["filename"])):
+        names[r] |= {n.decode() for n in value.numpy()}
+print(sorted(names[0]), sorted(names[1]))
+assert names[0] and names[1] and not names[0] & names[1], names
+print("replicas disjoint")
+"""
+
+
+def test_mirrored_strategy_gives_each_replica_its_own_shard(dataset):
+    proc = subprocess.run([sys.executable, "-c", MIRRORED, str(dataset)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert "replicas disjoint" in proc.stdout, proc.stdout + proc.stderr[-3000:]

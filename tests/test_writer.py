@@ -1,0 +1,171 @@
+"""writer: round trip through plain TensorFlow, determinism, resume after kill, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dali_video.sample_data import frame_number, make_video
+from index_tools import verify
+from index_tools import format as fmt
+from writer import EncodeOptions, VideoSpec, encode_video, plan_shards
+
+from .conftest import ROOT, run_module
+
+
+def _read_with_tensorflow(shards):
+    """The seed code users have: parse_single_example with VarLenFeature(tf.string)."""
+    spec = {"frames": tf.io.VarLenFeature(tf.string), "num_frames": tf.io.FixedLenFeature([], tf.int64),
+            "class_label": tf.io.FixedLenFeature([], tf.int64), "class_text": tf.io.FixedLenFeature([], tf.string),
+            "filename": tf.io.FixedLenFeature([], tf.string), "height": tf.io.FixedLenFeature([], tf.int64),
+            "width": tf.io.FixedLenFeature([], tf.int64), "channels": tf.io.FixedLenFeature([], tf.int64)}
+    for record in tf.data.TFRecordDataset([str(s) for s in shards]):
+        yield tf.io.parse_single_example(record, spec)
+
+
+def test_round_trip_every_frame_and_label(dataset, videos):
+    shards = sorted(dataset.glob("*.tfrecord"))
+    seen = {}
+    for ex in _read_with_tensorflow(shards):
+        frames = tf.sparse.to_dense(ex["frames"]).numpy()
+        name = ex["filename"].numpy().decode()
+        assert len(frames) == ex["num_frames"].numpy()
+        assert [frame_number(tf.io.decode_jpeg(f).numpy()) for f in frames] == list(range(len(frames)))
+        assert tf.io.decode_jpeg(frames[0]).shape == (48, 64, 3)
+        assert (ex["height"].numpy(), ex["width"].numpy(), ex["channels"].numpy()) == (48, 64, 3)
+        assert ex["class_text"].numpy().decode() == name.split("/")[0]
+        assert ex["class_label"].numpy() == {"a": 0, "b": 1}[name.split("/")[0]]
+        seen[name] = len(frames)
+    expected = {f"{p.parent.name}/{p.name}" for p in Path(videos).glob("*/*.avi")}
+    assert set(seen) == expected
+    manifest = json.loads((dataset / "train.manifest.json").read_text())
+    assert manifest["classes"] == ["a", "b"] and manifest["videos"] == 10 and manifest["failures"] == []
+    assert {k: v for s in manifest["shards"] for k, v in s["num_frames"].items()} == seen
+
+
+def test_output_is_identical_for_any_worker_count(videos, dataset, tmp_path):
+    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", "--workers", "1")
+    names = sorted(p.name for p in dataset.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (dataset / name).read_bytes(), name
+
+
+def test_plan_is_pure_and_covers_every_video():
+    specs = [VideoSpec(f"/v/{i}", f"{i}", i % 3, "c", "train") for i in range(17)]
+    a, b = plan_shards(specs, {"train": 4}, seed=3), plan_shards(specs[::-1], {"train": 4}, seed=3)
+    assert a == b
+    assert sorted(v.filename for p in a for v in p.videos) == sorted(s.filename for s in specs)
+    assert [len(p.videos) for p in a] == [4, 4, 4, 5]
+    assert a != plan_shards(specs, {"train": 4}, seed=4)
+
+
+def test_resize_fps_and_max_frames(tmp_path):
+    path = make_video(tmp_path / "v.avi", 50, 60, 80, fps=25)
+    spec = VideoSpec(str(path), "v.avi", 0, "x", "train")
+    out = encode_video(spec, EncodeOptions(resize_shorter=30, fps=12.5, max_frames=10))
+    assert (out.meta.height, out.meta.width) == (30, 40)
+    frames = [tf.io.decode_jpeg(out.data[o:o + n]).numpy() for o, n in out.spans]
+    assert [frame_number(f) for f in frames] == list(range(0, 20, 2))
+
+
+def test_kinetics_csv_trims_full_videos_and_finds_trimmed_clips(tmp_path):
+    root = tmp_path / "videos"
+    make_video(root / "full" / "abc.avi", 100, fps=10)  # 10 s
+    make_video(root / "clips" / "xyz_000002_000004.avi", 20, fps=10)
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                   "run,abc,3,5,train\njump,xyz,2,4,train\nrun,missing,0,10,train\n"
+                   "run,abc,30,40,train\njump,xyz,2,4,train\n")
+    proc = run_module("writer", root, tmp_path / "out", "--kinetics", csv, "--resize", "0")
+    assert "3 skipped" in proc.stdout
+    manifest = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
+    reasons = {f["filename"]: f["reason"] for f in manifest["failures"]}
+    assert "no video missing_000000_000010.mp4" in reasons["missing_000000_000010"]
+    assert "segment [30, 40)" in reasons["abc_000030_000040.mp4"]
+    assert "duplicate of" in reasons["xyz_000002_000004"]
+    shards = sorted((tmp_path / "out").glob("*.tfrecord"))
+    got = {ex["filename"].numpy().decode(): [frame_number(tf.io.decode_jpeg(f).numpy())
+                                              for f in tf.sparse.to_dense(ex["frames"]).numpy()]
+           for ex in _read_with_tensorflow(shards)}
+    assert got["abc_000003_000005.mp4"] == list(range(30, 50))
+    assert got["xyz_000002_000004.mp4"] == list(range(20))
+    assert manifest["classes"] == ["jump", "run"]
+
+
+def test_bad_videos_are_skipped_and_reported_or_stop_the_run(tmp_path):
+    root = tmp_path / "videos"
+    make_video(root / "good" / "ok.avi", 10)
+    (root / "good" / "empty.mp4").write_bytes(b"")
+    (root / "good" / "text.mp4").write_text("this is not a video")
+    whole = make_video(tmp_path / "t.avi", 30).read_bytes()
+    (root / "good" / "truncated.avi").write_bytes(whole[:len(whole) // 3])
+    proc = run_module("writer", root, tmp_path / "out", "--resize", "0")
+    manifest = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
+    reasons = {f["filename"]: f["reason"] for f in manifest["failures"]}
+    assert set(reasons) >= {"good/empty.mp4", "good/text.mp4"}
+    assert all(reasons.values()) and "skipped good/text.mp4" in proc.stdout
+    names = {ex["filename"].numpy().decode() for ex in _read_with_tensorflow((tmp_path / "out").glob("*.tfrecord"))}
+    assert "good/ok.avi" in names and not names & set(reasons)
+    # A truncated file either decodes its intact frames (and says so) or is skipped with a reason.
+    assert "good/truncated.avi" in names | set(reasons)
+    proc = run_module("writer", root, tmp_path / "out2", "--resize", "0", "--on-error", "fail", check=False)
+    assert proc.returncode == 1 and "dali-video-write: error:" in proc.stderr and "--on-error skip" in proc.stderr
+    assert not list((tmp_path / "out2").glob("*.tfrecord*"))
+
+
+def test_csv_paths_may_not_escape_the_root(tmp_path):
+    root = tmp_path / "root"
+    make_video(root / "v.avi", 5)
+    make_video(tmp_path / "outside.avi", 5)
+    (root / "link.avi").symlink_to(tmp_path / "outside.avi")
+    csv = tmp_path / "l.csv"
+    csv.write_text("path,label\nv.avi,cat\n../outside.avi,cat\nlink.avi,dog\n")
+    run_module("writer", root, tmp_path / "out", "--csv", csv, "--resize", "0")
+    reasons = {f["filename"]: f["reason"] for f in
+               json.loads((tmp_path / "out" / "train.manifest.json").read_text())["failures"]}
+    assert "escapes the dataset root" in reasons["../outside.avi"]
+    assert "escapes the dataset root" in reasons["link.avi"]
+    run_module("writer", root, tmp_path / "out2", "--csv", csv, "--resize", "0", "--follow-symlinks")
+    reasons = {f["filename"] for f in json.loads((tmp_path / "out2" / "train.manifest.json").read_text())["failures"]}
+    assert reasons == {"../outside.avi"}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_identical_bytes(tmp_path):
+    root = tmp_path / "videos"
+    for i in range(8):
+        make_video(root / "c" / f"v{i}.avi", 200, 240, 320)
+    reference = tmp_path / "ref"
+    start = time.perf_counter()
+    run_module("writer", root, reference, "--resize", "0", "--num-shards", "4", "--workers", "1")
+    seconds = time.perf_counter() - start
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "writer", str(root), str(out), "--resize", "0", "--num-shards", "4",
+           "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    killed_midway = 0
+    for fraction in (0.4, 0.6, 0.75, 0.9):
+        delay = fraction * seconds
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(delay)
+        killed_midway += proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for shard in out.glob("*.tfrecord"):  # whatever is visible is complete
+            if fmt.fidx_path(shard).exists():
+                verify(shard)
+    assert killed_midway >= 2  # the kills hit running writers
+    run_module(*cmd[2:])
+    assert not list(out.glob(".*.tmp"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for p in reference.iterdir():
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    assert np.all([verify(s) == 2 for s in out.glob("*.tfrecord")])

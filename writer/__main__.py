@@ -1,0 +1,89 @@
+"""dali-video-write: turn a video dataset into indexed TFRecord shards.
+
+  dali-video-write ROOT OUT                          ROOT/<class>/<video>
+  dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
+  dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from .encode import EncodeOptions
+from .sources import InputError, from_csv, from_folder, from_kinetics
+from .write import WriteError, write_dataset
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="dali-video-write", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="dataset folder (videos)")
+    p.add_argument("out", help="output folder for shards, indexes and manifests")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--csv", help="CSV of path,label rows")
+    src.add_argument("--kinetics", nargs="+", metavar="CSV", help="Kinetics annotation CSVs")
+    p.add_argument("--split", help="split name of the output (default: train; Kinetics: the CSV's split column)")
+    p.add_argument("--classes", help="text file, one class name per line: fixes the class ids")
+    p.add_argument("--resize", type=int, default=256, help="shorter side in px (0 keeps the size; default 256)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--fps", type=float, help="resample to this frame rate (drops frames)")
+    p.add_argument("--max-frames", type=int, help="keep at most this many frames per video")
+    p.add_argument("--shard-size", type=float, default=256, help="target shard size in MB (default 256)")
+    p.add_argument("--num-shards", type=int, help="shards per split (overrides --shard-size)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="a bad video: skip and report it (default) or stop")
+    p.add_argument("--seed", type=int, default=0, help="seed of the video order in shards")
+    p.add_argument("--follow-symlinks", action="store_true", help="follow symlinks that leave ROOT")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        opts = EncodeOptions(resize_shorter=args.resize, quality=args.quality, fps=args.fps,
+                             max_frames=args.max_frames)
+        classes = None
+        if args.classes:
+            with open(args.classes, encoding="utf-8") as f:
+                classes = [line.strip() for line in f if line.strip()]
+        if args.kinetics:
+            specs, failures = from_kinetics(args.kinetics, args.root, args.split, classes, args.follow_symlinks)
+        elif args.csv:
+            specs, failures = from_csv(args.csv, args.root, args.split or "train", classes, args.follow_symlinks)
+        else:
+            specs, failures = from_folder(args.root, args.split or "train", classes, args.follow_symlinks)
+        start = time.perf_counter()
+        bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=None)
+        frames = [0]
+
+        def progress(videos, n):
+            frames[0] += n
+            bar.update(videos)
+            bar.set_postfix_str(f"{frames[0] / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
+
+        manifests = write_dataset(specs, args.out, opts, input_failures=failures,
+                                  shard_size_mb=args.shard_size, num_shards=args.num_shards,
+                                  workers=args.workers, on_error=args.on_error, seed=args.seed,
+                                  progress=progress)
+        bar.close()
+    except (InputError, WriteError, ValueError, OSError) as e:
+        print(f"dali-video-write: error: {e}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    for split, m in manifests.items():
+        print(f"{split}: {m['videos']} videos, {m['frames']} frames in {len(m['shards'])} shards; "
+              f"{len(m['failures'])} skipped, {len(m['warnings'])} warnings")
+        for f in m["failures"]:
+            print(f"  skipped {f['filename']}: {f['reason']}")
+    total_frames = sum(m["frames"] for m in manifests.values())
+    total_videos = sum(m["videos"] for m in manifests.values())
+    print(f"wrote {total_videos} videos, {total_frames} frames in {seconds:.1f} s "
+          f"({total_videos / seconds:.2f} videos/s, {total_frames / seconds:.0f} frames/s) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

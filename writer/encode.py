@@ -1,0 +1,122 @@
+"""The per-video step: decode, trim, resample, resize, JPEG-encode, serialise.
+
+``encode_video`` is a pure function of the video file and the options, so any process (or a
+distributed engine) produces the same bytes for the same input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+
+from index_tools import VideoMeta
+from index_tools import format as fmt
+from index_tools.proto import encode_example
+
+from .sources import VideoSpec
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    resize_shorter: int = 256  # 0 keeps the decoded size
+    quality: int = 90
+    fps: float | None = None  # resample to this frame rate (drops frames; never duplicates)
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        if self.resize_shorter < 0:
+            raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= 0 (0 keeps the size)")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality ({self.quality}) must be in 1..100")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps ({self.fps}) must be > 0")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames ({self.max_frames}) must be >= 1")
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    data: bytes  # the serialised tf.train.Example
+    spans: list  # (offset, length) of each JPEG in data
+    meta: VideoMeta
+    warning: str | None = None
+
+
+class VideoError(Exception):
+    """This video cannot be written; the message says why."""
+
+
+def _output_size(h: int, w: int, shorter: int) -> tuple[int, int]:
+    if not shorter:
+        return h, w
+    scale = shorter / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _frames(spec: VideoSpec, opts: EncodeOptions):
+    """Decoded BGR frames of the kept segment, resampled; yields ``(index, frame)``."""
+    cap = cv2.VideoCapture(spec.path)
+    if not cap.isOpened():
+        raise VideoError("cannot open: unreadable or not a video")
+    try:
+        start_ms = (spec.start or 0.0) * 1000
+        end_ms = spec.end * 1000 if spec.end is not None else math.inf
+        if spec.start:
+            cap.set(cv2.CAP_PROP_POS_MSEC, start_ms)
+        kept, slot = 0, -1
+        while kept < (opts.max_frames or math.inf):
+            ok, frame = cap.read()
+            if not ok:
+                return
+            ts = cap.get(cv2.CAP_PROP_POS_MSEC)
+            if ts < start_ms - 1e-3:
+                continue
+            if ts >= end_ms:
+                return
+            if opts.fps:
+                s = math.floor((ts - start_ms) * opts.fps / 1000 + 1e-6)
+                if s <= slot:
+                    continue
+                slot = s
+            yield kept, frame
+            kept += 1
+    finally:
+        cap.release()
+
+
+def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
+    jpegs, size = [], None
+    header_count = None
+    cap = cv2.VideoCapture(spec.path)
+    if cap.isOpened():
+        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    cap.release()
+    for i, frame in _frames(spec, opts):
+        h, w = frame.shape[:2]
+        if size is None:
+            first, size = (h, w), _output_size(h, w, opts.resize_shorter)
+        elif (h, w) != first and not opts.resize_shorter:
+            raise VideoError(f"frame {i} is {w}x{h}, earlier frames {first[1]}x{first[0]}; "
+                             f"pass a resize size so all frames get one size")
+        if (h, w) != size:
+            interp = cv2.INTER_AREA if size[0] < h else cv2.INTER_LINEAR
+            frame = cv2.resize(frame, (size[1], size[0]), interpolation=interp)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, opts.quality])
+        if not ok:
+            raise VideoError(f"JPEG encoding failed at frame {i}")
+        jpegs.append(buf.tobytes())
+    if not jpegs:
+        where = f" in segment [{spec.start:g}, {spec.end:g}) s" if spec.start is not None else ""
+        raise VideoError(f"no decodable frames{where} (empty, truncated, or the segment lies outside the video)")
+    warning = None
+    if header_count and spec.start is None and not opts.fps and not opts.max_frames \
+            and header_count != len(jpegs):
+        warning = f"decoded {len(jpegs)} frames, the container header claims {header_count}"
+    meta = VideoMeta(label=spec.label, filename=spec.filename, class_text=spec.class_text,
+                     height=size[0], width=size[1])
+    data, spans = encode_example({
+        fmt.FRAMES: jpegs, fmt.NUM_FRAMES: [len(jpegs)], fmt.HEIGHT: [size[0]], fmt.WIDTH: [size[1]],
+        fmt.CHANNELS: [3], fmt.CLASS_LABEL: [spec.label], fmt.CLASS_TEXT: [spec.class_text.encode()],
+        fmt.FILENAME: [spec.filename.encode("utf-8", "surrogateescape")]}, track=fmt.FRAMES)
+    return EncodedVideo(data, spans, meta, warning)
