@@ -34,7 +34,8 @@ class ClipReader:
         self.table = table
         self._files: dict[tuple[int, bool], int] = {}
         self._lock = threading.Lock()
-        self.bytes_read = 0
+        self.bytes_read = 0  # from the shards
+        self.frame_bytes = 0  # of the JPEGs asked for: bytes_read / frame_bytes is the read amplification
 
     def _fd(self, shard: int, frame_index: bool = False) -> int:
         """An open descriptor of a shard (or of its frame index), kept for later reads."""
@@ -85,6 +86,7 @@ class ClipReader:
                     raise FormatError(f"{shard_path}: video {str(t.filename[v])!r} frame {int(wanted[k])} at byte "
                                       f"{int(rows['offset'][k])} is not a complete JPEG (no SOI/EOI marker)")
                 frames[int(wanted[k])] = jpeg
+                self.frame_bytes += length
             i = j + 1
         return [frames[int(f)] for f in plan.frames]
 

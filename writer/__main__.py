@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("out", help="output folder for shards, indexes and manifests")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="CSV of path,label rows")
-    src.add_argument("--kinetics", nargs="+", metavar="CSV", help="Kinetics annotation CSVs")
+    src.add_argument("--kinetics", action="append", metavar="CSV",
+                     help="a Kinetics annotation CSV (repeat the flag for several: train, val, ...)")
     p.add_argument("--split", help="split name of the output (default: train; Kinetics: the CSV's split column)")
     p.add_argument("--classes", help="text file, one class name per line: fixes the class ids")
     p.add_argument("--resize", type=int, default=256, help="shorter side in px (0 keeps the size; default 256)")

@@ -1,0 +1,429 @@
+"""dali-video-bench: dali-video side by side with the loaders users would pick instead, in one run.
+
+  dali-video-bench DATA_DIR --out RESULTS_DIR [--quick]
+
+Systems (each measured in a fresh child process, warm and with the shards evicted from the page cache):
+  dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback)
+  tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example + VarLenFeature,
+                 random contiguous offset, decode_and_crop_jpeg of the T frames, batch, prefetch
+  dali_tfrecord  DALI's own TFRecord reader over whole records (it can deliver only a record's
+                 first frame, so only its read volume and shuffle-buffer memory are measured)
+  decode_bound   the same frames and crop windows decoded from memory by DALI's CPU decoder on all
+                 cores, no I/O: the ceiling of a CPU pipeline here (cv2.imdecode beside it)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import multiprocessing.pool
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SYSTEMS = ("dali_video", "tfdata", "dali_tfrecord", "decode_bound")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _evict(files) -> None:
+    """Drop the files from the page cache, as if read from cold storage."""
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _dataset_files(data):
+    from index_tools import fidx_path, idx_path
+
+    from .sampling import shard_files
+
+    shards = shard_files(data)
+    return shards, [p for s in shards for p in (s, idx_path(s), fidx_path(s))]
+
+
+def _sizes(data, clip_len):
+    """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
+    from .sampling import load_table
+
+    table = load_table(data)
+    records = sum(sum(ix.videos["record_length"]) for ix in table.shards)
+    frames = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in table.shards)
+    return records / len(table), frames / table.num_frames.sum() * clip_len, len(table)
+
+
+def _time_batches(it, batches, batch_size, clip_len, start):
+    next(it)
+    first = time.perf_counter() - start
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - t0
+    return {"clips_per_s": batches * batch_size / seconds, "frames_per_s": batches * batch_size * clip_len / seconds,
+            "first_batch_s": first}
+
+
+def run_dali_video(data, batch_size, clip_len, crop, batches, device):
+    from .dataset import clip_dataset
+
+    start = time.perf_counter()
+    ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0)
+    out = _time_batches(iter(ds), batches, batch_size, clip_len, start)
+    reader = ds._dali_video_loader.stream.reader
+    out["read_amplification"] = reader.bytes_read / max(reader.frame_bytes, 1)
+    out["bytes_per_clip"] = reader.bytes_read / max(reader.frame_bytes, 1) * _sizes(data, clip_len)[1]
+    return out
+
+
+def tfdata_dataset(shards, batch_size, clip_len, crop):
+    """What a good TF user writes: interleave, parse, random offset, decode-and-crop, batch, prefetch."""
+    import tensorflow as tf
+
+    auto = tf.data.AUTOTUNE
+    spec = {"frames": tf.io.VarLenFeature(tf.string), "class_label": tf.io.FixedLenFeature([], tf.int64),
+            "height": tf.io.FixedLenFeature([], tf.int64), "width": tf.io.FixedLenFeature([], tf.int64)}
+
+    def clip(record):
+        ex = tf.io.parse_single_example(record, spec)
+        frames = ex["frames"].values
+        n = tf.shape(frames)[0]
+        start = tf.random.uniform([], 0, tf.maximum(n - clip_len, 0) + 1, dtype=tf.int32)
+        picked = tf.gather(frames, tf.minimum(start + tf.range(clip_len), n - 1))
+        h, w = tf.cast(ex["height"], tf.int32), tf.cast(ex["width"], tf.int32)
+        y = tf.random.uniform([], 0, h - crop + 1, dtype=tf.int32)
+        x = tf.random.uniform([], 0, w - crop + 1, dtype=tf.int32)
+        images = tf.map_fn(lambda j: tf.image.decode_and_crop_jpeg(j, [y, x, crop, crop], channels=3), picked,
+                           fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
+        images = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(images, [2]), lambda: images)
+        return tf.cast(images, tf.float32) / 255.0, ex["class_label"]
+
+    files = tf.data.Dataset.from_tensor_slices([str(s) for s in shards]).shuffle(len(shards)).repeat()
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)), num_parallel_calls=auto,
+                          deterministic=False)
+    return ds.shuffle(16).map(clip, num_parallel_calls=auto, deterministic=False).batch(batch_size).prefetch(auto)
+
+
+def run_tfdata(data, batch_size, clip_len, crop, batches, device):
+    shards, _ = _dataset_files(data)
+    start = time.perf_counter()
+    out = _time_batches(iter(tfdata_dataset(shards, batch_size, clip_len, crop)), batches, batch_size, clip_len,
+                        start)
+    record, sampled, _ = _sizes(data, clip_len)
+    out["read_amplification"] = record / sampled
+    out["bytes_per_clip"] = record
+    return out
+
+
+def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali import tfrecord as tfrec
+
+    from index_tools import idx_path
+
+    shards, _ = _dataset_files(data)
+
+    @pipeline_def(batch_size=batch_size, num_threads=os.cpu_count(), device_id=None)
+    def records():
+        out = fn.readers.tfrecord(path=[str(s) for s in shards], index_path=[str(idx_path(s)) for s in shards],
+                                  features={"frames": tfrec.FixedLenFeature((), tfrec.string, ""),
+                                            "class_label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
+                                  random_shuffle=True, initial_fill=1024)
+        return out["frames"], out["class_label"]
+
+    start = time.perf_counter()
+    pipe = records()
+    pipe.build()
+    out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
+    record, sampled, _ = _sizes(data, clip_len)
+    # Records/s, not clips: this reader returns only the first JPEG of each record's frames list.
+    out = {"records_per_s": out["clips_per_s"], "first_batch_s": out["first_batch_s"], "clips_per_s": None,
+           "frames_per_s": None, "read_amplification": record / sampled, "bytes_per_clip": record}
+    return out
+
+
+def run_decode_bound(data, batch_size, clip_len, crop, batches, device):
+    """Decode the frames of real clips from memory: DALI (same crop windows) and cv2, all cores."""
+    import cv2
+    from nvidia.dali import fn, pipeline_def, types
+
+    from .reader import HEADER_BYTES, HEADER_INTS
+    from .dataset import clip_pipeline
+
+    with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu",
+                       seed=0) as loader:
+        packed = [loader.stream() for _ in range(min(batches, 8))]
+    jpegs = [[row[HEADER_BYTES:] for row in batch] for batch in packed]
+    windows = [[row[:HEADER_BYTES].view(np.int32)[:HEADER_INTS] for row in batch] for batch in packed]
+    n = batch_size * clip_len
+    state = {"i": 0}
+
+    def source():
+        i = state["i"] % len(jpegs)
+        state["i"] += 1
+        return jpegs[i], [w[0:2].copy() for w in windows[i]], [w[2:4].copy() for w in windows[i]]
+
+    @pipeline_def(batch_size=n, num_threads=os.cpu_count(), device_id=None if device == "cpu" else 0)
+    def decode():
+        j, anchor, shape = fn.external_source(source=source, num_outputs=3, batch=True)
+        return fn.decoders.image_slice(j, anchor, shape, axis_names="HW", output_type=types.RGB,
+                                       device="cpu" if device == "cpu" else "mixed")
+
+    start = time.perf_counter()
+    pipe = decode()
+    pipe.build()
+    out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
+    flat = [bytes(j) for batch in jpegs for j in batch]
+    cv2.setNumThreads(1)
+    with multiprocessing.pool.ThreadPool(os.cpu_count()) as pool:
+        t0 = time.perf_counter()
+        pool.map(lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), flat, chunksize=16)
+        out["cv2_frames_per_s"] = len(flat) / (time.perf_counter() - t0)
+    out.update(read_amplification=None, bytes_per_clip=0)
+    return out
+
+
+def _transcode_segment(task):
+    """Decode, resize (shorter side) and JPEG-encode one segment in a plain loop: the writer's bound."""
+    import cv2
+
+    path, start, end, shorter = task
+    cv2.setNumThreads(1)
+    cap = cv2.VideoCapture(path)
+    cap.set(cv2.CAP_PROP_POS_MSEC, start * 1000)
+    frames = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok or cap.get(cv2.CAP_PROP_POS_MSEC) >= end * 1000:
+            break
+        h, w = frame.shape[:2]
+        scale = shorter / min(h, w)
+        frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        frames += 1
+    return frames
+
+
+def bench_writer(csv_path, video_root, shorter=256) -> dict:
+    """The writer on a Kinetics CSV of full videos, against the transcode loop on all cores."""
+    import csv
+
+    rows = list(csv.DictReader(open(csv_path)))
+    found = {p.stem: str(p) for p in Path(video_root).rglob("*") if p.is_file()}
+    tasks = [(found[r["youtube_id"]], float(r["time_start"]), float(r["time_end"]), shorter) for r in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "writer", str(video_root), tmp, "--kinetics", str(csv_path),
+                        "--resize", str(shorter), "--follow-symlinks"], check=True, capture_output=True)
+        seconds = time.perf_counter() - t0
+        manifest = json.loads((Path(tmp) / "train.manifest.json").read_text())
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+        frames = sum(pool.map(_transcode_segment, tasks, chunksize=1))
+    bound = time.perf_counter() - t0
+    return {"videos_per_s": manifest["videos"] / seconds, "frames_per_s": manifest["frames"] / seconds,
+            "bound_videos_per_s": len(tasks) / bound, "bound_frames_per_s": frames / bound,
+            "vs_bound": (manifest["frames"] / seconds) / (frames / bound)}
+
+
+RUNNERS = {"dali_video": run_dali_video, "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord,
+           "decode_bound": run_decode_bound}
+
+
+def _child(args) -> None:
+    data, system, batch_size, clip_len, crop, batches, device, cold, queue = args
+    try:
+        if cold:
+            _evict(_dataset_files(data)[1])
+        out = RUNNERS[system](data, batch_size, clip_len, crop, batches, device)
+        out["peak_rss_mb"] = _peak_rss_mb()
+        queue.put(out)
+    except BaseException as e:  # noqa: BLE001 - reported in the results, the other systems still run
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=False) -> dict:
+    """Run one system in a fresh process (clean memory figures, own page-cache state)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=((str(data), system, batch_size, clip_len, crop, batches, device,
+                                             cold, queue),))
+    proc.start()
+    try:
+        out = queue.get(timeout=900)
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    return out
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True)
+        gpu = r.stdout.strip() or None
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "gpu": gpu,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def grow(data, factor: int, into: Path) -> Path:
+    """A dataset ``factor`` times larger: copies of every shard with its indexes."""
+    shards, _ = _dataset_files(data)
+    into.mkdir(parents=True, exist_ok=True)
+    from index_tools import fidx_path, idx_path
+
+    for k in range(factor):
+        for s in shards:
+            name = f"copy{k}-{s.name}"
+            for src, dst in ((s, into / name), (idx_path(s), idx_path(into / name)),
+                             (fidx_path(s), fidx_path(into / name))):
+                shutil.copyfile(src, dst)
+    return into
+
+
+def fmt_row(name, r) -> str:
+    def f(key, spec):
+        v = r.get(key)
+        return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(int(spec.split(".")[0]))
+    return (f"{name:22} {f('clips_per_s', '9.1f')} {f('frames_per_s', '10.0f')} {f('vs_bound', '8.2f')} "
+            f"{f('vs_dali_video', '8.2f')} {f('read_amplification', '7.2f')} {f('peak_rss_mb', '8.0f')} "
+            f"{f('first_batch_s', '7.2f')}")
+
+
+def chart(results, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [s for s in SYSTEMS if results["systems"][s].get("clips_per_s")]
+    x = np.arange(len(names))
+    for i, mode in enumerate(("warm", "cold")):
+        vals = [results["systems"][s]["clips_per_s"] if mode == "warm" else
+                (results["systems"][s].get("cold") or {}).get("clips_per_s") or 0 for s in names]
+        a.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=mode)
+    a.set_xticks(x, names)
+    a.set_ylabel("clips/s")
+    a.set_title(f"B={results['batch_size']}, T={results['clip_len']}, {results['crop']} crop")
+    a.legend()
+    for s in ("dali_video", "tfdata", "decode_bound"):
+        pts = [(int(t), r[s]["frames_per_s"]) for t, r in results["t_sweep"].items() if r.get(s, {}).get("frames_per_s")]
+        if pts:
+            b.plot(*zip(*pts), marker="o", label=s)
+    b.set_xlabel("clip length T")
+    b.set_ylabel("frames/s")
+    b.set_xscale("log", base=2)
+    b.set_title("T sweep (warm)")
+    b.legend()
+    fig.suptitle(results["machine"]["cpu"] + f", {results['machine']['cores']} cores, device {results['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="dali-video-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="a dataset folder (or shard glob) written by dali-video-write")
+    p.add_argument("--out", required=True, help="results folder: bench.json and bench.png")
+    p.add_argument("--quick", action="store_true", help="fewer batches and sweeps (under 3 minutes here)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip-len", type=int, default=32)
+    p.add_argument("--crop-size", type=int, default=224)
+    p.add_argument("--batches", type=int, help="timed batches per run (default 20, --quick 6)")
+    p.add_argument("--cpu", action="store_true", help="CPU fallback even when a GPU is present")
+    p.add_argument("--writer", nargs=2, metavar=("KINETICS_CSV", "VIDEO_ROOT"),
+                   help="also time the writer on these full videos against a plain transcode loop")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    device = "gpu" if info["gpu"] and not args.cpu else "cpu"
+    batches = args.batches or (6 if args.quick else 20)
+    kw = dict(batch_size=args.batch_size, crop=args.crop_size, device=device)
+    results = {"machine": info, "device": device, "batch_size": args.batch_size, "clip_len": args.clip_len,
+               "crop": args.crop_size, "batches": batches, "data": str(args.data), "systems": {}, "t_sweep": {}}
+    for system in SYSTEMS:
+        warm = measure(args.data, system, clip_len=args.clip_len, batches=batches, **kw)
+        if system != "decode_bound":
+            warm["cold"] = measure(args.data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
+        results["systems"][system] = warm
+        print(f"measured {system}", file=sys.stderr, flush=True)
+    sysr = results["systems"]
+    for r in [sysr[s] for s in SYSTEMS] + [sysr[s].get("cold") or {} for s in SYSTEMS]:
+        if r.get("frames_per_s"):
+            r["vs_bound"] = r["frames_per_s"] / sysr["decode_bound"].get("frames_per_s", np.nan)
+            r["vs_dali_video"] = r["clips_per_s"] / sysr["dali_video"].get("clips_per_s", np.nan)
+    for r in [sysr[s] for s in SYSTEMS]:
+        if r.get("bytes_per_clip"):
+            r["clips_per_s_at_200MBps"] = 200e6 / r["bytes_per_clip"]
+            r["clips_per_s_at_1GBps"] = 1e9 / r["bytes_per_clip"]
+    for t in ((8, 32) if args.quick else (8, 16, 32, 64)):
+        results["t_sweep"][str(t)] = {s: measure(args.data, s, clip_len=t, batches=batches, **kw)
+                                      for s in ("dali_video", "tfdata", "decode_bound")}
+    if not args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            big = grow(args.data, 4, Path(tmp) / "x4")
+            results["growth"] = {"x1_peak_rss_mb": sysr["dali_video"]["peak_rss_mb"],
+                                 "x4": measure(big, "dali_video", clip_len=args.clip_len, batches=batches, **kw)}
+    if args.writer:
+        results["writer"] = bench_writer(*args.writer)
+    (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
+    try:
+        chart(results, out / "bench.png")
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install 'dali-video[bench]')", file=sys.stderr)
+    print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, GPU: {info['gpu']}; device {device}; "
+          f"B={args.batch_size} T={args.clip_len} crop {args.crop_size}")
+    print(f"{'system':22} {'clips/s':>9} {'frames/s':>10} {'/bound':>8} {'/dali-v':>8} {'readamp':>7} "
+          f"{'RSS MB':>8} {'1st s':>7}")
+    for s in SYSTEMS:
+        print(fmt_row(s, sysr[s]))
+        if sysr[s].get("cold"):
+            print(fmt_row(f"{s} (cold)", sysr[s]["cold"]))
+    for s in SYSTEMS:
+        if sysr[s].get("error"):
+            print(f"{s}: error: {sysr[s]['error']}")
+    print(f"decode bound, cv2.imdecode on {info['cores']} threads (whole frames): "
+          f"{sysr['decode_bound'].get('cv2_frames_per_s', float('nan')):.0f} frames/s")
+    for s in ("dali_video", "tfdata"):
+        if sysr[s].get("bytes_per_clip"):
+            print(f"{s}: {sysr[s]['bytes_per_clip'] / 1e6:.2f} MB read per clip -> at most "
+                  f"{sysr[s]['clips_per_s_at_200MBps']:.0f} clips/s on 200 MB/s storage, "
+                  f"{sysr[s]['clips_per_s_at_1GBps']:.0f} on 1 GB/s")
+    print("T sweep (warm frames/s): " + "; ".join(
+        f"T={t}: " + ", ".join(f"{s} {r[s].get('frames_per_s') or 0:.0f}" for s in r)
+        for t, r in results["t_sweep"].items()))
+    if "growth" in results:
+        print(f"dali_video peak RSS: {results['growth']['x1_peak_rss_mb']:.0f} MB on the dataset, "
+              f"{results['growth']['x4'].get('peak_rss_mb', float('nan')):.0f} MB on 4x the dataset")
+    if "writer" in results:
+        w = results["writer"]
+        print(f"writer: {w['videos_per_s']:.2f} videos/s, {w['frames_per_s']:.0f} frames/s; decode+resize+encode "
+              f"loop on all cores: {w['bound_videos_per_s']:.2f} videos/s, {w['bound_frames_per_s']:.0f} frames/s "
+              f"({w['vs_bound']:.2f} of the bound)")
+    print(f"wrote {out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
