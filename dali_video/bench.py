@@ -14,6 +14,7 @@ Systems (each measured in a fresh child process, warm and with the shards evicte
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import multiprocessing.pool
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SYSTEMS = ("dali_video", "tfdata", "dali_tfrecord", "decode_bound")
+SYSTEMS = ("dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound")
 
 
 def _peak_rss_mb() -> float:
@@ -78,11 +79,14 @@ def _time_batches(it, batches, batch_size, clip_len, start):
             "first_batch_s": first}
 
 
-def run_dali_video(data, batch_size, clip_len, crop, batches, device):
+def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False):
+    """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself."""
     from .dataset import clip_dataset
 
     start = time.perf_counter()
-    ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0)
+    pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
+    ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
+                      **pixels)
     out = _time_batches(iter(ds), batches, batch_size, clip_len, start)
     reader = ds._dali_video_loader.stream.reader
     out["read_amplification"] = reader.bytes_read / max(reader.frame_bytes, 1)
@@ -130,23 +134,13 @@ def run_tfdata(data, batch_size, clip_len, crop, batches, device):
 
 
 def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
-    from nvidia.dali import fn, pipeline_def
-    from nvidia.dali import tfrecord as tfrec
-
     from index_tools import idx_path
 
+    from .pipeline import tfrecord_pipeline
+
     shards, _ = _dataset_files(data)
-
-    @pipeline_def(batch_size=batch_size, num_threads=os.cpu_count(), device_id=None)
-    def records():
-        out = fn.readers.tfrecord(path=[str(s) for s in shards], index_path=[str(idx_path(s)) for s in shards],
-                                  features={"frames": tfrec.FixedLenFeature((), tfrec.string, ""),
-                                            "class_label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
-                                  random_shuffle=True, initial_fill=1024)
-        return out["frames"], out["class_label"]
-
     start = time.perf_counter()
-    pipe = records()
+    pipe = tfrecord_pipeline(shards, [idx_path(s) for s in shards], batch_size=batch_size)
     pipe.build()
     out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
     record, sampled, _ = _sizes(data, clip_len)
@@ -159,10 +153,10 @@ def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
 def run_decode_bound(data, batch_size, clip_len, crop, batches, device):
     """Decode the frames of real clips from memory: DALI (same crop windows) and cv2, all cores."""
     import cv2
-    from nvidia.dali import fn, pipeline_def, types
 
-    from .reader import HEADER_BYTES, HEADER_INTS
     from .dataset import clip_pipeline
+    from .pipeline import decode_pipeline
+    from .reader import HEADER_BYTES, HEADER_INTS
 
     with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu",
                        seed=0) as loader:
@@ -177,14 +171,8 @@ def run_decode_bound(data, batch_size, clip_len, crop, batches, device):
         state["i"] += 1
         return jpegs[i], [w[0:2].copy() for w in windows[i]], [w[2:4].copy() for w in windows[i]]
 
-    @pipeline_def(batch_size=n, num_threads=os.cpu_count(), device_id=None if device == "cpu" else 0)
-    def decode():
-        j, anchor, shape = fn.external_source(source=source, num_outputs=3, batch=True)
-        return fn.decoders.image_slice(j, anchor, shape, axis_names="HW", output_type=types.RGB,
-                                       device="cpu" if device == "cpu" else "mixed")
-
     start = time.perf_counter()
-    pipe = decode()
+    pipe = decode_pipeline(source, batch_size=n, device=device)
     pipe.build()
     out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
     flat = [bytes(j) for batch in jpegs for j in batch]
@@ -240,8 +228,8 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
             "vs_bound": (manifest["frames"] / seconds) / (frames / bound)}
 
 
-RUNNERS = {"dali_video": run_dali_video, "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord,
-           "decode_bound": run_decode_bound}
+RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
+           "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound}
 
 
 def _child(args) -> None:

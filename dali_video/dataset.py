@@ -8,7 +8,6 @@ import contextlib
 import io
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,12 +79,14 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
                   shard_id: int = 0, num_shards: int = 1, short_videos: ShortVideos = "repeat_last",
                   split: str | None = None, clips_per_video: int = 1, num_crops: int = 1,
                   decode_crop: bool = True, device_id: int = 0, reader_threads: int = 4,
-                  prefetch: int = 2, num_threads: int | None = None) -> ClipPipeline:
+                  prefetch: int = 2, num_threads: int | None = None,
+                  on_corrupt: Literal["raise", "skip"] = "raise") -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`."""
     from .pipeline import clip_pipeline as build
 
     _check_choice("device", device, DEVICES)
     _check_choice("dtype", dtype, DTYPES)
+    _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -97,7 +98,8 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
         seed = int(np.random.SeedSequence().entropy % (1 << 63))
     stream = BatchStream(table, videos, spec, batch_size, training=training, seed=seed,
                          clips_per_video=1 if training else clips_per_video,
-                         num_crops=1 if training else num_crops, threads=reader_threads, prefetch=prefetch)
+                         num_crops=1 if training else num_crops, threads=reader_threads, prefetch=prefetch,
+                         on_corrupt=on_corrupt)
     pipe = build(stream, batch_size=batch_size * clip_len, device=device, device_id=device_id,
                  crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype, mean=mean, std=std,
                  decode_crop=decode_crop, num_threads=num_threads, seed=seed % (1 << 31))
@@ -124,7 +126,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                  shard_id: int = 0, num_shards: int = 1, short_videos: ShortVideos = "repeat_last",
                  with_meta: bool = False, split: str | None = None, clips_per_video: int = 1,
                  num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
-                 reader_threads: int = 4, prefetch: int = 2, num_threads: int | None = None):
+                 reader_threads: int = 4, prefetch: int = 2, num_threads: int | None = None,
+                 on_corrupt: Literal["raise", "skip"] = "raise"):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
@@ -140,6 +143,9 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``,
         the ``first_frame`` and the ``video`` row, to group predictions per video.
     decode_crop: decode only the crop window of each JPEG where DALI can.
+    on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video and
+        frame ("raise"), or its clip is replaced by the next one and counted ("skip"; the reasons are in
+        ``ds._dali_video_loader.stream.skipped``).
     Use :func:`steps_per_epoch` for ``model.fit(..., steps_per_epoch=...)``.
     """
     import tensorflow as tf
@@ -150,11 +156,12 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                            mean=mean, std=std, seed=seed, shard_id=shard_id, num_shards=num_shards,
                            short_videos=short_videos, split=split, clips_per_video=clips_per_video,
                            num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
-                           reader_threads=reader_threads, prefetch=prefetch, num_threads=num_threads)
+                           reader_threads=reader_threads, prefetch=prefetch, num_threads=num_threads,
+                           on_corrupt=on_corrupt)
     n = batch_size * clip_len
     tf_dtype = {"float32": tf.float32, "float16": tf.float16, "uint8": tf.uint8}[dtype]
     placement = f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"
-    filenames = tf.constant(loader.table.filename)
+    filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
     # DALI 2.4 prints a debugging line while it wraps the source; keep stdout clean.
     with tf.device(placement), contextlib.redirect_stdout(io.StringIO()):
         ds = dali_tf.experimental.DALIDatasetWithInputs(
@@ -163,6 +170,7 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
             device_id=device_id if device == "gpu" else None)
     with tf.device(placement):
 
+        @tf.autograph.experimental.do_not_convert
         def to_clips(frames, headers):
             clips = tf.reshape(frames, (batch_size, clip_len, crop_size, crop_size, 3))
             first = headers[::clip_len]

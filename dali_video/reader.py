@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import numpy as np
 
@@ -28,29 +29,16 @@ _GAP = 64  # frames closer than this many bytes are fetched in one read (protobu
 
 
 class ClipReader:
-    """Reads a clip's frames: one ``pread`` per run of adjacent frames, each frame CRC-checked."""
+    """Reads a clip's frames: one ``pread`` per run of adjacent frames, each frame checked.
+
+    Files are opened per clip (a few microseconds) rather than kept open: datasets of thousands of
+    shards stay under the descriptor limit, and a shard removed meanwhile fails with its name.
+    """
 
     def __init__(self, table: VideoTable):
         self.table = table
-        self._files: dict[tuple[int, bool], int] = {}
-        self._lock = threading.Lock()
         self.bytes_read = 0  # from the shards
         self.frame_bytes = 0  # of the JPEGs asked for: bytes_read / frame_bytes is the read amplification
-
-    def _fd(self, shard: int, frame_index: bool = False) -> int:
-        """An open descriptor of a shard (or of its frame index), kept for later reads."""
-        with self._lock:
-            if (shard, frame_index) not in self._files:
-                path = self.table.shards[shard].path
-                self._files[shard, frame_index] = os.open(path if frame_index else path.with_suffix(""),
-                                                          os.O_RDONLY)
-            return self._files[shard, frame_index]
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._files.values():
-                os.close(fd)
-            self._files.clear()
 
     def read(self, plan: ClipPlan) -> list[memoryview]:
         t = self.table
@@ -59,36 +47,57 @@ class ClipReader:
         shard_path = index.path.with_suffix("")
         wanted = np.unique(plan.frames)
         first = int(t.frame_start[v])
-        rows = index.read_rows(first + int(wanted[0]), int(wanted[-1] - wanted[0]) + 1,
-                               self._fd(int(t.shard[v]), frame_index=True))[wanted - wanted[0]]
-        order = np.argsort(rows["offset"], kind="stable")
-        fd = self._fd(int(t.shard[v]))
+        try:
+            with open(index.path, "rb") as fidx, open(shard_path, "rb") as shard:
+                rows = index.read_rows(first + int(wanted[0]), int(wanted[-1] - wanted[0]) + 1,
+                                       fidx.fileno())[wanted - wanted[0]]
+                spans = _spans(rows)
+                data = [memoryview(os.pread(shard.fileno(), end - start, start)) for start, end, _ in spans]
+        except OSError as e:
+            raise FormatError(f"{shard_path}: cannot read video {str(t.filename[v])!r}: {e}") from None
         frames: dict[int, memoryview] = {}
-        i = 0
-        while i < len(order):
-            j = i
-            end = int(rows["offset"][order[i]] + rows["length"][order[i]])
-            while j + 1 < len(order) and int(rows["offset"][order[j + 1]]) - end <= _GAP:
-                j += 1
-                end = int(rows["offset"][order[j]] + rows["length"][order[j]])
-            start = int(rows["offset"][order[i]])
-            buf = memoryview(os.pread(fd, end - start, start))
+        for (start, _, members), buf in zip(spans, data):
             self.bytes_read += len(buf)
-            for k in order[i:j + 1]:
-                off, length, crc = int(rows["offset"][k]) - start, int(rows["length"][k]), int(rows["crc"][k])
+            for k in members:
+                off, length = int(rows["offset"][k]) - start, int(rows["length"][k])
                 jpeg = buf[off:off + length]
-                if len(jpeg) != length or fmt.crc32c(jpeg) != crc:
+                problem = _check_frame(jpeg, length, int(rows["crc"][k]), int(t.height[v]), int(t.width[v]))
+                if problem:
                     raise FormatError(f"{shard_path}: video {str(t.filename[v])!r} frame {int(wanted[k])} at byte "
-                                      f"{int(rows['offset'][k])} fails its CRC32C (shard truncated, corrupt or "
-                                      f"rewritten after indexing; check it with: dali-video-index verify "
-                                      f"{shard_path})")
-                if bytes(jpeg[:2]) != b"\xff\xd8" or bytes(jpeg[-2:]) != b"\xff\xd9":
-                    raise FormatError(f"{shard_path}: video {str(t.filename[v])!r} frame {int(wanted[k])} at byte "
-                                      f"{int(rows['offset'][k])} is not a complete JPEG (no SOI/EOI marker)")
+                                      f"{int(rows['offset'][k])}: {problem}")
                 frames[int(wanted[k])] = jpeg
                 self.frame_bytes += length
-            i = j + 1
         return [frames[int(f)] for f in plan.frames]
+
+
+def _spans(rows) -> list[tuple[int, int, list[int]]]:
+    """Group frames lying close together into ``(start, end, row numbers)`` reads."""
+    spans = []
+    for k in np.argsort(rows["offset"], kind="stable"):
+        start, end = int(rows["offset"][k]), int(rows["offset"][k] + rows["length"][k])
+        if spans and start - spans[-1][1] <= _GAP:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]), spans[-1][2] + [int(k)])
+        else:
+            spans.append((start, end, [int(k)]))
+    return spans
+
+
+def _check_frame(jpeg, length: int, crc: int, height: int, width: int) -> str | None:
+    """Why a frame's bytes cannot be decoded as promised, or None."""
+    if len(jpeg) != length:
+        return f"short read ({len(jpeg)} of {length} bytes): the shard is truncated"
+    if fmt.crc32c(jpeg) != crc:
+        return ("fails its CRC32C (corrupt, or the shard changed after indexing; check it with: "
+                "dali-video-index verify)")
+    if bytes(jpeg[-2:]) != b"\xff\xd9":
+        return "is not a complete JPEG (no end-of-image marker)"
+    try:
+        size = fmt.jpeg_size(jpeg)
+    except FormatError as e:
+        return f"is not a valid JPEG ({e})"
+    if height and width and size != (height, width):
+        return f"is {size[1]}x{size[0]}, the video is {width}x{height}"
+    return None
 
 
 def pack_batch(table: VideoTable, plans: list[ClipPlan], clips: list[list[memoryview]]) -> np.ndarray:
@@ -117,12 +126,14 @@ class BatchStream:
 
     def __init__(self, table: VideoTable, videos: np.ndarray, spec: ClipSpec, batch_size: int, *,
                  training: bool, seed: int, clips_per_video: int = 1, num_crops: int = 1,
-                 threads: int = 4, prefetch: int = 2):
+                 threads: int = 4, prefetch: int = 2, on_corrupt: Literal["raise", "skip"] = "raise"):
         if len(videos) == 0:
             raise ValueError("no videos to read (all shards empty, or every video skipped)")
         self.table, self.videos, self.spec, self.batch_size = table, videos, spec, batch_size
         self.training, self.seed = training, seed
         self.clips_per_video, self.num_crops = clips_per_video, num_crops
+        self.on_corrupt = on_corrupt
+        self.skipped: list[str] = []  # why each replaced clip was replaced (on_corrupt="skip")
         self.reader = ClipReader(table)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -156,7 +167,8 @@ class BatchStream:
                 pending.append((batch, [self._pool.submit(self.reader.read, p) for p in batch]))
                 if len(pending) > self._prefetch:
                     batch, futures = pending.popleft()
-                    if not self._put(pack_batch(self.table, batch, [f.result() for f in futures])):
+                    clips = [self._result(i, batch, f, plans) for i, f in enumerate(futures)]
+                    if not self._put(pack_batch(self.table, batch, clips)):
                         break
         except BaseException as e:  # handed to the consumer, who raises it
             self._put(e)
@@ -164,6 +176,23 @@ class BatchStream:
             for _, futures in pending:
                 for f in futures:
                     f.cancel()
+
+    def _result(self, i: int, batch: list, future, plans):
+        """The frames of ``batch[i]``; with on_corrupt="skip", a damaged clip is replaced by the next one."""
+        try:
+            return future.result()
+        except FormatError as e:
+            if self.on_corrupt != "skip":
+                raise
+            for _ in range(len(self.videos)):
+                self.skipped.append(str(e))
+                log.warning("on_corrupt='skip': replacing a clip (%d so far): %s", len(self.skipped), e)
+                batch[i] = next(plans)
+                try:
+                    return self.reader.read(batch[i])
+                except FormatError as again:
+                    e = again
+            raise FormatError(f"every clip tried is damaged; last: {e}") from None
 
     def __call__(self) -> np.ndarray:
         item = self._queue.get()
@@ -176,4 +205,3 @@ class BatchStream:
         self._stop.set()
         self._thread.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.reader.close()

@@ -61,13 +61,16 @@ def load_table(files, split: str | None = None) -> VideoTable:
             if not path.exists():
                 raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                                   f"dali-video-index build {shard}")
+        with open(shard, "rb") as f:
+            fmt.check_not_gzip(shard, f.read(2))
         index = read_frame_index(fidx_path(shard))
         check_fresh(shard, index)
-        with open(idx_path(shard), "rb") as f:
-            lines = sum(1 for _ in f)
-        if lines != index.num_records:
-            raise FormatError(f"{idx_path(shard)}: {lines} records, the frame index has {index.num_records}: "
-                              f"stale index; rebuild it with: dali-video-index build {shard}")
+        records = fmt.read_idx(idx_path(shard))
+        if len(records) != index.num_records or any(
+                records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
+            raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
+                              f"({index.num_records} records): stale index; rebuild it with: "
+                              f"dali-video-index build {shard}")
         shards.append(index)
     cols = {c: np.concatenate([np.asarray(ix.videos[c]) for ix in shards]) if shards else np.empty(0)
             for c in ("num_frames", "height", "width", "label", "filename")}

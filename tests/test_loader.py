@@ -28,7 +28,7 @@ def batches(files, n, **kw):
 
 def clips_of(files, n, **kw):
     """(clip, label, filename, first_frame) for every clip of n batches."""
-    return [(c, lab, name.decode(), first) for clips, labels, meta in batches(files, n, **kw)
+    return [(c, lab, os.fsdecode(name), first) for clips, labels, meta in batches(files, n, **kw)
             for c, lab, name, first in zip(clips, labels, meta["filename"], meta["first_frame"])]
 
 
@@ -201,7 +201,7 @@ def test_corrupt_frame_names_shard_video_and_frame(dataset_copy):
     for row in index.read_rows(0, index.num_frame_rows):
         data[int(row["offset"]) + int(row["length"]) // 2] ^= 0xFF  # every frame of the shard
     shard.write_bytes(bytes(data))
-    with pytest.raises(Exception, match=r"tfrecord: video '.*' frame \d+ at byte \d+ fails its CRC32C"):
+    with pytest.raises(Exception, match=r"tfrecord: video '.*' frame \d+ at byte \d+: fails its CRC32C"):
         batches([shard], 1, batch_size=1, clip_len=2, crop_size=16)
 
 

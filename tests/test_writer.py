@@ -1,22 +1,14 @@
 """writer: round trip through plain TensorFlow, determinism, resume after kill, bad input."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 import tensorflow as tf
 
 from dali_video.sample_data import frame_number, make_video
 from index_tools import verify
-from index_tools import format as fmt
 from writer import EncodeOptions, VideoSpec, encode_video, plan_shards
 
-from .conftest import ROOT, run_module
+from .conftest import run_module
 
 
 def _read_with_tensorflow(shards):
@@ -31,6 +23,7 @@ def _read_with_tensorflow(shards):
 
 def test_round_trip_every_frame_and_label(dataset, videos):
     shards = sorted(dataset.glob("*.tfrecord"))
+    assert sum(verify(s) for s in shards) == 10
     seen = {}
     for ex in _read_with_tensorflow(shards):
         frames = tf.sparse.to_dense(ex["frames"]).numpy()
@@ -135,37 +128,3 @@ def test_csv_paths_may_not_escape_the_root(tmp_path):
     run_module("writer", root, tmp_path / "out2", "--csv", csv, "--resize", "0", "--follow-symlinks")
     reasons = {f["filename"] for f in json.loads((tmp_path / "out2" / "train.manifest.json").read_text())["failures"]}
     assert reasons == {"../outside.avi"}
-
-
-@pytest.mark.slow
-def test_resume_after_kill_gives_identical_bytes(tmp_path):
-    root = tmp_path / "videos"
-    for i in range(8):
-        make_video(root / "c" / f"v{i}.avi", 200, 240, 320)
-    reference = tmp_path / "ref"
-    start = time.perf_counter()
-    run_module("writer", root, reference, "--resize", "0", "--num-shards", "4", "--workers", "1")
-    seconds = time.perf_counter() - start
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "writer", str(root), str(out), "--resize", "0", "--num-shards", "4",
-           "--workers", "1"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    killed_midway = 0
-    for fraction in (0.4, 0.6, 0.75, 0.9):
-        delay = fraction * seconds
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(delay)
-        killed_midway += proc.poll() is None
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for shard in out.glob("*.tfrecord"):  # whatever is visible is complete
-            if fmt.fidx_path(shard).exists():
-                verify(shard)
-    assert killed_midway >= 2  # the kills hit running writers
-    run_module(*cmd[2:])
-    assert not list(out.glob(".*.tmp"))
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
-    for p in reference.iterdir():
-        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
-    assert np.all([verify(s) == 2 for s in out.glob("*.tfrecord")])

@@ -5,7 +5,9 @@ distributed engine) produces the same bytes for the same input.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -47,6 +49,25 @@ class VideoError(Exception):
     """This video cannot be written; the message says why."""
 
 
+@contextlib.contextmanager
+def open_video(path: str):
+    """``cv2.VideoCapture`` of a file. OpenCV crashes on names that are not valid UTF-8, so such a
+    file is handed over as ``/proc/self/fd/N`` (Linux)."""
+    fd = None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        path = f"/proc/self/fd/{fd}"
+    cap = cv2.VideoCapture(path)
+    try:
+        yield cap
+    finally:
+        cap.release()
+        if fd is not None:
+            os.close(fd)
+
+
 def _output_size(h: int, w: int, shorter: int) -> tuple[int, int]:
     if not shorter:
         return h, w
@@ -56,10 +77,9 @@ def _output_size(h: int, w: int, shorter: int) -> tuple[int, int]:
 
 def _frames(spec: VideoSpec, opts: EncodeOptions):
     """Decoded BGR frames of the kept segment, resampled; yields ``(index, frame)``."""
-    cap = cv2.VideoCapture(spec.path)
-    if not cap.isOpened():
-        raise VideoError("cannot open: unreadable or not a video")
-    try:
+    with open_video(spec.path) as cap:
+        if not cap.isOpened():
+            raise VideoError("cannot open: unreadable or not a video")
         start_ms = (spec.start or 0.0) * 1000
         end_ms = spec.end * 1000 if spec.end is not None else math.inf
         if spec.start:
@@ -81,17 +101,12 @@ def _frames(spec: VideoSpec, opts: EncodeOptions):
                 slot = s
             yield kept, frame
             kept += 1
-    finally:
-        cap.release()
 
 
 def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
     jpegs, size = [], None
-    header_count = None
-    cap = cv2.VideoCapture(spec.path)
-    if cap.isOpened():
-        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    cap.release()
+    with open_video(spec.path) as cap:
+        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     for i, frame in _frames(spec, opts):
         h, w = frame.shape[:2]
         if size is None:

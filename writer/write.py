@@ -1,11 +1,14 @@
 """Plan the shards (pure), then encode videos in parallel and write shards, indexes and manifests."""
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -16,7 +19,7 @@ import numpy as np
 from index_tools import FormatError, ShardIndex, read_frame_index
 from index_tools import format as fmt
 
-from .encode import EncodedVideo, EncodeOptions, VideoError, encode_video
+from .encode import EncodeOptions, VideoError, encode_video, open_video
 from .sources import Failure, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,12 @@ def estimate_bytes_per_video(specs, opts: EncodeOptions, sample: int = 16) -> fl
     picks = [specs[i] for i in np.linspace(0, len(specs) - 1, min(sample, len(specs))).astype(int)]
     sizes = []
     for spec in picks:
-        cap = cv2.VideoCapture(spec.path)
-        frames, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS) or 25.0
-        h, w = cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH)
-        cap.release()
+        try:
+            with open_video(spec.path) as cap:
+                frames, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS) or 25.0
+                h, w = cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH)
+        except OSError:
+            continue
         if not (frames > 0 and h > 0 and w > 0):
             continue
         if spec.start is not None:
@@ -85,6 +90,38 @@ def _encode(task):
 
 def _init_worker():
     cv2.setNumThreads(1)
+
+
+def encode_all(tasks, workers: int, ahead: int = 4):
+    """Encode in worker processes, yielding results in task order (``ahead`` per worker in flight).
+
+    A decoder that kills its process (a segfault on a hostile file) must not stop the run or hang
+    it: the pool is rebuilt, the oldest unfinished video is retried alone, and if it kills that
+    process too it becomes a Failure.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    i = 0
+    while i < len(tasks):
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+        try:
+            pending = collections.deque()
+            while i < len(tasks):
+                while len(pending) < workers * ahead and i + len(pending) < len(tasks):
+                    pending.append(pool.submit(_encode, tasks[i + len(pending)]))
+                result = pending.popleft().result()
+                i += 1
+                yield result
+        except BrokenProcessPool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker) as alone:
+                try:
+                    result = alone.submit(_encode, tasks[i]).result()
+                except BrokenProcessPool:
+                    result = Failure(tasks[i][0].filename, "the decoder crashed on this file")
+            i += 1
+            yield result
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _shard_done(path: Path) -> bool:
@@ -167,10 +204,12 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
         if p not in todo:
             tick(len(p.videos), 0)
     tasks = [(spec, opts) for p in todo for spec in p.videos]
-    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count(), _init_worker) as pool:
-        results = pool.imap(_encode, tasks, chunksize=1)
+    results = encode_all(tasks, workers or os.cpu_count())
+    try:
         for p in todo:
             _write_shard(out / p.name, p, results, on_error, lambda frames: tick(1, frames))
+    finally:
+        results.close()
     return {split: _write_manifest(out, split, [p for p in plans if p.split == split], opts, seed,
                                    [f for f in input_failures if f.split in ("", split)])
             for split in splits}
