@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sampling import load_table
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound")
 
@@ -60,8 +62,6 @@ def _dataset_files(data):
 
 def _sizes(data, clip_len):
     """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
-    from .sampling import load_table
-
     table = load_table(data)
     records = sum(sum(ix.videos["record_length"]) for ix in table.shards)
     frames = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in table.shards)
@@ -339,6 +339,9 @@ def main(argv=None) -> int:
     p.add_argument("--crop-size", type=int, default=224)
     p.add_argument("--batches", type=int, help="timed batches per run (default 20, --quick 6)")
     p.add_argument("--cpu", action="store_true", help="CPU fallback even when a GPU is present")
+    p.add_argument("--longer", nargs="+", metavar="DATA_DIR",
+                   help="the same footage written with longer videos (say 2x and 4x the frames per video): "
+                        "how each loader scales with video length at the same T")
     p.add_argument("--writer", nargs=2, metavar=("KINETICS_CSV", "VIDEO_ROOT"),
                    help="also time the writer on these full videos against a plain transcode loop")
     args = p.parse_args(argv)
@@ -373,6 +376,12 @@ def main(argv=None) -> int:
             big = grow(args.data, 4, Path(tmp) / "x4")
             results["growth"] = {"x1_peak_rss_mb": sysr["dali_video"]["peak_rss_mb"],
                                  "x4": measure(big, "dali_video", clip_len=args.clip_len, batches=batches, **kw)}
+    if args.longer:
+        results["longer"] = {}
+        for data in [args.data] + args.longer:
+            frames = float(np.mean(load_table(data).num_frames))
+            results["longer"][str(data)] = {"frames_per_video": frames, **{
+                s: measure(data, s, clip_len=args.clip_len, batches=batches, **kw) for s in ("dali_video", "tfdata")}}
     if args.writer:
         results["writer"] = bench_writer(*args.writer)
     (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
@@ -404,6 +413,10 @@ def main(argv=None) -> int:
     if "growth" in results:
         print(f"dali_video peak RSS: {results['growth']['x1_peak_rss_mb']:.0f} MB on the dataset, "
               f"{results['growth']['x4'].get('peak_rss_mb', float('nan')):.0f} MB on 4x the dataset")
+    for data, r in results.get("longer", {}).items():
+        print(f"{r['frames_per_video']:.0f} frames/video ({Path(data).name}): " + ", ".join(
+            f"{s} {r[s].get('clips_per_s') or 0:.1f} clips/s, {r[s].get('peak_rss_mb') or 0:.0f} MB"
+            for s in ("dali_video", "tfdata")))
     if "writer" in results:
         w = results["writer"]
         print(f"writer: {w['videos_per_s']:.2f} videos/s, {w['frames_per_s']:.0f} frames/s; decode+resize+encode "
