@@ -274,16 +274,16 @@ def machine() -> dict:
 
 
 def grow(data, factor: int, into: Path) -> Path:
-    """A dataset ``factor`` times larger: copies of every shard with its indexes."""
+    """A dataset ``factor`` times larger: copies of every shard with its indexes, as one split."""
+    from index_tools import fidx_path, idx_path
+    from index_tools.format import shard_name
+
     shards, _ = _dataset_files(data)
     into.mkdir(parents=True, exist_ok=True)
-    from index_tools import fidx_path, idx_path
-
     for k in range(factor):
-        for s in shards:
-            name = f"copy{k}-{s.name}"
-            for src, dst in ((s, into / name), (idx_path(s), idx_path(into / name)),
-                             (fidx_path(s), fidx_path(into / name))):
+        for i, s in enumerate(shards):
+            name = into / shard_name("train", k * len(shards) + i, factor * len(shards))
+            for src, dst in ((s, name), (idx_path(s), idx_path(name)), (fidx_path(s), fidx_path(name))):
                 shutil.copyfile(src, dst)
     return into
 

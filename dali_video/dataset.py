@@ -137,6 +137,7 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
         ``/gpu:<device_id>``; "cpu" is the CPU fallback.
     resize_shorter: resize frames so the shorter side has this length before cropping (None: keep).
+    dtype: "float32" or "float16": ``(pixel - mean) / std``; "uint8": the decoded pixels as they are.
     mean, std: per channel, in pixel units (0-255); the default maps pixels to [0, 1].
     shard_id, num_shards: this reader's disjoint part of the videos (one per replica or host).
     short_videos: videos shorter than a clip repeat their last frame, loop, or are skipped.
@@ -151,21 +152,23 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
+    _check_choice("dtype", dtype, DTYPES)
+    # DALI hands over raw pixels and TensorFlow normalises them, on the dataset's device: on the
+    # CPU this is ~10 % faster than DALI's crop_mirror_normalize, and it moves 4x fewer bytes.
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, stride=stride, training=training,
-                           device=device, resize_shorter=resize_shorter, crop_size=crop_size, dtype=dtype,
+                           device=device, resize_shorter=resize_shorter, crop_size=crop_size, dtype="uint8",
                            mean=mean, std=std, seed=seed, shard_id=shard_id, num_shards=num_shards,
                            short_videos=short_videos, split=split, clips_per_video=clips_per_video,
                            num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
                            reader_threads=reader_threads, prefetch=prefetch, num_threads=num_threads,
                            on_corrupt=on_corrupt)
     n = batch_size * clip_len
-    tf_dtype = {"float32": tf.float32, "float16": tf.float16, "uint8": tf.uint8}[dtype]
     placement = f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
     # DALI 2.4 prints a debugging line while it wraps the source; keep stdout clean.
     with tf.device(placement), contextlib.redirect_stdout(io.StringIO()):
         ds = dali_tf.experimental.DALIDatasetWithInputs(
-            pipeline=loader.pipeline, batch_size=n, output_dtypes=(tf_dtype, tf.int32),
+            pipeline=loader.pipeline, batch_size=n, output_dtypes=(tf.uint8, tf.int32),
             output_shapes=((n, crop_size, crop_size, 3), (n, HEADER_INTS)),
             device_id=device_id if device == "gpu" else None)
     with tf.device(placement):
@@ -173,6 +176,12 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
         @tf.autograph.experimental.do_not_convert
         def to_clips(frames, headers):
             clips = tf.reshape(frames, (batch_size, clip_len, crop_size, crop_size, 3))
+            if dtype != "uint8":
+                # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
+                scale = tf.constant([1.0 / d for d in std] * crop_size, tf.float32)
+                shift = tf.constant([-m / d for m, d in zip(mean, std)] * crop_size, tf.float32)
+                rows = tf.reshape(tf.cast(clips, tf.float32), (-1, crop_size * 3)) * scale + shift
+                clips = tf.cast(tf.reshape(rows, (batch_size, clip_len, crop_size, crop_size, 3)), dtype)
             first = headers[::clip_len]
             labels = first[:, HEADER_COLUMNS.index("label")]
             if not with_meta:

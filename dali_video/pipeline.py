@@ -32,7 +32,7 @@ def _clip_pipeline(source, device: str, crop_size: int, resize: bool, dtype: str
         images = fn.slice(images, anchor, shape, axis_names="HW")
     if resize:
         images = fn.resize(images, size=[crop_size, crop_size], antialias=True)
-    if dtype == "uint8" and all(m == 0 for m in mean) and all(d == 1 for d in std):
+    if dtype == "uint8":
         images = fn.flip(images, horizontal=flip)  # raw pixels: a flip costs less than normalising
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[dtype], mean=list(mean),
@@ -46,7 +46,7 @@ def clip_pipeline(source, *, batch_size: int, device: Device = "gpu", device_id:
                   num_threads: int | None = None, prefetch_queue_depth: int = 2, seed: int | None = None):
     """Build the DALI pipeline. ``source()`` returns one packed batch of ``batch_size`` frames
     (see :mod:`dali_video.reader`); outputs are the frames ``[N, crop, crop, 3]`` and the headers
-    ``[N, 8]``."""
+    ``[N, 8]``. Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8."""
     return _clip_pipeline(source, device, crop_size, resize, dtype, mean, std, decode_crop,
                           batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
                           device_id=device_id if device == "gpu" else None,
