@@ -248,6 +248,16 @@ def test_damaged_record_framing_does_not_touch_frames_but_verify_reports_it(data
         verify(shard)
 
 
+def test_shard_left_empty_by_skipped_videos_loads_with_the_rest(tmp_path):
+    root = tmp_path / "v"
+    make_video(root / "c" / "good.avi", 8)
+    (root / "c" / "bad.avi").write_text("not a video")
+    run_module("writer", root, tmp_path / "out", "--resize", "0", "--num-shards", "2", "--seed", "1")
+    counts = sorted(read_frame_index(fmt.fidx_path(s)).num_videos for s in (tmp_path / "out").glob("*.tfrecord"))
+    assert counts == [0, 1]
+    assert {c[2] for c in clips_of(tmp_path / "out", 2, batch_size=2, clip_len=3, crop_size=16)} == {"c/good.avi"}
+
+
 def test_empty_shard_file_cannot_be_indexed(tmp_path):
     (tmp_path / "e.tfrecord").write_bytes(b"")
     with pytest.raises(FormatError, match="no record holds video frames"):
