@@ -39,6 +39,7 @@ class ClipReader:
         self.table = table
         self.bytes_read = 0  # from the shards
         self.frame_bytes = 0  # of the JPEGs asked for: bytes_read / frame_bytes is the read amplification
+        self._count = threading.Lock()  # reads run in several threads
 
     def read(self, plan: ClipPlan) -> list[memoryview]:
         t = self.table
@@ -57,7 +58,6 @@ class ClipReader:
             raise FormatError(f"{shard_path}: cannot read video {str(t.filename[v])!r}: {e}") from None
         frames: dict[int, memoryview] = {}
         for (start, _, members), buf in zip(spans, data):
-            self.bytes_read += len(buf)
             for k in members:
                 off, length = int(rows["offset"][k]) - start, int(rows["length"][k])
                 jpeg = buf[off:off + length]
@@ -66,7 +66,9 @@ class ClipReader:
                     raise FormatError(f"{shard_path}: video {str(t.filename[v])!r} frame {int(wanted[k])} at byte "
                                       f"{int(rows['offset'][k])}: {problem}")
                 frames[int(wanted[k])] = jpeg
-                self.frame_bytes += length
+        with self._count:
+            self.bytes_read += sum(len(buf) for buf in data)
+            self.frame_bytes += int(rows["length"].sum())
         return [frames[int(f)] for f in plan.frames]
 
 
