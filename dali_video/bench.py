@@ -62,8 +62,10 @@ def _dataset_files(data):
 
 def _sizes(data, clip_len):
     """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
+    from index_tools import fidx_path, read_frame_index
+
     table = load_table(data)
-    records = sum(sum(ix.videos["record_length"]) for ix in table.shards)
+    records = sum(sum(read_frame_index(fidx_path(s)).videos["record_length"]) for s in _dataset_files(data)[0])
     frames = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in table.shards)
     return records / len(table), frames / table.num_frames.sum() * clip_len, len(table)
 

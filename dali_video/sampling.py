@@ -1,6 +1,7 @@
 """What to read: the video table of a dataset, and clip plans drawn from it (pure functions)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,18 @@ def load_table(files, split: str | None = None) -> VideoTable:
                               f"({index.num_records} records): stale index; rebuild it with: "
                               f"dali-video-index build {shard}")
         shards.append(index)
-    cols = {c: np.concatenate([np.asarray(ix.videos[c]) for ix in shards]) if shards else np.empty(0)
-            for c in ("num_frames", "height", "width", "label", "filename")}
+
+    def column(name, dtype):
+        return np.array([value for ix in shards for value in ix.videos[name]], dtype=dtype)
+
+    # The table keeps compact arrays, not the headers' per-video lists (memory at 300k videos);
+    # names stay Python strings: a fixed-width array would pad every name to the longest.
     return VideoTable(
-        shards=tuple(shards),
-        shard=np.concatenate([np.full(ix.num_videos, i) for i, ix in enumerate(shards)]).astype(np.int64),
+        shards=tuple(dataclasses.replace(ix, videos={}) for ix in shards),
+        shard=np.repeat(np.arange(len(shards), dtype=np.int64), [ix.num_videos for ix in shards]),
         frame_start=np.concatenate([ix.frame_starts() for ix in shards]).astype(np.int64),
-        num_frames=cols["num_frames"].astype(np.int64), height=cols["height"].astype(np.int64),
-        width=cols["width"].astype(np.int64), label=cols["label"].astype(np.int64),
-        filename=cols["filename"].astype(str))
+        num_frames=column("num_frames", np.int64), height=column("height", np.int64),
+        width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object))
 
 
 # ---------------------------------------------------------------- clip plans
