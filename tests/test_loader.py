@@ -259,3 +259,13 @@ def test_mirrored_strategy_gives_each_replica_its_own_shard(dataset):
     proc = subprocess.run([sys.executable, "-c", MIRRORED, str(dataset)], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
     assert "replicas disjoint" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_float_output_is_normalised_per_channel(dataset):
+    mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
+    kw = dict(batch_size=2, clip_len=3, crop_size=32, training=False, device="cpu", seed=0)
+    raw = next(iter(dali_video.clip_dataset(dataset, dtype="uint8", **kw)))[0].numpy().astype(np.float32)
+    for dtype, tol in (("float32", 1e-5), ("float16", 2e-2)):
+        got = next(iter(dali_video.clip_dataset(dataset, dtype=dtype, mean=mean, std=std, **kw)))[0].numpy()
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got.astype(np.float32), (raw - mean) / np.array(std), atol=tol, rtol=tol)
