@@ -385,3 +385,15 @@ def test_nothing_is_ever_unpickled():
         for path in Path(ROOT, package).rglob("*.py"):
             text = path.read_text()
             assert "import pickle" not in text and "allow_pickle=True" not in text, path
+
+
+def test_a_decoder_that_kills_its_process_becomes_a_reported_failure():
+    from writer.sources import Failure
+    from writer.write import encode_all
+
+    from .crashy import work
+    tasks = [("ok", i) for i in range(5)] + [("boom", 5)] + [("ok", i) for i in range(6, 12)]
+    results = list(encode_all(tasks, workers=2, fn=work))
+    assert len(results) == 12
+    assert results[5] == Failure("boom", "the decoder crashed on this file (its process died)")
+    assert results[:5] + results[6:] == [i * 10 for i in range(5)] + [i * 10 for i in range(6, 12)]

@@ -92,13 +92,15 @@ def _init_worker():
     cv2.setNumThreads(1)
 
 
-def encode_all(tasks, workers: int, ahead: int = 4):
-    """Encode in worker processes, yielding results in task order (``ahead`` per worker in flight).
+def encode_all(tasks, workers: int, ahead: int = 4, fn=None):
+    """``fn`` (default: encode a video) over ``tasks`` in worker processes, yielding results in task
+    order, ``ahead`` per worker in flight.
 
     A decoder that kills its process (a segfault on a hostile file) must not stop the run or hang
-    it: the pool is rebuilt, the oldest unfinished video is retried alone, and if it kills that
+    it: the pool is rebuilt, the oldest unfinished task is retried alone, and if it kills that
     process too it becomes a Failure.
     """
+    fn = fn or _encode
     ctx = multiprocessing.get_context("spawn")
     i = 0
     while i < len(tasks):
@@ -107,7 +109,7 @@ def encode_all(tasks, workers: int, ahead: int = 4):
             pending = collections.deque()
             while i < len(tasks):
                 while len(pending) < workers * ahead and i + len(pending) < len(tasks):
-                    pending.append(pool.submit(_encode, tasks[i + len(pending)]))
+                    pending.append(pool.submit(fn, tasks[i + len(pending)]))
                 result = pending.popleft().result()
                 i += 1
                 yield result
@@ -115,9 +117,10 @@ def encode_all(tasks, workers: int, ahead: int = 4):
             pool.shutdown(wait=False, cancel_futures=True)
             with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker) as alone:
                 try:
-                    result = alone.submit(_encode, tasks[i]).result()
+                    result = alone.submit(fn, tasks[i]).result()
                 except BrokenProcessPool:
-                    result = Failure(tasks[i][0].filename, "the decoder crashed on this file")
+                    result = Failure(getattr(tasks[i][0], "filename", str(tasks[i][0])),
+                                     "the decoder crashed on this file (its process died)")
             i += 1
             yield result
         finally:
