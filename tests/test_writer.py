@@ -128,3 +128,14 @@ def test_csv_paths_may_not_escape_the_root(tmp_path):
     run_module("writer", root, tmp_path / "out2", "--csv", csv, "--resize", "0", "--follow-symlinks")
     reasons = {f["filename"] for f in json.loads((tmp_path / "out2" / "train.manifest.json").read_text())["failures"]}
     assert reasons == {"../outside.avi"}
+
+
+def test_rerun_with_other_options_rewrites_and_other_shard_count_is_refused(videos, tmp_path):
+    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "2")
+    first = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
+    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50")
+    second = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
+    assert first.keys() == second.keys() and all(first[k] != second[k] for k in first)
+    assert all(verify(s) for s in tmp_path.glob("*.tfrecord"))
+    proc = run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", check=False)
+    assert proc.returncode == 1 and "holds shards of another plan (train-00000-of-00002.tfrecord" in proc.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import math
@@ -127,21 +128,31 @@ def encode_all(tasks, workers: int, ahead: int = 4, fn=None):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _shard_done(path: Path) -> bool:
+def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
+    """What a shard was written from: a finished shard is reused only for the same plan and options."""
+    videos = [{k: v for k, v in asdict(spec).items() if k != "path"} for spec in plan.videos]  # movable roots
+    return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
+
+
+def _shard_done(path: Path, digest: str) -> bool:
     if not (path.exists() and fmt.idx_path(path).exists() and fmt.fidx_path(path).exists()):
         return False
     try:
-        fmt.check_fresh(path, read_frame_index(fmt.fidx_path(path)))
-        return True
+        index = read_frame_index(fmt.fidx_path(path))
+        fmt.check_fresh(path, index)
     except FormatError:
         return False
+    if index.notes.get("plan") != digest:
+        log.info("%s was written from other videos or options: writing it again", path)
+        return False
+    return True
 
 
 class WriteError(RuntimeError):
     pass
 
 
-def _write_shard(path: Path, plan: ShardPlan, results, on_error: str, progress) -> None:
+def _write_shard(path: Path, plan: ShardPlan, digest: str, results, on_error: str, progress) -> None:
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -169,7 +180,8 @@ def _write_shard(path: Path, plan: ShardPlan, results, on_error: str, progress) 
         tmp.unlink(missing_ok=True)
     fmt.atomic_write(fmt.idx_path(path), index.idx_bytes())
     # The frame index goes last: its presence marks the shard complete.
-    fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, {"failures": failures, "warnings": warnings}))
+    notes = {"plan": digest, "failures": failures, "warnings": warnings}
+    fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, notes))
 
 
 def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
@@ -198,7 +210,14 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
     plans = plan_shards(specs, counts, seed)
-    todo = [p for p in plans if not _shard_done(out / p.name)]
+    planned = {p.name for p in plans}
+    foreign = sorted(f.name for f in out.glob(f"*{fmt.SHARD_SUFFIX}")
+                     if (parsed := fmt.parse_shard_name(f.name)) and parsed[0] in splits and f.name not in planned)
+    if foreign:
+        raise WriteError(f"{out} holds shards of another plan ({foreign[0]}, ...), which would mix with these "
+                         f"{len(plans)}: remove them or write to another folder")
+    digests = {p.name: plan_digest(p, opts) for p in plans}
+    todo = [p for p in plans if not _shard_done(out / p.name, digests[p.name])]
     done = len(plans) - len(todo)
     if done:
         log.info("resuming: %d of %d shards already complete", done, len(plans))
@@ -210,7 +229,7 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     results = encode_all(tasks, workers or os.cpu_count())
     try:
         for p in todo:
-            _write_shard(out / p.name, p, results, on_error, lambda frames: tick(1, frames))
+            _write_shard(out / p.name, p, digests[p.name], results, on_error, lambda frames: tick(1, frames))
     finally:
         results.close()
     return {split: _write_manifest(out, split, [p for p in plans if p.split == split], opts, seed,
