@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -26,12 +27,6 @@ def small_video_model(num_classes: int, clip_len: int, crop_size: int):
     ])
 
 
-def _num_classes(data, split) -> int:
-    from .sampling import load_table
-
-    return int(load_table(data, split).label.max()) + 1
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
     p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
@@ -49,7 +44,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from .dataset import clip_dataset, steps_per_epoch
+    from .dataset import clip_dataset
     from .sample_data import sample_dataset
 
     data = args.data or str(sample_dataset())
@@ -61,11 +56,12 @@ def main(argv=None) -> int:
               resize_shorter=args.resize_shorter, split=args.split)
     try:
         ds = clip_dataset(data, device=device, seed=args.seed, **kw)
-        steps = args.steps_per_epoch or steps_per_epoch(data, **kw)
-        num_classes = _num_classes(data, args.split)
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
+    loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
+    steps = args.steps_per_epoch or math.ceil(loader.items_per_epoch / args.batch_size)
+    num_classes = int(loader.table.label.max()) + 1
     tf.keras.utils.set_random_seed(args.seed)
     model = small_video_model(num_classes, args.clip_len, args.crop_size)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),

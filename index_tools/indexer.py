@@ -198,12 +198,13 @@ def inspect(paths) -> str:
         indexes.append((shard, fmt.read_frame_index(fmt.fidx_path(shard))))
     lines = [f"{'shard':40} {'videos':>7} {'frames':>8} {'frames/video min/med/max':>25} "
              f"{'KB/frame':>9} resolutions"]
+    sizes = {shard: int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for shard, ix in indexes}
     for shard, ix in indexes + [("TOTAL", None)]:
         if ix is None:
             videos = {c: [v for _, i in indexes for v in i.videos[c]] for c in fmt.VIDEO_COLUMNS}
-            nbytes = sum(int(i.read_rows(0, i.num_frame_rows)["length"].sum()) for _, i in indexes)
+            nbytes = sum(sizes.values())
         else:
-            videos, nbytes = ix.videos, int(ix.read_rows(0, ix.num_frame_rows)["length"].sum())
+            videos, nbytes = ix.videos, sizes[shard]
         frames = sum(videos["num_frames"])
         res = {}
         for h, w in zip(videos["height"], videos["width"]):
