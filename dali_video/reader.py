@@ -197,7 +197,13 @@ class BatchStream:
             raise FormatError(f"every clip tried is damaged; last: {e}") from None
 
     def __call__(self) -> np.ndarray:
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise RuntimeError("the clip loader was closed") from None
         if isinstance(item, BaseException):
             self._queue.put(item)  # every later call fails the same way
             raise item

@@ -353,6 +353,9 @@ def test_close_stops_reader_threads(dataset):
     assert {t for t in threading.enumerate() if t.name.startswith("dali-video")} - before
     p.close()
     assert not {t for t in threading.enumerate() if t.name.startswith("dali-video") and t.is_alive()} - before
+    with pytest.raises(RuntimeError, match="the clip loader was closed"):
+        for _ in range(5):  # what was read ahead may still come out, then the end is said, not hung on
+            p.stream()
 
 
 EXIT_SCRIPT = """
