@@ -5,7 +5,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -185,24 +185,21 @@ class ClipPlan:
 
 
 def epoch_plan(table: VideoTable, videos: np.ndarray, spec: ClipSpec, *, training: bool, seed: int,
-               epoch: int, clips_per_video: int = 1, num_crops: int = 1) -> list[ClipPlan]:
-    """The clips of one epoch. Training: each video once, in a seeded random order, with a random
-    start and window. Evaluation: every video in order, ``clips_per_video`` x ``num_crops`` clips."""
+               epoch: int, clips_per_video: int = 1, num_crops: int = 1) -> Iterator[ClipPlan]:
+    """The clips of one epoch, drawn as they are needed (memory stays flat at any dataset size).
+    Training: each video once, in a seeded random order, with a random start and window.
+    Evaluation: every video in order, ``clips_per_video`` x ``num_crops`` clips."""
     if not training:
-        plans = []
         for v in videos:
             n = int(table.num_frames[v])
             for start in clip_starts(n, spec, rng=None, clips_per_video=clips_per_video):
                 for window in crop_windows(int(table.height[v]), int(table.width[v]), spec, rng=None,
                                            num_crops=num_crops):
-                    plans.append(ClipPlan(int(v), frame_indices(n, int(start), spec), window))
-        return plans
+                    yield ClipPlan(int(v), frame_indices(n, int(start), spec), window)
+        return
     rng = np.random.default_rng([seed, epoch])
-    plans = []
     for v in rng.permutation(videos):
         n = int(table.num_frames[v])
         start = int(clip_starts(n, spec, rng=rng)[0])
         window = crop_windows(int(table.height[v]), int(table.width[v]), spec, rng=rng)[0]
-        plans.append(ClipPlan(int(v), frame_indices(n, start, spec), window))
-    return plans
-
+        yield ClipPlan(int(v), frame_indices(n, start, spec), window)
