@@ -170,7 +170,8 @@ def crop_windows(height: int, width: int, spec: ClipSpec, *, rng: np.random.Gene
         spots = [(y, (rw - c) // 2, 0) for y in (0, (rh - c) // 2, rh - c)]
     else:
         spots = [((rh - c) // 2, x, 0) for x in (0, (rw - c) // 2, rw - c)]
-    size_h, size_w = min(height, round(c / scale)), min(width, round(c / scale))
+    size = max(1, round(c / scale))  # the crop in source pixels (at least one, when upscaling)
+    size_h, size_w = min(height, size), min(width, size)
     return [(min(round(y / scale), height - size_h), min(round(x / scale), width - size_w), size_h, size_w, f)
             for y, x, f in spots]
 

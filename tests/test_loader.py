@@ -8,10 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dali_video
 from dali_video.sample_data import frame_number
-from dali_video.sampling import ClipSpec, crop_windows, load_table
+from dali_video.sampling import ClipSpec, clip_starts, crop_windows, frame_indices, load_table
 from index_tools import FormatError, build, read_frame_index
 from index_tools import format as fmt
 
@@ -269,3 +271,23 @@ def test_float_output_is_normalised_per_channel(dataset):
         got = next(iter(dali_video.clip_dataset(dataset, dtype=dtype, mean=mean, std=std, **kw)))[0].numpy()
         assert got.dtype == np.dtype(dtype)
         np.testing.assert_allclose(got.astype(np.float32), (raw - mean) / np.array(std), atol=tol, rtol=tol)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 400), clip_len=st.integers(1, 64), stride=st.integers(1, 4),
+       policy=st.sampled_from(["repeat_last", "loop"]), h=st.integers(16, 300), w=st.integers(16, 300),
+       crop=st.integers(1, 16), resize=st.sampled_from([None, 16, 40]), seed=st.integers(0, 2**32 - 1),
+       training=st.booleans(), clips=st.integers(1, 5), crops=st.sampled_from([1, 3]))
+def test_sampled_clips_and_windows_are_always_valid(n, clip_len, stride, policy, h, w, crop, resize, seed,
+                                                    training, clips, crops):
+    spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop, resize_shorter=resize, short_videos=policy)
+    rng = np.random.default_rng(seed) if training else None
+    for start in clip_starts(n, spec, rng=rng, clips_per_video=clips):
+        idx = frame_indices(n, int(start), spec)
+        assert len(idx) == clip_len and idx.min() >= 0 and idx.max() < n
+        if n >= spec.span:  # long enough: contiguous with the stride, never clamped
+            assert (np.diff(idx) == stride).all()
+    for y, x, wh, ww, flip in crop_windows(h, w, spec, rng=rng, num_crops=crops):
+        assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w and wh > 0 and ww > 0 and flip in (0, 1)
+        if resize is None:
+            assert (wh, ww) == (crop, crop)
