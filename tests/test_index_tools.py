@@ -233,3 +233,21 @@ def test_layering():
     assert "writer" not in _imports("dali_video")
     dali_users = {p.name for p in Path(ROOT, "dali_video").glob("*.py") if "nvidia" in _imports(p)}
     assert dali_users == {"pipeline.py", "dataset.py"}  # and only dataset.py for the TF plugin
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12), st.one_of(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=5),
+    st.lists(st.integers(-(2 ** 63), 2 ** 63 - 1), min_size=1, max_size=5)), min_size=1, max_size=5))
+def test_encode_then_walk_round_trips_and_tensorflow_agrees(features):
+    data, _ = encode_example(features)
+    walked, _ = walk(data)
+    ex = tf.train.Example.FromString(data)
+    for key, values in features.items():
+        kind, got = walked[key]
+        if isinstance(values[0], bytes):
+            assert kind == "bytes" and [data[o:o + n] for o, n in got] == values
+            assert list(ex.features.feature[key].bytes_list.value) == values
+        else:
+            assert kind == "int64" and got == values
+            assert list(ex.features.feature[key].int64_list.value) == values
