@@ -64,10 +64,11 @@ def _sizes(data, clip_len):
     """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
     from index_tools import fidx_path, read_frame_index
 
-    table = load_table(data)
-    records = sum(sum(read_frame_index(fidx_path(s)).videos["record_length"]) for s in _dataset_files(data)[0])
-    frames = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in table.shards)
-    return records / len(table), frames / table.num_frames.sum() * clip_len, len(table)
+    indexes = [read_frame_index(fidx_path(s)) for s in _dataset_files(data)[0]]  # each header read once
+    videos = sum(ix.num_videos for ix in indexes)
+    records = sum(sum(ix.videos["record_length"]) for ix in indexes)
+    frame_bytes = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in indexes)
+    return records / videos, frame_bytes / sum(ix.num_frame_rows for ix in indexes) * clip_len, videos
 
 
 def _time_batches(it, batches, batch_size, clip_len, start):
