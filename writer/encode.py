@@ -75,39 +75,35 @@ def _output_size(h: int, w: int, shorter: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _frames(spec: VideoSpec, opts: EncodeOptions):
+def _frames(cap, spec: VideoSpec, opts: EncodeOptions):
     """Decoded BGR frames of the kept segment, resampled; yields ``(index, frame)``."""
-    with open_video(spec.path) as cap:
-        if not cap.isOpened():
-            raise VideoError("cannot open: unreadable or not a video")
-        start_ms = (spec.start or 0.0) * 1000
-        end_ms = spec.end * 1000 if spec.end is not None else math.inf
-        if spec.start:
-            cap.set(cv2.CAP_PROP_POS_MSEC, start_ms)
-        kept, slot = 0, -1
-        while kept < (opts.max_frames or math.inf):
-            ok, frame = cap.read()
-            if not ok:
-                return
-            ts = cap.get(cv2.CAP_PROP_POS_MSEC)
-            if ts < start_ms - 1e-3:
+    start_ms = (spec.start or 0.0) * 1000
+    end_ms = spec.end * 1000 if spec.end is not None else math.inf
+    if spec.start:
+        cap.set(cv2.CAP_PROP_POS_MSEC, start_ms)
+    kept, slot = 0, -1
+    while kept < (opts.max_frames or math.inf):
+        ok, frame = cap.read()
+        if not ok:
+            return
+        ts = cap.get(cv2.CAP_PROP_POS_MSEC)
+        if ts < start_ms - 1e-3:
+            continue
+        if ts >= end_ms:
+            return
+        if opts.fps:
+            s = math.floor((ts - start_ms) * opts.fps / 1000 + 1e-6)
+            if s <= slot:
                 continue
-            if ts >= end_ms:
-                return
-            if opts.fps:
-                s = math.floor((ts - start_ms) * opts.fps / 1000 + 1e-6)
-                if s <= slot:
-                    continue
-                slot = s
-            yield kept, frame
-            kept += 1
+            slot = s
+        yield kept, frame
+        kept += 1
 
 
-def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
+def _encode_frames(frames, opts: EncodeOptions):
+    """JPEG bytes of each frame, all resized to one size: ``(jpegs, (height, width))``."""
     jpegs, size = [], None
-    with open_video(spec.path) as cap:
-        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-    for i, frame in _frames(spec, opts):
+    for i, frame in frames:
         h, w = frame.shape[:2]
         if size is None:
             first, size = (h, w), _output_size(h, w, opts.resize_shorter)
@@ -121,6 +117,15 @@ def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
         if not ok:
             raise VideoError(f"JPEG encoding failed at frame {i}")
         jpegs.append(buf.tobytes())
+    return jpegs, size
+
+
+def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
+    with open_video(spec.path) as cap:
+        if not cap.isOpened():
+            raise VideoError("cannot open: unreadable or not a video")
+        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        jpegs, size = _encode_frames(_frames(cap, spec, opts), opts)
     if not jpegs:
         where = f" in segment [{spec.start:g}, {spec.end:g}) s" if spec.start is not None else ""
         raise VideoError(f"no decodable frames{where} (empty, truncated, or the segment lies outside the video)")
