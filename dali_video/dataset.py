@@ -4,8 +4,6 @@ Only this module imports DALI's TensorFlow plugin.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 from dataclasses import dataclass
@@ -13,32 +11,42 @@ from typing import Literal
 
 import numpy as np
 
-from .reader import HEADER_INTS, BatchStream
-from .sampling import ClipSpec, ShortVideos, VideoTable, load_table, usable_videos
+from .sampling import SHORT_CODES, ClipSpec, PlanSpec, ShortVideos, VideoTable, load_table, usable_videos
 
 log = logging.getLogger(__name__)
 DEVICES = ("gpu", "cpu")
 DTYPES = ("float32", "float16", "uint8")
-# Columns of the per-frame header the pipeline returns next to the frames.
-HEADER_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame")
+# Columns of the int32 metadata the pipeline returns next to the frames, one row per frame.
+META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame", "replaced")
 
 
 @dataclass
 class ClipPipeline:
-    """A built DALI pipeline with what feeds it. ``pipeline.run()`` returns ``(frames, headers)``:
-    ``frames`` is ``[B*T, crop, crop, 3]`` (clip after clip), ``headers`` ``[B*T, 8]`` int32 with
-    :data:`HEADER_COLUMNS`. Call :meth:`close` (or use ``with``) to stop the reader threads."""
+    """A built DALI pipeline over dali-video's native reader. ``pipeline.run()`` returns
+    ``(frames, meta)``: ``frames`` is ``[B*T, crop, crop, 3]`` (clip after clip), ``meta`` ``[B*T, 9]``
+    int32 with :data:`META_COLUMNS` (``video`` is the row in ``table``; ``replaced`` counts damaged
+    clips skipped with ``on_corrupt="skip"`` to give this one)."""
 
     pipeline: object
-    stream: BatchStream
     table: VideoTable
-    videos: np.ndarray
-    spec: ClipSpec
+    videos: np.ndarray  # rows of ``table`` the clips are planned over
+    plan: PlanSpec
     batch_size: int
-    items_per_epoch: int
+    num_shards: int
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Clips in one epoch of the global sequence (over all readers)."""
+        return self.plan.items_per_epoch(len(self.videos))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per reader that cover one epoch; every reader runs the same number."""
+        return math.ceil(self.items_per_epoch / (self.batch_size * self.num_shards))
 
     def close(self) -> None:
-        self.stream.close()
+        """Release the pipeline (its reader holds no threads of its own)."""
+        self.pipeline = None
 
     def __enter__(self):
         return self
@@ -52,81 +60,109 @@ def _check_choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_videos, shard_id,
-            num_shards, clips_per_video, num_crops):
+            num_shards, training, clips_per_video, num_crops, seed):
     spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop_size, resize_shorter=resize_shorter,
                     short_videos=short_videos)
-    if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard_id, int)
-            and 0 <= shard_id < num_shards):
-        raise ValueError(f"shard_id must be in 0..num_shards-1 and num_shards >= 1, got shard_id={shard_id!r}, "
-                         f"num_shards={num_shards!r}")
-    if clips_per_video < 1:
-        raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+    _check_int("num_shards", num_shards, 1)
+    if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
+    _check_int("clips_per_video", clips_per_video, 1)
     _check_choice("num_crops", num_crops, (1, 3))
     table = load_table(files, split)
-    usable = usable_videos(table, spec)
-    videos = usable[shard_id::num_shards]
+    videos = usable_videos(table, spec)
     if len(videos) == 0:
-        raise ValueError(f"shard {shard_id} of {num_shards} gets no videos: the dataset has {len(usable)} "
-                         f"usable videos; use num_shards <= {max(len(usable), 1)}")
-    return spec, table, videos
+        raise ValueError(f"no videos to read in {files} (all shards empty, or every video skipped)")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (1 << 63))
+    _check_int("seed", seed, 0)
+    plan = PlanSpec(spec, seed=int(seed), training=training, clips_per_video=clips_per_video,
+                    num_crops=1 if training else num_crops)
+    return plan, table, videos
+
+
+def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard_id: int, num_shards: int,
+                 initial_clip: int, on_corrupt: str) -> dict:
+    """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
+    c = plan.clip
+    used = np.unique(table.shard[videos])  # shards that hold a planned video
+    shard_of = np.searchsorted(used, table.shard[videos])
+
+    def ints(column):
+        return column[videos].astype(np.int64).tolist()
+
+    return dict(
+        shards=[str(table.shards[s].path)[: -len(".fidx")] for s in used],
+        table_offset=[int(table.shards[s].frame_table_offset) for s in used],
+        filenames=[str(table.filename[v]).encode("utf-8", "backslashreplace").decode() for v in videos],
+        video_shard=shard_of.tolist(), video_row=ints(table.frame_start), num_frames=ints(table.num_frames),
+        height=ints(table.height), width=ints(table.width), label=ints(table.label), table_row=videos.tolist(),
+        plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=c.stride, crop_size=c.crop_size,
+        resize_shorter=c.resize_shorter or 0, short_videos=SHORT_CODES[c.short_videos],
+        clips_per_video=plan.clips_per_video, num_crops=plan.num_crops, shard_id=shard_id, num_shards=num_shards,
+        initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
 
 
 def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1, training: bool = True,
                   device: Literal["gpu", "cpu"] = "gpu", resize_shorter: int | None = None,
                   crop_size: int = 224, dtype: Literal["float32", "float16", "uint8"] = "float32",
                   mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), seed: int | None = None,
-                  shard_id: int = 0, num_shards: int = 1, short_videos: ShortVideos = "repeat_last",
-                  split: str | None = None, clips_per_video: int = 1, num_crops: int = 1,
-                  decode_crop: bool = True, device_id: int = 0, reader_threads: int = 4,
-                  prefetch: int = 2, num_threads: int | None = None,
-                  on_corrupt: Literal["raise", "skip"] = "raise") -> ClipPipeline:
-    """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`."""
+                  shard_id: int = 0, num_shards: int = 1, initial_clip: int = 0,
+                  short_videos: ShortVideos = "repeat_last", split: str | None = None, clips_per_video: int = 1,
+                  num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
+                  num_threads: int | None = None, prefetch_queue_depth: int = 2,
+                  on_corrupt: Literal["raise", "skip"] = "raise",
+                  output: Literal["frames", "jpegs", "padded_jpegs"] = "frames") -> ClipPipeline:
+    """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`;
+    ``output="jpegs"`` stops after the reader (JPEG bytes per frame, and the metadata)."""
     from .pipeline import clip_pipeline as build
 
     _check_choice("device", device, DEVICES)
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    _check_int("batch_size", batch_size, 1)
+    _check_int("initial_clip", initial_clip, 0)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
-    spec, table, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
+    plan, table, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
                                   resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
-                                  num_shards=num_shards, clips_per_video=clips_per_video, num_crops=num_crops)
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (1 << 63))
-    stream = BatchStream(table, videos, spec, batch_size, training=training, seed=seed,
-                         clips_per_video=1 if training else clips_per_video,
-                         num_crops=1 if training else num_crops, threads=reader_threads, prefetch=prefetch,
-                         on_corrupt=on_corrupt)
-    pipe = build(stream, batch_size=batch_size * clip_len, device=device, device_id=device_id,
+                                  num_shards=num_shards, training=training, clips_per_video=clips_per_video,
+                                  num_crops=num_crops, seed=seed)
+    reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
+                          initial_clip=initial_clip, on_corrupt=on_corrupt)
+    pipe = build(reader, batch_size=batch_size * clip_len, device=device, device_id=device_id,
                  crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype, mean=mean, std=std,
-                 decode_crop=decode_crop, num_threads=num_threads, seed=seed % (1 << 31))
-    items = len(videos) * (1 if training else clips_per_video * num_crops)
-    return ClipPipeline(pipe, stream, table, videos, spec, batch_size, items)
+                 decode_crop=decode_crop, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+                 output=output)
+    return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards)
 
 
 def steps_per_epoch(files, *, batch_size: int, training: bool = True, clips_per_video: int = 1,
                     num_crops: int = 1, clip_len: int = 64, stride: int = 1, crop_size: int = 224,
                     resize_shorter: int | None = None, short_videos: ShortVideos = "repeat_last",
                     shard_id: int = 0, num_shards: int = 1, split: str | None = None) -> int:
-    """Batches that cover every clip of an epoch once (the last batch wraps into the next epoch)."""
-    _, _, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
-                           resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
-                           num_shards=num_shards, clips_per_video=clips_per_video, num_crops=num_crops)
-    per_video = 1 if training else clips_per_video * num_crops
-    return math.ceil(len(videos) * per_video / batch_size)
+    """Batches per reader that cover every clip of an epoch once (the last batch runs into the next
+    epoch); the same for every reader of ``num_shards``."""
+    plan, _, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
+                              resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
+                              num_shards=num_shards, training=training, clips_per_video=clips_per_video,
+                              num_crops=num_crops, seed=0)
+    return math.ceil(plan.items_per_epoch(len(videos)) / (batch_size * num_shards))
 
 
 def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1, training: bool = True,
                  device: Literal["gpu", "cpu"] = "gpu", resize_shorter: int | None = None,
                  crop_size: int = 224, dtype: Literal["float32", "float16", "uint8"] = "float32",
                  mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), seed: int | None = None,
-                 shard_id: int = 0, num_shards: int = 1, short_videos: ShortVideos = "repeat_last",
-                 with_meta: bool = False, split: str | None = None, clips_per_video: int = 1,
-                 num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
-                 reader_threads: int = 4, prefetch: int = 2, num_threads: int | None = None,
+                 shard_id: int = 0, num_shards: int = 1, initial_clip: int = 0,
+                 short_videos: ShortVideos = "repeat_last", with_meta: bool = False, split: str | None = None,
+                 clips_per_video: int = 1, num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
+                 num_threads: int | None = None, prefetch_queue_depth: int = 2,
                  on_corrupt: Literal["raise", "skip"] = "raise"):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
@@ -139,14 +175,20 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     resize_shorter: resize frames so the shorter side has this length before cropping (None: keep).
     dtype: "float32" or "float16": ``(pixel - mean) / std``; "uint8": the decoded pixels as they are.
     mean, std: per channel, in pixel units (0-255); the default maps pixels to [0, 1].
-    shard_id, num_shards: this reader's disjoint part of the videos (one per replica or host).
+    shard_id, num_shards: readers share each global batch of ``batch_size * num_shards`` clips: this
+        reader takes part ``shard_id``. The clip sequence is the same whatever ``num_shards`` is, the
+        readers' parts are disjoint, and each epoch covers every clip once (one reader per replica or host).
+    initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
+        reached by computation, without reading.
     short_videos: videos shorter than a clip repeat their last frame, loop, or are skipped.
-    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``,
-        the ``first_frame`` and the ``video`` row, to group predictions per video.
+    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
+        ``first_frame`` and the ``video`` row (to group predictions per video), the ``window``
+        ``[y, x, h, w]`` in stored pixels, ``flip``, and ``replaced`` (damaged clips skipped to give it).
     decode_crop: decode only the crop window of each JPEG where DALI can.
-    on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video and
-        frame ("raise"), or its clip is replaced by the next one and counted ("skip"; the reasons are in
-        ``ds._dali_video_loader.stream.skipped``).
+    num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
+    on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
+        and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
+        ``meta["replaced"]`` and logged to stderr ("skip").
     Use :func:`steps_per_epoch` for ``model.fit(..., steps_per_epoch=...)``.
     """
     import tensorflow as tf
@@ -158,26 +200,27 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     normalise_in_tf = device == "cpu" and dtype != "uint8"
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, stride=stride, training=training,
                            device=device, resize_shorter=resize_shorter, crop_size=crop_size,
-                           dtype="uint8" if normalise_in_tf else dtype,
-                           mean=mean, std=std, seed=seed, shard_id=shard_id, num_shards=num_shards,
+                           dtype="uint8" if normalise_in_tf else dtype, mean=mean, std=std, seed=seed,
+                           shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
                            short_videos=short_videos, split=split, clips_per_video=clips_per_video,
                            num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
-                           reader_threads=reader_threads, prefetch=prefetch, num_threads=num_threads,
+                           num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt)
     n = batch_size * clip_len
     placement = f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
-    # DALI 2.4 prints a debugging line while it wraps the source; keep stdout clean.
-    with tf.device(placement), contextlib.redirect_stdout(io.StringIO()):
-        ds = dali_tf.experimental.DALIDatasetWithInputs(
-            pipeline=loader.pipeline, batch_size=n,
-            output_dtypes=(tf.uint8 if normalise_in_tf else tf.as_dtype(dtype), tf.int32),
-            output_shapes=((n, crop_size, crop_size, 3), (n, HEADER_INTS)),
-            device_id=device_id if device == "gpu" else None)
+    column = {name: i for i, name in enumerate(META_COLUMNS)}
     with tf.device(placement):
+        # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
+        ds = dali_tf.DALIDataset(
+            pipeline=loader.pipeline, batch_size=n, num_threads=loader.pipeline.num_threads,
+            prefetch_queue_depth=prefetch_queue_depth,
+            output_dtypes=(tf.uint8 if normalise_in_tf else tf.as_dtype(dtype), tf.int32),
+            output_shapes=((n, crop_size, crop_size, 3), (n, len(META_COLUMNS))),
+            device_id=device_id if device == "gpu" else None)
 
         @tf.autograph.experimental.do_not_convert
-        def to_clips(frames, headers):
+        def to_clips(frames, meta):
             clips = tf.reshape(frames, (batch_size, clip_len, crop_size, crop_size, 3))
             if normalise_in_tf:
                 # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
@@ -185,18 +228,19 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                 shift = tf.constant([-m / d for m, d in zip(mean, std)] * crop_size, tf.float32)
                 rows = tf.reshape(tf.cast(clips, tf.float32), (-1, crop_size * 3)) * scale + shift
                 clips = tf.cast(tf.reshape(rows, (batch_size, clip_len, crop_size, crop_size, 3)), dtype)
-            first = headers[::clip_len]
-            labels = first[:, HEADER_COLUMNS.index("label")]
+            first = meta[::clip_len]
+            labels = first[:, column["label"]]
             if not with_meta:
                 return clips, labels
-            video = first[:, HEADER_COLUMNS.index("video")]
+            video = first[:, column["video"]]
             with tf.device("/cpu:0"):
                 names = tf.gather(filenames, tf.identity(video))
-            return clips, labels, {"filename": names, "first_frame": first[:, HEADER_COLUMNS.index("frame")],
-                                   "video": video}
+            return clips, labels, {"filename": names, "first_frame": first[:, column["frame"]], "video": video,
+                                   "window": first[:, column["crop_y"]:column["crop_w"] + 1],
+                                   "flip": first[:, column["flip"]], "replaced": first[:, column["replaced"]]}
 
         ds = ds.map(to_clips)
-    ds._dali_video_loader = loader  # keeps the reader threads alive as long as the dataset
+    ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
     return ds
 
 

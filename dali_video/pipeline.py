@@ -1,7 +1,8 @@
-"""The DALI pipeline: packed batches in, decoded, cropped, flipped and normalised frames out.
+"""The DALI pipeline: dali-video's native reader, then decoded, cropped, flipped and normalised frames.
 
-The only module that imports ``nvidia.dali``. ``device`` is "gpu" (decoding with
-``device="mixed"``, nvJPEG) or "cpu" (the CPU fallback), decided once when the pipeline is built.
+The only module that imports ``nvidia.dali`` (with ``native``, which builds and loads the reader).
+``device`` is "gpu" (decoding with ``device="mixed"``, nvJPEG) or "cpu" (the CPU fallback), decided
+once when the pipeline is built.
 """
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ from typing import Literal
 
 from nvidia.dali import fn, pipeline_def, types
 
-from .reader import HEADER_BYTES
+from . import native
 
 Device = Literal["gpu", "cpu"]
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
 
 
 @pipeline_def(enable_conditionals=False)
-def _clip_pipeline(source, device: str, crop_size: int, resize: bool, dtype: str, mean, std,
-                   decode_crop: bool):
-    packed = fn.external_source(source=source, batch=True, dtype=types.UINT8, ndim=1, no_copy=False)
-    header = fn.reinterpret(packed[0:HEADER_BYTES], dtype=types.INT32)
-    jpegs = packed[HEADER_BYTES:]
-    anchor, shape, flip = header[0:2], header[2:4], header[4]
+def _clip_pipeline(reader: dict, device: str, crop_size: int, resize: bool, dtype: str, mean, std,
+                   decode_crop: bool, output: str):
+    jpegs, meta = fn.dali_video_clips(**reader)
+    if output != "frames":  # the reader alone: JPEG bytes, as they are or padded to one array
+        return (fn.pad(jpegs) if output == "padded_jpegs" else jpegs), meta
+    anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
     decoder_device = "mixed" if device == "gpu" else "cpu"
     if decode_crop:
         images = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device=decoder_device,
@@ -37,20 +38,23 @@ def _clip_pipeline(source, device: str, crop_size: int, resize: bool, dtype: str
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[dtype], mean=list(mean),
                                           std=list(std), output_layout="HWC")
-    return images, (header.gpu() if device == "gpu" else header)
+    return images, (meta.gpu() if device == "gpu" else meta)
 
 
-def clip_pipeline(source, *, batch_size: int, device: Device = "gpu", device_id: int | None = 0,
+def clip_pipeline(reader: dict, *, batch_size: int, device: Device = "gpu", device_id: int | None = 0,
                   crop_size: int = 224, resize: bool = False, dtype: str = "float32",
                   mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), decode_crop: bool = True,
-                  num_threads: int | None = None, prefetch_queue_depth: int = 2, seed: int | None = None):
-    """Build the DALI pipeline. ``source()`` returns one packed batch of ``batch_size`` frames
-    (see :mod:`dali_video.reader`); outputs are the frames ``[N, crop, crop, 3]`` and the headers
-    ``[N, 8]``. Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8."""
-    return _clip_pipeline(source, device, crop_size, resize, dtype, mean, std, decode_crop,
+                  output: Literal["frames", "jpegs", "padded_jpegs"] = "frames",
+                  num_threads: int | None = None, prefetch_queue_depth: int = 2):
+    """Build the DALI pipeline over the native reader, whose arguments ``reader`` holds (see
+    ``fn.dali_video_clips``); ``batch_size`` counts frames. Outputs are the frames ``[N, crop, crop, 3]``
+    and the metadata ``[N, 9]`` (``dali_video.META_COLUMNS``). Frames are ``(pixel - mean) / std`` as ``dtype``,
+    or the raw pixels for uint8. ``output="jpegs"`` (or "padded_jpegs") stops after the reader."""
+    native.load()
+    return _clip_pipeline(reader, device, crop_size, resize, dtype, mean, std, decode_crop, output,
                           batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
                           device_id=device_id if device == "gpu" else None,
-                          prefetch_queue_depth=prefetch_queue_depth, seed=seed if seed is not None else -1)
+                          prefetch_queue_depth=prefetch_queue_depth)
 
 
 # Baselines for dali-video-bench; kept here so that DALI stays in this one module.

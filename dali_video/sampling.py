@@ -5,7 +5,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -135,72 +135,131 @@ def usable_videos(table: VideoTable, spec: ClipSpec) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def frame_indices(num_frames: int, start: int, spec: ClipSpec) -> np.ndarray:
-    """The frame numbers of a clip starting at ``start``, with the short-video policy applied."""
-    idx = start + np.arange(spec.clip_len) * spec.stride
-    if spec.short_videos == "loop":
-        return idx % num_frames
-    return np.minimum(idx, num_frames - 1)
+# The clip plan. One specification, two implementations: ``plan_clip`` below (the reference, for
+# tests and tools) and ``plan_clip`` in native/clip_reader.cc (the reader); a property test holds
+# them equal. Integer arithmetic only, modulo 2**64 where noted, so both agree bit for bit.
+#
+#   mix(x)      splitmix64's finaliser (mod 2**64); hash(h, v) = mix(h ^ mix(v))
+#   uniform(h, m) = (h * m) >> 64, an integer in [0, m);   rdiv(a, b) = (2a + b) // (2b)  (a/b, halves up)
+#   permute(x, n, key): a 4-round Feistel network on 2*half bits (the least half with 4**half >= n;
+#       round r: L, R = R, L ^ (hash(hash(key, r), R) & (2**half - 1))), repeated while the result >= n.
+#
+# The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
+# videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
+# clips; clip p is item j = p % N of epoch e = p // N. Reader r of R with batch size B reads positions
+# initial_clip + k*B*R + r*B + i for its k-th batch, so any clip is found in O(1) from (seed, e, j).
+#   training:   video = permute(j // K, n, hash(hash(seed, 1), e)); draws = hash(hash(hash(seed, 2), e), j)
+#               start = uniform(hash(draws, 1), room + 1) with room = max(frames - span, 0)
+#               y', x', flip = uniform(hash(draws, 2), rh - c + 1), uniform(hash(draws, 3), rw - c + 1),
+#               uniform(hash(draws, 4), 2)
+#   evaluation: video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2 for K = 1, else
+#               rdiv(clip * room, K - 1); y', x' centred, or for C = 3 at 0, middle, end of the longer side.
+# (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without
+# resizing the frame itself. The window in stored pixels: size = max(1, rdiv(c*s, R)) (c without resizing),
+# h = min(height, size), w = min(width, size), y = min(rdiv(y'*s, R), height - h), likewise x.
+# Frame t of the clip is start + t*stride, taken modulo the frame count ("loop") or capped at the last
+# frame ("repeat_last").
+
+_M64 = (1 << 64) - 1
+SHORT_CODES = {"repeat_last": 0, "loop": 1, "skip": 2}
 
 
-def clip_starts(num_frames: int, spec: ClipSpec, *, rng: np.random.Generator | None,
-                clips_per_video: int = 1) -> np.ndarray:
-    """Training (``rng`` given): one uniformly random valid start. Evaluation: ``clips_per_video``
-    evenly spaced starts (the centre for one clip)."""
-    room = max(num_frames - spec.span, 0)
-    if rng is not None:
-        return np.array([rng.integers(0, room + 1)])
-    if clips_per_video == 1:
-        return np.array([room // 2])
-    return np.linspace(0, room, clips_per_video).round().astype(np.int64)
+def _mix(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
 
 
-def crop_windows(height: int, width: int, spec: ClipSpec, *, rng: np.random.Generator | None,
-                 num_crops: int = 1) -> list[tuple[int, int, int, int, int]]:
-    """``(y, x, h, w, flip)`` windows in source pixels. Training: one random window and flip;
-    evaluation: the centre (1 crop) or both ends and the centre of the longer side (3 crops)."""
-    scale = spec.resize_shorter / min(height, width) if spec.resize_shorter else 1.0
-    rh, rw = round(height * scale), round(width * scale)  # the frame after resizing
-    c = spec.crop_size
-    if rng is not None:
-        spots = [(int(rng.integers(0, rh - c + 1)), int(rng.integers(0, rw - c + 1)), int(rng.integers(0, 2)))]
-    elif num_crops == 1:
-        spots = [((rh - c) // 2, (rw - c) // 2, 0)]
-    elif rh >= rw:
-        spots = [(y, (rw - c) // 2, 0) for y in (0, (rh - c) // 2, rh - c)]
-    else:
-        spots = [((rh - c) // 2, x, 0) for x in (0, (rw - c) // 2, rw - c)]
-    size = max(1, round(c / scale))  # the crop in source pixels (at least one, when upscaling)
-    size_h, size_w = min(height, size), min(width, size)
-    return [(min(round(y / scale), height - size_h), min(round(x / scale), width - size_w), size_h, size_w, f)
-            for y, x, f in spots]
+def _hash(h: int, v: int) -> int:
+    return _mix(h ^ _mix(v & _M64))
+
+
+def _uniform(h: int, m: int) -> int:
+    return (h * m) >> 64
+
+
+def _rdiv(a: int, b: int) -> int:
+    return (2 * a + b) // (2 * b)
+
+
+def permute(x: int, n: int, key: int) -> int:
+    """A keyed bijection of ``range(n)`` (see the specification above)."""
+    half = 1
+    while 4 ** half < n:
+        half += 1
+    mask = (1 << half) - 1
+    while True:
+        left, right = x >> half, x & mask
+        for r in range(4):
+            left, right = right, left ^ (_hash(_hash(key, r), right) & mask)
+        x = (left << half) | right
+        if x < n:
+            return x
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Everything a clip plan depends on besides the video table."""
+
+    clip: ClipSpec
+    seed: int
+    training: bool
+    clips_per_video: int = 1
+    num_crops: int = 1
+
+    def items_per_epoch(self, num_videos: int) -> int:
+        return num_videos * self.clips_per_video * (1 if self.training else self.num_crops)
+
+    def as_ints(self) -> list[int]:
+        """The order of ``struct Spec`` in clip_reader.cc."""
+        c = self.clip
+        return [self.seed, int(self.training), c.clip_len, c.stride, c.crop_size, c.resize_shorter or 0,
+                SHORT_CODES[c.short_videos], self.clips_per_video, self.num_crops]
 
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """What one clip is: a video row, its frame numbers and the crop window."""
+    """What one clip is: a row of the videos planned over, its first frame, frame numbers and window."""
 
     video: int
+    start: int
     frames: np.ndarray
-    window: tuple[int, int, int, int, int]
+    window: tuple[int, int, int, int, int]  # y, x, h, w, flip (in stored pixels)
 
 
-def epoch_plan(table: VideoTable, videos: np.ndarray, spec: ClipSpec, *, training: bool, seed: int,
-               epoch: int, clips_per_video: int = 1, num_crops: int = 1) -> Iterator[ClipPlan]:
-    """The clips of one epoch, drawn as they are needed (memory stays flat at any dataset size).
-    Training: each video once, in a seeded random order, with a random start and window.
-    Evaluation: every video in order, ``clips_per_video`` x ``num_crops`` clips."""
-    if not training:
-        for v in videos:
-            n = int(table.num_frames[v])
-            for start in clip_starts(n, spec, rng=None, clips_per_video=clips_per_video):
-                for window in crop_windows(int(table.height[v]), int(table.width[v]), spec, rng=None,
-                                           num_crops=num_crops):
-                    yield ClipPlan(int(v), frame_indices(n, int(start), spec), window)
-        return
-    rng = np.random.default_rng([seed, epoch])
-    for v in rng.permutation(videos):
-        n = int(table.num_frames[v])
-        start = int(clip_starts(n, spec, rng=rng)[0])
-        window = crop_windows(int(table.height[v]), int(table.width[v]), spec, rng=rng)[0]
-        yield ClipPlan(int(v), frame_indices(n, start, spec), window)
+def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> ClipPlan:
+    """Clip ``position`` of the endless clip sequence over the videos whose sizes are given."""
+    s, c = plan.clip, plan.clip.crop_size
+    n, k, crops = len(num_frames), plan.clips_per_video, plan.num_crops
+    items = plan.items_per_epoch(n)
+    epoch, j = divmod(position, items)
+    seed = plan.seed & _M64
+    if plan.training:
+        video, clip, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
+    else:
+        video, clip, crop = j // (k * crops), j // crops % k, j % crops
+    draws = _hash(_hash(_hash(seed, 2), epoch), j)
+    frames, height, width = int(num_frames[video]), int(heights[video]), int(widths[video])
+    room = max(frames - s.span, 0)
+    if plan.training:
+        start = _uniform(_hash(draws, 1), room + 1)
+    else:
+        start = room // 2 if k == 1 else _rdiv(clip * room, k - 1)
+    r, shorter = s.resize_shorter or 0, min(height, width)
+    rh, rw = (_rdiv(height * r, shorter), _rdiv(width * r, shorter)) if r else (height, width)
+    if plan.training:
+        y, x = _uniform(_hash(draws, 2), rh - c + 1), _uniform(_hash(draws, 3), rw - c + 1)
+        flip = _uniform(_hash(draws, 4), 2)
+    else:
+        y, x, flip = (rh - c) // 2, (rw - c) // 2, 0
+        if crops == 3:
+            spot = (0, (max(rh, rw) - c) // 2, max(rh, rw) - c)[crop]
+            y, x = (spot, x) if rh >= rw else (y, spot)
+    size = max(1, _rdiv(c * shorter, r)) if r else c
+    h, w = min(height, size), min(width, size)
+    if r:
+        y, x = min(_rdiv(y * shorter, r), height - h), min(_rdiv(x * shorter, r), width - w)
+    idx = start + np.arange(s.clip_len) * s.stride
+    idx = idx % frames if s.short_videos == "loop" else np.minimum(idx, frames - 1)
+    return ClipPlan(video, start, idx, (y, x, h, w, flip))

@@ -1,0 +1,501 @@
+// dali-video's clip reader: a DALI CPU operator, fed by nothing, that emits the JPEG bytes of
+// planned clips read from indexed TFRecord shards (see dali_video/sampling.py for the plan's
+// specification and dali_video/pipeline.py for its use).
+//
+// Layout: the plan (pure functions, mirrored by the Python reference; a property test holds the
+// two equal), the read and the checks (one clip at a time, each a short function), then the
+// operator, which runs one task per clip in DALI's thread pool and copies the frames out.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "dali/pipeline/operator/operator.h"
+
+namespace dali_video {
+
+using u64 = uint64_t;
+
+// ------------------------------------------------------------------ the plan
+
+u64 mix(u64 x) {  // splitmix64's finaliser: a bijection of 64-bit words that scatters every bit
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+u64 hash(u64 h, u64 v) { return mix(h ^ mix(v)); }
+
+int64_t uniform(u64 h, int64_t m) {  // an integer in [0, m) from 64 random bits
+  return static_cast<int64_t>((static_cast<unsigned __int128>(h) * static_cast<u64>(m)) >> 64);
+}
+
+int64_t round_div(int64_t a, int64_t b) { return (2 * a + b) / (2 * b); }  // a/b, halves up
+
+// A keyed bijection of [0, n): a 4-round Feistel network on 2*half bits, cycle-walked into range.
+int64_t permute(int64_t x, int64_t n, u64 key) {
+  int half = 1;
+  while ((int64_t{1} << (2 * half)) < n) ++half;
+  const u64 mask = (u64{1} << half) - 1;
+  u64 y = static_cast<u64>(x);
+  do {
+    u64 l = y >> half, r = y & mask;
+    for (u64 round = 0; round < 4; ++round) {
+      u64 t = l ^ (hash(hash(key, round), r) & mask);
+      l = r;
+      r = t;
+    }
+    y = (l << half) | r;
+  } while (y >= static_cast<u64>(n));
+  return static_cast<int64_t>(y);
+}
+
+enum ShortVideos : int64_t { kRepeatLast = 0, kLoop = 1, kSkip = 2 };
+
+struct Spec {  // the order of fields is the order of the spec array dali_video_plan takes
+  int64_t seed, training, clip_len, stride, crop, resize, short_videos, clips_per_video, num_crops;
+};
+
+struct Video {
+  int64_t num_frames, height, width;
+};
+
+struct Plan {
+  int64_t video, start, y, x, h, w, flip;
+};
+
+int64_t items_per_epoch(const Spec &s, int64_t n) {
+  return n * s.clips_per_video * (s.training ? 1 : s.num_crops);
+}
+
+// Top-left corner of the crop in the resized frame (rh x rw): random, centred, or one of three
+// spots along the longer side.
+void crop_spot(const Spec &s, int64_t rh, int64_t rw, int64_t crop, u64 draws, Plan &p) {
+  const int64_t c = s.crop;
+  if (s.training) {
+    p.y = uniform(hash(draws, 2), rh - c + 1);
+    p.x = uniform(hash(draws, 3), rw - c + 1);
+    p.flip = uniform(hash(draws, 4), 2);
+    return;
+  }
+  p.y = (rh - c) / 2;
+  p.x = (rw - c) / 2;
+  p.flip = 0;
+  if (s.num_crops == 3) {
+    int64_t &along = rh >= rw ? p.y : p.x;
+    const int64_t room = (rh >= rw ? rh : rw) - c;
+    along = crop == 0 ? 0 : crop == 1 ? room / 2 : room;
+  }
+}
+
+// Clip `position` of the endless sequence over `n` videos (epoch after epoch).
+Plan plan_clip(const Spec &s, const Video *videos, int64_t n, int64_t position) {
+  const int64_t items = items_per_epoch(s, n);
+  const int64_t epoch = position / items, j = position % items;
+  const u64 seed = static_cast<u64>(s.seed);
+  Plan p{};
+  int64_t clip = 0, crop = 0;
+  if (s.training) {
+    p.video = permute(j / s.clips_per_video, n, hash(hash(seed, 1), epoch));
+  } else {
+    p.video = j / (s.clips_per_video * s.num_crops);
+    clip = j / s.num_crops % s.clips_per_video;
+    crop = j % s.num_crops;
+  }
+  const u64 draws = hash(hash(hash(seed, 2), epoch), j);
+  const Video &v = videos[p.video];
+  const int64_t room = std::max<int64_t>(v.num_frames - ((s.clip_len - 1) * s.stride + 1), 0);
+  if (s.training)
+    p.start = uniform(hash(draws, 1), room + 1);
+  else
+    p.start = s.clips_per_video == 1 ? room / 2 : round_div(clip * room, s.clips_per_video - 1);
+  const int64_t shorter = std::min(v.height, v.width), r = s.resize;
+  const int64_t rh = r ? round_div(v.height * r, shorter) : v.height;
+  const int64_t rw = r ? round_div(v.width * r, shorter) : v.width;
+  crop_spot(s, rh, rw, crop, draws, p);
+  // Back to stored pixels: the window that resizing would have turned into the crop.
+  const int64_t size = r ? std::max<int64_t>(1, round_div(s.crop * shorter, r)) : s.crop;
+  p.h = std::min(v.height, size);
+  p.w = std::min(v.width, size);
+  if (r) {
+    p.y = std::min(round_div(p.y * shorter, r), v.height - p.h);
+    p.x = std::min(round_div(p.x * shorter, r), v.width - p.w);
+  }
+  return p;
+}
+
+int64_t frame_number(const Spec &s, const Plan &p, int64_t num_frames, int64_t t) {
+  const int64_t f = p.start + t * s.stride;
+  return s.short_videos == kLoop ? f % num_frames : std::min(f, num_frames - 1);
+}
+
+// ------------------------------------------------------------------ the checks
+
+uint32_t crc32c_soft(uint32_t crc, const uint8_t *p, size_t n) {
+  static const auto table = [] {
+    std::vector<uint32_t> t(256);
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  while (n--) crc = table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hard(uint32_t crc, const uint8_t *p, size_t n) {
+  u64 c = crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    u64 word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  crc = static_cast<uint32_t>(c);
+  for (; n; --n) crc = __builtin_ia32_crc32qi(crc, *p++);
+  return crc;
+}
+#endif
+
+uint32_t crc32c(const uint8_t *p, size_t n) {
+#if defined(__x86_64__)
+  static const bool hard = __builtin_cpu_supports("sse4.2");
+  if (hard) return ~crc32c_hard(~0u, p, n);
+#endif
+  return ~crc32c_soft(~0u, p, n);
+}
+
+// Why a JPEG's markers do not promise a height x width picture, or "" (never reads past n).
+std::string jpeg_problem(const uint8_t *p, size_t n, int64_t height, int64_t width) {
+  if (n < 4 || p[0] != 0xFF || p[1] != 0xD8) return "is not a valid JPEG (not a JPEG (no SOI marker))";
+  if (p[n - 2] != 0xFF || p[n - 1] != 0xD9) return "is not a complete JPEG (no end-of-image marker)";
+  size_t i = 2;
+  while (i + 4 <= n) {
+    if (p[i] != 0xFF) return "is not a valid JPEG (JPEG marker expected at byte " + std::to_string(i) + ")";
+    const uint8_t marker = p[i + 1];
+    if (marker == 0xFF) {
+      ++i;
+      continue;
+    }
+    if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
+      if (i + 9 > n) break;
+      const int64_t h = p[i + 5] << 8 | p[i + 6], w = p[i + 7] << 8 | p[i + 8];
+      if (height && width && (h != height || w != width))
+        return "is " + std::to_string(w) + "x" + std::to_string(h) + ", the video is " +
+               std::to_string(width) + "x" + std::to_string(height);
+      return "";
+    }
+    i += 2 + (p[i + 2] << 8 | p[i + 3]);
+  }
+  return "is not a valid JPEG (JPEG has no frame header (SOF))";
+}
+
+// ------------------------------------------------------------------ the read
+
+constexpr int64_t kGap = 64;  // frames closer than this many bytes are fetched in one read
+constexpr u64 kMaxFrame = u64{1} << 28;  // a longer "JPEG" is a damaged index, never an allocation
+
+struct Row {  // one frame of the frame index (.fidx), as stored (little-endian)
+  u64 offset;
+  uint32_t length, crc;
+};
+static_assert(sizeof(Row) == 16);
+
+struct Fd {  // a file descriptor that closes itself
+  int fd;
+  explicit Fd(const std::string &path) : fd(open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+struct ReadError {
+  std::string message;
+};
+
+bool read_exactly(int fd, void *buf, size_t n, u64 offset) {
+  auto *p = static_cast<uint8_t *>(buf);
+  while (n) {
+    const ssize_t got = pread(fd, p, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got, n -= static_cast<size_t>(got), offset += static_cast<u64>(got);
+  }
+  return true;
+}
+
+struct Dataset {  // what the operator reads: shards, their frame indexes, one entry per video
+  std::vector<std::string> shards, filenames;
+  std::vector<int> shard, row, label, table_row;
+  std::vector<Video> videos;
+  std::vector<int64_t> table_offset;  // where each shard's frame table starts in its .fidx
+};
+
+struct Clip {  // one read clip: frame t's bytes are data[start[t], start[t] + length[t])
+  Plan plan;
+  int replaced = 0;  // damaged clips skipped before this one (on_corrupt="skip")
+  std::vector<int64_t> frames, start, length;
+  std::vector<uint8_t> data;
+};
+
+std::string frame_where(const Dataset &d, const Plan &p, int64_t frame, u64 offset) {
+  return d.shards[d.shard[p.video]] + ": video '" + d.filenames[p.video] + "' frame " +
+         std::to_string(frame) + " at byte " + std::to_string(offset) + ": ";
+}
+
+// The frame index rows of frames first..last of the clip's video, checked against the shard's size.
+std::vector<Row> read_rows(const Dataset &d, const Plan &p, int64_t first, int64_t last, u64 shard_size) {
+  const std::string &shard = d.shards[d.shard[p.video]];
+  Fd fidx(shard + ".fidx");
+  std::vector<Row> rows(last - first + 1);
+  const u64 at = d.table_offset[d.shard[p.video]] + (d.row[p.video] + first) * sizeof(Row);
+  if (fidx.fd < 0 || !read_exactly(fidx.fd, rows.data(), rows.size() * sizeof(Row), at))
+    throw ReadError{shard + ".fidx: cannot read the frame rows of video '" + d.filenames[p.video] +
+                    "' (" + (fidx.fd < 0 ? std::strerror(errno) : "truncated frame table") + ")"};
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const Row &r = rows[k];
+    if (r.length > kMaxFrame || r.offset > shard_size || r.length > shard_size - r.offset)
+      throw ReadError{frame_where(d, p, first + k, r.offset) + "lies past the end of the shard (" +
+                      std::to_string(shard_size) + " bytes): stale or corrupt frame index; rebuild it with: "
+                      "dali-video-index build " + shard};
+  }
+  return rows;
+}
+
+// Reads the clip's frames, one pread per run of frames lying close together, and checks each.
+void read_clip(const Dataset &d, const Spec &s, Clip &c) {
+  const Plan &p = c.plan;
+  const Video &v = d.videos[p.video];
+  const std::string &shard = d.shards[d.shard[p.video]];
+  c.frames.resize(s.clip_len);
+  for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v.num_frames, t);
+  std::vector<int64_t> wanted(c.frames);
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  Fd file(shard);
+  struct stat st{};
+  if (file.fd < 0 || fstat(file.fd, &st) != 0)
+    throw ReadError{shard + ": cannot read video '" + d.filenames[p.video] + "': " + std::strerror(errno)};
+  const u64 shard_size = static_cast<u64>(st.st_size);
+  const std::vector<Row> rows = read_rows(d, p, wanted.front(), wanted.back(), shard_size);
+  // Frames of one video lie in increasing offsets, so `wanted` is in read order.
+  std::vector<int64_t> at(wanted.size());  // each wanted frame's position in c.data
+  c.data.clear();
+  for (size_t k = 0; k < wanted.size();) {
+    const Row &first = rows[wanted[k] - wanted.front()];
+    u64 end = first.offset + first.length;
+    size_t m = k + 1;
+    for (; m < wanted.size(); ++m) {
+      const Row &r = rows[wanted[m] - wanted.front()];
+      if (r.offset < end || r.offset - end > kGap) break;
+      end = r.offset + r.length;
+    }
+    const size_t base = c.data.size();
+    if (base + (end - first.offset) > shard_size)  // frames of one video share one record
+      throw ReadError{frame_where(d, p, wanted[k], first.offset) + "the frame index rows of this video "
+                      "overlap or exceed the shard: corrupt frame index; rebuild it with: dali-video-index build " +
+                      shard};
+    c.data.resize(base + (end - first.offset));
+    if (!read_exactly(file.fd, c.data.data() + base, end - first.offset, first.offset))
+      throw ReadError{frame_where(d, p, wanted[k], first.offset) +
+                      "short read: the shard is truncated"};
+    for (; k < m; ++k) at[k] = base + (rows[wanted[k] - wanted.front()].offset - first.offset);
+  }
+  for (size_t k = 0; k < wanted.size(); ++k) {
+    const Row &r = rows[wanted[k] - wanted.front()];
+    const uint8_t *jpeg = c.data.data() + at[k];
+    std::string problem = crc32c(jpeg, r.length) != r.crc
+        ? "fails its CRC32C (corrupt, or the shard changed after indexing; check it with: dali-video-index verify)"
+        : jpeg_problem(jpeg, r.length, v.height, v.width);
+    if (!problem.empty()) throw ReadError{frame_where(d, p, wanted[k], r.offset) + problem};
+  }
+  c.start.resize(s.clip_len);
+  c.length.resize(s.clip_len);
+  for (int64_t t = 0; t < s.clip_len; ++t) {
+    const size_t k = std::lower_bound(wanted.begin(), wanted.end(), c.frames[t]) - wanted.begin();
+    c.start[t] = at[k];
+    c.length[t] = rows[wanted[k] - wanted.front()].length;
+  }
+}
+
+// ------------------------------------------------------------------ the operator
+
+constexpr int kMetaColumns = 9;  // crop y, x, h, w, flip, label, video (table row), frame, replaced
+
+class ClipReader : public dali::Operator<dali::CPUBackend> {
+ public:
+  explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
+    auto ints = [&](const char *name) { return spec.GetRepeatedArgument<int>(name); };
+    d_.shards = spec.GetRepeatedArgument<std::string>("shards");
+    d_.filenames = spec.GetRepeatedArgument<std::string>("filenames");
+    d_.shard = ints("video_shard");
+    d_.row = ints("video_row");
+    d_.label = ints("label");
+    d_.table_row = ints("table_row");
+    const auto frames = ints("num_frames"), heights = ints("height"), widths = ints("width");
+    for (size_t i = 0; i < frames.size(); ++i) d_.videos.push_back({frames[i], heights[i], widths[i]});
+    for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
+    s_ = {spec.GetArgument<int64_t>("plan_seed"), spec.GetArgument<bool>("training"),
+          spec.GetArgument<int>("clip_len"), spec.GetArgument<int>("stride"), spec.GetArgument<int>("crop_size"),
+          spec.GetArgument<int>("resize_shorter"), spec.GetArgument<int>("short_videos"),
+          spec.GetArgument<int>("clips_per_video"), spec.GetArgument<int>("num_crops")};
+    per_clip_ = spec.GetArgument<bool>("per_clip");
+    skip_ = spec.GetArgument<bool>("skip_corrupt");
+    shard_id_ = spec.GetArgument<int>("shard_id");
+    num_shards_ = spec.GetArgument<int>("num_shards");
+    next_ = spec.GetArgument<int64_t>("initial_clip");
+    const size_t n = d_.videos.size();
+    DALI_ENFORCE(n > 0 && d_.filenames.size() == n && d_.shard.size() == n && d_.row.size() == n &&
+                 d_.label.size() == n && d_.table_row.size() == n && d_.table_offset.size() == d_.shards.size(),
+                 "dali-video clip reader: the per-video arguments disagree in length");
+  }
+
+ protected:
+  bool SetupImpl(std::vector<dali::OutputDesc> &, const dali::Workspace &) override { return false; }
+
+  void RunImpl(dali::Workspace &ws) override {
+    const int requested = ws.GetRequestedBatchSize(0);
+    const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
+    DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
+                 "dali-video clip reader: the batch size must be a multiple of clip_len");
+    clips_.resize(batch);
+    errors_.assign(batch, "");
+    const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
+    next_ += static_cast<int64_t>(batch) * num_shards_;
+    auto &pool = ws.GetThreadPool();
+    for (int i = 0; i < batch; ++i)
+      pool.AddWork([this, i, first](int) { fill(i, first + i); }, -i);
+    pool.RunAll();
+    for (const std::string &e : errors_)
+      if (!e.empty()) DALI_FAIL(e);
+    emit(ws, batch);
+  }
+
+ private:
+  // Reads clip i (at `position`); with skip_corrupt, a damaged clip gives way to the next ones.
+  void fill(int i, int64_t position) {
+    Clip &c = clips_[i];
+    const int64_t n = d_.videos.size(), items = items_per_epoch(s_, n);
+    const int64_t epoch_start = position - position % items;
+    for (int64_t tries = 0; tries < items; ++tries) {
+      c.plan = plan_clip(s_, d_.videos.data(), n, epoch_start + (position - epoch_start + tries) % items);
+      c.replaced = static_cast<int>(tries);
+      try {
+        read_clip(d_, s_, c);
+        return;
+      } catch (const ReadError &e) {
+        if (!skip_) {
+          errors_[i] = e.message;
+          return;
+        }
+        std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
+        errors_[i] = "every clip tried is damaged; last: " + e.message;
+      }
+    }
+  }
+
+  void emit(dali::Workspace &ws, int batch) {
+    const int64_t T = s_.clip_len;
+    const int64_t rows = per_clip_ ? batch : batch * T;  // samples of the meta output
+    auto &meta = ws.Output<dali::CPUBackend>(per_clip_ ? T : 1);
+    meta.Resize(dali::uniform_list_shape(rows, {kMetaColumns}), DALI_INT32);
+    auto jpeg_output = [&](int64_t t) -> dali::TensorList<dali::CPUBackend> & {
+      return ws.Output<dali::CPUBackend>(per_clip_ ? t : 0);
+    };
+    std::vector<dali::TensorListShape<>> shapes(per_clip_ ? T : 1,
+                                                dali::TensorListShape<>(per_clip_ ? batch : batch * T, 1));
+    for (int i = 0; i < batch; ++i)
+      for (int64_t t = 0; t < T; ++t)
+        shapes[per_clip_ ? t : 0].set_tensor_shape(per_clip_ ? i : i * T + t, {clips_[i].length[t]});
+    for (size_t o = 0; o < shapes.size(); ++o) jpeg_output(o).Resize(shapes[o], DALI_UINT8);
+    auto &pool = ws.GetThreadPool();
+    for (int i = 0; i < batch; ++i) {
+      pool.AddWork([&, i](int) {
+        const Clip &c = clips_[i];
+        const Plan &p = c.plan;
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t sample = per_clip_ ? i : i * T + t;
+          std::memcpy(jpeg_output(per_clip_ ? t : 0).mutable_tensor<uint8_t>(sample), c.data.data() + c.start[t],
+                      c.length[t]);
+          if (per_clip_ && t) continue;
+          const int32_t values[kMetaColumns] = {
+              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
+              d_.table_row[p.video], int32_t(c.frames[t]), c.replaced};
+          std::memcpy(meta.mutable_tensor<int32_t>(sample), values, sizeof(values));
+        }
+      }, -i);
+    }
+    pool.RunAll();
+  }
+
+  Dataset d_;
+  Spec s_{};
+  bool per_clip_ = false, skip_ = false;
+  int shard_id_ = 0, num_shards_ = 1;
+  int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
+  std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
+  std::vector<std::string> errors_;
+};
+
+}  // namespace dali_video
+
+// The plan alone, for the property test that holds it equal to the Python reference:
+// spec as in struct Spec, videos as (num_frames, height, width) triples, out as struct Plan.
+extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64_t n, int64_t position,
+                               int64_t *out) {
+  dali_video::Spec s;
+  std::memcpy(&s, spec, sizeof(s));
+  const auto p = dali_video::plan_clip(s, reinterpret_cast<const dali_video::Video *>(videos), n, position);
+  std::memcpy(out, &p, sizeof(p));
+  return 0;
+}
+
+namespace dali {
+
+DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
+
+DALI_SCHEMA(DaliVideoClips)
+    .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
+            "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
+            "video, frame, replaced): per frame, or with per_clip one JPEG output per frame position "
+            "and the metadata per clip.")
+    .NumInput(0)
+    .OutputFn([](const dali::OpSpec &spec) {
+      return spec.GetArgument<bool>("per_clip") ? spec.GetArgument<int>("clip_len") + 1 : 2;
+    })
+    .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
+    .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
+    .AddArg("filenames", "Per video: its name, for error messages.", DALI_STRING_VEC)
+    .AddArg("video_shard", "Per video: its shard.", DALI_INT_VEC)
+    .AddArg("video_row", "Per video: the row of its first frame in its shard's frame table.", DALI_INT_VEC)
+    .AddArg("num_frames", "Per video: frames.", DALI_INT_VEC)
+    .AddArg("height", "Per video: frame height.", DALI_INT_VEC)
+    .AddArg("width", "Per video: frame width.", DALI_INT_VEC)
+    .AddArg("label", "Per video: class label.", DALI_INT_VEC)
+    .AddArg("table_row", "Per video: its row in the dataset's video table (meta only).", DALI_INT_VEC)
+    .AddArg("plan_seed", "Seed of the clip plan.", DALI_INT64)
+    .AddArg("training", "Random clips (else evaluation views).", DALI_BOOL)
+    .AddArg("clip_len", "Frames per clip.", DALI_INT32)
+    .AddOptionalArg("stride", "Frame step within a clip.", 1)
+    .AddArg("crop_size", "Crop size after resizing.", DALI_INT32)
+    .AddOptionalArg("resize_shorter", "Shorter side after resizing; 0: as stored.", 0)
+    .AddOptionalArg("short_videos", "0 repeat_last, 1 loop, 2 skip.", 0)
+    .AddOptionalArg("clips_per_video", "Clips per video and epoch.", 1)
+    .AddOptionalArg("num_crops", "Evaluation crops per clip (1 or 3).", 1)
+    .AddOptionalArg("shard_id", "This reader's share of each global batch.", 0)
+    .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
+    .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
+    .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
+    .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
+
+}  // namespace dali
