@@ -6,9 +6,13 @@ BIN := $(VENV)/bin
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup native demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) native
+
+# dali-video's DALI operator (C++): built for this source and the installed DALI; a no-op when built.
+native: $(STAMP)
+	$(BIN)/python -m dali_video.native
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,15 +20,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation "$(TF_PLUGIN)"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/dali-video-train
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -q -ra tests
 
-bench: $(STAMP)
+bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.bench $(DATA) --out bench-results --quick
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/native/_build

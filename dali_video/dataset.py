@@ -65,6 +65,10 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _random_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (1 << 63))
+
+
 def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_videos, shard_id,
             num_shards, training, clips_per_video, num_crops, seed):
     spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop_size, resize_shorter=resize_shorter,
@@ -78,8 +82,10 @@ def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_
     videos = usable_videos(table, spec)
     if len(videos) == 0:
         raise ValueError(f"no videos to read in {files} (all shards empty, or every video skipped)")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (1 << 63))
+    if seed is None and num_shards > 1:
+        raise ValueError(f"seed is None with num_shards={num_shards}: readers that share a clip sequence need "
+                         f"the same seed; pass seed=<int> to every reader")
+    seed = _random_seed() if seed is None else seed
     _check_int("seed", seed, 0)
     plan = PlanSpec(spec, seed=int(seed), training=training, clips_per_video=clips_per_video,
                     num_crops=1 if training else num_crops)
@@ -246,12 +252,14 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
 
 def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu", **kwargs):
     """One :func:`clip_dataset` per replica of a ``tf.distribute`` strategy (MirroredStrategy, say):
-    each on its replica's GPU, each reading a disjoint part of the videos."""
+    each on its replica's GPU, each taking its share of every global batch (one seed for all)."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
+    if kwargs.get("seed") is None:  # every replica must plan the same clip sequence
+        kwargs["seed"] = _random_seed()
 
     def dataset_fn(context):
         replica = context.input_pipeline_id

@@ -297,7 +297,7 @@ def _write_corrupt_jpeg_shard(path):
     return path
 
 
-def test_corrupt_jpeg_in_valid_record_raises_or_is_skipped_and_counted(tmp_path):
+def test_corrupt_jpeg_in_valid_record_raises_or_is_skipped_and_counted(tmp_path, capfd):
     shard = _write_corrupt_jpeg_shard(tmp_path / "c.tfrecord")
     with pytest.raises(Exception, match=r"c\.tfrecord: video 'v1' frame 4 at byte \d+: is not a valid JPEG"):
         clips_of([shard], 3, batch_size=3, clip_len=6, crop_size=16, training=False)
@@ -305,8 +305,8 @@ def test_corrupt_jpeg_in_valid_record_raises_or_is_skipped_and_counted(tmp_path)
                                  on_corrupt="skip", with_meta=True, **CPU)
     _, _, meta = next(iter(ds))
     assert b"v1" not in meta["filename"].numpy().tolist()
-    skipped = ds._dali_video_loader.stream.skipped
-    assert skipped and "video 'v1' frame 4" in skipped[0]
+    assert meta["replaced"].numpy().tolist() == [0, 1, 0]  # v1's clip gave way to the next one
+    assert "on_corrupt='skip': replacing a clip: " in capfd.readouterr().err
 
 
 def test_one_video_dataset_and_batch_larger_than_dataset(tmp_path):
@@ -315,15 +315,6 @@ def test_one_video_dataset_and_batch_larger_than_dataset(tmp_path):
     clips = clips_of(tmp_path / "out", 2, batch_size=5, clip_len=4, crop_size=16)
     assert len(clips) == 10 and {c[2] for c in clips} == {"c/only.avi"}
     assert all(numbers(c[0]) == list(range(c[3], c[3] + 4)) for c in clips)
-
-
-def test_more_reader_shards_than_shard_files(dataset):
-    seen = []
-    for shard_id in range(7):
-        with dali_video.clip_pipeline(dataset, batch_size=1, clip_len=2, crop_size=16, device="cpu",
-                                      shard_id=shard_id, num_shards=7) as p:
-            seen += [p.table.filename[v] for v in p.videos]
-    assert sorted(seen) == sorted(dali_video.load_table(dataset).filename)
 
 
 def test_shards_of_different_resolutions_in_one_dataset(videos, dataset, tmp_path):
@@ -336,7 +327,7 @@ def test_shards_of_different_resolutions_in_one_dataset(videos, dataset, tmp_pat
 
 
 def test_shard_removed_while_iterating_fails_naming_it(dataset_copy):
-    ds = dali_video.clip_dataset(dataset_copy, batch_size=2, clip_len=2, crop_size=16, prefetch=1, **CPU)
+    ds = dali_video.clip_dataset(dataset_copy, batch_size=2, clip_len=2, crop_size=16, prefetch_queue_depth=1, **CPU)
     it = iter(ds)
     next(it)
     victim = _shard(dataset_copy)
@@ -346,16 +337,12 @@ def test_shard_removed_while_iterating_fails_naming_it(dataset_copy):
             next(it)
 
 
-def test_close_stops_reader_threads(dataset):
-    before = {t for t in threading.enumerate() if t.name.startswith("dali-video")}
-    p = dali_video.clip_pipeline(dataset, batch_size=2, clip_len=2, crop_size=16, device="cpu")
-    p.stream()
-    assert {t for t in threading.enumerate() if t.name.startswith("dali-video")} - before
-    p.close()
-    assert not {t for t in threading.enumerate() if t.name.startswith("dali-video") and t.is_alive()} - before
-    with pytest.raises(RuntimeError, match="the clip loader was closed"):
-        for _ in range(5):  # what was read ahead may still come out, then the end is said, not hung on
-            p.stream()
+def test_the_loader_starts_no_python_threads(dataset):
+    before = set(threading.enumerate())
+    with dali_video.clip_pipeline(dataset, batch_size=2, clip_len=2, crop_size=16, device="cpu") as p:
+        p.pipeline.run()
+        assert set(threading.enumerate()) == before  # the reader runs in DALI's own (native) threads
+    assert p.pipeline is None
 
 
 EXIT_SCRIPT = """

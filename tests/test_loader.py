@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dali_video
+from dali_video import META_COLUMNS
 from dali_video.sample_data import frame_number
-from dali_video.sampling import ClipSpec, clip_starts, crop_windows, frame_indices, load_table
+from dali_video.sampling import ClipSpec, PlanSpec, load_table, plan_clip
 from index_tools import FormatError, build, read_frame_index
 from index_tools import format as fmt
 
@@ -62,18 +63,42 @@ def test_same_seed_same_clips_other_seed_other_clips(dataset):
     assert any(not np.array_equal(x[0], z[0]) for x, z in zip(a, c))
 
 
-def test_shards_are_disjoint_and_cover_the_data(dataset):
-    names = []
-    for shard_id in range(3):
-        p = dali_video.clip_pipeline(dataset, batch_size=1, clip_len=2, crop_size=16, device="cpu",
-                                     shard_id=shard_id, num_shards=3)
-        names.append({p.table.filename[v] for v in p.videos})
-        p.close()
-    assert not names[0] & names[1] and not names[1] & names[2] and not names[0] & names[2]
-    assert set().union(*names) == set(load_table(dataset).filename)
-    with pytest.raises(ValueError, match="shard 10 of 11 gets no videos: the dataset has 10"):
-        dali_video.clip_pipeline(dataset, batch_size=1, clip_len=2, crop_size=16, device="cpu", shard_id=10,
-                                 num_shards=11)
+def reader_batches(files, n, **kw):
+    """Metadata of a reader's first n batches, one row per clip (no decoding)."""
+    with dali_video.clip_pipeline(files, device="cpu", output="jpegs", **kw) as p:
+        clip_len = kw["clip_len"]
+        return [p.pipeline.run()[1].as_array()[::clip_len] for _ in range(n)]
+
+
+def test_readers_share_each_global_batch_and_cover_each_epoch_once(dataset):
+    kw = dict(clip_len=3, crop_size=16, seed=7)
+    global_batches = {}
+    for readers in (1, 2, 3):
+        parts = [reader_batches(dataset, 4, batch_size=6 // readers, shard_id=r, num_shards=readers, **kw)
+                 for r in range(readers)]
+        global_batches[readers] = [np.concatenate([part[k] for part in parts]) for k in range(4)]
+    for readers in (2, 3):  # the same global batches, whatever the number of readers
+        assert all(np.array_equal(a, b) for a, b in zip(global_batches[1], global_batches[readers]))
+    sequence = np.concatenate(global_batches[1])
+    video = META_COLUMNS.index("video")
+    for epoch in range(2):  # 10 videos: each epoch visits every video once, in a new order
+        assert sorted(sequence[epoch * 10:(epoch + 1) * 10, video]) == list(range(10))
+    assert list(sequence[:10, video]) != list(sequence[10:20, video])
+    # More readers than shard files or videos: each still gets its share.
+    parts = [reader_batches(dataset, 2, batch_size=1, shard_id=r, num_shards=11, **kw) for r in range(11)]
+    first = np.concatenate([part[0] for part in parts])
+    assert sorted(first[:10, video]) == list(range(10))
+    assert dali_video.steps_per_epoch(dataset, batch_size=1, num_shards=11, clip_len=3, crop_size=16) == 1
+
+
+def test_initial_clip_resumes_the_exact_sequence(dataset):
+    kw = dict(clip_len=3, crop_size=16, seed=3)
+    straight = np.concatenate(reader_batches(dataset, 6, batch_size=4, **kw))
+    resumed = np.concatenate(reader_batches(dataset, 3, batch_size=4, initial_clip=12, **kw))
+    assert np.array_equal(straight[12:], resumed)
+    two = [reader_batches(dataset, 3, batch_size=2, shard_id=r, num_shards=2, initial_clip=8, **kw)
+           for r in range(2)]
+    assert np.array_equal(np.concatenate([np.concatenate([a, b]) for a, b in zip(*two)]), straight[8:20])
 
 
 def source_frame(files, name, k):
@@ -133,8 +158,8 @@ def test_evaluation_centres_clips_and_crops(dataset):
         red = clip[..., 0].astype(int).mean(axis=(0, 1))
         assert red[0] < red[-1]  # never flipped
     assert [c[2] for c in clips[:10]] == list(table.filename)  # in order, once each
-    spec = ClipSpec(clip_len=8, crop_size=32)
-    assert [w[:2] for w in crop_windows(48, 64, spec, rng=None, num_crops=3)] == [(8, 0), (8, 16), (8, 32)]
+    windows = batches(dataset, 1, batch_size=3, clip_len=4, crop_size=32, training=False, num_crops=3)[0][2]
+    assert windows["window"].tolist() == [[8, 0, 32, 32], [8, 16, 32, 32], [8, 32, 32, 32]]
     multi = clips_of(dataset, 3, batch_size=6, clip_len=4, crop_size=32, training=False, clips_per_video=2,
                      num_crops=3)
     name = multi[0][2]
@@ -246,18 +271,18 @@ ds = dali_video.distribute(strategy, sys.argv[1], global_batch_size=4, clip_len=
                            with_meta=True, device="cpu", dtype="uint8", std=(1, 1, 1))
 names = [set(), set()]
 it = iter(ds)
-for _ in range(4):
+for _ in range(2):  # 8 clips of the first epoch (10 videos): shared out without overlap
     clips, _, meta = next(it)
     assert [c.shape for c in strategy.experimental_local_results(clips)] == [(2, 3, 16, 16, 3)] * 2
     for r, value in enumerate(strategy.experimental_local_results(meta["filename"])):
         names[r] |= {n.decode() for n in value.numpy()}
 print(sorted(names[0]), sorted(names[1]))
-assert names[0] and names[1] and not names[0] & names[1], names
+assert len(names[0]) == len(names[1]) == 4 and not names[0] & names[1], names
 print("replicas disjoint")
 """
 
 
-def test_mirrored_strategy_gives_each_replica_its_own_shard(dataset):
+def test_mirrored_strategy_replicas_share_each_global_batch(dataset):
     proc = subprocess.run([sys.executable, "-c", MIRRORED, str(dataset)], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
     assert "replicas disjoint" in proc.stdout, proc.stdout + proc.stderr[-3000:]
@@ -276,18 +301,19 @@ def test_float_output_is_normalised_per_channel(dataset):
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(1, 400), clip_len=st.integers(1, 64), stride=st.integers(1, 4),
        policy=st.sampled_from(["repeat_last", "loop"]), h=st.integers(16, 300), w=st.integers(16, 300),
-       crop=st.integers(1, 16), resize=st.sampled_from([None, 16, 40]), seed=st.integers(0, 2**32 - 1),
-       training=st.booleans(), clips=st.integers(1, 5), crops=st.sampled_from([1, 3]))
-def test_sampled_clips_and_windows_are_always_valid(n, clip_len, stride, policy, h, w, crop, resize, seed,
-                                                    training, clips, crops):
+       crop=st.integers(1, 16), resize=st.sampled_from([None, 16, 40]), seed=st.integers(0, 2**63 - 1),
+       training=st.booleans(), clips=st.integers(1, 5), crops=st.sampled_from([1, 3]),
+       position=st.integers(0, 10**12))
+def test_planned_clips_and_windows_are_always_valid(n, clip_len, stride, policy, h, w, crop, resize, seed,
+                                                    training, clips, crops, position):
     spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop, resize_shorter=resize, short_videos=policy)
-    rng = np.random.default_rng(seed) if training else None
-    for start in clip_starts(n, spec, rng=rng, clips_per_video=clips):
-        idx = frame_indices(n, int(start), spec)
-        assert len(idx) == clip_len and idx.min() >= 0 and idx.max() < n
-        if n >= spec.span:  # long enough: contiguous with the stride, never clamped
-            assert (np.diff(idx) == stride).all()
-    for y, x, wh, ww, flip in crop_windows(h, w, spec, rng=rng, num_crops=crops):
-        assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w and wh > 0 and ww > 0 and flip in (0, 1)
-        if resize is None:
-            assert (wh, ww) == (crop, crop)
+    plan = PlanSpec(spec, seed=seed, training=training, clips_per_video=clips, num_crops=1 if training else crops)
+    clip = plan_clip(plan, [n, n + 7], [h, h], [w, w], position)
+    idx, frames = clip.frames, (n, n + 7)[clip.video]
+    assert len(idx) == clip_len and idx.min() >= 0 and idx.max() < frames
+    if frames >= spec.span:  # long enough: contiguous with the stride, never clamped
+        assert (np.diff(idx) == stride).all()
+    y, x, wh, ww, flip = clip.window
+    assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w and wh > 0 and ww > 0 and flip in (0, 1)
+    if resize is None:
+        assert (wh, ww) == (crop, crop)

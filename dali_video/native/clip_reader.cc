@@ -392,6 +392,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       c.replaced = static_cast<int>(tries);
       try {
         read_clip(d_, s_, c);
+        errors_[i].clear();
         return;
       } catch (const ReadError &e) {
         if (!skip_) {

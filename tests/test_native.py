@@ -1,0 +1,130 @@
+"""The native reader: its plan equals the Python reference, and damaged bytes give Python errors."""
+import ctypes
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dali_video
+from dali_video import native
+from dali_video.sampling import ClipSpec, PlanSpec, permute, plan_clip
+from index_tools import format as fmt
+from index_tools import read_frame_index
+
+plan_c = native.plan_function()
+
+
+def native_plan(plan: PlanSpec, videos, position: int) -> list[int]:
+    spec = (ctypes.c_int64 * 9)(*plan.as_ints())
+    flat = (ctypes.c_int64 * (3 * len(videos)))(*[x for v in videos for x in v])
+    out = (ctypes.c_int64 * 7)()
+    plan_c(spec, flat, len(videos), position, out)
+    return list(out)
+
+
+@st.composite
+def plans(draw):
+    crop = draw(st.integers(1, 64))
+    resize = draw(st.sampled_from([None, crop, crop + draw(st.integers(0, 400))]))
+    low = 1 if resize else crop  # without resizing, frames are at least the crop
+    videos = draw(st.lists(st.tuples(st.integers(1, 2000), st.integers(low, 4000), st.integers(low, 4000)),
+                           min_size=1, max_size=40))
+    training = draw(st.booleans())
+    spec = ClipSpec(clip_len=draw(st.integers(1, 128)), stride=draw(st.integers(1, 8)), crop_size=crop,
+                    resize_shorter=resize, short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])))
+    plan = PlanSpec(spec, seed=draw(st.integers(0, 2**63 - 1)), training=training,
+                    clips_per_video=draw(st.integers(1, 5)), num_crops=1 if training else draw(st.sampled_from([1, 3])))
+    return plan, videos, draw(st.integers(0, 2**40))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(plans())
+def test_native_plan_equals_the_python_reference(case):
+    plan, videos, position = case
+    ref = plan_clip(plan, *zip(*videos), position)
+    assert native_plan(plan, videos, position) == [ref.video, ref.start, *ref.window]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 5000), key=st.integers(0, 2**64 - 1))
+def test_permute_is_a_bijection(n, key):
+    assert sorted(permute(x, n, key) for x in range(n)) == list(range(n))
+
+
+def test_training_epochs_visit_each_video_once_in_a_new_order():
+    plan = PlanSpec(ClipSpec(clip_len=4, crop_size=8), seed=11, training=True)
+    videos = [(50, 16, 16)] * 97
+    orders = [[native_plan(plan, videos, e * 97 + j)[0] for j in range(97)] for e in range(3)]
+    assert all(sorted(o) == list(range(97)) for o in orders)
+    assert orders[0] != orders[1] != orders[2]
+
+
+# ---------------------------------------------------------------- damaged bytes into the operator
+
+def _run_all(files, batches=4):
+    """Read every clip of the dataset a few times over; return the metadata."""
+    with dali_video.clip_pipeline(files, batch_size=5, clip_len=6, crop_size=16, device="cpu", training=False,
+                                  output="jpegs", seed=0) as p:
+        return [p.pipeline.run()[1].as_array() for _ in range(batches)]
+
+
+@pytest.fixture(scope="module")
+def pristine(dataset, tmp_path_factory):
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    out = tmp_path_factory.mktemp("pristine")
+    for path in (shard, fmt.idx_path(shard), fmt.fidx_path(shard)):
+        shutil.copy(path, out)
+    return out / shard.name
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["frame table", "shard"]), where=st.floats(0, 1, exclude_max=True),
+       flips=st.lists(st.integers(1, 255), min_size=1, max_size=8))
+def test_damaged_frame_table_or_shard_gives_an_error_naming_the_file(pristine, tmp_path, target, where, flips):
+    for path in pristine.parent.iterdir():
+        shutil.copy(path, tmp_path)
+    shard = tmp_path / pristine.name
+    index = read_frame_index(fmt.fidx_path(shard))
+    path, start = (fmt.fidx_path(shard), index.frame_table_offset) if target == "frame table" else (shard, 0)
+    data = bytearray(path.read_bytes())
+    at = start + int(where * (len(data) - start))
+    for k, value in enumerate(flips):
+        data[min(at + k, len(data) - 1)] ^= value
+    path.write_bytes(bytes(data))
+    try:
+        _run_all([shard])  # a flip can land where no planned frame lies: then nothing is wrong
+    except RuntimeError as e:
+        assert f"{shard}" in str(e) and ("frame" in str(e) or "cannot read" in str(e)), str(e)
+
+
+def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_path):
+    for path in pristine.parent.iterdir():
+        shutil.copy(path, tmp_path)
+    shard = tmp_path / pristine.name
+    index = read_frame_index(fmt.fidx_path(shard))
+    rows = np.memmap(fmt.fidx_path(shard), dtype=fmt.FRAME_ROW, mode="r+", offset=index.frame_table_offset)
+    rows["length"][:] = 2**32 - 1
+    rows["offset"][0] = 2**63
+    rows.flush()
+    del rows
+    with pytest.raises(RuntimeError, match=r"frame \d+ at byte \d+: lies past the end of the shard .* rebuild"):
+        _run_all([shard], 1)
+
+
+def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
+    built = native.library_path()
+    assert built.exists() and native.load() == built
+    copy = tmp_path / "clip_reader.cc"
+    copy.write_text(native.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(native, "SOURCE", copy)
+    assert native.library_path() != built  # a changed source needs a new build
+
+
+def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setattr(native, "library_path", lambda sanitize=None: tmp_path / "libnone.so")
+    with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.native"):
+        native.load()
