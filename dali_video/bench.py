@@ -10,6 +10,10 @@ Systems (each measured in a fresh child process, warm and with the shards evicte
                  first frame, so only its read volume and shuffle-buffer memory are measured)
   decode_bound   the same frames and crop windows decoded from memory by DALI's CPU decoder on all
                  cores, no I/O: the ceiling of a CPU pipeline here (cv2.imdecode beside it)
+Feed rate (reading only, no decoding, into TensorFlow; frames/s):
+  feed_native    dali-video's native reader through DALIDataset
+  feed_native_x2 two such pipelines in one process, each reading half of every global batch
+  feed_python    the Python feed dali-video had before (threads + DALIDatasetWithInputs), the baseline
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from .sampling import load_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound")
+FEEDS = ("feed_native", "feed_native_x2", "feed_python")
 
 
 def _peak_rss_mb() -> float:
@@ -71,15 +76,21 @@ def _sizes(data, clip_len):
     return records / videos, frame_bytes / sum(ix.num_frame_rows for ix in indexes) * clip_len, videos
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read from files so far (read and pread, page cache or not)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
 def _time_batches(it, batches, batch_size, clip_len, start):
     next(it)
     first = time.perf_counter() - start
-    t0 = time.perf_counter()
+    t0, read0 = time.perf_counter(), _bytes_read()
     for _ in range(batches):
         next(it)
     seconds = time.perf_counter() - t0
     return {"clips_per_s": batches * batch_size / seconds, "frames_per_s": batches * batch_size * clip_len / seconds,
-            "first_batch_s": first}
+            "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (batches * batch_size)}
 
 
 def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False):
@@ -91,10 +102,42 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False)
     ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
                       **pixels)
     out = _time_batches(iter(ds), batches, batch_size, clip_len, start)
-    reader = ds._dali_video_loader.stream.reader
-    out["read_amplification"] = reader.bytes_read / max(reader.frame_bytes, 1)
-    out["bytes_per_clip"] = reader.bytes_read / max(reader.frame_bytes, 1) * _sizes(data, clip_len)[1]
+    out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
+    out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
     return out
+
+
+def run_feed_native(data, batch_size, clip_len, crop, batches, device, readers=1):
+    """The native reader into TensorFlow, no decoding; ``readers`` pipelines in this one process."""
+    from .dataset import reader_dataset
+
+    start = time.perf_counter()
+    its = [iter(reader_dataset(data, batch_size=batch_size // readers, clip_len=clip_len, crop_size=crop, seed=0,
+                               shard_id=r, num_shards=readers)) for r in range(readers)]
+    for it in its:
+        next(it)
+    first = time.perf_counter() - start
+    t0 = time.perf_counter()
+    with multiprocessing.pool.ThreadPool(readers) as pool:  # TF lets go of the GIL while it waits
+        pool.map(lambda it: [next(it) for _ in range(batches)], its)
+    seconds = time.perf_counter() - t0
+    frames = batches * (batch_size // readers) * readers * clip_len
+    return {"frames_per_s": frames / seconds, "clips_per_s": frames / clip_len / seconds, "first_batch_s": first}
+
+
+def run_feed_python(data, batch_size, clip_len, crop, batches, device):
+    """The Python feed (threads + DALIDatasetWithInputs), no decoding: the baseline."""
+    from .dataset import clip_pipeline, python_feed_dataset
+    from .python_feed import BatchStream
+
+    start = time.perf_counter()
+    loader = clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0)
+    stream = BatchStream(loader.table, loader.videos, loader.plan, batch_size)
+    try:
+        return _time_batches(iter(python_feed_dataset(stream, batch_size * clip_len)), batches, batch_size,
+                             clip_len, start)
+    finally:
+        stream.close()
 
 
 def tfdata_dataset(shards, batch_size, clip_len, crop):
@@ -159,13 +202,14 @@ def run_decode_bound(data, batch_size, clip_len, crop, batches, device):
 
     from .dataset import clip_pipeline
     from .pipeline import decode_pipeline
-    from .reader import HEADER_BYTES, HEADER_INTS
 
-    with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu",
-                       seed=0) as loader:
-        packed = [loader.stream() for _ in range(min(batches, 8))]
-    jpegs = [[row[HEADER_BYTES:] for row in batch] for batch in packed]
-    windows = [[row[:HEADER_BYTES].view(np.int32)[:HEADER_INTS] for row in batch] for batch in packed]
+    jpegs, windows = [], []
+    with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0,
+                       output="jpegs") as loader:
+        for _ in range(min(batches, 8)):
+            frames, meta = loader.pipeline.run()
+            jpegs.append([np.array(f) for f in frames])
+            windows.append(list(meta.as_array()))
     n = batch_size * clip_len
     state = {"i": 0}
 
@@ -232,7 +276,9 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
 
 
 RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
-           "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound}
+           "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
+           "feed_native": run_feed_native, "feed_native_x2": functools.partial(run_feed_native, readers=2),
+           "feed_python": run_feed_python}
 
 
 def _child(args) -> None:
@@ -362,6 +408,8 @@ def main(argv=None) -> int:
             warm["cold"] = measure(args.data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
         results["systems"][system] = warm
         print(f"measured {system}", file=sys.stderr, flush=True)
+    for system in FEEDS:  # from the page cache; reading is fast, so more batches
+        results["systems"][system] = measure(args.data, system, clip_len=args.clip_len, batches=batches * 10, **kw)
     sysr = results["systems"]
     for r in [sysr[s] for s in SYSTEMS] + [sysr[s].get("cold") or {} for s in SYSTEMS]:
         if r.get("frames_per_s"):
@@ -403,6 +451,13 @@ def main(argv=None) -> int:
     for s in SYSTEMS:
         if sysr[s].get("error"):
             print(f"{s}: error: {sysr[s]['error']}")
+    for s in FEEDS:
+        print(fmt_row(s, sysr[s]) + ("  error: " + sysr[s]["error"] if sysr[s].get("error") else ""))
+    if all(sysr[s].get("frames_per_s") for s in FEEDS):
+        print(f"feed: native {sysr['feed_native']['frames_per_s']:.0f} frames/s = "
+              f"{sysr['feed_native']['frames_per_s'] / sysr['feed_python']['frames_per_s']:.2f}x the Python feed; "
+              f"two pipelines in one process {sysr['feed_native_x2']['frames_per_s']:.0f} frames/s = "
+              f"{sysr['feed_native_x2']['frames_per_s'] / sysr['feed_native']['frames_per_s']:.2f}x one")
     print(f"decode bound, cv2.imdecode on {info['cores']} threads (whole frames): "
           f"{sysr['decode_bound'].get('cv2_frames_per_s', float('nan')):.0f} frames/s")
     for s in ("dali_video", "tfdata"):

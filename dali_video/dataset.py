@@ -250,6 +250,42 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     return ds
 
 
+def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None, **kwargs):
+    """The native reader alone through DALI's TF dataset, no decoding: per frame its JPEG bytes
+    (zero-padded to the batch's longest) and its metadata. Measures and checks the feed
+    (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
+    import tensorflow as tf
+    from nvidia.dali.plugin import tf as dali_tf
+
+    loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, crop_size=crop_size, seed=seed,
+                           device="cpu", output="padded_jpegs", **kwargs)
+    n = batch_size * clip_len
+    with tf.device("/cpu:0"):
+        ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=n, num_threads=loader.pipeline.num_threads,
+                                 output_dtypes=(tf.uint8, tf.int32), output_shapes=((n, None), (n, len(META_COLUMNS))),
+                                 device_id=None)
+    ds._dali_video_loader = loader
+    return ds
+
+
+def python_feed_dataset(stream, frames_per_batch: int):
+    """The Python feed dali-video had before its native reader, through ``DALIDatasetWithInputs``:
+    ``stream()`` returns packed batches (:mod:`dali_video.python_feed`). The bench's baseline."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+    from nvidia.dali.plugin import tf as dali_tf
+
+    from .pipeline import packed_pipeline
+
+    # DALI 2.4 prints a debugging line while it wraps the source; keep stdout clean.
+    with tf.device("/cpu:0"), contextlib.redirect_stdout(io.StringIO()):
+        return dali_tf.experimental.DALIDatasetWithInputs(
+            pipeline=packed_pipeline(stream), batch_size=1, output_dtypes=(tf.uint8,),
+            output_shapes=((frames_per_batch, None),), device_id=None)
+
+
 def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu", **kwargs):
     """One :func:`clip_dataset` per replica of a ``tf.distribute`` strategy (MirroredStrategy, say):
     each on its replica's GPU, each taking its share of every global batch (one seed for all)."""

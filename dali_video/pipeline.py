@@ -73,6 +73,17 @@ def decode_pipeline(source, *, batch_size: int, device: Device = "cpu"):
 
 
 @pipeline_def
+def _packed_pipeline(source):
+    return fn.external_source(source=source, batch=False, dtype=types.UINT8, ndim=2, no_copy=False)
+
+
+def packed_pipeline(source):
+    """The Python feed's bridge (the bench's baseline): ``source()`` returns one packed array per
+    iteration, handed on as it is."""
+    return _packed_pipeline(source, batch_size=1, num_threads=os.cpu_count(), device_id=None)
+
+
+@pipeline_def
 def _tfrecord_pipeline(paths, index_paths):
     from nvidia.dali import tfrecord as tfrec
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -27,12 +27,13 @@ def _flags(sanitize: str | None) -> list[str]:
     """g++ flags from the DALI and TensorFlow this process imports (never hand-copied)."""
     import nvidia.dali.sysconfig as dali_config
 
-    tf_include = Path(sysconfig.get_paths()["purelib"], "tensorflow", "include")
-    for spec in (__import__("importlib.util").util.find_spec("tensorflow"),):
-        if spec and spec.submodule_search_locations:
-            tf_include = Path(next(iter(spec.submodule_search_locations)), "include")
-    # DALI's operator.h includes CUDA headers even for a CPU operator; TF's wheel ships them.
-    cuda = tf_include / "third_party" / "gpus" / "cuda"
+    # DALI's operator.h includes CUDA headers even for a CPU operator; TensorFlow's wheel ships them
+    # (found without importing TensorFlow, which takes seconds).
+    tf = importlib.util.find_spec("tensorflow")
+    if tf is None or not tf.submodule_search_locations:
+        raise RuntimeError("building dali-video's native reader needs TensorFlow's CUDA headers: "
+                           "pip install tensorflow (see pyproject.toml for the version)")
+    cuda = Path(next(iter(tf.submodule_search_locations)), "include", "third_party", "gpus", "cuda")
     flags = ["-std=c++20", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-sign-compare",
              *dali_config.get_compile_flags(), f"-I{cuda / 'include'}", f"-I{cuda / 'libcudacxx' / 'include'}",
              *dali_config.get_link_flags()]
@@ -45,10 +46,14 @@ def _sanitize() -> str | None:
     return os.environ.get("DALI_VIDEO_SANITIZE") or None  # "address": the AddressSanitizer build
 
 
-def library_path(sanitize: str | None = None) -> Path:
+def _dali_version() -> str:
     import nvidia.dali
 
-    key = hashlib.sha256(SOURCE.read_bytes() + nvidia.dali.__version__.encode()
+    return nvidia.dali.__version__
+
+
+def library_path(sanitize: str | None = None) -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + _dali_version().encode()
                          + " ".join(_flags(sanitize)).encode()).hexdigest()[:16]
     return BUILD_DIR / f"libdali_video_ops-{key}{'-' + sanitize if sanitize else ''}.so"
 
@@ -67,6 +72,9 @@ def build(sanitize: str | None = None) -> Path:
         if proc.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} failed:\n{' '.join(cmd)}\n{proc.stderr}")
         os.replace(tmp, path)
+        for old in BUILD_DIR.glob(f"libdali_video_ops-*{'-' + sanitize if sanitize else ''}.so"):
+            if old != path and (sanitize or old.name.count("-") == 1):
+                old.unlink()  # built from another source or DALI: never loaded again
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
@@ -80,7 +88,7 @@ def load() -> Path:
             path = library_path(_sanitize())
             if not path.exists():
                 raise RuntimeError(f"dali-video's native reader is not built for this source and DALI "
-                                   f"{__import__('nvidia.dali').dali.__version__} (no {path}); build it with: "
+                                   f"{_dali_version()} (no {path}); build it with: "
                                    f"{BUILD_COMMAND}  (or: make setup)")
             from nvidia.dali import plugin_manager
 
