@@ -12,7 +12,9 @@ Systems (each measured in a fresh child process, warm and with the shards evicte
                  cores, no I/O: the ceiling of a CPU pipeline here (cv2.imdecode beside it)
 Feed rate (reading only, no decoding, into TensorFlow; frames/s):
   feed_native    dali-video's native reader through DALIDataset
-  feed_native_x2 two such pipelines in one process, each reading half of every global batch
+  feed_native_x2 two such pipelines in one process (one DALI thread each, each reading half of every
+                 global batch) against one pipeline with one thread
+  feed_native_bytes  feed_native, and every frame's bytes also copied into TensorFlow (zero-padded)
   feed_python    the Python feed dali-video had before (threads + DALIDatasetWithInputs), the baseline
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .sampling import load_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound")
-FEEDS = ("feed_native", "feed_native_x2", "feed_python")
+FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 
 
 def _peak_rss_mb() -> float:
@@ -107,22 +109,41 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False)
     return out
 
 
-def run_feed_native(data, batch_size, clip_len, crop, batches, device, readers=1):
-    """The native reader into TensorFlow, no decoding; ``readers`` pipelines in this one process."""
+def _feed_rate(data, batch_size, clip_len, crop, batches, *, readers=1, threads=None, with_bytes=False):
     from .dataset import reader_dataset
 
     start = time.perf_counter()
     its = [iter(reader_dataset(data, batch_size=batch_size // readers, clip_len=clip_len, crop_size=crop, seed=0,
-                               shard_id=r, num_shards=readers)) for r in range(readers)]
+                               shard_id=r, num_shards=readers, with_bytes=with_bytes, num_threads=threads))
+           for r in range(readers)]
     for it in its:
         next(it)
     first = time.perf_counter() - start
     t0 = time.perf_counter()
-    with multiprocessing.pool.ThreadPool(readers) as pool:  # TF lets go of the GIL while it waits
-        pool.map(lambda it: [next(it) for _ in range(batches)], its)
+    if readers == 1:  # in this thread: large tensors came out ~10x slower in a pool thread here
+        for _ in range(batches):
+            next(its[0])
+    else:
+        with multiprocessing.pool.ThreadPool(readers) as pool:  # TF lets go of the GIL while it waits
+            pool.map(lambda it: [next(it) for _ in range(batches)], its)
     seconds = time.perf_counter() - t0
     frames = batches * (batch_size // readers) * readers * clip_len
     return {"frames_per_s": frames / seconds, "clips_per_s": frames / clip_len / seconds, "first_batch_s": first}
+
+
+def run_feed_native(data, batch_size, clip_len, crop, batches, device, with_bytes=False):
+    """The native reader through DALIDataset, no decoding. The frames stay in DALI as for decoding and
+    TF gets the metadata (``with_bytes``: the padded bytes too)."""
+    return _feed_rate(data, batch_size, clip_len, crop, batches, with_bytes=with_bytes)
+
+
+def run_feed_native_x2(data, batch_size, clip_len, crop, batches, device):
+    """Two native pipelines in one process, one DALI thread each, against one pipeline with one thread:
+    what one process gains from a second pipeline (no GIL between them)."""
+    one = _feed_rate(data, batch_size, clip_len, crop, batches, threads=1)
+    two = _feed_rate(data, batch_size, clip_len, crop, batches, readers=2, threads=1)
+    return {**two, "one_pipeline_frames_per_s": one["frames_per_s"],
+            "vs_one_pipeline": two["frames_per_s"] / one["frames_per_s"]}
 
 
 def run_feed_python(data, batch_size, clip_len, crop, batches, device):
@@ -277,7 +298,8 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
 
 RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
            "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
-           "feed_native": run_feed_native, "feed_native_x2": functools.partial(run_feed_native, readers=2),
+           "feed_native": run_feed_native, "feed_native_x2": run_feed_native_x2,
+           "feed_native_bytes": functools.partial(run_feed_native, with_bytes=True),
            "feed_python": run_feed_python}
 
 
@@ -456,8 +478,9 @@ def main(argv=None) -> int:
     if all(sysr[s].get("frames_per_s") for s in FEEDS):
         print(f"feed: native {sysr['feed_native']['frames_per_s']:.0f} frames/s = "
               f"{sysr['feed_native']['frames_per_s'] / sysr['feed_python']['frames_per_s']:.2f}x the Python feed; "
-              f"two pipelines in one process {sysr['feed_native_x2']['frames_per_s']:.0f} frames/s = "
-              f"{sysr['feed_native_x2']['frames_per_s'] / sysr['feed_native']['frames_per_s']:.2f}x one")
+              f"one thread per pipeline: two pipelines in one process {sysr['feed_native_x2']['frames_per_s']:.0f} "
+              f"frames/s = {sysr['feed_native_x2']['vs_one_pipeline']:.2f}x one pipeline "
+              f"({sysr['feed_native_x2']['one_pipeline_frames_per_s']:.0f})")
     print(f"decode bound, cv2.imdecode on {info['cores']} threads (whole frames): "
           f"{sysr['decode_bound'].get('cv2_frames_per_s', float('nan')):.0f} frames/s")
     for s in ("dali_video", "tfdata"):

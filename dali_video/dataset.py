@@ -123,7 +123,7 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
                   num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
                   num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise",
-                  output: Literal["frames", "jpegs", "padded_jpegs"] = "frames") -> ClipPipeline:
+                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames") -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`;
     ``output="jpegs"`` stops after the reader (JPEG bytes per frame, and the metadata)."""
     from .pipeline import clip_pipeline as build
@@ -250,20 +250,23 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     return ds
 
 
-def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None, **kwargs):
-    """The native reader alone through DALI's TF dataset, no decoding: per frame its JPEG bytes
-    (zero-padded to the batch's longest) and its metadata. Measures and checks the feed
-    (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
+def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,
+                   with_bytes: bool = False, **kwargs):
+    """The native reader alone through DALI's TF dataset, no decoding: the clips' frames are read and
+    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 9]`` (with
+    ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
+    checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, crop_size=crop_size, seed=seed,
-                           device="cpu", output="padded_jpegs", **kwargs)
+                           device="cpu", output="padded_jpegs" if with_bytes else "meta", **kwargs)
     n = batch_size * clip_len
+    meta = (n, len(META_COLUMNS))
     with tf.device("/cpu:0"):
         ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=n, num_threads=loader.pipeline.num_threads,
-                                 output_dtypes=(tf.uint8, tf.int32), output_shapes=((n, None), (n, len(META_COLUMNS))),
-                                 device_id=None)
+                                 output_dtypes=(tf.uint8, tf.int32) if with_bytes else tf.int32,
+                                 output_shapes=((n, None), meta) if with_bytes else meta, device_id=None)
     ds._dali_video_loader = loader
     return ds
 

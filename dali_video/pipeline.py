@@ -20,9 +20,13 @@ DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8
 @pipeline_def(enable_conditionals=False)
 def _clip_pipeline(reader: dict, device: str, crop_size: int, resize: bool, dtype: str, mean, std,
                    decode_crop: bool, output: str):
-    jpegs, meta = fn.dali_video_clips(**reader)
-    if output != "frames":  # the reader alone: JPEG bytes, as they are or padded to one array
-        return (fn.pad(jpegs) if output == "padded_jpegs" else jpegs), meta
+    # "padded_jpegs": the reader alone, each frame's bytes zero-padded to the batch's longest (uniform
+    # shapes for TensorFlow; padding in the reader costs less than DALI's fn.pad after it).
+    jpegs, meta = fn.dali_video_clips(**reader, pad=output == "padded_jpegs")
+    if output == "meta":  # the JPEGs stay in DALI, read and checked, as a decoder would get them
+        return meta
+    if output != "frames":
+        return jpegs, meta
     anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
     decoder_device = "mixed" if device == "gpu" else "cpu"
     if decode_crop:
@@ -44,12 +48,12 @@ def _clip_pipeline(reader: dict, device: str, crop_size: int, resize: bool, dtyp
 def clip_pipeline(reader: dict, *, batch_size: int, device: Device = "gpu", device_id: int | None = 0,
                   crop_size: int = 224, resize: bool = False, dtype: str = "float32",
                   mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), decode_crop: bool = True,
-                  output: Literal["frames", "jpegs", "padded_jpegs"] = "frames",
+                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames",
                   num_threads: int | None = None, prefetch_queue_depth: int = 2):
     """Build the DALI pipeline over the native reader, whose arguments ``reader`` holds (see
     ``fn.dali_video_clips``); ``batch_size`` counts frames. Outputs are the frames ``[N, crop, crop, 3]``
     and the metadata ``[N, 9]`` (``dali_video.META_COLUMNS``). Frames are ``(pixel - mean) / std`` as ``dtype``,
-    or the raw pixels for uint8. ``output="jpegs"`` (or "padded_jpegs") stops after the reader."""
+    or the raw pixels for uint8. ``output="jpegs"`` (or "padded_jpegs", or "meta" alone) stops after the reader."""
     native.load()
     return _clip_pipeline(reader, device, crop_size, resize, dtype, mean, std, decode_crop, output,
                           batch_size=batch_size, num_threads=num_threads or os.cpu_count(),

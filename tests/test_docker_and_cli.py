@@ -52,8 +52,8 @@ def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
                       "32", "--batch-size", "2", "--clip-len", "8")
     results = json.loads((tmp_path / "bench.json").read_text())
     assert set(results["systems"]) == {"dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound",
-                                       "feed_native", "feed_native_x2", "feed_python"}
-    for system in ("feed_native", "feed_native_x2", "feed_python"):
+                                       "feed_native", "feed_native_x2", "feed_native_bytes", "feed_python"}
+    for system in ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python"):
         assert results["systems"][system]["frames_per_s"] > 0
     for system in ("dali_video", "tfdata"):
         r = results["systems"][system]

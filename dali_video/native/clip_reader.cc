@@ -351,6 +351,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           spec.GetArgument<int>("clips_per_video"), spec.GetArgument<int>("num_crops")};
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
+    pad_ = spec.GetArgument<bool>("pad");
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
@@ -415,9 +416,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     };
     std::vector<dali::TensorListShape<>> shapes(per_clip_ ? T : 1,
                                                 dali::TensorListShape<>(per_clip_ ? batch : batch * T, 1));
+    int64_t longest = 0;
+    for (int i = 0; i < batch; ++i)
+      for (int64_t t = 0; t < T; ++t) longest = std::max(longest, clips_[i].length[t]);
     for (int i = 0; i < batch; ++i)
       for (int64_t t = 0; t < T; ++t)
-        shapes[per_clip_ ? t : 0].set_tensor_shape(per_clip_ ? i : i * T + t, {clips_[i].length[t]});
+        shapes[per_clip_ ? t : 0].set_tensor_shape(per_clip_ ? i : i * T + t, {pad_ ? longest : clips_[i].length[t]});
     for (size_t o = 0; o < shapes.size(); ++o) jpeg_output(o).Resize(shapes[o], DALI_UINT8);
     auto &pool = ws.GetThreadPool();
     for (int i = 0; i < batch; ++i) {
@@ -426,8 +430,9 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
         const Plan &p = c.plan;
         for (int64_t t = 0; t < T; ++t) {
           const int64_t sample = per_clip_ ? i : i * T + t;
-          std::memcpy(jpeg_output(per_clip_ ? t : 0).mutable_tensor<uint8_t>(sample), c.data.data() + c.start[t],
-                      c.length[t]);
+          uint8_t *out = jpeg_output(per_clip_ ? t : 0).mutable_tensor<uint8_t>(sample);
+          std::memcpy(out, c.data.data() + c.start[t], c.length[t]);
+          if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
           if (per_clip_ && t) continue;
           const int32_t values[kMetaColumns] = {
               int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
@@ -441,7 +446,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
 
   Dataset d_;
   Spec s_{};
-  bool per_clip_ = false, skip_ = false;
+  bool per_clip_ = false, skip_ = false, pad_ = false;
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
   std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
@@ -497,6 +502,8 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
     .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
+    .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
+                    false)
     .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
 
 }  // namespace dali
