@@ -3,7 +3,8 @@
   dali-video-bench DATA_DIR --out RESULTS_DIR [--quick]
 
 Systems (each measured in a fresh child process, warm and with the shards evicted from the page cache):
-  dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback)
+  dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback);
+                 _uint8: raw pixels; _dali_norm: float32 normalised in DALI rather than TensorFlow
   tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example + VarLenFeature,
                  random contiguous offset, decode_and_crop_jpeg of the T frames, batch, prefetch
   dali_tfrecord  DALI's own TFRecord reader over whole records (it can deliver only a record's
@@ -39,7 +40,7 @@ import numpy as np
 from .sampling import load_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SYSTEMS = ("dali_video", "dali_video_uint8", "tfdata", "dali_tfrecord", "decode_bound")
+SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_dali_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 
 
@@ -95,14 +96,14 @@ def _time_batches(it, batches, batch_size, clip_len, start):
             "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (batches * batch_size)}
 
 
-def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False):
+def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto"):
     """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself."""
     from .dataset import clip_dataset
 
     start = time.perf_counter()
     pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
     ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
-                      **pixels)
+                      normalize_in=normalize_in, **pixels)
     out = _time_batches(iter(ds), batches, batch_size, clip_len, start)
     out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
     out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
@@ -297,6 +298,7 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
 
 
 RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
+           "dali_video_dali_norm": functools.partial(run_dali_video, normalize_in="dali"),
            "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
            "feed_native": run_feed_native, "feed_native_x2": run_feed_native_x2,
            "feed_native_bytes": functools.partial(run_feed_native, with_bytes=True),

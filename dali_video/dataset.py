@@ -169,7 +169,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                  short_videos: ShortVideos = "repeat_last", with_meta: bool = False, split: str | None = None,
                  clips_per_video: int = 1, num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
                  num_threads: int | None = None, prefetch_queue_depth: int = 2,
-                 on_corrupt: Literal["raise", "skip"] = "raise"):
+                 on_corrupt: Literal["raise", "skip"] = "raise",
+                 normalize_in: Literal["auto", "dali", "tensorflow"] = "auto"):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
@@ -192,6 +193,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
         ``[y, x, h, w]`` in stored pixels, ``flip``, and ``replaced`` (damaged clips skipped to give it).
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
+    normalize_in: where float output is normalised: "dali" (fused with the flip) or "tensorflow"
+        (after the uint8 pixels reach it); "auto": DALI on the GPU, TensorFlow with the CPU fallback.
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
@@ -201,9 +204,13 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     from nvidia.dali.plugin import tf as dali_tf
 
     _check_choice("dtype", dtype, DTYPES)
+    _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
     # On the GPU, DALI normalises (fused with the flip). With the CPU fallback DALI hands over raw
-    # pixels and TensorFlow normalises them: ~10 % faster there than DALI's crop_mirror_normalize.
-    normalise_in_tf = device == "cpu" and dtype != "uint8"
+    # pixels and TensorFlow normalises them (faster there than DALI's crop_mirror_normalize: see the
+    # README's Performance section).
+    if normalize_in == "auto":
+        normalize_in = "tensorflow" if device == "cpu" else "dali"
+    normalise_in_tf = normalize_in == "tensorflow" and dtype != "uint8"
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, stride=stride, training=training,
                            device=device, resize_shorter=resize_shorter, crop_size=crop_size,
                            dtype="uint8" if normalise_in_tf else dtype, mean=mean, std=std, seed=seed,
