@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: setup native demo test bench clean
+.PHONY: setup native demo test bench asan clean
 
 setup: $(STAMP) native
 
@@ -29,6 +29,14 @@ test: setup
 bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.bench $(DATA) --out bench-results --quick
+
+# The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
+# TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).
+asan: setup
+	DALI_VIDEO_SANITIZE=address $(BIN)/python -m dali_video.native
+	DALI_VIDEO_SANITIZE=address ASAN_OPTIONS=detect_leaks=0 \
+	  LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/native/_build

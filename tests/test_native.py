@@ -100,6 +100,39 @@ def test_damaged_frame_table_or_shard_gives_an_error_naming_the_file(pristine, t
         assert f"{shard}" in str(e) and ("frame" in str(e) or "cannot read" in str(e)), str(e)
 
 
+def _copy(pristine, into):
+    for path in pristine.parent.iterdir():
+        shutil.copy(path, into)
+    return into / pristine.name
+
+
+def test_truncated_or_removed_shard_and_skipped_clips(pristine, tmp_path):
+    shard = _copy(pristine, tmp_path)
+    with dali_video.clip_pipeline([shard], batch_size=2, clip_len=4, crop_size=16, device="cpu", output="jpegs",
+                                  seed=0) as p:
+        p.pipeline.run()
+        shard.unlink()
+        with pytest.raises(RuntimeError, match=f"{shard}: cannot read video .*: No such file or directory"):
+            for _ in range(5):  # batches read ahead before the removal still come out
+                p.pipeline.run()
+    index = read_frame_index(fmt.fidx_path(_copy(pristine, tmp_path)))
+    middle = index.frame_starts()[-1] + index.videos["num_frames"][-1] // 2  # in the last video's centre clip
+    last = index.read_rows(int(middle), 1)[0]
+    kw = dict(batch_size=5, clip_len=6, crop_size=16, device="cpu", training=False, output="jpegs", seed=0)
+    for on_corrupt in ("raise", "skip"):
+        shard = _copy(pristine, tmp_path)
+        with dali_video.clip_pipeline([shard], on_corrupt=on_corrupt, **kw) as p:
+            with open(shard, "r+b") as f:  # truncated after start-up: a planned frame runs past the end
+                f.truncate(int(last["offset"]) + 10)
+            if on_corrupt == "raise":
+                with pytest.raises(RuntimeError, match=r"frame \d+ at byte \d+: lies past the end of the shard"):
+                    for _ in range(5):
+                        p.pipeline.run()
+            else:
+                meta = np.concatenate([p.pipeline.run()[1].as_array() for _ in range(2)])
+                assert meta[:, -1].max() >= 1  # the damaged last video gave way to the next one
+
+
 def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_path):
     for path in pristine.parent.iterdir():
         shutil.copy(path, tmp_path)
@@ -115,12 +148,12 @@ def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_p
 
 
 def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
-    built = native.library_path()
+    built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
     copy = tmp_path / "clip_reader.cc"
     copy.write_text(native.SOURCE.read_text() + "\n// changed\n")
     monkeypatch.setattr(native, "SOURCE", copy)
-    assert native.library_path() != built  # a changed source needs a new build
+    assert native.library_path(native._sanitize()) != built  # a changed source needs a new build
 
 
 def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatch):
