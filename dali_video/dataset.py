@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,7 @@ class ClipPipeline:
     plan: PlanSpec
     batch_size: int
     num_shards: int
+    layout: str = "frames"  # "frames": one sample per frame; "clips": one per clip (see pipeline.Graph)
 
     @property
     def items_per_epoch(self) -> int:
@@ -122,13 +124,20 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
                   short_videos: ShortVideos = "repeat_last", split: str | None = None, clips_per_video: int = 1,
                   num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
                   num_threads: int | None = None, prefetch_queue_depth: int = 2,
-                  on_corrupt: Literal["raise", "skip"] = "raise",
+                  on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
+                  hw_decoder_load: float = 0.65, with_meta: bool = True,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames") -> ClipPipeline:
-    """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`;
-    ``output="jpegs"`` stops after the reader (JPEG bytes per frame, and the metadata)."""
+    """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
+    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 9])``;
+    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 9])`` (meta only
+    ``with_meta``). ``output="jpegs"`` stops after the reader (JPEG bytes, and the metadata)."""
+    from .pipeline import Graph
     from .pipeline import clip_pipeline as build
 
     _check_choice("device", device, DEVICES)
+    _check_choice("layout", layout, ("auto", "frames", "clips"))
+    if not 0 <= hw_decoder_load <= 1:
+        raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     _check_int("batch_size", batch_size, 1)
@@ -141,11 +150,15 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
                                   num_crops=num_crops, seed=seed)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
-    pipe = build(reader, batch_size=batch_size * clip_len, device=device, device_id=device_id,
-                 crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype, mean=mean, std=std,
-                 decode_crop=decode_crop, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
-                 output=output)
-    return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards)
+    if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
+        layout = "clips" if device == "gpu" else "frames"
+    graph = Graph(device=device, layout=layout, crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype,
+                  mean=tuple(mean), std=tuple(std), decode_crop=decode_crop, with_meta=with_meta,
+                  hw_decoder_load=hw_decoder_load,
+                  frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
+    pipe = build(reader, graph, batch_size=batch_size * (clip_len if layout == "frames" else 1), device_id=device_id,
+                 num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, output=output)
+    return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
 
 
 def steps_per_epoch(files, *, batch_size: int, training: bool = True, clips_per_video: int = 1,
@@ -170,7 +183,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                  clips_per_video: int = 1, num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
                  num_threads: int | None = None, prefetch_queue_depth: int = 2,
                  on_corrupt: Literal["raise", "skip"] = "raise",
-                 normalize_in: Literal["auto", "dali", "tensorflow"] = "auto"):
+                 normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
+                 layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
@@ -194,7 +208,14 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip) or "tensorflow"
-        (after the uint8 pixels reach it); "auto": DALI on the GPU, TensorFlow with the CPU fallback.
+        (after the uint8 pixels reach it; CPU only); "auto": DALI on the GPU, TensorFlow on the CPU.
+    layout: "clips": DALI emits the final elements, one sample per clip (T decoders and ``fn.stack``);
+        "frames": one decoder over the batch's B*T frames, finished by a tf.data map on the CPU.
+        "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
+    hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
+        rest go to the CUDA decoder). GPU only.
+    On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
+    the ``[B, 9]`` int32 metadata (:data:`META_COLUMNS`; ``video`` indexes ``load_table(files)``).
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
@@ -210,6 +231,9 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     # README's Performance section).
     if normalize_in == "auto":
         normalize_in = "tensorflow" if device == "cpu" else "dali"
+    if device == "gpu" and normalize_in == "tensorflow":
+        raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
+                         "elements and no tf.data op may follow it (they run on the CPU only)")
     normalise_in_tf = normalize_in == "tensorflow" and dtype != "uint8"
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, stride=stride, training=training,
                            device=device, resize_shorter=resize_shorter, crop_size=crop_size,
@@ -218,43 +242,52 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                            short_videos=short_videos, split=split, clips_per_video=clips_per_video,
                            num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
                            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
-                           on_corrupt=on_corrupt)
-    n = batch_size * clip_len
-    placement = f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"
+                           on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
+                           with_meta=with_meta)
+    B, T, c = batch_size, clip_len, crop_size
+    pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(dtype)
+    meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
+    if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
+        dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
+    else:  # the final elements: clips, labels (and metadata)
+        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B
+        if with_meta:
+            dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
+    with tf.device(f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"):
+        # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
+        ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
+                                 prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
+                                 device_id=device_id if device == "gpu" else None)
+    ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
+    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 9]`` (META_COLUMNS)
+        return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
     column = {name: i for i, name in enumerate(META_COLUMNS)}
-    with tf.device(placement):
-        # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
-        ds = dali_tf.DALIDataset(
-            pipeline=loader.pipeline, batch_size=n, num_threads=loader.pipeline.num_threads,
-            prefetch_queue_depth=prefetch_queue_depth,
-            output_dtypes=(tf.uint8 if normalise_in_tf else tf.as_dtype(dtype), tf.int32),
-            output_shapes=((n, crop_size, crop_size, 3), (n, len(META_COLUMNS))),
-            device_id=device_id if device == "gpu" else None)
 
-        @tf.autograph.experimental.do_not_convert
-        def to_clips(frames, meta):
-            clips = tf.reshape(frames, (batch_size, clip_len, crop_size, crop_size, 3))
-            if normalise_in_tf:
-                # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
-                scale = tf.constant([1.0 / d for d in std] * crop_size, tf.float32)
-                shift = tf.constant([-m / d for m, d in zip(mean, std)] * crop_size, tf.float32)
-                rows = tf.reshape(tf.cast(clips, tf.float32), (-1, crop_size * 3)) * scale + shift
-                clips = tf.cast(tf.reshape(rows, (batch_size, clip_len, crop_size, crop_size, 3)), dtype)
-            first = meta[::clip_len]
+    @tf.autograph.experimental.do_not_convert
+    def finish(images, *rest):
+        if loader.layout == "frames":
+            clips, first = tf.reshape(images, (B, T, c, c, 3)), rest[0][::T]
             labels = first[:, column["label"]]
-            if not with_meta:
-                return clips, labels
-            video = first[:, column["video"]]
-            with tf.device("/cpu:0"):
-                names = tf.gather(filenames, tf.identity(video))
-            return clips, labels, {"filename": names, "first_frame": first[:, column["frame"]], "video": video,
-                                   "window": first[:, column["crop_y"]:column["crop_w"] + 1],
-                                   "flip": first[:, column["flip"]], "replaced": first[:, column["replaced"]]}
+        else:
+            clips, labels, first = images, rest[0], (rest[1] if with_meta else None)
+        if normalise_in_tf:
+            # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
+            scale = tf.constant([1.0 / d for d in std] * c, tf.float32)
+            shift = tf.constant([-m / d for m, d in zip(mean, std)] * c, tf.float32)
+            rows = tf.reshape(tf.cast(clips, tf.float32), (-1, c * 3)) * scale + shift
+            clips = tf.cast(tf.reshape(rows, (B, T, c, c, 3)), dtype)
+        if not with_meta:
+            return clips, labels
+        video = first[:, column["video"]]
+        return clips, labels, {"filename": tf.gather(filenames, video), "first_frame": first[:, column["frame"]],
+                               "video": video, "window": first[:, column["crop_y"]:column["crop_w"] + 1],
+                               "flip": first[:, column["flip"]], "replaced": first[:, column["replaced"]]}
 
-        ds = ds.map(to_clips)
-    ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    return ds
+    with tf.device("/cpu:0"):
+        mapped = ds.map(finish)
+    mapped._dali_video_loader = loader
+    return mapped
 
 
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,
@@ -306,11 +339,15 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
     if kwargs.get("seed") is None:  # every replica must plan the same clip sequence
         kwargs["seed"] = _random_seed()
+    # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
+    devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
+    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // replicas))  # the host's cores, shared
 
     def dataset_fn(context):
         replica = context.input_pipeline_id
-        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device, device_id=replica,
-                            shard_id=replica, num_shards=context.num_input_pipelines, **kwargs)
+        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,
+                            device_id=devices[replica].device_index or 0, shard_id=replica,
+                            num_shards=context.num_input_pipelines, **kwargs)
 
     options = tf.distribute.InputOptions(
         experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,

@@ -7,6 +7,7 @@ once when the pipeline is built.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 from nvidia.dali import fn, pipeline_def, types
@@ -17,47 +18,83 @@ Device = Literal["gpu", "cpu"]
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
 
 
+@dataclass(frozen=True)
+class Graph:
+    """How the pipeline turns read frames into outputs.
+
+    layout "frames": one sample per frame (batch B*T), one decoder over all of them; outputs frames and
+    per-frame metadata. layout "clips": one sample per clip (batch B): the reader emits one JPEG
+    output per frame position, T decoders each decode one position of every clip, ``fn.stack`` joins
+    them into ``[T, H, W, 3]`` clips, and the sequence-aware ops treat each clip as one sample
+    (NVIDIA/DALI#2855); outputs clips, labels and (``with_meta``) per-clip metadata, so that DALI
+    itself emits the final elements (on the GPU no tf.data op may follow: NVIDIA/DALI#2228).
+    """
+
+    device: Device = "gpu"
+    layout: Literal["frames", "clips"] = "frames"
+    crop_size: int = 224
+    resize: bool = False
+    dtype: str = "float32"
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (255.0, 255.0, 255.0)
+    decode_crop: bool = True
+    with_meta: bool = True
+    hw_decoder_load: float = 0.65
+    frame_bytes: int = 1 << 20  # the largest decoded frame: sizes each decoder's memory padding
+
+
+def _decode(jpegs, anchor, shape, g: Graph):
+    if g.device == "gpu":
+        # Whole frames, sliced on the GPU: crop-window decoding in nvImageCodec 0.9 (the line DALI 2.4
+        # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
+        # frame, not nvJPEG's defaults (16 MB device, 8 MB pinned host): a clip has T decoders.
+        images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=g.hw_decoder_load,
+                                   device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
+        return fn.slice(images, anchor, shape, axis_names="HW")
+    if g.decode_crop:  # on the CPU, decoding only the window is measured faster (README)
+        return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device="cpu", output_type=types.RGB)
+    return fn.slice(fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), anchor, shape, axis_names="HW")
+
+
 @pipeline_def(enable_conditionals=False)
-def _clip_pipeline(reader: dict, device: str, crop_size: int, resize: bool, dtype: str, mean, std,
-                   decode_crop: bool, output: str):
+def _clip_pipeline(reader: dict, g: Graph, output: str):
+    per_clip = g.layout == "clips"
     # "padded_jpegs": the reader alone, each frame's bytes zero-padded to the batch's longest (uniform
     # shapes for TensorFlow; padding in the reader costs less than DALI's fn.pad after it).
-    jpegs, meta = fn.dali_video_clips(**reader, pad=output == "padded_jpegs")
+    read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=per_clip)
+    jpegs, meta = read[:-1], read[-1]
     if output == "meta":  # the JPEGs stay in DALI, read and checked, as a decoder would get them
         return meta
     if output != "frames":
-        return jpegs, meta
+        return (*jpegs, meta)
     anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
-    decoder_device = "mixed" if device == "gpu" else "cpu"
-    if decode_crop:
-        images = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device=decoder_device,
-                                         output_type=types.RGB)
-    else:
-        images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB)
-        images = fn.slice(images, anchor, shape, axis_names="HW")
-    if resize:
-        images = fn.resize(images, size=[crop_size, crop_size], antialias=True)
-    if dtype == "uint8":
+    frames = [_decode(j, anchor, shape, g) for j in jpegs]
+    images = fn.stack(*frames, axis_name="F") if per_clip else frames[0]
+    if g.resize:
+        images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
+    if g.dtype == "uint8":
         images = fn.flip(images, horizontal=flip)  # raw pixels: a flip costs less than normalising
     else:
-        images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[dtype], mean=list(mean),
-                                          std=list(std), output_layout="HWC")
-    return images, (meta.gpu() if device == "gpu" else meta)
+        images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[g.dtype], mean=list(g.mean),
+                                          std=list(g.std), output_layout="FHWC" if per_clip else "HWC")
+    if g.device == "gpu":
+        meta = meta.gpu()
+    if not per_clip:
+        return images, meta
+    labels = meta[5]
+    return (images, labels, meta) if g.with_meta else (images, labels)
 
 
-def clip_pipeline(reader: dict, *, batch_size: int, device: Device = "gpu", device_id: int | None = 0,
-                  crop_size: int = 224, resize: bool = False, dtype: str = "float32",
-                  mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), decode_crop: bool = True,
+def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int | None = 0,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames",
                   num_threads: int | None = None, prefetch_queue_depth: int = 2):
     """Build the DALI pipeline over the native reader, whose arguments ``reader`` holds (see
-    ``fn.dali_video_clips``); ``batch_size`` counts frames. Outputs are the frames ``[N, crop, crop, 3]``
-    and the metadata ``[N, 9]`` (``dali_video.META_COLUMNS``). Frames are ``(pixel - mean) / std`` as ``dtype``,
-    or the raw pixels for uint8. ``output="jpegs"`` (or "padded_jpegs", or "meta" alone) stops after the reader."""
+    ``fn.dali_video_clips``); ``batch_size`` counts samples (frames or clips, see :class:`Graph`).
+    Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8. ``output="jpegs"``
+    (or "padded_jpegs", or "meta" alone) stops after the reader."""
     native.load()
-    return _clip_pipeline(reader, device, crop_size, resize, dtype, mean, std, decode_crop, output,
-                          batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
-                          device_id=device_id if device == "gpu" else None,
+    return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
+                          device_id=device_id if graph.device == "gpu" else None,
                           prefetch_queue_depth=prefetch_queue_depth)
 
 

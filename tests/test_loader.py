@@ -240,7 +240,10 @@ def test_arguments_are_validated_with_allowed_values(dataset):
              (dict(short_videos="pad"), "short_videos must be one of"),
              (dict(crop_size=100), "smaller than crop_size \\(100\\); pass resize_shorter"),
              (dict(resize_shorter=50, crop_size=64), "resize_shorter must be None or an integer >= crop_size"),
-             (dict(num_crops=2), r"num_crops must be one of \(1, 3\)")]
+             (dict(num_crops=2), r"num_crops must be one of \(1, 3\)"),
+             (dict(layout="tiles"), r"layout must be one of \('auto', 'frames', 'clips'\)"),
+             (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\]"),
+             (dict(num_shards=2), "readers that share a clip sequence need the same seed")]
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
             dali_video.clip_pipeline(dataset, batch_size=2, **{"device": "cpu", "clip_len": 4, "crop_size": 16, **kw})
@@ -317,3 +320,38 @@ def test_planned_clips_and_windows_are_always_valid(n, clip_len, stride, policy,
     assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w and wh > 0 and ww > 0 and flip in (0, 1)
     if resize is None:
         assert (wh, ww) == (crop, crop)
+
+
+@pytest.mark.parametrize("kw", [dict(dtype="uint8", std=(1, 1, 1)), dict(normalize_in="tensorflow"),
+                                dict(normalize_in="dali", mean=(10, 20, 30), std=(2, 4, 8)),
+                                dict(resize_shorter=40, crop_size=40, training=False, dtype="uint8")])
+def test_clip_layout_gives_the_frame_layouts_pixels_and_meta(dataset, kw):
+    """The GPU's graph (T decoders, fn.stack, DALI emits the final elements), run on the CPU."""
+    kw = {**dict(batch_size=3, clip_len=4, crop_size=32, device="cpu", seed=4, with_meta=True), **kw}
+    frames = dali_video.clip_dataset(dataset, layout="frames", **kw)
+    clips = dali_video.clip_dataset(dataset, layout="clips", **kw)
+    for a, b in zip(frames.take(2), clips.take(2)):
+        assert a[0].dtype == b[0].dtype and a[0].shape == b[0].shape == (3, 4, kw["crop_size"], kw["crop_size"], 3)
+        np.testing.assert_allclose(a[0].numpy().astype(float), b[0].numpy().astype(float), atol=1e-5)
+        assert np.array_equal(a[1], b[1]) and all(np.array_equal(a[2][k], b[2][k]) for k in a[2])
+
+
+def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatch):
+    import dali_video.dataset as module
+
+    made = []
+    monkeypatch.setattr(module, "clip_dataset", lambda files, **kw: made.append(kw) or kw)
+
+    class Strategy:  # MirroredStrategy(["/gpu:2", "/gpu:3"]) as far as distribute() looks
+        num_replicas_in_sync = 2
+
+        class extended:
+            worker_devices = ("/job:localhost/replica:0/task:0/device:GPU:2",
+                              "/job:localhost/replica:0/task:0/device:GPU:3")
+
+        def distribute_datasets_from_function(self, fn, options):
+            return [fn(tf.distribute.InputContext(2, r, 2)) for r in range(2)]
+
+    dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1)
+    assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"]) for k in made] == [(2, 0, 2, 4), (3, 1, 2, 4)]
+    assert made[0]["num_threads"] == max(1, os.cpu_count() // 2) and made[0]["seed"] == made[1]["seed"] == 1
