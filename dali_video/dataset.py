@@ -125,7 +125,7 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
                   num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
                   num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
-                  hw_decoder_load: float = 0.65, with_meta: bool = True,
+                  hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames") -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 9])``;
@@ -154,7 +154,7 @@ def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype,
                   mean=tuple(mean), std=tuple(std), decode_crop=decode_crop, with_meta=with_meta,
-                  hw_decoder_load=hw_decoder_load,
+                  hw_decoder_load=hw_decoder_load, jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
     pipe = build(reader, graph, batch_size=batch_size * (clip_len if layout == "frames" else 1), device_id=device_id,
                  num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, output=output)
@@ -184,7 +184,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                  num_threads: int | None = None, prefetch_queue_depth: int = 2,
                  on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
-                 layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65):
+                 layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
+                 jpeg_fancy_upsampling: bool = False):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
@@ -214,6 +215,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
         "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
     hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
         rest go to the CUDA decoder). GPU only.
+    jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
+        devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
     the ``[B, 9]`` int32 metadata (:data:`META_COLUMNS`; ``video`` indexes ``load_table(files)``).
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
@@ -243,7 +246,7 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                            num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
                            num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           with_meta=with_meta)
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
     B, T, c = batch_size, clip_len, crop_size
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(dtype)
     meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))

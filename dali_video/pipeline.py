@@ -40,6 +40,7 @@ class Graph:
     decode_crop: bool = True
     with_meta: bool = True
     hw_decoder_load: float = 0.65
+    jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
     frame_bytes: int = 1 << 20  # the largest decoded frame: sizes each decoder's memory padding
 
 
@@ -49,7 +50,7 @@ def _decode(jpegs, anchor, shape, g: Graph):
         # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
         # frame, not nvJPEG's defaults (16 MB device, 8 MB pinned host): a clip has T decoders.
         images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=g.hw_decoder_load,
-                                   device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
+                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling, device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
         return fn.slice(images, anchor, shape, axis_names="HW")
     if g.decode_crop:  # on the CPU, decoding only the window is measured faster (README)
         return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device="cpu", output_type=types.RGB)
