@@ -40,11 +40,14 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="save the model and the clip position here after every epoch, and "
+                                            "resume from them when they exist (after a preemption, say)")
     args = p.parse_args(argv)
 
     import tensorflow as tf
 
     from .dataset import clip_dataset
+    from .resume import ClipPosition, read_position
     from .sample_data import sample_dataset
 
     data = args.data or str(sample_dataset())
@@ -55,17 +58,27 @@ def main(argv=None) -> int:
     kw = dict(batch_size=args.batch_size, clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,
               resize_shorter=args.resize_shorter, split=args.split)
     try:
-        ds = clip_dataset(data, device=device, seed=args.seed, **kw)
+        position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
+        if position and position["global_batch_size"] != args.batch_size:
+            raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
+                             f"not {args.batch_size}: pass --batch-size {position['global_batch_size']}")
+        seed, initial_clip = (position["seed"], position["clip"]) if position else (args.seed, 0)
+        ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
     loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
-    steps = args.steps_per_epoch or math.ceil(loader.items_per_epoch / args.batch_size)
+    steps = args.steps_per_epoch or loader.steps_per_epoch
     num_classes = int(loader.table.label.max()) + 1
     tf.keras.utils.set_random_seed(args.seed)
-    model = small_video_model(num_classes, args.clip_len, args.crop_size)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    if position and position["model"]:
+        model = tf.keras.models.load_model(position["model"])  # weights and optimizer state
+        print(f"resuming from {args.checkpoint_dir}: epoch {position['epoch']}, clip {initial_clip}", flush=True)
+    else:
+        model = small_video_model(num_classes, args.clip_len, args.crop_size)
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    first_epoch = position["epoch"] if position else 0
 
     class Speed(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -77,11 +90,18 @@ def main(argv=None) -> int:
             print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
                               "accuracy": round(float(logs["accuracy"]), 4),
                               "clips_per_s": round(clips / seconds, 1),
-                              "frames_per_s": round(clips * args.clip_len / seconds, 1)}), flush=True)
+                              "frames_per_s": round(clips * args.clip_len / seconds, 1),
+                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips}), flush=True)
+
+    callbacks = [Speed()]
+    if args.checkpoint_dir:
+        callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
+                                      initial_clip=initial_clip))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {args.clip_len}"
           f"x{args.crop_size}x{args.crop_size}, {num_classes} classes", flush=True)
-    model.fit(ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=[Speed()], verbose=0, shuffle=False)
+    model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=0, shuffle=False)
     return 0
 
 

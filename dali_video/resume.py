@@ -1,0 +1,74 @@
+"""Resume a training run at the exact clip: a Keras callback that stores the clip position next to the
+model's checkpoint, and the reader of what it stored.
+
+The clip sequence is a pure function of the seed (see :mod:`dali_video.sampling`), so a position is
+one number: the clips the run has consumed, ``steps x global batch size``. Pass it back as
+``clip_dataset(..., initial_clip=position["clip"], seed=position["seed"])`` with
+``model.fit(..., initial_epoch=position["epoch"])``: the run continues with exactly the batches an
+uninterrupted run would have seen, on any number of readers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from index_tools.format import atomic_write
+
+POSITION_FILE = "dali_video_position.json"
+MODEL_FILE = "model.keras"
+
+
+def read_position(directory) -> dict | None:
+    """What :class:`ClipPosition` last saved in ``directory``: ``{"epoch", "clip", "seed",
+    "global_batch_size", "model"}`` (``model``: the saved model's path, or None), or None before
+    the first save."""
+    path = Path(directory) / POSITION_FILE
+    if not path.exists():
+        return None
+    try:
+        position = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a dali-video position file ({e})") from None
+    missing = {"epoch", "clip", "seed", "global_batch_size"} - set(position)
+    if missing:
+        raise ValueError(f"{path}: lacks {sorted(missing)}")
+    return position
+
+
+def _callback_base():
+    import tensorflow as tf
+
+    return tf.keras.callbacks.Callback
+
+
+class ClipPosition(_callback_base()):
+    """Saves, at the end of every epoch, the model (``save_model=True``: weights and optimizer state,
+    ``model.keras``) and then the clip position, each atomically, so that the position on disk always
+    belongs to the model beside it.
+
+    With ``keras.callbacks.BackupAndRestore`` (its default ``save_freq="epoch"``) pass
+    ``save_model=False``: Keras restores the model and the epoch, and the position saved here at the
+    same epoch ends gives the data its place.
+    """
+
+    def __init__(self, directory, *, seed: int, global_batch_size: int, initial_clip: int = 0,
+                 save_model: bool = True):
+        super().__init__()
+        self.directory = Path(directory)
+        self.seed, self.global_batch_size, self.save_model = seed, global_batch_size, save_model
+        self.clip = initial_clip
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.clip += self.global_batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        model = None
+        if self.save_model:
+            model = self.directory / MODEL_FILE
+            tmp = self.directory / f".tmp.{MODEL_FILE}"  # Keras wants the .keras suffix
+            self.model.save(tmp)
+            tmp.replace(model)
+        position = {"epoch": epoch + 1, "clip": self.clip, "seed": self.seed,
+                    "global_batch_size": self.global_batch_size, "model": str(model) if model else None}
+        atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())
