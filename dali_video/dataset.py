@@ -332,26 +332,42 @@ def python_feed_dataset(stream, frames_per_batch: int):
             output_shapes=((frames_per_batch, None),), device_id=None)
 
 
-def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu", **kwargs):
-    """One :func:`clip_dataset` per replica of a ``tf.distribute`` strategy (MirroredStrategy, say):
-    each on its replica's GPU, each taking its share of every global batch (one seed for all)."""
+def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu",
+               per_worker: bool | None = None, **kwargs):
+    """:func:`clip_dataset` for a ``tf.distribute`` strategy: every global batch is the same set of clips
+    whatever the number of replicas, hosts or readers (one seed for all), each reader taking its share.
+
+    Per replica (MirroredStrategy): one pipeline per replica, on the replica's own device
+    (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and 3). Per worker
+    (MultiWorkerMirroredStrategy, the default there, which takes no per-replica datasets): one
+    pipeline per host, reading that host's share of each global batch; the strategy splits it among
+    the host's replicas. Every host then runs the same number of steps per epoch
+    (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
+    """
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
-    if kwargs.get("seed") is None:  # every replica must plan the same clip sequence
+    if per_worker is None:
+        per_worker = strategy.extended._in_multi_worker_mode()
+    if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
+        if per_worker:
+            raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
-    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // replicas))  # the host's cores, shared
+    pipelines = 1 if per_worker else len(devices)
+    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // pipelines))  # the host's cores, shared
 
     def dataset_fn(context):
-        replica = context.input_pipeline_id
-        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,
-                            device_id=devices[replica].device_index or 0, shard_id=replica,
-                            num_shards=context.num_input_pipelines, **kwargs)
+        reader = context.input_pipeline_id
+        return clip_dataset(files, batch_size=global_batch_size // context.num_input_pipelines, device=device,
+                            device_id=(devices[0 if per_worker else reader].device_index or 0),
+                            shard_id=reader, num_shards=context.num_input_pipelines, **kwargs)
 
+    if per_worker:
+        return strategy.distribute_datasets_from_function(dataset_fn)
     options = tf.distribute.InputOptions(
         experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
         experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)

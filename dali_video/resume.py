@@ -49,12 +49,16 @@ class ClipPosition(_callback_base()):
     With ``keras.callbacks.BackupAndRestore`` (its default ``save_freq="epoch"``) pass
     ``save_model=False``: Keras restores the model and the epoch, and the position saved here at the
     same epoch ends gives the data its place.
+
+    Across hosts (MultiWorkerMirroredStrategy) every worker must save the model (it is a collective
+    step): pass ``chief=False`` on all but worker 0; they save into a scratch folder and write no position.
     """
 
     def __init__(self, directory, *, seed: int, global_batch_size: int, initial_clip: int = 0,
-                 save_model: bool = True):
+                 save_model: bool = True, chief: bool = True):
         super().__init__()
-        self.directory = Path(directory)
+        self.chief = chief
+        self.directory = Path(directory) if chief else Path(directory) / ".worker-scratch"
         self.seed, self.global_batch_size, self.save_model = seed, global_batch_size, save_model
         self.clip = initial_clip
 
@@ -71,4 +75,5 @@ class ClipPosition(_callback_base()):
             tmp.replace(model)
         position = {"epoch": epoch + 1, "clip": self.clip, "seed": self.seed,
                     "global_batch_size": self.global_batch_size, "model": str(model) if model else None}
-        atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())
+        if self.chief:
+            atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())

@@ -1,6 +1,8 @@
 """dali-video-train: train a small Keras video model with model.fit on clips from dali-video.
 
-With no --data it builds a small sample dataset (cached) and trains on it.
+With no --data it builds a small sample dataset (cached) and trains on it. With a TF_CONFIG naming
+several workers it trains across them (MultiWorkerMirroredStrategy, Keras 2 through tf-keras: Keras 3's
+fit does not run under that strategy); every worker runs the same command.
 """
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ def small_video_model(num_classes: int, clip_len: int, crop_size: int):
     ])
 
 
+def _model(tf, position, num_classes: int, args):
+    """The saved model (weights and optimizer state) when resuming, else a new compiled one."""
+    if position and position["model"]:
+        return tf.keras.models.load_model(position["model"])
+    model = small_video_model(num_classes, args.clip_len, args.crop_size)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
     p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
@@ -43,12 +55,17 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-dir", help="save the model and the clip position here after every epoch, and "
                                             "resume from them when they exist (after a preemption, say)")
     args = p.parse_args(argv)
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    workers = len(cluster.get("cluster", {}).get("worker", []))
+    if workers > 1:  # before TensorFlow is imported: tf.keras is then tf-keras (Keras 2)
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
     import tensorflow as tf
 
-    from .dataset import clip_dataset
+    from .dataset import clip_dataset, distribute, steps_per_epoch
     from .resume import ClipPosition, read_position
     from .sample_data import sample_dataset
+    from .sampling import load_table
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
@@ -63,21 +80,28 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
                              f"not {args.batch_size}: pass --batch-size {position['global_batch_size']}")
         seed, initial_clip = (position["seed"], position["clip"]) if position else (args.seed, 0)
-        ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
+        if workers > 1:  # every worker reads its share of each global batch and runs the same steps
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            batch = kw.pop("batch_size")
+            ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
+                            initial_clip=initial_clip, **kw)
+            steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
+            num_classes = int(load_table(data, args.split).label.max()) + 1
+        else:
+            strategy = tf.distribute.get_strategy()
+            ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
+            loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
+            steps = args.steps_per_epoch or loader.steps_per_epoch
+            num_classes = int(loader.table.label.max()) + 1
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
-    loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
-    steps = args.steps_per_epoch or loader.steps_per_epoch
-    num_classes = int(loader.table.label.max()) + 1
     tf.keras.utils.set_random_seed(args.seed)
-    if position and position["model"]:
-        model = tf.keras.models.load_model(position["model"])  # weights and optimizer state
+    chief = strategy.cluster_resolver is None or strategy.cluster_resolver.task_id == 0
+    with strategy.scope():
+        model = _model(tf, position, num_classes, args)
+    if position:
         print(f"resuming from {args.checkpoint_dir}: epoch {position['epoch']}, clip {initial_clip}", flush=True)
-    else:
-        model = small_video_model(num_classes, args.clip_len, args.crop_size)
-        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     first_epoch = position["epoch"] if position else 0
 
     class Speed(tf.keras.callbacks.Callback):
@@ -96,7 +120,7 @@ def main(argv=None) -> int:
     callbacks = [Speed()]
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
-                                      initial_clip=initial_clip))
+                                      initial_clip=initial_clip, chief=chief))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {args.clip_len}"
           f"x{args.crop_size}x{args.crop_size}, {num_classes} classes", flush=True)

@@ -1,0 +1,72 @@
+"""Training across hosts: two CPU workers on localhost (TF_CONFIG, MultiWorkerMirroredStrategy)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+READ = """
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+import dali_video
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+ds = dali_video.distribute(strategy, sys.argv[1], global_batch_size=4, clip_len=3, crop_size=16, device="cpu",
+                           seed=3, with_meta=True, dtype="uint8", std=(1, 1, 1))
+videos, it = [], iter(ds)
+for _ in range(2):  # 8 clips of the first epoch (10 videos)
+    clips, labels, meta = next(it)
+    local = strategy.experimental_local_results
+    assert local(clips)[0].shape == (2, 3, 16, 16, 3)  # this worker's half of each global batch
+    videos += local(meta["video"])[0].numpy().tolist()
+print("VIDEOS " + json.dumps(videos), flush=True)
+"""
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _run_workers(argv_of, timeout=240):
+    """Run two workers (argv_of(index) each) with a TF_CONFIG; kill them (SIGKILL: TF workers ignore
+    SIGTERM) if they outlive the timeout. Returns their (returncode, stdout, stderr)."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = [subprocess.Popen(argv_of(i), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": "",
+                                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+             for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, *o) for p, o in zip(procs, outputs)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_two_workers_read_disjoint_shares_of_each_global_batch(dataset):
+    results = _run_workers(lambda i: [sys.executable, "-c", READ, str(dataset)])
+    seen = []
+    for code, out, err in results:
+        lines = [line for line in out.splitlines() if line.startswith("VIDEOS ")]
+        assert lines, err[-3000:]
+        seen.append(json.loads(lines[0][len("VIDEOS "):]))
+    assert len(seen[0]) == len(seen[1]) == 4 and not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == 8
+
+
+def test_dali_video_train_reads_tf_config_and_trains_on_two_workers(dataset):
+    cmd = [sys.executable, "-m", "dali_video.train_input", "--data", str(dataset), "--cpu", "--epochs", "2",
+           "--steps-per-epoch", "2", "--batch-size", "4", "--clip-len", "4", "--crop-size", "32", "--seed", "1"]
+    for code, out, err in _run_workers(lambda i: cmd):
+        epochs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert code == 0 and [e["epoch"] for e in epochs] == [1, 2], err[-3000:]
