@@ -33,15 +33,11 @@ class ClipReader:
     """
 
     def __init__(self, table: VideoTable, videos: np.ndarray):
-        self.table, self.videos = table, videos
-        self.bytes_read = 0  # from the shards
-        self.frame_bytes = 0  # of the JPEGs asked for: bytes_read / frame_bytes is the read amplification
-        self._count = threading.Lock()  # reads run in several threads
+        self.table, self.videos = table, videos  # plans index ``videos``, rows of ``table``
 
     def read(self, plan: ClipPlan) -> list[memoryview]:
         t = self.table
-        v = plan.video
-        v = int(self.videos[v])
+        v = int(self.videos[plan.video])
         index = t.shards[t.shard[v]]
         shard_path = index.path.with_suffix("")
         wanted = np.unique(plan.frames)
@@ -64,9 +60,6 @@ class ClipReader:
                     raise FormatError(f"{shard_path}: video {str(t.filename[v])!r} frame {int(wanted[k])} at byte "
                                       f"{int(rows['offset'][k])}: {problem}")
                 frames[int(wanted[k])] = jpeg
-        with self._count:
-            self.bytes_read += sum(len(buf) for buf in data)
-            self.frame_bytes += int(rows["length"].sum())
         return [frames[int(f)] for f in plan.frames]
 
 
