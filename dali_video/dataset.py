@@ -105,7 +105,7 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
         return column[videos].astype(np.int64).tolist()
 
     return dict(
-        shards=[str(table.shards[s].path)[: -len(".fidx")] for s in used],
+        shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
         filenames=[str(table.filename[v]).encode("utf-8", "backslashreplace").decode() for v in videos],
         video_shard=shard_of.tolist(), video_row=ints(table.frame_start), num_frames=ints(table.num_frames),
