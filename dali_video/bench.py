@@ -4,7 +4,7 @@
 
 Systems (each measured in a fresh child process, warm and with the shards evicted from the page cache):
   dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback);
-                 _uint8: raw pixels; _dali_norm: float32 normalised in DALI rather than TensorFlow
+                 _uint8: raw pixels; _tf_norm: float32 normalised in TensorFlow rather than DALI
   tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example + VarLenFeature,
                  random contiguous offset, decode_and_crop_jpeg of the T frames, batch, prefetch
   dali_tfrecord  DALI's own TFRecord reader over whole records (it can deliver only a record's
@@ -40,7 +40,7 @@ import numpy as np
 from .sampling import load_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_dali_norm", "tfdata", "dali_tfrecord", "decode_bound")
+SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 
 
@@ -298,7 +298,7 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
 
 
 RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
-           "dali_video_dali_norm": functools.partial(run_dali_video, normalize_in="dali"),
+           "dali_video_tf_norm": functools.partial(run_dali_video, normalize_in="tensorflow"),
            "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
            "feed_native": run_feed_native, "feed_native_x2": run_feed_native_x2,
            "feed_native_bytes": functools.partial(run_feed_native, with_bytes=True),

@@ -51,7 +51,8 @@ def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
     proc = run_module("dali_video.bench", dataset, "--out", tmp_path, "--quick", "--batches", "2", "--crop-size",
                       "32", "--batch-size", "2", "--clip-len", "8")
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert set(results["systems"]) == {"dali_video", "dali_video_uint8", "dali_video_dali_norm", "tfdata", "dali_tfrecord", "decode_bound",
+    assert set(results["systems"]) == {"dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord",
+                                       "decode_bound",
                                        "feed_native", "feed_native_x2", "feed_native_bytes", "feed_python"}
     for system in ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python"):
         assert results["systems"][system]["frames_per_s"] > 0

@@ -291,9 +291,10 @@ def test_mirrored_strategy_replicas_share_each_global_batch(dataset):
     assert "replicas disjoint" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
-def test_float_output_is_normalised_per_channel(dataset):
+@pytest.mark.parametrize("where", ["dali", "tensorflow"])
+def test_float_output_is_normalised_per_channel(dataset, where):
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
-    kw = dict(batch_size=2, clip_len=3, crop_size=32, training=False, device="cpu", seed=0)
+    kw = dict(batch_size=2, clip_len=3, crop_size=32, training=False, device="cpu", seed=0, normalize_in=where)
     raw = next(iter(dali_video.clip_dataset(dataset, dtype="uint8", **kw)))[0].numpy().astype(np.float32)
     for dtype, tol in (("float32", 1e-5), ("float16", 2e-2)):
         got = next(iter(dali_video.clip_dataset(dataset, dtype=dtype, mean=mean, std=std, **kw)))[0].numpy()
@@ -348,6 +349,10 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
         class extended:
             worker_devices = ("/job:localhost/replica:0/task:0/device:GPU:2",
                               "/job:localhost/replica:0/task:0/device:GPU:3")
+
+            @staticmethod
+            def _in_multi_worker_mode():
+                return False
 
         def distribute_datasets_from_function(self, fn, options):
             return [fn(tf.distribute.InputContext(2, r, 2)) for r in range(2)]
