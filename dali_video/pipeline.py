@@ -104,12 +104,12 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
 @pipeline_def
 def _decode_pipeline(source, device: str):
     jpegs, anchor, shape = fn.external_source(source=source, num_outputs=3, batch=True)
-    return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", output_type=types.RGB,
-                                   device="mixed" if device == "gpu" else "cpu")
+    return _decode(jpegs, anchor, shape, Graph(device=device))  # as the loader decodes on this device
 
 
 def decode_pipeline(source, *, batch_size: int, device: Device = "cpu"):
-    """Decode JPEGs from memory, each to its window: ``source()`` gives (jpegs, anchors, shapes)."""
+    """Decode JPEGs from memory, each to its window, as the loader does on ``device`` (the bench's
+    decode bound): ``source()`` gives (jpegs, anchors, shapes)."""
     return _decode_pipeline(source, device, batch_size=batch_size, num_threads=os.cpu_count(),
                             device_id=0 if device == "gpu" else None)
 
