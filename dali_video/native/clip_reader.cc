@@ -214,6 +214,8 @@ static_assert(sizeof(Row) == 16);
 struct Fd {  // a file descriptor that closes itself
   int fd;
   explicit Fd(const std::string &path) : fd(open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+  Fd(const Fd &) = delete;
+  Fd &operator=(const Fd &) = delete;
   ~Fd() {
     if (fd >= 0) close(fd);
   }
@@ -272,59 +274,80 @@ std::vector<Row> read_rows(const Dataset &d, const Plan &p, int64_t first, int64
   return rows;
 }
 
-// Reads the clip's frames, one pread per run of frames lying close together, and checks each.
+// Where a clip's frames lie: the shard (open), the frame index rows of its distinct frames (`wanted`,
+// ascending) and the byte runs that read them, one per run of frames lying close together.
+struct Located {
+  Fd file;
+  u64 shard_size = 0;
+  std::vector<int64_t> wanted;
+  std::vector<Row> rows;  // rows[f - wanted.front()] for frame f
+  struct Run {
+    size_t first, last;  // wanted[first .. last) lie in bytes [start, end)
+    u64 start, end;
+  };
+  std::vector<Run> runs;
+  explicit Located(const std::string &shard) : file(shard) {}
+  const Row &row(size_t k) const { return rows[wanted[k] - wanted.front()]; }
+};
+
+void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p, Located &l) {
+  const std::string &shard = d.shards[d.shard[p.video]];
+  l.wanted = frames;
+  std::sort(l.wanted.begin(), l.wanted.end());
+  l.wanted.erase(std::unique(l.wanted.begin(), l.wanted.end()), l.wanted.end());
+  struct stat st{};
+  if (l.file.fd < 0 || fstat(l.file.fd, &st) != 0)
+    throw ReadError{shard + ": cannot read video '" + d.filenames[p.video] + "': " + std::strerror(errno)};
+  l.shard_size = static_cast<u64>(st.st_size);
+  l.rows = read_rows(d, p, l.wanted.front(), l.wanted.back(), l.shard_size);
+  u64 total = 0;
+  for (size_t k = 0; k < l.wanted.size();) {  // frames of one video lie in increasing offsets
+    Located::Run run{k, k + 1, l.row(k).offset, l.row(k).offset + l.row(k).length};
+    for (; run.last < l.wanted.size(); ++run.last) {
+      const Row &r = l.row(run.last);
+      if (r.offset < run.end || r.offset - run.end > kGap) break;
+      run.end = r.offset + r.length;
+    }
+    total += run.end - run.start;
+    if (total > l.shard_size)  // frames of one video share one record
+      throw ReadError{frame_where(d, p, l.wanted[k], run.start) + "the frame index rows of this video overlap or "
+                      "exceed the shard: corrupt frame index; rebuild it with: dali-video-index build " + shard};
+    l.runs.push_back(run);
+    k = run.last;
+  }
+}
+
+// Reads the clip's frames, one pread per run, and checks each.
 void read_clip(const Dataset &d, const Spec &s, Clip &c) {
   const Plan &p = c.plan;
   const Video &v = d.videos[p.video];
-  const std::string &shard = d.shards[d.shard[p.video]];
   c.frames.resize(s.clip_len);
   for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v.num_frames, t);
-  std::vector<int64_t> wanted(c.frames);
-  std::sort(wanted.begin(), wanted.end());
-  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  Fd file(shard);
-  struct stat st{};
-  if (file.fd < 0 || fstat(file.fd, &st) != 0)
-    throw ReadError{shard + ": cannot read video '" + d.filenames[p.video] + "': " + std::strerror(errno)};
-  const u64 shard_size = static_cast<u64>(st.st_size);
-  const std::vector<Row> rows = read_rows(d, p, wanted.front(), wanted.back(), shard_size);
-  // Frames of one video lie in increasing offsets, so `wanted` is in read order.
-  std::vector<int64_t> at(wanted.size());  // each wanted frame's position in c.data
+  Located l(d.shards[d.shard[p.video]]);
+  locate(d, c.frames, p, l);
+  std::vector<int64_t> at(l.wanted.size());  // each wanted frame's position in c.data
   c.data.clear();
-  for (size_t k = 0; k < wanted.size();) {
-    const Row &first = rows[wanted[k] - wanted.front()];
-    u64 end = first.offset + first.length;
-    size_t m = k + 1;
-    for (; m < wanted.size(); ++m) {
-      const Row &r = rows[wanted[m] - wanted.front()];
-      if (r.offset < end || r.offset - end > kGap) break;
-      end = r.offset + r.length;
-    }
+  for (const Located::Run &run : l.runs) {
     const size_t base = c.data.size();
-    if (base + (end - first.offset) > shard_size)  // frames of one video share one record
-      throw ReadError{frame_where(d, p, wanted[k], first.offset) + "the frame index rows of this video "
-                      "overlap or exceed the shard: corrupt frame index; rebuild it with: dali-video-index build " +
-                      shard};
-    c.data.resize(base + (end - first.offset));
-    if (!read_exactly(file.fd, c.data.data() + base, end - first.offset, first.offset))
-      throw ReadError{frame_where(d, p, wanted[k], first.offset) +
-                      "short read: the shard is truncated"};
-    for (; k < m; ++k) at[k] = base + (rows[wanted[k] - wanted.front()].offset - first.offset);
+    c.data.resize(base + (run.end - run.start));
+    if (!read_exactly(l.file.fd, c.data.data() + base, run.end - run.start, run.start))
+      throw ReadError{frame_where(d, p, l.wanted[run.first], run.start) + "short read: the shard is truncated"};
+    for (size_t k = run.first; k < run.last; ++k) at[k] = base + (l.row(k).offset - run.start);
   }
-  for (size_t k = 0; k < wanted.size(); ++k) {
-    const Row &r = rows[wanted[k] - wanted.front()];
+  for (size_t k = 0; k < l.wanted.size(); ++k) {
+    const Row &r = l.row(k);
     const uint8_t *jpeg = c.data.data() + at[k];
     std::string problem = crc32c(jpeg, r.length) != r.crc
         ? "fails its CRC32C (corrupt, or the shard changed after indexing; check it with: dali-video-index verify)"
         : jpeg_problem(jpeg, r.length, v.height, v.width);
-    if (!problem.empty()) throw ReadError{frame_where(d, p, wanted[k], r.offset) + problem};
+    if (!problem.empty()) throw ReadError{frame_where(d, p, l.wanted[k], r.offset) + problem};
   }
   c.start.resize(s.clip_len);
   c.length.resize(s.clip_len);
   for (int64_t t = 0; t < s.clip_len; ++t) {
-    const size_t k = std::lower_bound(wanted.begin(), wanted.end(), c.frames[t]) - wanted.begin();
+    const size_t k = std::lower_bound(l.wanted.begin(), l.wanted.end(), c.frames[t]) - l.wanted.begin();
     c.start[t] = at[k];
-    c.length[t] = rows[wanted[k] - wanted.front()].length;
+    c.length[t] = l.row(k).length;
   }
 }
 
@@ -355,6 +378,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
+
     const size_t n = d_.videos.size();
     DALI_ENFORCE(n > 0 && d_.filenames.size() == n && d_.shard.size() == n && d_.row.size() == n &&
                  d_.label.size() == n && d_.table_row.size() == n && d_.table_offset.size() == d_.shards.size(),
