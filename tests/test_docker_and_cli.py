@@ -32,6 +32,9 @@ def test_dockerfile_takes_every_pin_from_pyproject():
     makefile = Path(ROOT, "Makefile").read_text()
     assert "nvidia-dali-tf-plugin-cuda120==" in makefile and "--no-build-isolation" in makefile
     assert 'ENTRYPOINT ["dali-video-train"]' in text and "USER 1001" in text
+    # The native reader is compiled in the build stage, into the installed package the image keeps.
+    build_stage = text.split("\nFROM ")[1]
+    assert "python3 -I -m dali_video.native" in build_stage and "g++" in build_stage
 
 
 def test_entrypoint_trains_when_run_directly(dataset):
