@@ -100,16 +100,14 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
     c = plan.clip
     used = np.unique(table.shard[videos])  # shards that hold a planned video
     shard_of = np.searchsorted(used, table.shard[videos])
-
-    def ints(column):
-        return column[videos].astype(np.int64).tolist()
-
+    columns = np.stack([shard_of, *(col[videos] for col in (table.frame_start, table.num_frames, table.height,
+                                                            table.width, table.label)), videos], axis=1)
     return dict(
         shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
-        filenames=[str(table.filename[v]).encode("utf-8", "backslashreplace").decode() for v in videos],
-        video_shard=shard_of.tolist(), video_row=ints(table.frame_start), num_frames=ints(table.num_frames),
-        height=ints(table.height), width=ints(table.width), label=ints(table.label), table_row=videos.tolist(),
+        videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
+        filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
+                            .replace("\n", "\\n") for v in videos),
         plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=c.stride, crop_size=c.crop_size,
         resize_shorter=c.resize_shorter or 0, short_videos=SHORT_CODES[c.short_videos],
         clips_per_video=plan.clips_per_video, num_crops=plan.num_crops, shard_id=shard_id, num_shards=num_shards,

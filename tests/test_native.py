@@ -161,3 +161,14 @@ def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatc
     monkeypatch.setattr(native, "library_path", lambda sanitize=None: tmp_path / "libnone.so")
     with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.native"):
         native.load()
+
+
+@pytest.mark.parametrize("rows, names", [("0 0 5 48 64 1", "a"), ("0 0 5 48 64 1 0 junk", "a"),
+                                           ("7 0 5 48 64 1 0", "a"), ("0 0 5 48 64 1 0", "a\nb"), ("", "")])
+def test_malformed_reader_arguments_fail_cleanly(pristine, rows, names):
+    from dali_video.pipeline import Graph, clip_pipeline
+
+    reader = dict(shards=[str(pristine)], table_offset=[0], videos=rows, filenames=names, plan_seed=0,
+                  training=True, clip_len=2, crop_size=16)
+    with pytest.raises(RuntimeError, match="dali-video clip reader: "):
+        clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -353,21 +354,45 @@ void read_clip(const Dataset &d, const Spec &s, Clip &c) {
 
 // ------------------------------------------------------------------ the operator
 
+// The videos, one text line each ("shard row num_frames height width label table_row"), and their
+// names one per line: two string arguments serialize far smaller and faster than per-video lists
+// (82 MB and 4.6 s at 300k videos, through DALI's pipeline protobuf).
+void parse_videos(const std::string &text, const std::string &names, Dataset &d) {
+  const char *p = text.c_str();
+  while (*p) {
+    int64_t v[7];
+    for (int64_t &x : v) {
+      char *end;
+      x = std::strtoll(p, &end, 10);
+      DALI_ENFORCE(end != p, "dali-video clip reader: malformed 'videos' argument");
+      p = end;
+    }
+    DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
+                 v[3] >= 0 && v[4] >= 0, "dali-video clip reader: a video's shard, row or size is out of range");
+    d.shard.push_back(v[0]);
+    d.row.push_back(v[1]);
+    d.videos.push_back({v[2], v[3], v[4]});
+    d.label.push_back(v[5]);
+    d.table_row.push_back(v[6]);
+    while (*p == '\n' || *p == ' ') ++p;
+  }
+  for (size_t start = 0; start <= names.size();) {
+    const size_t end = std::min(names.find('\n', start), names.size());
+    d.filenames.push_back(names.substr(start, end - start));
+    start = end + 1;
+  }
+  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size(),
+               "dali-video clip reader: the per-video arguments disagree in length");
+}
+
 constexpr int kMetaColumns = 9;  // crop y, x, h, w, flip, label, video (table row), frame, replaced
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
   explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
-    auto ints = [&](const char *name) { return spec.GetRepeatedArgument<int>(name); };
     d_.shards = spec.GetRepeatedArgument<std::string>("shards");
-    d_.filenames = spec.GetRepeatedArgument<std::string>("filenames");
-    d_.shard = ints("video_shard");
-    d_.row = ints("video_row");
-    d_.label = ints("label");
-    d_.table_row = ints("table_row");
-    const auto frames = ints("num_frames"), heights = ints("height"), widths = ints("width");
-    for (size_t i = 0; i < frames.size(); ++i) d_.videos.push_back({frames[i], heights[i], widths[i]});
     for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
+    parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
     s_ = {spec.GetArgument<int64_t>("plan_seed"), spec.GetArgument<bool>("training"),
           spec.GetArgument<int>("clip_len"), spec.GetArgument<int>("stride"), spec.GetArgument<int>("crop_size"),
           spec.GetArgument<int>("resize_shorter"), spec.GetArgument<int>("short_videos"),
@@ -378,11 +403,6 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
-
-    const size_t n = d_.videos.size();
-    DALI_ENFORCE(n > 0 && d_.filenames.size() == n && d_.shard.size() == n && d_.row.size() == n &&
-                 d_.label.size() == n && d_.table_row.size() == n && d_.table_offset.size() == d_.shards.size(),
-                 "dali-video clip reader: the per-video arguments disagree in length");
   }
 
  protected:
@@ -505,14 +525,9 @@ DALI_SCHEMA(DaliVideoClips)
     })
     .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
     .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
-    .AddArg("filenames", "Per video: its name, for error messages.", DALI_STRING_VEC)
-    .AddArg("video_shard", "Per video: its shard.", DALI_INT_VEC)
-    .AddArg("video_row", "Per video: the row of its first frame in its shard's frame table.", DALI_INT_VEC)
-    .AddArg("num_frames", "Per video: frames.", DALI_INT_VEC)
-    .AddArg("height", "Per video: frame height.", DALI_INT_VEC)
-    .AddArg("width", "Per video: frame width.", DALI_INT_VEC)
-    .AddArg("label", "Per video: class label.", DALI_INT_VEC)
-    .AddArg("table_row", "Per video: its row in the dataset's video table (meta only).", DALI_INT_VEC)
+    .AddArg("videos", "One line per video: its shard, the row of its first frame in the shard's frame table, "
+            "frames, height, width, label and row in the dataset's video table.", DALI_STRING)
+    .AddArg("filenames", "The videos' names, one per line (for error messages).", DALI_STRING)
     .AddArg("plan_seed", "Seed of the clip plan.", DALI_INT64)
     .AddArg("training", "Random clips (else evaluation views).", DALI_BOOL)
     .AddArg("clip_len", "Frames per clip.", DALI_INT32)
