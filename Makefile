@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The one pin of DALI's TF plugin lives in pyproject.toml; it is built against the installed TF.
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
+# On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
+EXTRAS := test$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
 .PHONY: setup native demo test bench asan clean
 
@@ -16,7 +18,7 @@ native: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation "$(TF_PLUGIN)"
 	touch $(STAMP)
 

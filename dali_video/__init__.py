@@ -1,7 +1,8 @@
 """dali-video: random contiguous clips from indexed TFRecord shards, decoded by DALI, for TensorFlow."""
-from .dataset import META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, steps_per_epoch
+from .dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, reader_dataset,
+                      steps_per_epoch)
 from .sampling import ClipSpec, load_table
 
 __version__ = "0.1.0"
 __all__ = ["META_COLUMNS", "ClipPipeline", "ClipSpec", "clip_dataset", "clip_pipeline", "distribute", "load_table",
-           "steps_per_epoch"]
+           "reader_dataset", "steps_per_epoch"]

@@ -63,13 +63,15 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from .dataset import clip_dataset, distribute, steps_per_epoch
+    from .gpu import enable_memory_growth
     from .resume import ClipPosition, read_position
     from .sample_data import sample_dataset
     from .sampling import load_table
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
-    if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+    # Before anything uses a GPU: TensorFlow would otherwise take all its memory and leave DALI none.
+    if device == "gpu" and not enable_memory_growth():
         print("dali-video-train: no GPU visible to TensorFlow; using the CPU fallback (--cpu)", file=sys.stderr)
         device = "cpu"
     kw = dict(batch_size=args.batch_size, clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,

@@ -1,17 +1,31 @@
 """The image recipe (no Docker engine here: lint it, check its pins) and the console entry points."""
+import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from .conftest import ROOT, run_module
 
 DOCKERFILE = Path(ROOT, "docker", "Dockerfile")
+PYPROJECT = Path(ROOT, "pyproject.toml")
+
+
+def image_requirements(*which) -> list[str]:
+    """The pins the image installs, by the script its build runs."""
+    proc = subprocess.run([sys.executable, str(Path(ROOT, "docker", "requirements.py")), str(PYPROJECT), *which],
+                          capture_output=True, text=True, check=True)
+    return proc.stdout.split()
 
 
 def test_dockerfile_is_hadolint_clean():
@@ -22,12 +36,16 @@ def test_dockerfile_is_hadolint_clean():
 
 def test_dockerfile_takes_every_pin_from_pyproject():
     text = DOCKERFILE.read_text()
-    project = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["project"]
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    extras = project["optional-dependencies"]
     # No second list of versions: no pin of a Python package appears in the Dockerfile.
-    for requirement in project["dependencies"] + project["optional-dependencies"]["tf-plugin"]:
+    for requirement in project["dependencies"] + extras["tf-plugin"] + extras["cuda"]:
         name = re.split(r"[=<>]", requirement)[0]
         assert name not in text, name
-    assert "p['dependencies']" in text and "p['optional-dependencies']['tf-plugin']" in text
+    assert image_requirements() == project["dependencies"] + extras["cuda"]
+    assert image_requirements("plugin") == extras["tf-plugin"]
+    assert "requirements.py pyproject.toml > /tmp/requirements.txt" in text
+    assert "requirements.py pyproject.toml plugin > /tmp/plugin.txt" in text
     assert "--no-build-isolation -r /tmp/plugin.txt" in text
     makefile = Path(ROOT, "Makefile").read_text()
     assert "nvidia-dali-tf-plugin-cuda120==" in makefile and "--no-build-isolation" in makefile
@@ -35,6 +53,60 @@ def test_dockerfile_takes_every_pin_from_pyproject():
     # The native reader is compiled in the build stage, into the installed package the image keeps.
     build_stage = text.split("\nFROM ")[1]
     assert "python3 -I -m dali_video.native" in build_stage and "g++" in build_stage
+
+
+def test_image_has_no_second_cuda_and_shows_the_jpeg_engine():
+    text = DOCKERFILE.read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    # The CUDA libraries come from pip only: no CUDA or cuDNN base image with older copies.
+    assert bases == ["ubuntu:24.04", "ubuntu:24.04"]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in text
+    assert "CUDA_CACHE_PATH=/home/dali/.cache/cuda" in text and "CUDA_CACHE_MAXSIZE=4294967296" in text
+    assert "VOLUME /home/dali/.cache" in text
+
+
+def test_cuda_extra_pins_every_library_of_tensorflows_and_cuda_extra():
+    tf_requires = map(Requirement, importlib.metadata.requires("tensorflow"))
+    tf_pins = {canonicalize_name(r.name): r.specifier for r in tf_requires
+               if r.marker is not None and r.marker.evaluate({"extra": "and-cuda"})}
+    cuda = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["cuda"]
+    ours = {canonicalize_name(r.name): r.specifier for r in map(Requirement, cuda)}
+    assert set(ours) == set(tf_pins)
+    for name, spec in ours.items():
+        (pin,) = spec
+        assert pin.operator == "==" and tf_pins[name].contains(pin.version), (name, pin, tf_pins[name])
+
+
+@pytest.mark.slow
+def test_image_dependencies_resolve_to_what_tensorflow_needs(tmp_path):
+    """pip resolves the image's requirements for its Python (3.12) and platform (Ubuntu 24.04, glibc
+    2.39, x86_64) from PyPI, to versions that meet TensorFlow's own CUDA pins."""
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=20).close()
+    except OSError as e:
+        pytest.skip(f"PyPI is unreachable ({e}): cannot resolve the image's dependencies")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(image_requirements()))
+    # Every tag pip accepts on glibc 2.39; pip 23 does not expand one tag into the older ones.
+    tags = [f"manylinux_2_{minor}_x86_64" for minor in range(5, 40)] + [
+        "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    platforms = [f"--platform={tag}" for tag in tags]
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+           "--report", str(tmp_path / "report.json"), "--target", str(tmp_path / "target"), "--only-binary=:all:",
+           "--python-version=3.12", "--implementation=cp", "--abi=cp312", *platforms, "-r", str(requirements)]
+    # A fresh image has no pip configuration: no local indexes, constraints or caches of this machine.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installs = json.loads((tmp_path / "report.json").read_text())["install"]
+    resolved = {canonicalize_name(i["metadata"]["name"]): Version(i["metadata"]["version"]) for i in installs}
+    tf = next(i["metadata"] for i in installs if i["metadata"]["name"] == "tensorflow")
+    and_cuda = [r for r in map(Requirement, tf["requires_dist"])
+                if r.marker is not None and r.marker.evaluate({"extra": "and-cuda"})]
+    assert len(and_cuda) >= 10
+    for r in and_cuda:
+        assert resolved[canonicalize_name(r.name)] in r.specifier, (r, resolved.get(canonicalize_name(r.name)))
+    assert resolved["nvidia-cudnn-cu12"] >= Version("9.3") and resolved["nvidia-nccl-cu12"] >= Version("2.27.7")
+    assert "nvidia-cuda-nvcc-cu12" in resolved  # ptxas and libdevice for XLA
 
 
 def test_entrypoint_trains_when_run_directly(dataset):
