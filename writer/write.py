@@ -310,6 +310,8 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     ``beam_args`` as its pipeline options; the output is the same bytes.
     """
     _check_choice("runner", runner, RUNNERS)
+    if beam_args and runner != "beam":
+        raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
     plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
                         num_shards=num_shards, on_error=on_error, seed=seed)
     workers = workers or os.cpu_count()
@@ -321,8 +323,6 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
                 raise
             raise WriteError("runner='beam' needs Apache Beam: pip install 'dali-video[beam]'") from None
         return write_with_beam(plan, workers=workers, beam_args=beam_args)
-    if beam_args:
-        raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
     return write_manifests(plan, _write_local(plan, workers, progress or (lambda videos, frames: None)))
 
 
