@@ -1,8 +1,9 @@
 """The dali-video writer: a video dataset to indexed TFRecord shards."""
 from .encode import EncodedVideo, EncodeOptions, VideoError, encode_video
 from .sources import Failure, InputError, VideoSpec, from_csv, from_folder, from_kinetics
-from .write import ShardPlan, WriteError, plan_shards, write_dataset
+from .write import (DatasetPlan, ShardPlan, ShardResult, WriteError, plan_dataset, plan_shards, write_dataset,
+                    write_manifests, write_shard)
 
-__all__ = ["EncodeOptions", "EncodedVideo", "Failure", "InputError", "ShardPlan", "VideoError", "VideoSpec",
-           "WriteError", "encode_video", "from_csv", "from_folder", "from_kinetics", "plan_shards",
-           "write_dataset"]
+__all__ = ["DatasetPlan", "EncodeOptions", "EncodedVideo", "Failure", "InputError", "ShardPlan", "ShardResult",
+           "VideoError", "VideoSpec", "WriteError", "encode_video", "from_csv", "from_folder", "from_kinetics",
+           "plan_dataset", "plan_shards", "write_dataset", "write_manifests", "write_shard"]

@@ -3,6 +3,9 @@
   dali-video-write ROOT OUT                          ROOT/<class>/<video>
   dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
   dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+  dali-video-write --runner beam ROOT OUT [-- BEAM PIPELINE OPTIONS]
+      the same, as an Apache Beam pipeline: by default --workers local processes; after "--",
+      Beam's own options, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081
 """
 from __future__ import annotations
 
@@ -36,13 +39,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-frames", type=int, help="keep at most this many frames per video")
     p.add_argument("--shard-size", type=float, default=256, help="target shard size in MB (default 256)")
     p.add_argument("--num-shards", type=int, help="shards per split (overrides --shard-size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores); with --runner beam, local Beam workers")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="a bad video: skip and report it (default) or stop")
     p.add_argument("--seed", type=int, default=0, help="seed of the video order in shards")
     p.add_argument("--follow-symlinks", action="store_true", help="follow symlinks that leave ROOT")
-    args = p.parse_args(argv)
+    p.add_argument("--runner", choices=("local", "beam"), default="local",
+                   help="local processes (default) or an Apache Beam pipeline (pip install 'dali-video[beam]')")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, beam_args = p.parse_args(argv[:cut]), argv[cut + 1:]
+    if beam_args and args.runner != "beam":
+        p.error("Beam pipeline options after -- need --runner beam")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         opts = EncodeOptions(resize_shorter=args.resize, quality=args.quality, fps=args.fps,
                              max_frames=args.max_frames)
@@ -57,7 +67,8 @@ def main(argv=None) -> int:
         else:
             specs, failures = from_folder(args.root, args.split or "train", classes, args.follow_symlinks)
         start = time.perf_counter()
-        bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=None)
+        # Beam workers report progress as Beam metrics (the runner's UI), not to this bar.
+        bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=True if args.runner == "beam" else None)
         frames = [0]
 
         def progress(videos, n):
@@ -68,7 +79,7 @@ def main(argv=None) -> int:
         manifests = write_dataset(specs, args.out, opts, input_failures=failures,
                                   shard_size_mb=args.shard_size, num_shards=args.num_shards,
                                   workers=args.workers, on_error=args.on_error, seed=args.seed,
-                                  progress=progress)
+                                  progress=progress, runner=args.runner, beam_args=beam_args)
         bar.close()
     except (InputError, WriteError, ValueError, OSError) as e:
         print(f"dali-video-write: error: {e}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""Plan the shards (pure), then encode videos in parallel and write shards, indexes and manifests."""
+"""Plan the shards (pure), then write them, each by ``write_shard``, and the manifests from their results.
+
+The local runner writes the shards in this process from videos encoded by a process pool; the
+Beam runner (``writer.beam``) maps ``write_shard`` over the shards. Both give the same bytes.
+"""
 from __future__ import annotations
 
 import collections
@@ -10,7 +14,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -152,6 +156,58 @@ class WriteError(RuntimeError):
     pass
 
 
+ON_ERROR = ("skip", "fail")
+RUNNERS = ("local", "beam")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """What one run writes: the planned shards of every split, and what their manifests record."""
+
+    out_dir: str
+    opts: EncodeOptions
+    shards: tuple[ShardPlan, ...]
+    seed: int = 0
+    on_error: Literal["skip", "fail"] = "skip"
+    input_failures: tuple[Failure, ...] = ()
+
+    def __post_init__(self):
+        _check_choice("on_error", self.on_error, ON_ERROR)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({s.split for s in self.shards})
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one complete shard adds to its split's manifest (read back from its frame index)."""
+
+    file: str
+    videos: int
+    frames: int
+    bytes: int
+    num_frames: dict  # filename -> frames
+    classes: dict  # label -> class text
+    failures: list  # {"filename", "reason"} of each video skipped
+    warnings: list
+    reused: bool = False  # complete before this run
+
+
+def _shard_result(path: Path, reused: bool = False) -> ShardResult:
+    ix = read_frame_index(fmt.fidx_path(path))
+    return ShardResult(file=path.name, videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
+                       num_frames=dict(zip(ix.videos["filename"], ix.videos["num_frames"])),
+                       classes=dict(zip(ix.videos["label"], ix.videos["class_text"])),
+                       failures=ix.notes.get("failures", []), warnings=ix.notes.get("warnings", []),
+                       reused=reused)
+
+
 def _write_shard(path: Path, plan: ShardPlan, digest: str, results, on_error: str, progress) -> None:
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
@@ -184,24 +240,46 @@ def _write_shard(path: Path, plan: ShardPlan, digest: str, results, on_error: st
     fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, notes))
 
 
-def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
-                  shard_size_mb: float = 256, num_shards: int | None = None, workers: int | None = None,
-                  on_error: Literal["skip", "fail"] = "skip", seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write every split of ``specs`` to ``out_dir``; return the manifests by split.
+def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Literal["skip", "fail"] = "skip",
+                isolate: bool = False) -> ShardResult:
+    """Write one planned shard and its indexes to ``out_dir``; the unit of work of every runner.
 
-    Re-running after a crash skips the complete shards and gives the same bytes.
-    ``progress(videos, frames)`` is called once per video done.
+    It needs no engine: map it over ``plan_dataset(...).shards`` with any executor (Beam, Dask,
+    Ray, Spark, a process pool), then call ``write_manifests``. The bytes depend only on the shard
+    plan and ``opts``. A complete shard of the same plan already in ``out_dir`` is kept as it is.
+    ``isolate`` decodes in a child process, so that a decoder which kills its process (a segfault
+    on a hostile file) becomes a reported failure instead of taking this process with it.
     """
-    if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', not {on_error!r}")
-    out = Path(out_dir)
+    _check_choice("on_error", on_error, ON_ERROR)
+    path, digest = Path(out_dir) / shard.name, plan_digest(shard, opts)
+    if _shard_done(path, digest):
+        return _shard_result(path, reused=True)
+    tasks = [(spec, opts) for spec in shard.videos]
+    encoded = encode_all(tasks, workers=1) if isolate else (_encode(t) for t in tasks)
+    try:
+        _write_shard(path, shard, digest, encoded, on_error, lambda frames: None)
+    finally:
+        encoded.close()
+    return _shard_result(path)
+
+
+def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
+                 shard_size_mb: float = 256, num_shards: int | None = None,
+                 on_error: Literal["skip", "fail"] = "skip", seed: int = 0) -> DatasetPlan:
+    """Plan the shards of every split of ``specs`` in ``out_dir``, and ready the folder for them.
+
+    Creates the folder, removes the temp files of a killed run, and refuses a folder that holds
+    shards of another plan. Paths become absolute, for workers that run elsewhere.
+    """
+    _check_choice("on_error", on_error, ON_ERROR)
+    out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):
         stale.unlink()
-    input_failures = list(input_failures)
+    input_failures = tuple(input_failures)
     if input_failures and on_error == "fail":
         raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason}")
+    specs = [replace(s, path=os.path.abspath(s.path)) for s in specs]
     splits = sorted({s.split for s in specs})
     if num_shards is None:
         per_video = estimate_bytes_per_video(specs, opts) if specs else 0
@@ -209,53 +287,97 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
                   for sp in splits}
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
-    plans = plan_shards(specs, counts, seed)
-    planned = {p.name for p in plans}
+    shards = plan_shards(specs, counts, seed)
+    planned = {p.name for p in shards}
     foreign = sorted(f.name for f in out.glob(f"*{fmt.SHARD_SUFFIX}")
                      if (parsed := fmt.parse_shard_name(f.name)) and parsed[0] in splits and f.name not in planned)
     if foreign:
         raise WriteError(f"{out} holds shards of another plan ({foreign[0]}, ...), which would mix with these "
-                         f"{len(plans)}: remove them or write to another folder")
-    digests = {p.name: plan_digest(p, opts) for p in plans}
-    todo = [p for p in plans if not _shard_done(out / p.name, digests[p.name])]
-    done = len(plans) - len(todo)
+                         f"{len(shards)}: remove them or write to another folder")
+    return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
+
+
+def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
+                  shard_size_mb: float = 256, num_shards: int | None = None, workers: int | None = None,
+                  on_error: Literal["skip", "fail"] = "skip", seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None,
+                  runner: Literal["local", "beam"] = "local", beam_args=()) -> dict:
+    """Write every split of ``specs`` to ``out_dir``; return the manifests by split.
+
+    Re-running after a crash skips the complete shards and gives the same bytes.
+    ``progress(videos, frames)`` is called once per video done (local runner only).
+    ``runner="beam"`` runs the same plan as an Apache Beam pipeline (``writer.beam``), with
+    ``beam_args`` as its pipeline options; the output is the same bytes.
+    """
+    _check_choice("runner", runner, RUNNERS)
+    if beam_args and runner != "beam":
+        raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
+    plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
+                        num_shards=num_shards, on_error=on_error, seed=seed)
+    workers = workers or os.cpu_count()
+    if runner == "beam":
+        try:
+            from .beam import write_with_beam
+        except ModuleNotFoundError as e:
+            if e.name != "apache_beam":
+                raise
+            raise WriteError("runner='beam' needs Apache Beam: pip install 'dali-video[beam]'") from None
+        return write_with_beam(plan, workers=workers, beam_args=beam_args)
+    return write_manifests(plan, _write_local(plan, workers, progress or (lambda videos, frames: None)))
+
+
+def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
+    """The shards in this process, the videos encoded by a pool of ``workers`` processes."""
+    out = Path(plan.out_dir)
+    digests = {p.name: plan_digest(p, plan.opts) for p in plan.shards}
+    done = {p.name for p in plan.shards if _shard_done(out / p.name, digests[p.name])}
     if done:
-        log.info("resuming: %d of %d shards already complete", done, len(plans))
-    tick = progress or (lambda videos, frames: None)
-    for p in plans:
-        if p not in todo:
+        log.info("resuming: %d of %d shards already complete", len(done), len(plan.shards))
+    todo = [p for p in plan.shards if p.name not in done]
+    for p in plan.shards:
+        if p.name in done:
             tick(len(p.videos), 0)
-    tasks = [(spec, opts) for p in todo for spec in p.videos]
-    results = encode_all(tasks, workers or os.cpu_count())
+    encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
         for p in todo:
-            _write_shard(out / p.name, p, digests[p.name], results, on_error, lambda frames: tick(1, frames))
+            _write_shard(out / p.name, p, digests[p.name], encoded, plan.on_error, lambda frames: tick(1, frames))
     finally:
-        results.close()
-    return {split: _write_manifest(out, split, [p for p in plans if p.split == split], opts, seed,
-                                   [f for f in input_failures if f.split in ("", split)])
-            for split in splits}
+        encoded.close()
+    return [_shard_result(out / p.name, reused=p.name in done) for p in plan.shards]
 
 
-def _write_manifest(out: Path, split: str, plans, opts, seed, input_failures) -> dict:
-    shards, warnings = [], []
+def write_manifests(plan: DatasetPlan, results) -> dict:
+    """Each split's manifest, from the results of all its shards (any order); returned by split.
+
+    Written last, once every shard of the plan is complete.
+    """
+    by_file = {r.file: r for r in results}
+    missing = [p.name for p in plan.shards if p.name not in by_file]
+    if missing:
+        raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
+                         f"write every shard before the manifests")
+    return {split: _write_manifest(Path(plan.out_dir), split, [p for p in plan.shards if p.split == split],
+                                   [by_file[p.name] for p in plan.shards if p.split == split], plan,
+                                   [f for f in plan.input_failures if f.split in ("", split)])
+            for split in plan.splits}
+
+
+def _write_manifest(out: Path, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
-    classes = {}
-    for p in plans:
-        ix = read_frame_index(fmt.fidx_path(out / p.name))
-        failures += ix.notes.get("failures", [])
-        warnings += ix.notes.get("warnings", [])
-        for label, text in zip(ix.videos["label"], ix.videos["class_text"]):
-            classes[label] = text
-        shards.append({"file": p.name, "videos": ix.num_videos, "frames": ix.num_frame_rows,
-                       "bytes": ix.shard_size,
-                       "num_frames": dict(zip(ix.videos["filename"], ix.videos["num_frames"]))})
-    for spec in (s for p in plans for s in p.videos):
+    warnings, classes = [], {}
+    for r in results:
+        failures += r.failures
+        warnings += r.warnings
+        classes.update(r.classes)
+    for spec in (s for p in shards for s in p.videos):
         classes.setdefault(spec.label, spec.class_text)
-    manifest = {"format_version": fmt.FORMAT_VERSION, "split": split, "options": asdict(opts), "seed": seed,
+    entries = [{"file": r.file, "videos": r.videos, "frames": r.frames, "bytes": r.bytes,
+                "num_frames": r.num_frames} for r in results]
+    manifest = {"format_version": fmt.FORMAT_VERSION, "split": split, "options": asdict(plan.opts),
+                "seed": plan.seed,
                 "classes": [classes[k] for k in sorted(classes)] if sorted(classes) == list(range(len(classes)))
                 else {str(k): v for k, v in sorted(classes.items())},
-                "videos": sum(s["videos"] for s in shards), "frames": sum(s["frames"] for s in shards),
-                "shards": shards, "failures": failures, "warnings": warnings}
+                "videos": sum(e["videos"] for e in entries), "frames": sum(e["frames"] for e in entries),
+                "shards": entries, "failures": failures, "warnings": warnings}
     fmt.atomic_write(fmt.manifest_path(out, split), json.dumps(manifest, indent=1).encode())
     return manifest
