@@ -54,6 +54,15 @@ def test_unreadable_and_zero_frame_videos_are_skipped_with_reasons(tmp_path):
     assert _names(tmp_path / "out") == {"c/ok.avi"}
 
 
+def test_no_readable_input_at_all_fails_with_the_reasons(tmp_path):
+    outside = tmp_path / "elsewhere" / "v.avi"
+    make_video(outside, 4)
+    (tmp_path / "v" / "c").mkdir(parents=True)
+    (tmp_path / "v" / "c" / "link.avi").symlink_to(outside)  # leaves ROOT: refused without --follow-symlinks
+    proc = run_module("writer", tmp_path / "v", tmp_path / "out", "--resize", "0", check=False)
+    assert proc.returncode == 1 and "no video to write from" in proc.stderr and "c/link.avi" in proc.stderr
+
+
 def test_truncated_mp4_is_skipped_and_truncated_avi_keeps_only_whole_frames(tmp_path):
     root = tmp_path / "v"
     data = make_video(tmp_path / "m.mp4", 40).read_bytes()

@@ -66,6 +66,10 @@ def main(argv=None) -> int:
             specs, failures = from_csv(args.csv, args.root, args.split or "train", classes, args.follow_symlinks)
         else:
             specs, failures = from_folder(args.root, args.split or "train", classes, args.follow_symlinks)
+        if not specs:  # nothing to write: say why rather than exit quietly with no manifest
+            for f in failures:
+                print(f"  skipped {f.filename}: {f.reason}", file=sys.stderr)
+            raise InputError(f"no video to write from {args.root} ({len(failures)} skipped, reasons above)")
         start = time.perf_counter()
         # Beam workers report progress as Beam metrics (the runner's UI), not to this bar.
         bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=True if args.runner == "beam" else None)
