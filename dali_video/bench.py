@@ -383,7 +383,7 @@ def chart(results, path) -> None:
         vals = [results["systems"][s]["clips_per_s"] if mode == "warm" else
                 (results["systems"][s].get("cold") or {}).get("clips_per_s") or 0 for s in names]
         a.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=mode)
-    a.set_xticks(x, names)
+    a.set_xticks(x, [n.replace("dali_video_", "dali_video\n") for n in names], fontsize=8)
     a.set_ylabel("clips/s")
     a.set_title(f"B={results['batch_size']}, T={results['clip_len']}, {results['crop']} crop")
     a.legend()
