@@ -308,6 +308,10 @@ RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(r
 def _child(args) -> None:
     data, system, batch_size, clip_len, crop, batches, device, cold, queue = args
     try:
+        if device == "gpu":  # before TensorFlow takes the GPU's memory and leaves DALI none
+            from .gpu import enable_memory_growth
+
+            enable_memory_growth()
         if cold:
             _evict(_dataset_files(data)[1])
         out = RUNNERS[system](data, batch_size, clip_len, crop, batches, device)
