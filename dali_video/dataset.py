@@ -89,6 +89,8 @@ def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_
                          f"the same seed; pass seed=<int> to every reader")
     seed = _random_seed() if seed is None else seed
     _check_int("seed", seed, 0)
+    if seed >= 1 << 63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
     plan = PlanSpec(spec, seed=int(seed), training=training, clips_per_video=clips_per_video,
                     num_crops=1 if training else num_crops)
     return plan, table, videos
@@ -188,7 +190,8 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
     training: a random clip start, crop window and flip per clip (the same for all its frames),
-        each video once per epoch in a seeded random order. Otherwise the centre crop, no flip, and
+        each video once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn
+        clips of each video, next to each other). Otherwise the centre crop, no flip, and
         ``clips_per_video`` evenly spaced clips x ``num_crops`` (1 or 3) crops per video, in order.
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
         ``/gpu:<device_id>``; "cpu" is the CPU fallback.
@@ -231,6 +234,9 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     # normalising the uint8 pixels it hands over (README, Performance).
     if normalize_in == "auto":
         normalize_in = "dali"
+    if device == "gpu" and layout == "frames":
+        raise ValueError("layout='frames' needs device='cpu': on the GPU, DALI's dataset must emit whole clips "
+                         "(layout='clips', the default there), since no tf.data op may follow it")
     if device == "gpu" and normalize_in == "tensorflow":
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
@@ -337,8 +343,8 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
     Per replica (MirroredStrategy): one pipeline per replica, on the replica's own device
     (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and 3). Per worker
     (MultiWorkerMirroredStrategy, the default there, which takes no per-replica datasets): one
-    pipeline per host, reading that host's share of each global batch; the strategy splits it among
-    the host's replicas. Every host then runs the same number of steps per epoch
+    pipeline per worker process, reading its share of each global batch; run one worker per GPU.
+    Every worker then runs the same number of steps per epoch
     (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
     """
     import tensorflow as tf
@@ -348,6 +354,10 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
     if per_worker is None:
         per_worker = strategy.extended._in_multi_worker_mode()
+    local = len(strategy.extended.worker_devices)
+    if per_worker and local > 1:  # one element feeds each local replica: the host's share would repeat
+        raise ValueError(f"distribute(per_worker=True) takes one replica per worker, this one has {local}: run one "
+                         f"worker process per GPU (one TF_CONFIG task each)")
     if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
         if per_worker:
             raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")

@@ -15,7 +15,6 @@ from pathlib import Path
 from index_tools.format import atomic_write
 
 POSITION_FILE = "dali_video_position.json"
-MODEL_FILE = "model.keras"
 
 
 def read_position(directory) -> dict | None:
@@ -43,37 +42,45 @@ def _callback_base():
 
 class ClipPosition(_callback_base()):
     """Saves, at the end of every epoch, the model (``save_model=True``: weights and optimizer state,
-    ``model.keras``) and then the clip position, each atomically, so that the position on disk always
-    belongs to the model beside it.
+    ``model-EPOCH.keras``) and then the clip position naming it, each atomically: the position on disk
+    always belongs to the model it names, whenever the run is killed. Older models are then removed.
 
     With ``keras.callbacks.BackupAndRestore`` (its default ``save_freq="epoch"``) pass
     ``save_model=False``: Keras restores the model and the epoch, and the position saved here at the
     same epoch ends gives the data its place.
 
     Across hosts (MultiWorkerMirroredStrategy) every worker must save the model (it is a collective
-    step): pass ``chief=False`` on all but worker 0; they save into a scratch folder and write no position.
+    step) and ``directory`` must be one that all of them see. Pass ``chief=False`` on all but the
+    chief and a ``task`` name unique to each worker: they save into scratch folders and write no
+    position. Steps are counted from the optimizer, so ``steps_per_execution`` does not matter.
     """
 
     def __init__(self, directory, *, seed: int, global_batch_size: int, initial_clip: int = 0,
-                 save_model: bool = True, chief: bool = True):
+                 save_model: bool = True, chief: bool = True, task: str = "0"):
         super().__init__()
         self.chief = chief
-        self.directory = Path(directory) if chief else Path(directory) / ".worker-scratch"
+        self.directory = Path(directory) if chief else Path(directory) / ".worker-scratch" / task
         self.seed, self.global_batch_size, self.save_model = seed, global_batch_size, save_model
-        self.clip = initial_clip
+        self.initial_clip = initial_clip
+        self.start_step = None
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.clip += self.global_batch_size
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start_step is None:  # after every on_train_begin: BackupAndRestore has restored the optimizer
+            self.start_step = int(self.model.optimizer.iterations)
 
     def on_epoch_end(self, epoch, logs=None):
+        clip = self.initial_clip + (int(self.model.optimizer.iterations) - self.start_step) * self.global_batch_size
         self.directory.mkdir(parents=True, exist_ok=True)
         model = None
         if self.save_model:
-            model = self.directory / MODEL_FILE
-            tmp = self.directory / f".tmp.{MODEL_FILE}"  # Keras wants the .keras suffix
+            model = self.directory / f"model-{epoch + 1:05d}.keras"
+            tmp = self.directory / f".tmp.{model.name}"  # Keras wants the .keras suffix
             self.model.save(tmp)
             tmp.replace(model)
-        position = {"epoch": epoch + 1, "clip": self.clip, "seed": self.seed,
+        position = {"epoch": epoch + 1, "clip": clip, "seed": self.seed,
                     "global_batch_size": self.global_batch_size, "model": str(model) if model else None}
         if self.chief:
             atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())
+        for old in self.directory.glob("model-*.keras"):  # only after the position names the new one
+            if old != model:
+                old.unlink()

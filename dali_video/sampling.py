@@ -118,9 +118,10 @@ class ClipSpec:
 def usable_videos(table: VideoTable, spec: ClipSpec) -> np.ndarray:
     """Rows of the videos a clip can be taken from; checks sizes against the crop."""
     short = table.num_frames < spec.span
-    empty = table.num_frames < 1
+    empty = (table.num_frames < 1) | (np.minimum(table.height, table.width) < 1)
     if empty.any():
-        log.warning("%d videos have no frames and are skipped", int(empty.sum()))
+        log.warning("%d videos have no frames, or no frame size in their index, and are skipped (check them "
+                    "with: dali-video-index inspect)", int(empty.sum()))
     if spec.short_videos == "skip" and short.any():
         log.warning("short_videos='skip': %d of %d videos have fewer than %d frames and are skipped",
                     int(short.sum()), len(table), spec.span)

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", help="save the model and the clip position here after every epoch, and "
-                                            "resume from them when they exist (after a preemption, say)")
+                                            "resume from them when they exist (after a preemption, say); "
+                                            "across hosts, a folder every worker sees")
     args = p.parse_args(argv)
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
     workers = len(cluster.get("cluster", {}).get("worker", []))
@@ -99,7 +100,9 @@ def main(argv=None) -> int:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
     tf.keras.utils.set_random_seed(args.seed)
-    chief = strategy.cluster_resolver is None or strategy.cluster_resolver.task_id == 0
+    resolver = strategy.cluster_resolver  # across hosts: the chief writes the position, all save the model
+    chief = getattr(strategy.extended, "should_checkpoint", True)
+    task = f"{resolver.task_type}-{resolver.task_id}" if resolver else "0"
     with strategy.scope():
         model = _model(tf, position, num_classes, args)
     if position:
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     callbacks = [Speed()]
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
-                                      initial_clip=initial_clip, chief=chief))
+                                      initial_clip=initial_clip, chief=chief, task=task))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {args.clip_len}"
           f"x{args.crop_size}x{args.crop_size}, {num_classes} classes", flush=True)

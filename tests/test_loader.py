@@ -1,4 +1,5 @@
 """dali_video on the CPU fallback: clip sampling, pixels, epochs, shards, errors, model.fit."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -359,4 +360,23 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
 
     dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1)
     assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"]) for k in made] == [(2, 0, 2, 4), (3, 1, 2, 4)]
+    with pytest.raises(ValueError, match="takes one replica per worker, this one has 2: run one worker process per"):
+        dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1, per_worker=True)
     assert made[0]["num_threads"] == max(1, os.cpu_count() // 2) and made[0]["seed"] == made[1]["seed"] == 1
+
+
+def test_videos_without_a_frame_size_are_skipped_not_divided_by(dataset, caplog):
+    from dali_video.sampling import usable_videos
+
+    table = load_table(dataset)
+    broken = dataclasses.replace(table, height=np.where(np.arange(len(table)) == 3, 0, table.height))
+    spec = ClipSpec(clip_len=4, crop_size=32, resize_shorter=40)
+    assert 3 not in usable_videos(broken, spec) and len(usable_videos(broken, spec)) == len(table) - 1
+    assert "no frame size in their index" in caplog.text
+
+
+def test_gpu_datasets_need_the_clip_layout_and_seeds_fit_64_bits(dataset):
+    with pytest.raises(ValueError, match="layout='frames' needs device='cpu'"):
+        dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="gpu", layout="frames")
+    with pytest.raises(ValueError, match="seed must be below 2\\*\\*63"):
+        dali_video.clip_pipeline(dataset, batch_size=2, clip_len=4, crop_size=32, device="cpu", seed=2**63)

@@ -67,3 +67,19 @@ def test_kill_9_then_restart_continues_at_the_right_clip(dataset, tmp_path):
     epochs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(e["epoch"], e["clip"]) for e in epochs] == [(k, k * 6) for k in range(saved["epoch"] + 1, 7)]
     assert read_position(ckpt)["clip"] == 36
+
+
+def test_clip_position_counts_steps_and_names_the_model_it_belongs_to(tmp_path):
+    import tensorflow as tf
+
+    from dali_video.resume import ClipPosition
+
+    x = tf.data.Dataset.from_tensors((tf.zeros((2, 3)), tf.zeros((2,)))).repeat()
+    model = tf.keras.Sequential([tf.keras.layers.Input((3,)), tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse", steps_per_execution=2)  # callbacks see every other step only
+    model.fit(x, epochs=2, steps_per_epoch=4, verbose=0,
+              callbacks=[ClipPosition(tmp_path, seed=3, global_batch_size=2, initial_clip=10)])
+    position = read_position(tmp_path)
+    assert position["epoch"] == 2 and position["clip"] == 10 + 2 * 4 * 2
+    assert [p.name for p in tmp_path.glob("model-*.keras")] == ["model-00002.keras"]
+    assert position["model"] == str(tmp_path / "model-00002.keras")

@@ -368,7 +368,7 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
       p = end;
     }
     DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
-                 v[3] >= 0 && v[4] >= 0, "dali-video clip reader: a video's shard, row or size is out of range");
+                 v[3] >= 1 && v[4] >= 1, "dali-video clip reader: a video's shard, row or size is out of range");
     d.shard.push_back(v[0]);
     d.row.push_back(v[1]);
     d.videos.push_back({v[2], v[3], v[4]});
@@ -386,6 +386,7 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
 }
 
 constexpr int kMetaColumns = 9;  // crop y, x, h, w, flip, label, video (table row), frame, replaced
+constexpr int64_t kMaxTries = 100;  // damaged clips in a row before on_corrupt="skip" gives up: not chance
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
@@ -432,7 +433,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     Clip &c = clips_[i];
     const int64_t n = d_.videos.size(), items = items_per_epoch(s_, n);
     const int64_t epoch_start = position - position % items;
-    for (int64_t tries = 0; tries < items; ++tries) {
+    for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
       c.plan = plan_clip(s_, d_.videos.data(), n, epoch_start + (position - epoch_start + tries) % items);
       c.replaced = static_cast<int>(tries);
       try {
@@ -445,7 +446,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           return;
         }
         std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
-        errors_[i] = "every clip tried is damaged; last: " + e.message;
+        errors_[i] = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
+                     " damaged clips in a row (a missing mount or shard?); last: " + e.message;
       }
     }
   }
