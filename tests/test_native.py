@@ -172,3 +172,16 @@ def test_malformed_reader_arguments_fail_cleanly(pristine, rows, names):
                   training=True, clip_len=2, crop_size=16)
     with pytest.raises(RuntimeError, match="dali-video clip reader: "):
         clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()
+
+
+def test_skip_gives_up_when_every_clip_is_damaged(pristine, tmp_path):
+    shard = _copy(pristine, tmp_path)
+    index = read_frame_index(fmt.fidx_path(shard))
+    data = bytearray(shard.read_bytes())
+    for row in index.read_rows(0, index.num_frame_rows):
+        data[int(row["offset"]) + int(row["length"]) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with dali_video.clip_pipeline([shard], batch_size=2, clip_len=4, crop_size=16, device="cpu", output="jpegs",
+                                  seed=0, on_corrupt="skip") as p:
+        with pytest.raises(RuntimeError, match=rf"on_corrupt='skip' gave up after {index.num_videos} damaged clips"):
+            p.pipeline.run()
