@@ -5,7 +5,6 @@ Only this module imports DALI's TensorFlow plugin.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -23,10 +22,10 @@ META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video"
 
 @dataclass
 class ClipPipeline:
-    """A built DALI pipeline over dali-video's native reader. ``pipeline.run()`` returns
-    ``(frames, meta)``: ``frames`` is ``[B*T, crop, crop, 3]`` (clip after clip), ``meta`` ``[B*T, 9]``
-    int32 with :data:`META_COLUMNS` (``video`` is the row in ``table``; ``replaced`` counts damaged
-    clips skipped with ``on_corrupt="skip"`` to give this one)."""
+    """A built DALI pipeline over dali-video's native reader; :func:`clip_pipeline` says what
+    ``pipeline.run()`` returns for each ``layout``. Metadata is int32 with :data:`META_COLUMNS`
+    (``video`` is the row in ``table``; ``replaced`` counts damaged clips skipped with
+    ``on_corrupt="skip"`` to give this one)."""
 
     pipeline: object
     table: VideoTable
@@ -44,7 +43,7 @@ class ClipPipeline:
     @property
     def steps_per_epoch(self) -> int:
         """Batches per reader that cover one epoch; every reader runs the same number."""
-        return math.ceil(self.items_per_epoch / (self.batch_size * self.num_shards))
+        return self.plan.steps_per_epoch(len(self.videos), self.batch_size * self.num_shards)
 
     def close(self) -> None:
         """Release the pipeline (its reader holds no threads of its own)."""
@@ -171,7 +170,7 @@ def steps_per_epoch(files, *, batch_size: int, training: bool = True, clips_per_
                               resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
                               num_shards=num_shards, training=training, clips_per_video=clips_per_video,
                               num_crops=num_crops, seed=0)
-    return math.ceil(plan.items_per_epoch(len(videos)) / (batch_size * num_shards))
+    return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
 def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1, training: bool = True,

@@ -212,6 +212,10 @@ class PlanSpec:
     def items_per_epoch(self, num_videos: int) -> int:
         return num_videos * self.clips_per_video * (1 if self.training else self.num_crops)
 
+    def steps_per_epoch(self, num_videos: int, global_batch_size: int) -> int:
+        """Global batches that cover an epoch once (the last one runs into the next epoch)."""
+        return -(-self.items_per_epoch(num_videos) // global_batch_size)
+
     def as_ints(self) -> list[int]:
         """The order of ``struct Spec`` in clip_reader.cc."""
         c = self.clip

@@ -454,36 +454,34 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
 
   void emit(dali::Workspace &ws, int batch) {
     const int64_t T = s_.clip_len;
-    const int64_t rows = per_clip_ ? batch : batch * T;  // samples of the meta output
+    // Frame t of clip i: per clip, sample i of JPEG output t; else sample i*T + t of output 0.
+    auto output = [&](int64_t t) { return per_clip_ ? t : 0; };
+    auto sample = [&](int i, int64_t t) { return per_clip_ ? i : i * T + t; };
     auto &meta = ws.Output<dali::CPUBackend>(per_clip_ ? T : 1);
-    meta.Resize(dali::uniform_list_shape(rows, {kMetaColumns}), DALI_INT32);
-    auto jpeg_output = [&](int64_t t) -> dali::TensorList<dali::CPUBackend> & {
-      return ws.Output<dali::CPUBackend>(per_clip_ ? t : 0);
-    };
-    std::vector<dali::TensorListShape<>> shapes(per_clip_ ? T : 1,
-                                                dali::TensorListShape<>(per_clip_ ? batch : batch * T, 1));
+    meta.Resize(dali::uniform_list_shape(per_clip_ ? batch : batch * T, {kMetaColumns}), DALI_INT32);
     int64_t longest = 0;
     for (int i = 0; i < batch; ++i)
       for (int64_t t = 0; t < T; ++t) longest = std::max(longest, clips_[i].length[t]);
+    std::vector<dali::TensorListShape<>> shapes(output(T - 1) + 1,
+                                                dali::TensorListShape<>(per_clip_ ? batch : batch * T, 1));
     for (int i = 0; i < batch; ++i)
       for (int64_t t = 0; t < T; ++t)
-        shapes[per_clip_ ? t : 0].set_tensor_shape(per_clip_ ? i : i * T + t, {pad_ ? longest : clips_[i].length[t]});
-    for (size_t o = 0; o < shapes.size(); ++o) jpeg_output(o).Resize(shapes[o], DALI_UINT8);
+        shapes[output(t)].set_tensor_shape(sample(i, t), {pad_ ? longest : clips_[i].length[t]});
+    for (size_t o = 0; o < shapes.size(); ++o) ws.Output<dali::CPUBackend>(o).Resize(shapes[o], DALI_UINT8);
     auto &pool = ws.GetThreadPool();
     for (int i = 0; i < batch; ++i) {
       pool.AddWork([&, i](int) {
         const Clip &c = clips_[i];
         const Plan &p = c.plan;
         for (int64_t t = 0; t < T; ++t) {
-          const int64_t sample = per_clip_ ? i : i * T + t;
-          uint8_t *out = jpeg_output(per_clip_ ? t : 0).mutable_tensor<uint8_t>(sample);
+          uint8_t *out = ws.Output<dali::CPUBackend>(output(t)).mutable_tensor<uint8_t>(sample(i, t));
           std::memcpy(out, c.data.data() + c.start[t], c.length[t]);
           if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
-          if (per_clip_ && t) continue;
+          if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
           const int32_t values[kMetaColumns] = {
               int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
               d_.table_row[p.video], int32_t(c.frames[t]), c.replaced};
-          std::memcpy(meta.mutable_tensor<int32_t>(sample), values, sizeof(values));
+          std::memcpy(meta.mutable_tensor<int32_t>(sample(i, t)), values, sizeof(values));
         }
       }, -i);
     }
