@@ -50,7 +50,8 @@ def _decode(jpegs, anchor, shape, g: Graph):
         # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
         # frame, not nvJPEG's defaults (16 MB device, 8 MB pinned host): a clip has T decoders.
         images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=g.hw_decoder_load,
-                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling, device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
+                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling,
+                                   device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
         return fn.slice(images, anchor, shape, axis_names="HW")
     if g.decode_crop:  # on the CPU, decoding only the window is measured faster (README)
         return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device="cpu", output_type=types.RGB)
