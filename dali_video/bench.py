@@ -11,6 +11,8 @@ Systems (each measured in a fresh child process, warm and with the shards evicte
                  first frame, so only its read volume and shuffle-buffer memory are measured)
   decode_bound   the same frames and crop windows decoded from memory by DALI's CPU decoder on all
                  cores, no I/O: the ceiling of a CPU pipeline here (cv2.imdecode beside it)
+Recipes (clip_dataset with a preset, at the preset's own clip length and crop size, float32):
+  recipe slowfast, recipe mvit   against the decode bound of the same frames and windows
 Feed rate (reading only, no decoding, into TensorFlow; frames/s):
   feed_native    dali-video's native reader through DALIDataset
   feed_native_x2 two such pipelines in one process (one DALI thread each, each reading half of every
@@ -42,6 +44,7 @@ from .sampling import load_table
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
+RECIPE_ROWS = ("slowfast", "mvit")
 
 
 def _peak_rss_mb() -> float:
@@ -108,6 +111,16 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False,
     out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
     out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
     return out
+
+
+def run_recipe(data, batch_size, clip_len, crop, batches, device, name):
+    """clip_dataset with a preset recipe, at the recipe's clip length and crop size (not the bench's)."""
+    from .config import recipe
+    from .dataset import clip_dataset
+
+    start = time.perf_counter()
+    ds = clip_dataset(data, batch_size=batch_size, recipe=name, device=device, seed=0)
+    return _time_batches(iter(ds), batches, batch_size, recipe(name).clip_len, start)
 
 
 def _feed_rate(data, batch_size, clip_len, crop, batches, *, readers=1, threads=None, with_bytes=False):
@@ -218,16 +231,19 @@ def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
     return out
 
 
-def run_decode_bound(data, batch_size, clip_len, crop, batches, device):
-    """Decode the frames of real clips from memory: DALI (same crop windows) and cv2, all cores."""
+def run_decode_bound(data, batch_size, clip_len, crop, batches, device, recipe=None):
+    """Decode the frames of real clips from memory: DALI (same crop windows) and cv2, all cores. With
+    ``recipe``, the frames and windows that preset reads."""
     import cv2
 
+    from .config import recipe as preset
     from .dataset import clip_pipeline
     from .pipeline import decode_pipeline
 
     jpegs, windows = [], []
-    with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0,
-                       output="jpegs") as loader:
+    clip = dict(recipe=recipe) if recipe else dict(clip_len=clip_len, crop_size=crop)
+    clip_len = preset(recipe).clip_len if recipe else clip_len
+    with clip_pipeline(data, batch_size=batch_size, device="cpu", seed=0, output="jpegs", **clip) as loader:
         for _ in range(min(batches, 8)):
             frames, meta = loader.pipeline.run()
             jpegs.append([np.array(f) for f in frames])
@@ -302,7 +318,9 @@ RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(r
            "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
            "feed_native": run_feed_native, "feed_native_x2": run_feed_native_x2,
            "feed_native_bytes": functools.partial(run_feed_native, with_bytes=True),
-           "feed_python": run_feed_python}
+           "feed_python": run_feed_python,
+           **{f"recipe_{r}": functools.partial(run_recipe, name=r) for r in RECIPE_ROWS},
+           **{f"recipe_{r}_bound": functools.partial(run_decode_bound, recipe=r) for r in RECIPE_ROWS}}
 
 
 def _child(args) -> None:
@@ -436,6 +454,14 @@ def main(argv=None) -> int:
             warm["cold"] = measure(args.data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
         results["systems"][system] = warm
         print(f"measured {system}", file=sys.stderr, flush=True)
+    results["recipes"] = {}
+    for name in RECIPE_ROWS:
+        row = measure(args.data, f"recipe_{name}", clip_len=args.clip_len, batches=batches, **kw)
+        bound = measure(args.data, f"recipe_{name}_bound", clip_len=args.clip_len, batches=batches, **kw)
+        if row.get("frames_per_s") and bound.get("frames_per_s"):
+            row.update(bound_frames_per_s=bound["frames_per_s"], vs_bound=row["frames_per_s"] / bound["frames_per_s"])
+        results["recipes"][name] = {**row, **({"bound_error": bound["error"]} if "error" in bound else {})}
+        print(f"measured recipe {name}", file=sys.stderr, flush=True)
     for system in FEEDS:  # from the page cache; reading is fast, so more batches
         results["systems"][system] = measure(args.data, system, clip_len=args.clip_len, batches=batches * 10, **kw)
     sysr = results["systems"]
@@ -476,6 +502,8 @@ def main(argv=None) -> int:
         print(fmt_row(s, sysr[s]))
         if sysr[s].get("cold"):
             print(fmt_row(f"{s} (cold)", sysr[s]["cold"]))
+    for name, r in results["recipes"].items():
+        print(fmt_row(f"recipe {name}", r) + "".join(f"  {k}: {r[k]}" for k in ("error", "bound_error") if k in r))
     for s in SYSTEMS:
         if sysr[s].get("error"):
             print(f"{s}: error: {sysr[s]['error']}")

@@ -11,13 +11,15 @@ from typing import Literal
 
 import numpy as np
 
-from .sampling import SHORT_CODES, ClipSpec, PlanSpec, ShortVideos, VideoTable, load_table, usable_videos
+from .config import ClipConfig, resolve
+from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
 
 log = logging.getLogger(__name__)
 DEVICES = ("gpu", "cpu")
-DTYPES = ("float32", "float16", "uint8")
-# Columns of the int32 metadata the pipeline returns next to the frames, one row per frame.
-META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame", "replaced")
+# Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
+# with layout "clips"); the last four hold float32 bits (see meta_fields).
+META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame", "replaced", "stride",
+                "brightness", "contrast", "saturation", "hue")
 
 
 @dataclass
@@ -30,7 +32,7 @@ class ClipPipeline:
     pipeline: object
     table: VideoTable
     videos: np.ndarray  # rows of ``table`` the clips are planned over
-    plan: PlanSpec
+    plan: PlanSpec  # with the ClipConfig it reads (plan.config)
     batch_size: int
     num_shards: int
     layout: str = "frames"  # "frames": one sample per frame; "clips": one per clip (see pipeline.Graph)
@@ -70,17 +72,12 @@ def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (1 << 63))
 
 
-def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_videos, shard_id,
-            num_shards, training, clips_per_video, num_crops, seed):
-    spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop_size, resize_shorter=resize_shorter,
-                    short_videos=short_videos)
+def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed):
     _check_int("num_shards", num_shards, 1)
     if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
-    _check_int("clips_per_video", clips_per_video, 1)
-    _check_choice("num_crops", num_crops, (1, 3))
     table = load_table(files, split)
-    videos = usable_videos(table, spec)
+    videos = usable_videos(table, config)
     if len(videos) == 0:
         raise ValueError(f"no videos to read in {files} (all shards empty, or every video skipped)")
     if seed is None and num_shards > 1:
@@ -90,122 +87,128 @@ def _select(files, *, split, clip_len, stride, crop_size, resize_shorter, short_
     _check_int("seed", seed, 0)
     if seed >= 1 << 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
-    plan = PlanSpec(spec, seed=int(seed), training=training, clips_per_video=clips_per_video,
-                    num_crops=1 if training else num_crops)
-    return plan, table, videos
+    return PlanSpec(config, seed=int(seed), training=training), table, videos
 
 
 def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard_id: int, num_shards: int,
                  initial_clip: int, on_corrupt: str) -> dict:
     """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
-    c = plan.clip
+    c = plan.config
     used = np.unique(table.shard[videos])  # shards that hold a planned video
     shard_of = np.searchsorted(used, table.shard[videos])
     columns = np.stack([shard_of, *(col[videos] for col in (table.frame_start, table.num_frames, table.height,
                                                             table.width, table.label)), videos], axis=1)
+    reals = plan.floats()  # float32 values, as the Python reference plans with them
     return dict(
         shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
         videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
         filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
                             .replace("\n", "\\n") for v in videos),
-        plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=c.stride, crop_size=c.crop_size,
-        resize_shorter=c.resize_shorter or 0, short_videos=SHORT_CODES[c.short_videos],
-        clips_per_video=plan.clips_per_video, num_crops=plan.num_crops, shard_id=shard_id, num_shards=num_shards,
-        initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
+        plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=list(c.strides),
+        crop_size=c.crop_size, resize_shorter=list(c.resize_range), crop_area=reals[:2] if c.crop_area else [],
+        crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:] if c.color_jitter is not None else [],
+        short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
+        shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
 
 
-def clip_pipeline(files, *, batch_size: int, clip_len: int = 64, stride: int = 1, training: bool = True,
-                  device: Literal["gpu", "cpu"] = "gpu", resize_shorter: int | None = None,
-                  crop_size: int = 224, dtype: Literal["float32", "float16", "uint8"] = "float32",
-                  mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), seed: int | None = None,
-                  shard_id: int = 0, num_shards: int = 1, initial_clip: int = 0,
-                  short_videos: ShortVideos = "repeat_last", split: str | None = None, clips_per_video: int = 1,
-                  num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
-                  num_threads: int | None = None, prefetch_queue_depth: int = 2,
+def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
+                  device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
+                  num_shards: int = 1, initial_clip: int = 0, split: str | None = None, decode_crop: bool = True,
+                  device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
-                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames") -> ClipPipeline:
+                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
-    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 9])``;
-    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 9])`` (meta only
-    ``with_meta``). ``output="jpegs"`` stops after the reader (JPEG bytes, and the metadata)."""
+    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 14])``;
+    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 14])`` (meta only
+    ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"`` stops after the reader (JPEG bytes, and
+    the metadata)."""
     from .pipeline import Graph
     from .pipeline import clip_pipeline as build
 
+    config = resolve(recipe, training, options)
     _check_choice("device", device, DEVICES)
     _check_choice("layout", layout, ("auto", "frames", "clips"))
     if not 0 <= hw_decoder_load <= 1:
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
-    _check_choice("dtype", dtype, DTYPES)
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
-    plan, table, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
-                                  resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
-                                  num_shards=num_shards, training=training, clips_per_video=clips_per_video,
-                                  num_crops=num_crops, seed=seed)
+    plan, table, videos = _select(files, config, training=training, split=split, shard_id=shard_id,
+                                  num_shards=num_shards, seed=seed)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
-    graph = Graph(device=device, layout=layout, crop_size=crop_size, resize=resize_shorter is not None, dtype=dtype,
-                  mean=tuple(mean), std=tuple(std), decode_crop=decode_crop, with_meta=with_meta,
-                  hw_decoder_load=hw_decoder_load, jpeg_fancy_upsampling=jpeg_fancy_upsampling,
+    graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
+                  color=training and config.color_jitter is not None, dtype=config.dtype, mean=tuple(config.mean),
+                  std=tuple(config.std), decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
+                  jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
-    pipe = build(reader, graph, batch_size=batch_size * (clip_len if layout == "frames" else 1), device_id=device_id,
-                 num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth, output=output)
+    pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
+                 device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+                 output=output)
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
 
 
-def steps_per_epoch(files, *, batch_size: int, training: bool = True, clips_per_video: int = 1,
-                    num_crops: int = 1, clip_len: int = 64, stride: int = 1, crop_size: int = 224,
-                    resize_shorter: int | None = None, short_videos: ShortVideos = "repeat_last",
-                    shard_id: int = 0, num_shards: int = 1, split: str | None = None) -> int:
+def steps_per_epoch(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
+                    num_shards: int = 1, split: str | None = None, **options) -> int:
     """Batches per reader that cover every clip of an epoch once (the last batch runs into the next
-    epoch); the same for every reader of ``num_shards``."""
-    plan, _, videos = _select(files, split=split, clip_len=clip_len, stride=stride, crop_size=crop_size,
-                              resize_shorter=resize_shorter, short_videos=short_videos, shard_id=shard_id,
-                              num_shards=num_shards, training=training, clips_per_video=clips_per_video,
-                              num_crops=num_crops, seed=0)
+    epoch); the same for every reader of ``num_shards``. Clip options as :func:`clip_dataset`."""
+    plan, _, videos = _select(files, resolve(recipe, training, options), training=training, split=split,
+                              shard_id=0, num_shards=num_shards, seed=0)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
-def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1, training: bool = True,
-                 device: Literal["gpu", "cpu"] = "gpu", resize_shorter: int | None = None,
-                 crop_size: int = 224, dtype: Literal["float32", "float16", "uint8"] = "float32",
-                 mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), seed: int | None = None,
-                 shard_id: int = 0, num_shards: int = 1, initial_clip: int = 0,
-                 short_videos: ShortVideos = "repeat_last", with_meta: bool = False, split: str | None = None,
-                 clips_per_video: int = 1, num_crops: int = 1, decode_crop: bool = True, device_id: int = 0,
-                 num_threads: int | None = None, prefetch_queue_depth: int = 2,
-                 on_corrupt: Literal["raise", "skip"] = "raise",
+def meta_fields(meta) -> dict:
+    """The per-clip metadata ``[B, 14]`` (:data:`META_COLUMNS`, int32) as named tensors: ``window``
+    ``[B, 4]`` (y, x, h, w in stored pixels), ``flip``, ``label``, ``video`` (row of ``load_table``),
+    ``first_frame``, ``replaced``, ``stride`` and ``color`` ``[B, 4]`` float32 (brightness, contrast,
+    saturation, hue as a fraction of the colour circle)."""
+    import tensorflow as tf
+
+    column = {name: i for i, name in enumerate(META_COLUMNS)}
+    fields = {name: meta[:, column[key]] for name, key in (("flip", "flip"), ("label", "label"), ("video", "video"),
+                                                           ("first_frame", "frame"), ("replaced", "replaced"),
+                                                           ("stride", "stride"))}
+    return {**fields, "window": meta[:, column["crop_y"]:column["crop_w"] + 1],
+            "color": tf.bitcast(meta[:, column["brightness"]:], tf.float32)}
+
+
+def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
+                 device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
+                 num_shards: int = 1, initial_clip: int = 0, with_meta: bool = False, split: str | None = None,
+                 decode_crop: bool = True, device_id: int = 0, num_threads: int | None = None,
+                 prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
-                 jpeg_fancy_upsampling: bool = False):
+                 jpeg_fancy_upsampling: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
-    training: a random clip start, crop window and flip per clip (the same for all its frames),
-        each video once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn
-        clips of each video, next to each other). Otherwise the centre crop, no flip, and
-        ``clips_per_video`` evenly spaced clips x ``num_crops`` (1 or 3) crops per video, in order.
+    recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"movinet"``: see
+        :data:`dali_video.config.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
+    **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
+        ``crop_area``, ``crop_aspect``, ``flip``, ``color_jitter``, ``short_videos``, ``clips_per_video``,
+        ``num_crops``, ``dtype``, ``mean``, ``std``), overriding the recipe's.
+    training: every random option is drawn per clip (the same for all its frames); each video comes
+        once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn clips of
+        each video, next to each other). Otherwise the config's fixed evaluation view
+        (:meth:`ClipConfig.evaluation`): ``clips_per_video`` evenly spaced clips x ``num_crops`` crops
+        per video, in order (a preset's testing view when ``recipe`` names one).
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
         ``/gpu:<device_id>``; "cpu" is the CPU fallback.
-    resize_shorter: resize frames so the shorter side has this length before cropping (None: keep).
-    dtype: "float32" or "float16": ``(pixel - mean) / std``; "uint8": the decoded pixels as they are.
-    mean, std: per channel, in pixel units (0-255); the default maps pixels to [0, 1].
+    seed: the clip plan's seed: the same seed gives the same clips on any machine.
     shard_id, num_shards: readers share each global batch of ``batch_size * num_shards`` clips: this
         reader takes part ``shard_id``. The clip sequence is the same whatever ``num_shards`` is, the
         readers' parts are disjoint, and each epoch covers every clip once (one reader per replica or host).
     initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
         reached by computation, without reading.
-    short_videos: videos shorter than a clip repeat their last frame, loop, or are skipped.
-    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
-        ``first_frame`` and the ``video`` row (to group predictions per video), the ``window``
-        ``[y, x, h, w]`` in stored pixels, ``flip``, and ``replaced`` (damaged clips skipped to give it).
+    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, and
+        :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
+        predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
+        ``color`` (the four factors drawn) and ``replaced`` (damaged clips skipped to give it).
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
@@ -218,7 +221,7 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
-    the ``[B, 9]`` int32 metadata (:data:`META_COLUMNS`; ``video`` indexes ``load_table(files)``).
+    the ``[B, 14]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
@@ -227,7 +230,7 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
-    _check_choice("dtype", dtype, DTYPES)
+    config = resolve(recipe, training, options)
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
@@ -239,18 +242,16 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
     if device == "gpu" and normalize_in == "tensorflow":
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
-    normalise_in_tf = normalize_in == "tensorflow" and dtype != "uint8"
-    loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, stride=stride, training=training,
-                           device=device, resize_shorter=resize_shorter, crop_size=crop_size,
-                           dtype="uint8" if normalise_in_tf else dtype, mean=mean, std=std, seed=seed,
-                           shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
-                           short_videos=short_videos, split=split, clips_per_video=clips_per_video,
-                           num_crops=num_crops, decode_crop=decode_crop, device_id=device_id,
-                           num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+    normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
+    loader = clip_pipeline(files, batch_size=batch_size, recipe=config.replace(dtype="uint8") if normalise_in_tf
+                           else config, training=training, device=device, seed=seed, shard_id=shard_id,
+                           num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
+                           device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
-    B, T, c = batch_size, clip_len, crop_size
-    pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(dtype)
+    B, T, c = batch_size, config.clip_len, config.crop_size
+    mean, std = config.mean, config.std
+    pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
     meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
     if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
@@ -264,16 +265,16 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
                                  device_id=device_id if device == "gpu" else None)
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 9]`` (META_COLUMNS)
+    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 14]`` (META_COLUMNS)
         return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
-    column = {name: i for i, name in enumerate(META_COLUMNS)}
+    label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
     def finish(images, *rest):
         if loader.layout == "frames":
             clips, first = tf.reshape(images, (B, T, c, c, 3)), rest[0][::T]
-            labels = first[:, column["label"]]
+            labels = first[:, label]
         else:
             clips, labels, first = images, rest[0], (rest[1] if with_meta else None)
         if normalise_in_tf:
@@ -281,13 +282,12 @@ def clip_dataset(files, *, batch_size: int, clip_len: int = 64, stride: int = 1,
             scale = tf.constant([1.0 / d for d in std] * c, tf.float32)
             shift = tf.constant([-m / d for m, d in zip(mean, std)] * c, tf.float32)
             rows = tf.reshape(tf.cast(clips, tf.float32), (-1, c * 3)) * scale + shift
-            clips = tf.cast(tf.reshape(rows, (B, T, c, c, 3)), dtype)
+            clips = tf.cast(tf.reshape(rows, (B, T, c, c, 3)), config.dtype)
         if not with_meta:
             return clips, labels
-        video = first[:, column["video"]]
-        return clips, labels, {"filename": tf.gather(filenames, video), "first_frame": first[:, column["frame"]],
-                               "video": video, "window": first[:, column["crop_y"]:column["crop_w"] + 1],
-                               "flip": first[:, column["flip"]], "replaced": first[:, column["replaced"]]}
+        fields = meta_fields(first)
+        del fields["label"]
+        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields}
 
     with tf.device("/cpu:0"):
         mapped = ds.map(finish)

@@ -33,7 +33,8 @@ class Graph:
     device: Device = "gpu"
     layout: Literal["frames", "clips"] = "frames"
     crop_size: int = 224
-    resize: bool = False
+    resize: bool = False  # resize each crop window to crop_size (scale jitter, random resized crop)
+    color: bool = False  # colour jitter with the factors in the metadata
     dtype: str = "float32"
     mean: tuple = (0.0, 0.0, 0.0)
     std: tuple = (255.0, 255.0, 255.0)
@@ -74,6 +75,10 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     images = fn.stack(*frames, axis_name="F") if per_clip else frames[0]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
+    if g.color:  # the clip's factors, drawn by the plan, travel as float32 bits in the metadata
+        factors = fn.reinterpret(meta, dtype=types.FLOAT)
+        images = fn.color_twist(images, brightness=factors[10], contrast=factors[11], saturation=factors[12],
+                                hue=factors[13] * 360.0)
     if g.dtype == "uint8":
         images = fn.flip(images, horizontal=flip)  # raw pixels: a flip costs less than normalising
     else:

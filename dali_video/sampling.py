@@ -5,16 +5,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+import math
 
 import numpy as np
 
 from index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
 from index_tools import format as fmt
 
+from .config import ClipConfig
+
 log = logging.getLogger(__name__)
-ShortVideos = Literal["repeat_last", "loop", "skip"]
-SHORT_VIDEOS = ("repeat_last", "loop", "skip")
 
 
 @dataclass(frozen=True)
@@ -89,33 +89,7 @@ def load_table(files, split: str | None = None) -> VideoTable:
 
 # ---------------------------------------------------------------- clip plans
 
-@dataclass(frozen=True)
-class ClipSpec:
-    clip_len: int = 64
-    stride: int = 1
-    crop_size: int = 224
-    resize_shorter: int | None = None
-    short_videos: ShortVideos = "repeat_last"
-
-    def __post_init__(self):
-        for name in ("clip_len", "stride", "crop_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.resize_shorter is not None and (not isinstance(self.resize_shorter, (int, np.integer))
-                                                or self.resize_shorter < self.crop_size):
-            raise ValueError(f"resize_shorter must be None or an integer >= crop_size ({self.crop_size}), "
-                             f"got {self.resize_shorter!r}")
-        if self.short_videos not in SHORT_VIDEOS:
-            raise ValueError(f"short_videos must be one of {SHORT_VIDEOS}, got {self.short_videos!r}")
-
-    @property
-    def span(self) -> int:
-        """Frames a clip covers from its first to its last frame."""
-        return (self.clip_len - 1) * self.stride + 1
-
-
-def usable_videos(table: VideoTable, spec: ClipSpec) -> np.ndarray:
+def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
     """Rows of the videos a clip can be taken from; checks sizes against the crop."""
     short = table.num_frames < spec.span
     empty = (table.num_frames < 1) | (np.minimum(table.height, table.width) < 1)
@@ -127,37 +101,52 @@ def usable_videos(table: VideoTable, spec: ClipSpec) -> np.ndarray:
                     int(short.sum()), len(table), spec.span)
     keep = ~empty & ~(short if spec.short_videos == "skip" else False)
     shorter = np.minimum(table.height, table.width)
-    small = keep & (shorter < spec.crop_size) if spec.resize_shorter is None else np.zeros_like(keep)
+    small = keep & (shorter < spec.crop_size) if not spec.resizes else np.zeros_like(keep)
     if small.any():
         i = int(np.flatnonzero(small)[0])
         raise ValueError(f"video {str(table.filename[i])!r} is {table.width[i]}x{table.height[i]}, smaller than "
-                         f"crop_size ({spec.crop_size}); pass resize_shorter >= {spec.crop_size} or a smaller "
-                         f"crop_size")
+                         f"crop_size ({spec.crop_size}); pass resize_shorter >= {spec.crop_size}, a crop_area "
+                         f"or a smaller crop_size")
     return np.flatnonzero(keep)
 
 
 # The clip plan. One specification, two implementations: ``plan_clip`` below (the reference, for
 # tests and tools) and ``plan_clip`` in native/clip_reader.cc (the reader); a property test holds
-# them equal. Integer arithmetic only, modulo 2**64 where noted, so both agree bit for bit.
+# them equal. Integers modulo 2**64 where noted, and IEEE doubles with +, -, *, / and sqrt only (each
+# correctly rounded, in the order written), so both agree bit for bit.
 #
 #   mix(x)      splitmix64's finaliser (mod 2**64); hash(h, v) = mix(h ^ mix(v))
 #   uniform(h, m) = (h * m) >> 64, an integer in [0, m);   rdiv(a, b) = (2a + b) // (2b)  (a/b, halves up)
+#   unit(h) = (h >> 11) * 2**-53, a double in [0, 1);   round(v) = int(v + 0.5) for v >= 0
+#   exp(v): halve v until |v| <= 0.5 (k times), r = 1 + v*r/i for i = 12 down to 1 (from r = 1), square r
+#       k times (libm's exp is not correctly rounded, so it could differ between machines)
 #   permute(x, n, key): a 4-round Feistel network on 2*half bits (the least half with 4**half >= n;
 #       round r: L, R = R, L ^ (hash(hash(key, r), R) & (2**half - 1))), repeated while the result >= n.
+# Real-valued options travel as float32 (DALI's argument type): alo, ahi (crop_area), plo, phi
+# (crop_aspect), llo, lhi (float32 of the log of plo, phi) and the colour jitter (b, c, s, hue).
 #
 # The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
 # videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
 # clips; clip p is item j = p % N of epoch e = p // N. Reader r of R with batch size B reads positions
 # initial_clip + k*B*R + r*B + i for its k-th batch, so any clip is found in O(1) from (seed, e, j).
-#   training:   video = permute(j // K, n, hash(hash(seed, 1), e)); draws = hash(hash(hash(seed, 2), e), j)
-#               start = uniform(hash(draws, 1), room + 1) with room = max(frames - span, 0)
-#               y', x', flip = uniform(hash(draws, 2), rh - c + 1), uniform(hash(draws, 3), rw - c + 1),
-#               uniform(hash(draws, 4), 2)
-#   evaluation: video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2 for K = 1, else
-#               rdiv(clip * room, K - 1); y', x' centred, or for C = 3 at 0, middle, end of the longer side.
+#   training:   video = permute(j // K, n, hash(hash(seed, 1), e)); draws = hash(hash(hash(seed, 2), e), j);
+#               field f's random bits are hash(draws, f):
+#               stride = slo + uniform(f5, shi - slo + 1); scale R = rlo + uniform(f6, rhi - rlo + 1) (0: none)
+#               start = uniform(f1, room + 1) with room = max(frames - (T - 1) * stride - 1, 0)
+#               window h x w: c x c, or (crop_area) for try t in 0..9: a = unit(hash(f7, t)),
+#                   q = exp(llo + unit(hash(f8, t)) * (lhi - llo)), area = rh*rw * (alo + a * (ahi - alo)),
+#                   w = round(sqrt(area * q)), h = round(sqrt(area / q)), the first with 1 <= h <= rh and
+#                   1 <= w <= rw; if none, the centre of the whole frame clamped to the aspect range
+#                   (rw/rh < plo: h = min(rh, round(rw / plo)); rw/rh > phi: w = min(rw, round(rh * phi))).
+#               y, x = uniform(f2, rh - h + 1), uniform(f3, rw - w + 1) (but centred for the fallback);
+#               flip = uniform(f4, 2) (0 without flip); colour (b, c, s, hue) = lo + unit(f10..f13) * (hi - lo)
+#               over [max(0, 1 - b), 1 + b], likewise c and s, and [-hue, hue]; (1, 1, 1, 0) without jitter.
+#   evaluation: stride = slo, R = rlo; video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
+#               for K = 1, else rdiv(clip * room, K - 1); a c x c window, centred, or for C = 3 at 0, middle,
+#               end of the longer side; no flip, no colour change.
 # (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without
-# resizing the frame itself. The window in stored pixels: size = max(1, rdiv(c*s, R)) (c without resizing),
-# h = min(height, size), w = min(width, size), y = min(rdiv(y'*s, R), height - h), likewise x.
+# resizing the frame itself. The window in stored pixels: h' = min(height, max(1, rdiv(h*s, R))), likewise
+# w', y' = min(rdiv(y*s, R), height - h'), likewise x' (without resizing, as drawn).
 # Frame t of the clip is start + t*stride, taken modulo the frame count ("loop") or capped at the last
 # frame ("repeat_last").
 
@@ -184,6 +173,30 @@ def _rdiv(a: int, b: int) -> int:
     return (2 * a + b) // (2 * b)
 
 
+def _unit(h: int) -> float:
+    return (h >> 11) * (1.0 / (1 << 53))
+
+
+def _round(v: float) -> int:
+    return int(v + 0.5)
+
+
+def _exp(v: float) -> float:
+    k = 0
+    while abs(v) > 0.5:
+        v, k = v / 2, k + 1
+    r = 1.0
+    for i in range(12, 0, -1):
+        r = 1.0 + v * r / i
+    for _ in range(k):
+        r = r * r
+    return r
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
 def permute(x: int, n: int, key: int) -> int:
     """A keyed bijection of ``range(n)`` (see the specification above)."""
     half = 1
@@ -203,68 +216,110 @@ def permute(x: int, n: int, key: int) -> int:
 class PlanSpec:
     """Everything a clip plan depends on besides the video table."""
 
-    clip: ClipSpec
+    config: ClipConfig
     seed: int
     training: bool
-    clips_per_video: int = 1
-    num_crops: int = 1
 
     def items_per_epoch(self, num_videos: int) -> int:
-        return num_videos * self.clips_per_video * (1 if self.training else self.num_crops)
+        c = self.config
+        return num_videos * c.clips_per_video * (1 if self.training else c.num_crops)
 
     def steps_per_epoch(self, num_videos: int, global_batch_size: int) -> int:
         """Global batches that cover an epoch once (the last one runs into the next epoch)."""
         return -(-self.items_per_epoch(num_videos) // global_batch_size)
 
+    def floats(self) -> list[float]:
+        """alo, ahi, plo, phi, llo, lhi, b, c, s, hue as the plan uses them (float32 values)."""
+        c = self.config
+        area = c.crop_area or (1.0, 1.0)
+        aspect = [_f32(v) for v in c.crop_aspect]
+        return [_f32(v) for v in (*area, *aspect, *map(math.log, aspect), *(c.color_jitter or (0, 0, 0, 0)))]
+
     def as_ints(self) -> list[int]:
-        """The order of ``struct Spec`` in clip_reader.cc."""
-        c = self.clip
-        return [self.seed, int(self.training), c.clip_len, c.stride, c.crop_size, c.resize_shorter or 0,
-                SHORT_CODES[c.short_videos], self.clips_per_video, self.num_crops]
+        """The fields of ``struct Spec`` in clip_reader.cc, in order (doubles as their bits)."""
+        c = self.config
+        ints = [self.seed, int(self.training), c.clip_len, *c.strides, c.crop_size, *c.resize_range,
+                SHORT_CODES[c.short_videos], c.clips_per_video, c.num_crops, int(c.flip),
+                int(c.crop_area is not None), int(c.color_jitter is not None)]
+        return ints + [int(np.float64(v).view(np.int64)) for v in self.floats()]
 
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """What one clip is: a row of the videos planned over, its first frame, frame numbers and window."""
+    """What one clip is: a row of the videos planned over, its first frame and stride, its frame numbers,
+    crop window (in stored pixels) and flip, and colour factors (brightness, contrast, saturation, hue)."""
 
     video: int
     start: int
+    stride: int
     frames: np.ndarray
-    window: tuple[int, int, int, int, int]  # y, x, h, w, flip (in stored pixels)
+    window: tuple[int, int, int, int, int]  # y, x, h, w, flip
+    color: tuple[float, float, float, float]
+
+
+def _train_window(plan: PlanSpec, rh: int, rw: int, draws: int) -> tuple[int, int, int, int]:
+    """y, x, h, w of a training window in the (resized) rh x rw frame."""
+    c = plan.config
+    if c.crop_area is None:
+        h = w = c.crop_size
+    else:
+        alo, ahi, plo, phi, llo, lhi = plan.floats()[:6]
+        for t in range(10):
+            area = rh * rw * (alo + _unit(_hash(_hash(draws, 7), t)) * (ahi - alo))
+            q = _exp(llo + _unit(_hash(_hash(draws, 8), t)) * (lhi - llo))
+            w, h = _round(math.sqrt(area * q)), _round(math.sqrt(area / q))
+            if 1 <= h <= rh and 1 <= w <= rw:
+                break
+        else:
+            h, w = rh, rw
+            if rw / rh < plo:
+                h = min(rh, _round(rw / plo))
+            elif rw / rh > phi:
+                w = min(rw, _round(rh * phi))
+            return (rh - h) // 2, (rw - w) // 2, h, w
+    return _uniform(_hash(draws, 2), rh - h + 1), _uniform(_hash(draws, 3), rw - w + 1), h, w
 
 
 def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> ClipPlan:
     """Clip ``position`` of the endless clip sequence over the videos whose sizes are given."""
-    s, c = plan.clip, plan.clip.crop_size
-    n, k, crops = len(num_frames), plan.clips_per_video, plan.num_crops
-    items = plan.items_per_epoch(n)
-    epoch, j = divmod(position, items)
+    cfg, train, c = plan.config, plan.training, plan.config.crop_size
+    n, k, crops = len(num_frames), cfg.clips_per_video, cfg.num_crops
+    epoch, j = divmod(position, plan.items_per_epoch(n))
     seed = plan.seed & _M64
-    if plan.training:
+    if train:
         video, clip, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
     else:
         video, clip, crop = j // (k * crops), j // crops % k, j % crops
     draws = _hash(_hash(_hash(seed, 2), epoch), j)
     frames, height, width = int(num_frames[video]), int(heights[video]), int(widths[video])
-    room = max(frames - s.span, 0)
-    if plan.training:
+    (slo, shi), (rlo, rhi) = cfg.strides, cfg.resize_range
+    stride = slo + _uniform(_hash(draws, 5), shi - slo + 1) if train else slo
+    r = rlo + _uniform(_hash(draws, 6), rhi - rlo + 1) if train else rlo
+    room = max(frames - (cfg.clip_len - 1) * stride - 1, 0)
+    if train:
         start = _uniform(_hash(draws, 1), room + 1)
     else:
         start = room // 2 if k == 1 else _rdiv(clip * room, k - 1)
-    r, shorter = s.resize_shorter or 0, min(height, width)
+    shorter = min(height, width)
     rh, rw = (_rdiv(height * r, shorter), _rdiv(width * r, shorter)) if r else (height, width)
-    if plan.training:
-        y, x = _uniform(_hash(draws, 2), rh - c + 1), _uniform(_hash(draws, 3), rw - c + 1)
-        flip = _uniform(_hash(draws, 4), 2)
+    flip, color = 0, (1.0, 1.0, 1.0, 0.0)
+    if train:
+        y, x, h, w = _train_window(plan, rh, rw, draws)
+        flip = _uniform(_hash(draws, 4), 2) if cfg.flip else 0
+        if cfg.color_jitter is not None:
+            b, ct, s, hue = plan.floats()[6:]
+            bounds = ((max(0.0, 1.0 - b), 1.0 + b), (max(0.0, 1.0 - ct), 1.0 + ct), (max(0.0, 1.0 - s), 1.0 + s),
+                      (-hue, hue))
+            color = tuple(lo + _unit(_hash(draws, 10 + i)) * (hi - lo) for i, (lo, hi) in enumerate(bounds))
     else:
-        y, x, flip = (rh - c) // 2, (rw - c) // 2, 0
+        h = w = c
+        y, x = (rh - c) // 2, (rw - c) // 2
         if crops == 3:
             spot = (0, (max(rh, rw) - c) // 2, max(rh, rw) - c)[crop]
             y, x = (spot, x) if rh >= rw else (y, spot)
-    size = max(1, _rdiv(c * shorter, r)) if r else c
-    h, w = min(height, size), min(width, size)
     if r:
+        h, w = min(height, max(1, _rdiv(h * shorter, r))), min(width, max(1, _rdiv(w * shorter, r)))
         y, x = min(_rdiv(y * shorter, r), height - h), min(_rdiv(x * shorter, r), width - w)
-    idx = start + np.arange(s.clip_len) * s.stride
-    idx = idx % frames if s.short_videos == "loop" else np.minimum(idx, frames - 1)
-    return ClipPlan(video, start, idx, (y, x, h, w, flip))
+    idx = start + np.arange(cfg.clip_len) * stride
+    idx = idx % frames if cfg.short_videos == "loop" else np.minimum(idx, frames - 1)
+    return ClipPlan(video, start, stride, idx, (y, x, h, w, flip), color)

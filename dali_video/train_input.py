@@ -29,26 +29,38 @@ def small_video_model(num_classes: int, clip_len: int, crop_size: int):
     ])
 
 
-def _model(tf, position, num_classes: int, args):
+def _model(tf, position, num_classes: int, config):
     """The saved model (weights and optimizer state) when resuming, else a new compiled one."""
     if position and position["model"]:
         return tf.keras.models.load_model(position["model"])
-    model = small_video_model(num_classes, args.clip_len, args.crop_size)
+    model = small_video_model(num_classes, config.clip_len, config.crop_size)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
 
+def _int_or_range(text: str):
+    """"4" -> 4, "4:6" -> (4, 6)."""
+    low, _, high = text.partition(":")
+    return (int(low), int(high)) if high else int(low)
+
+
 def main(argv=None) -> int:
+    from .config import RECIPES, ClipConfig, resolve
+
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
     p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
     p.add_argument("--split", help="split of a dataset folder that holds several")
     p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip-len", type=int, default=16)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--crop-size", type=int, default=112)
-    p.add_argument("--resize-shorter", type=int, help="resize frames before cropping (default: as stored)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="a published training recipe's clips (scale jitter, "
+                   "random resized crop, colour and temporal jitter, repeated clips; see dali_video.config); "
+                   "the options below override it. Default: 16 frames, 112-pixel crops, flip")
+    p.add_argument("--clip-len", type=int)
+    p.add_argument("--stride", type=_int_or_range, help="frame step, or LOW:HIGH drawn per clip")
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--resize-shorter", type=_int_or_range,
+                   help="resize frames before cropping, or LOW:HIGH drawn per clip (default: as stored)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
     p.add_argument("--seed", type=int, default=0)
@@ -75,9 +87,11 @@ def main(argv=None) -> int:
     if device == "gpu" and not enable_memory_growth():
         print("dali-video-train: no GPU visible to TensorFlow; using the CPU fallback (--cpu)", file=sys.stderr)
         device = "cpu"
-    kw = dict(batch_size=args.batch_size, clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,
-              resize_shorter=args.resize_shorter, split=args.split)
+    options = {k: v for k, v in (("clip_len", args.clip_len), ("stride", args.stride), ("crop_size", args.crop_size),
+                                 ("resize_shorter", args.resize_shorter)) if v is not None}
     try:
+        config = resolve(args.recipe or ClipConfig(clip_len=16, crop_size=112), True, options)
+        kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
         position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
         if position and position["global_batch_size"] != args.batch_size:
             raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
     chief = getattr(strategy.extended, "should_checkpoint", True)
     task = f"{resolver.task_type}-{resolver.task_id}" if resolver else "0"
     with strategy.scope():
-        model = _model(tf, position, num_classes, args)
+        model = _model(tf, position, num_classes, config)
     if position:
         print(f"resuming from {args.checkpoint_dir}: epoch {position['epoch']}, clip {initial_clip}", flush=True)
     first_epoch = position["epoch"] if position else 0
@@ -119,7 +133,7 @@ def main(argv=None) -> int:
             print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
                               "accuracy": round(float(logs["accuracy"]), 4),
                               "clips_per_s": round(clips / seconds, 1),
-                              "frames_per_s": round(clips * args.clip_len / seconds, 1),
+                              "frames_per_s": round(clips * config.clip_len / seconds, 1),
                               "clip": initial_clip + (epoch + 1 - first_epoch) * clips}), flush=True)
 
     callbacks = [Speed()]
@@ -127,8 +141,9 @@ def main(argv=None) -> int:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
                                       initial_clip=initial_clip, chief=chief, task=task))
 
-    print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {args.clip_len}"
-          f"x{args.crop_size}x{args.crop_size}, {num_classes} classes", flush=True)
+    print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
+          f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",
+          flush=True)
     model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               callbacks=callbacks, verbose=0, shuffle=False)
     return 0

@@ -116,6 +116,16 @@ def test_entrypoint_trains_when_run_directly(dataset):
     assert line["epoch"] == 1 and line["clips_per_s"] > 0 and 0 <= line["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("recipe,shape", [("slowfast", "32x224x224"), ("mvit", "16x224x224"),
+                                          ("movinet", "50x224x224")])
+def test_train_runs_each_recipe_at_its_own_sizes(dataset, recipe, shape):
+    proc = run_module("dali_video.train_input", "--data", dataset, "--cpu", "--recipe", recipe, "--epochs", "1",
+                      "--steps-per-epoch", "2", "--batch-size", "2")
+    assert f"clip {shape}, 2 classes, recipe {recipe}" in proc.stdout
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["epoch"] == 1 and line["clip"] == 4 and line["loss"] > 0
+
+
 def test_train_reports_bad_data_clearly(tmp_path):
     proc = run_module("dali_video.train_input", "--data", tmp_path, "--cpu", check=False)
     assert proc.returncode == 1 and "dali-video-train: error: no" in proc.stderr
@@ -137,5 +147,9 @@ def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
     assert results["systems"]["dali_video"]["read_amplification"] < 1.1
     assert results["systems"]["tfdata"]["read_amplification"] > 2
     assert results["systems"]["decode_bound"]["frames_per_s"] > 0
+    for name in ("slowfast", "mvit"):  # at the recipes' own sizes, against the bound of the same windows
+        r = results["recipes"][name]
+        assert r["clips_per_s"] > 0 and r["bound_frames_per_s"] > 0 and r["vs_bound"] > 0, r
+        assert f"recipe {name}" in proc.stdout
     assert (tmp_path / "bench.png").stat().st_size > 1000
     assert "dali_video" in proc.stdout and "T sweep" in proc.stdout

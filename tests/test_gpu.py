@@ -25,6 +25,21 @@ def test_mixed_decoder_matches_cpu_decoder(dataset):
     assert np.abs(cpu - gpu).max() <= 8 and np.abs(cpu - gpu).mean() < 1.0
 
 
+@pytest.mark.parametrize("recipe", ["slowfast", "mvit", "movinet"])
+def test_recipes_on_the_gpu_match_the_cpu(dataset, recipe):
+    # The same plan on both devices; scale, crop, colour and flip run on the GPU after decoding there.
+    kw = dict(batch_size=2, recipe=recipe, clip_len=4, crop_size=32, dtype="uint8", mean=(0, 0, 0), std=(1, 1, 1),
+              with_meta=True, seed=3, layout="clips")
+    cpu_clips, _, cpu_meta = next(iter(dali_video.clip_dataset(dataset, device="cpu", **kw)))
+    gpu_clips, _, gpu_meta = next(iter(dali_video.clip_dataset(dataset, device="gpu", jpeg_fancy_upsampling=True,
+                                                               **kw)))
+    cpu_meta = dali_video.meta_fields(cpu_meta) if isinstance(cpu_meta, tf.Tensor) else cpu_meta
+    gpu_fields = dali_video.meta_fields(gpu_meta)
+    for name in ("window", "flip", "stride", "color", "first_frame"):
+        assert np.array_equal(cpu_meta[name].numpy(), gpu_fields[name].numpy()), name
+    assert np.abs(cpu_clips.numpy().astype(int) - gpu_clips.numpy().astype(int)).mean() < 2.0
+
+
 def test_dataset_emits_final_elements_on_the_gpu_with_static_shapes(dataset):
     ds = dali_video.clip_dataset(dataset, device="gpu", batch_size=2, clip_len=4, crop_size=32, with_meta=True, seed=0)
     assert ds.element_spec[0].shape == (2, 4, 32, 32, 3) and ds.element_spec[1].shape == (2,)

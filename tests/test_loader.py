@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import dali_video
 from dali_video import META_COLUMNS
 from dali_video.sample_data import frame_number
-from dali_video.sampling import ClipSpec, PlanSpec, load_table, plan_clip
+from dali_video.config import ClipConfig
+from dali_video.sampling import PlanSpec, load_table, plan_clip
 from index_tools import FormatError, build, read_frame_index
 from index_tools import format as fmt
 
@@ -240,11 +241,21 @@ def test_arguments_are_validated_with_allowed_values(dataset):
              (dict(dtype="int7"), "dtype must be one of"),
              (dict(short_videos="pad"), "short_videos must be one of"),
              (dict(crop_size=100), "smaller than crop_size \\(100\\); pass resize_shorter"),
-             (dict(resize_shorter=50, crop_size=64), "resize_shorter must be None or an integer >= crop_size"),
+             (dict(resize_shorter=50, crop_size=64), r"resize_shorter must be an integer >= 64 \(crop_size"),
+             (dict(resize_shorter=(300, 256)), r"resize_shorter must be .* 16 <= low <= high, got \(300, 256\)"),
+             (dict(stride=(3, 1)), r"stride must be .* 1 <= low <= high, got \(3, 1\)"),
+             (dict(crop_area=(0, 1)), r"crop_area must be a \(low, high\) pair .* in \(0.0, 1.0\], got \(0, 1\)"),
+             (dict(crop_area=(0.5, 1.2)), r"crop_area .* got \(0.5, 1.2\)"),
+             (dict(crop_aspect=(2, 0.5)), r"crop_aspect must be a \(low, high\) pair with low <= high"),
+             (dict(color_jitter=(0.4, -0.1, 0, 0)), r"color_jitter must be .* each >= 0 .* got \(0.4, -0.1, 0, 0\)"),
+             (dict(color_jitter=(0, 0, 0, 0.7)), r"hue <= 0.5"),
+             (dict(recipe="resnet"), r"recipe must be one of \('slowfast', 'mvit', 'movinet'\) or a ClipConfig"),
              (dict(num_crops=2), r"num_crops must be one of \(1, 3\)"),
              (dict(layout="tiles"), r"layout must be one of \('auto', 'frames', 'clips'\)"),
              (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\]"),
              (dict(num_shards=2), "readers that share a clip sequence need the same seed")]
+    with pytest.raises(TypeError, match=r"unknown clip option\(s\) \['crop'\]; the options are: clip_len, stride"):
+        dali_video.clip_pipeline(dataset, batch_size=2, crop=3)
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
             dali_video.clip_pipeline(dataset, batch_size=2, **{"device": "cpu", "clip_len": 4, "crop_size": 16, **kw})
@@ -304,23 +315,26 @@ def test_float_output_is_normalised_per_channel(dataset, where):
 
 
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(1, 400), clip_len=st.integers(1, 64), stride=st.integers(1, 4),
+@given(n=st.integers(1, 400), clip_len=st.integers(1, 64), stride=st.integers(1, 4), jitter=st.integers(0, 3),
        policy=st.sampled_from(["repeat_last", "loop"]), h=st.integers(16, 300), w=st.integers(16, 300),
-       crop=st.integers(1, 16), resize=st.sampled_from([None, 16, 40]), seed=st.integers(0, 2**63 - 1),
+       crop=st.integers(1, 16), resize=st.sampled_from([None, 16, 40, (16, 40)]),
+       area=st.sampled_from([None, (0.08, 1.0), (0.5, 0.5)]), seed=st.integers(0, 2**63 - 1),
        training=st.booleans(), clips=st.integers(1, 5), crops=st.sampled_from([1, 3]),
        position=st.integers(0, 10**12))
-def test_planned_clips_and_windows_are_always_valid(n, clip_len, stride, policy, h, w, crop, resize, seed,
-                                                    training, clips, crops, position):
-    spec = ClipSpec(clip_len=clip_len, stride=stride, crop_size=crop, resize_shorter=resize, short_videos=policy)
-    plan = PlanSpec(spec, seed=seed, training=training, clips_per_video=clips, num_crops=1 if training else crops)
+def test_planned_clips_and_windows_are_always_valid(n, clip_len, stride, jitter, policy, h, w, crop, resize, area,
+                                                    seed, training, clips, crops, position):
+    config = ClipConfig(clip_len=clip_len, stride=(stride, stride + jitter), crop_size=crop, resize_shorter=resize,
+                        crop_area=area, short_videos=policy, clips_per_video=clips, num_crops=crops)
+    plan = PlanSpec(config if training else config.evaluation(), seed=seed, training=training)
     clip = plan_clip(plan, [n, n + 7], [h, h], [w, w], position)
     idx, frames = clip.frames, (n, n + 7)[clip.video]
+    assert stride <= clip.stride <= stride + jitter if training else clip.stride == stride + jitter // 2
     assert len(idx) == clip_len and idx.min() >= 0 and idx.max() < frames
-    if frames >= spec.span:  # long enough: contiguous with the stride, never clamped
-        assert (np.diff(idx) == stride).all()
+    if frames >= (clip_len - 1) * clip.stride + 1:  # long enough: contiguous with the stride, never clamped
+        assert (np.diff(idx) == clip.stride).all()
     y, x, wh, ww, flip = clip.window
     assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w and wh > 0 and ww > 0 and flip in (0, 1)
-    if resize is None:
+    if not plan.config.resizes:  # else the window is whatever resizes to the crop
         assert (wh, ww) == (crop, crop)
 
 
@@ -370,7 +384,7 @@ def test_videos_without_a_frame_size_are_skipped_not_divided_by(dataset, caplog)
 
     table = load_table(dataset)
     broken = dataclasses.replace(table, height=np.where(np.arange(len(table)) == 3, 0, table.height))
-    spec = ClipSpec(clip_len=4, crop_size=32, resize_shorter=40)
+    spec = ClipConfig(clip_len=4, crop_size=32, resize_shorter=40)
     assert 3 not in usable_videos(broken, spec) and len(usable_videos(broken, spec)) == len(table) - 1
     assert "no frame size in their index" in caplog.text
 

@@ -10,33 +10,50 @@ from hypothesis import strategies as st
 
 import dali_video
 from dali_video import native
-from dali_video.sampling import ClipSpec, PlanSpec, permute, plan_clip
+from dali_video.config import ClipConfig
+from dali_video.sampling import PlanSpec, permute, plan_clip
 from index_tools import format as fmt
 from index_tools import read_frame_index
 
 plan_c = native.plan_function()
 
 
-def native_plan(plan: PlanSpec, videos, position: int) -> list[int]:
-    spec = (ctypes.c_int64 * 9)(*plan.as_ints())
+def native_plan(plan: PlanSpec, videos, position: int) -> list:
+    ints = plan.as_ints()
+    spec = (ctypes.c_int64 * len(ints))(*ints)
     flat = (ctypes.c_int64 * (3 * len(videos)))(*[x for v in videos for x in v])
-    out = (ctypes.c_int64 * 7)()
+    out = (ctypes.c_int64 * 12)()
     plan_c(spec, flat, len(videos), position, out)
-    return list(out)
+    return list(out[:8]) + list(np.array(out[8:], np.int64).view(np.float64))
+
+
+def ranges(low, high):
+    return st.one_of(st.integers(low, high), st.tuples(st.integers(low, high), st.integers(0, high - low)).map(
+        lambda p: (p[0], p[0] + p[1])))
+
+
+def real_range(low, high):
+    return st.tuples(st.floats(low, high), st.floats(low, high)).map(sorted).map(tuple)
 
 
 @st.composite
 def plans(draw):
     crop = draw(st.integers(1, 64))
-    resize = draw(st.sampled_from([None, crop, crop + draw(st.integers(0, 400))]))
-    low = 1 if resize else crop  # without resizing, frames are at least the crop
-    videos = draw(st.lists(st.tuples(st.integers(1, 2000), st.integers(low, 4000), st.integers(low, 4000)),
+    area = draw(st.one_of(st.none(), real_range(1e-4, 1.0)))
+    low = 1 if area else crop  # a plain crop must fit in the (resized) frame
+    resize = draw(st.one_of(st.none(), ranges(low, low + 400)))
+    size = 1 if resize or area else crop
+    videos = draw(st.lists(st.tuples(st.integers(1, 2000), st.integers(size, 4000), st.integers(size, 4000)),
                            min_size=1, max_size=40))
     training = draw(st.booleans())
-    spec = ClipSpec(clip_len=draw(st.integers(1, 128)), stride=draw(st.integers(1, 8)), crop_size=crop,
-                    resize_shorter=resize, short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])))
-    plan = PlanSpec(spec, seed=draw(st.integers(0, 2**63 - 1)), training=training,
-                    clips_per_video=draw(st.integers(1, 5)), num_crops=1 if training else draw(st.sampled_from([1, 3])))
+    jitter = st.tuples(*[st.floats(0, 2)] * 3, st.floats(0, 0.5))
+    config = ClipConfig(clip_len=draw(st.integers(1, 128)), stride=draw(ranges(1, 8)), crop_size=crop,
+                        resize_shorter=resize, crop_area=area, crop_aspect=draw(real_range(0.05, 20)),
+                        flip=draw(st.booleans()), color_jitter=draw(st.one_of(st.none(), jitter)),
+                        short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])),
+                        clips_per_video=draw(st.integers(1, 5)), num_crops=draw(st.sampled_from([1, 3])))
+    plan = PlanSpec(config if training else config.evaluation(), seed=draw(st.integers(0, 2**63 - 1)),
+                    training=training)
     return plan, videos, draw(st.integers(0, 2**40))
 
 
@@ -45,7 +62,8 @@ def plans(draw):
 def test_native_plan_equals_the_python_reference(case):
     plan, videos, position = case
     ref = plan_clip(plan, *zip(*videos), position)
-    assert native_plan(plan, videos, position) == [ref.video, ref.start, *ref.window]
+    assert native_plan(plan, videos, position) == [ref.video, ref.start, ref.stride, *ref.window[:4],
+                                                   ref.window[4], *ref.color]
 
 
 @settings(max_examples=200, deadline=None)
@@ -55,7 +73,7 @@ def test_permute_is_a_bijection(n, key):
 
 
 def test_training_epochs_visit_each_video_once_in_a_new_order():
-    plan = PlanSpec(ClipSpec(clip_len=4, crop_size=8), seed=11, training=True)
+    plan = PlanSpec(ClipConfig(clip_len=4, crop_size=8), seed=11, training=True)
     videos = [(50, 16, 16)] * 97
     orders = [[native_plan(plan, videos, e * 97 + j)[0] for j in range(97)] for e in range(3)]
     assert all(sorted(o) == list(range(97)) for o in orders)
@@ -130,7 +148,7 @@ def test_truncated_or_removed_shard_and_skipped_clips(pristine, tmp_path):
                         p.pipeline.run()
             else:
                 meta = np.concatenate([p.pipeline.run()[1].as_array() for _ in range(2)])
-                assert meta[:, -1].max() >= 1  # the damaged last video gave way to the next one
+                assert meta[:, dali_video.META_COLUMNS.index("replaced")].max() >= 1  # the damaged last video gave way to the next one
 
 
 def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_path):

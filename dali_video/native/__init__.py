@@ -34,7 +34,8 @@ def _flags(sanitize: str | None) -> list[str]:
         raise RuntimeError("building dali-video's native reader needs TensorFlow's CUDA headers: "
                            "pip install tensorflow (see pyproject.toml for the version)")
     cuda = Path(next(iter(tf.submodule_search_locations)), "include", "third_party", "gpus", "cuda")
-    flags = ["-std=c++20", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-sign-compare",
+    # -ffp-contract=off: no fused multiply-add, so the plan's doubles match the Python reference's.
+    flags = ["-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wno-sign-compare",
              *dali_config.get_compile_flags(), f"-I{cuda / 'include'}", f"-I{cuda / 'libcudacxx' / 'include'}",
              *dali_config.get_link_flags()]
     if sanitize:

@@ -11,11 +11,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "dali/pipeline/operator/operator.h"
@@ -59,37 +62,77 @@ int64_t permute(int64_t x, int64_t n, u64 key) {
   return static_cast<int64_t>(y);
 }
 
+double unit(u64 h) { return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+
+int64_t round_half(double v) { return static_cast<int64_t>(v + 0.5); }  // v >= 0
+
+double exp_plan(double v) {  // e**v from + * / in a fixed order: libm's exp may differ between machines
+  int k = 0;
+  while (std::fabs(v) > 0.5) v /= 2, ++k;
+  double r = 1.0;
+  for (int i = 12; i >= 1; --i) r = 1.0 + v * r / i;
+  while (k--) r = r * r;
+  return r;
+}
+
 enum ShortVideos : int64_t { kRepeatLast = 0, kLoop = 1, kSkip = 2 };
 
 struct Spec {  // the order of fields is the order of the spec array dali_video_plan takes
-  int64_t seed, training, clip_len, stride, crop, resize, short_videos, clips_per_video, num_crops;
+  int64_t seed, training, clip_len, stride_lo, stride_hi, crop, resize_lo, resize_hi, short_videos,
+      clips_per_video, num_crops, flip, random_area, color;
+  double area_lo, area_hi, aspect_lo, aspect_hi, log_aspect_lo, log_aspect_hi, jitter[4];
 };
+static_assert(sizeof(Spec) == 24 * 8);
 
 struct Video {
   int64_t num_frames, height, width;
 };
 
 struct Plan {
-  int64_t video, start, y, x, h, w, flip;
+  int64_t video, start, stride, y, x, h, w, flip;
+  double color[4];  // brightness, contrast, saturation, hue (a fraction of the colour circle)
 };
 
 int64_t items_per_epoch(const Spec &s, int64_t n) {
   return n * s.clips_per_video * (s.training ? 1 : s.num_crops);
 }
 
-// Top-left corner of the crop in the resized frame (rh x rw): random, centred, or one of three
-// spots along the longer side.
-void crop_spot(const Spec &s, int64_t rh, int64_t rw, int64_t crop, u64 draws, Plan &p) {
-  const int64_t c = s.crop;
-  if (s.training) {
-    p.y = uniform(hash(draws, 2), rh - c + 1);
-    p.x = uniform(hash(draws, 3), rw - c + 1);
-    p.flip = uniform(hash(draws, 4), 2);
-    return;
+// A training window (y, x, h, w) in the resized rh x rw frame: c x c at a random spot, or a random
+// resized crop's window (the centre of the frame, clamped to the aspect range, if no try fits).
+void train_window(const Spec &s, int64_t rh, int64_t rw, u64 draws, Plan &p) {
+  p.h = p.w = s.crop;
+  if (s.random_area) {
+    bool fits = false;
+    for (u64 t = 0; t < 10 && !fits; ++t) {
+      const double area = static_cast<double>(rh * rw) *
+                          (s.area_lo + unit(hash(hash(draws, 7), t)) * (s.area_hi - s.area_lo));
+      const double q = exp_plan(s.log_aspect_lo + unit(hash(hash(draws, 8), t)) * (s.log_aspect_hi - s.log_aspect_lo));
+      p.w = round_half(std::sqrt(area * q));
+      p.h = round_half(std::sqrt(area / q));
+      fits = p.h >= 1 && p.h <= rh && p.w >= 1 && p.w <= rw;
+    }
+    if (!fits) {
+      const double frame = static_cast<double>(rw) / static_cast<double>(rh);
+      p.h = rh, p.w = rw;
+      if (frame < s.aspect_lo)
+        p.h = std::min(rh, round_half(static_cast<double>(rw) / s.aspect_lo));
+      else if (frame > s.aspect_hi)
+        p.w = std::min(rw, round_half(static_cast<double>(rh) * s.aspect_hi));
+      p.y = (rh - p.h) / 2;
+      p.x = (rw - p.w) / 2;
+      return;
+    }
   }
+  p.y = uniform(hash(draws, 2), rh - p.h + 1);
+  p.x = uniform(hash(draws, 3), rw - p.w + 1);
+}
+
+// Centred, or one of three spots along the longer side.
+void eval_window(const Spec &s, int64_t rh, int64_t rw, int64_t crop, Plan &p) {
+  const int64_t c = s.crop;
+  p.h = p.w = c;
   p.y = (rh - c) / 2;
   p.x = (rw - c) / 2;
-  p.flip = 0;
   if (s.num_crops == 3) {
     int64_t &along = rh >= rw ? p.y : p.x;
     const int64_t room = (rh >= rw ? rh : rw) - c;
@@ -97,12 +140,19 @@ void crop_spot(const Spec &s, int64_t rh, int64_t rw, int64_t crop, u64 draws, P
   }
 }
 
+void color(const Spec &s, u64 draws, Plan &p) {
+  const double *j = s.jitter;
+  const double lo[4] = {std::max(0.0, 1.0 - j[0]), std::max(0.0, 1.0 - j[1]), std::max(0.0, 1.0 - j[2]), -j[3]};
+  const double hi[4] = {1.0 + j[0], 1.0 + j[1], 1.0 + j[2], j[3]};
+  for (int i = 0; i < 4; ++i) p.color[i] = lo[i] + unit(hash(draws, 10 + i)) * (hi[i] - lo[i]);
+}
+
 // Clip `position` of the endless sequence over `n` videos (epoch after epoch).
 Plan plan_clip(const Spec &s, const Video *videos, int64_t n, int64_t position) {
   const int64_t items = items_per_epoch(s, n);
   const int64_t epoch = position / items, j = position % items;
   const u64 seed = static_cast<u64>(s.seed);
-  Plan p{};
+  Plan p{0, 0, 0, 0, 0, 0, 0, 0, {1.0, 1.0, 1.0, 0.0}};
   int64_t clip = 0, crop = 0;
   if (s.training) {
     p.video = permute(j / s.clips_per_video, n, hash(hash(seed, 1), epoch));
@@ -113,20 +163,26 @@ Plan plan_clip(const Spec &s, const Video *videos, int64_t n, int64_t position) 
   }
   const u64 draws = hash(hash(hash(seed, 2), epoch), j);
   const Video &v = videos[p.video];
-  const int64_t room = std::max<int64_t>(v.num_frames - ((s.clip_len - 1) * s.stride + 1), 0);
+  p.stride = s.training ? s.stride_lo + uniform(hash(draws, 5), s.stride_hi - s.stride_lo + 1) : s.stride_lo;
+  const int64_t r = s.training ? s.resize_lo + uniform(hash(draws, 6), s.resize_hi - s.resize_lo + 1) : s.resize_lo;
+  const int64_t room = std::max<int64_t>(v.num_frames - (s.clip_len - 1) * p.stride - 1, 0);
   if (s.training)
     p.start = uniform(hash(draws, 1), room + 1);
   else
     p.start = s.clips_per_video == 1 ? room / 2 : round_div(clip * room, s.clips_per_video - 1);
-  const int64_t shorter = std::min(v.height, v.width), r = s.resize;
+  const int64_t shorter = std::min(v.height, v.width);
   const int64_t rh = r ? round_div(v.height * r, shorter) : v.height;
   const int64_t rw = r ? round_div(v.width * r, shorter) : v.width;
-  crop_spot(s, rh, rw, crop, draws, p);
-  // Back to stored pixels: the window that resizing would have turned into the crop.
-  const int64_t size = r ? std::max<int64_t>(1, round_div(s.crop * shorter, r)) : s.crop;
-  p.h = std::min(v.height, size);
-  p.w = std::min(v.width, size);
-  if (r) {
+  if (s.training) {
+    train_window(s, rh, rw, draws, p);
+    p.flip = s.flip ? uniform(hash(draws, 4), 2) : 0;
+    if (s.color) color(s, draws, p);
+  } else {
+    eval_window(s, rh, rw, crop, p);
+  }
+  if (r) {  // back to stored pixels: the window that resizing would have turned into this one
+    p.h = std::min(v.height, std::max<int64_t>(1, round_div(p.h * shorter, r)));
+    p.w = std::min(v.width, std::max<int64_t>(1, round_div(p.w * shorter, r)));
     p.y = std::min(round_div(p.y * shorter, r), v.height - p.h);
     p.x = std::min(round_div(p.x * shorter, r), v.width - p.w);
   }
@@ -134,7 +190,7 @@ Plan plan_clip(const Spec &s, const Video *videos, int64_t n, int64_t position) 
 }
 
 int64_t frame_number(const Spec &s, const Plan &p, int64_t num_frames, int64_t t) {
-  const int64_t f = p.start + t * s.stride;
+  const int64_t f = p.start + t * p.stride;
   return s.short_videos == kLoop ? f % num_frames : std::min(f, num_frames - 1);
 }
 
@@ -385,7 +441,47 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
                "dali-video clip reader: the per-video arguments disagree in length");
 }
 
-constexpr int kMetaColumns = 9;  // crop y, x, h, w, flip, label, video (table row), frame, replaced
+// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, then the colour factors as
+// float32 bits (brightness, contrast, saturation, hue)
+constexpr int kMetaColumns = 14;
+
+// The plan's options from the operator's arguments: ranges as (low, high) pairs, real values as the
+// float32 DALI passes (the Python reference plans with the same float32 values).
+Spec read_spec(const dali::OpSpec &spec) {
+  auto pair = [&](const char *name) {
+    const auto v = spec.GetRepeatedArgument<int>(name);
+    DALI_ENFORCE(v.size() == 2 && v[0] <= v[1], std::string("dali-video clip reader: ") + name + " must be a (low, high) pair");
+    return std::pair<int64_t, int64_t>(v[0], v[1]);
+  };
+  auto reals = [&](const char *name, size_t n) {
+    auto v = spec.GetRepeatedArgument<float>(name);
+    DALI_ENFORCE(v.empty() || v.size() == n, std::string("dali-video clip reader: ") + name + " has the wrong length");
+    return v;
+  };
+  Spec s{};
+  s.seed = spec.GetArgument<int64_t>("plan_seed");
+  s.training = spec.GetArgument<bool>("training");
+  s.clip_len = spec.GetArgument<int>("clip_len");
+  std::tie(s.stride_lo, s.stride_hi) = pair("stride");
+  std::tie(s.resize_lo, s.resize_hi) = pair("resize_shorter");
+  s.crop = spec.GetArgument<int>("crop_size");
+  s.short_videos = spec.GetArgument<int>("short_videos");
+  s.clips_per_video = spec.GetArgument<int>("clips_per_video");
+  s.num_crops = spec.GetArgument<int>("num_crops");
+  s.flip = spec.GetArgument<bool>("flip");
+  const auto area = reals("crop_area", 2), aspect = reals("crop_aspect", 4), jitter = reals("color_jitter", 4);
+  DALI_ENFORCE(aspect.size() == 4, "dali-video clip reader: crop_aspect needs low, high and their logarithms");
+  s.random_area = !area.empty();
+  s.color = !jitter.empty();
+  s.area_lo = s.random_area ? area[0] : 1.0;
+  s.area_hi = s.random_area ? area[1] : 1.0;
+  s.aspect_lo = aspect[0], s.aspect_hi = aspect[1], s.log_aspect_lo = aspect[2], s.log_aspect_hi = aspect[3];
+  for (int i = 0; i < 4; ++i) s.jitter[i] = s.color ? jitter[i] : 0.0;
+  DALI_ENFORCE(s.clip_len >= 1 && s.stride_lo >= 1 && s.crop >= 1 && s.resize_lo >= 0 && s.clips_per_video >= 1 &&
+               (s.num_crops == 1 || s.num_crops == 3) && s.aspect_lo > 0 && s.area_lo > 0,
+               "dali-video clip reader: a plan argument is out of range");
+  return s;
+}
 constexpr int64_t kMaxTries = 100;  // damaged clips in a row before on_corrupt="skip" gives up: not chance
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
@@ -394,10 +490,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     d_.shards = spec.GetRepeatedArgument<std::string>("shards");
     for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
     parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
-    s_ = {spec.GetArgument<int64_t>("plan_seed"), spec.GetArgument<bool>("training"),
-          spec.GetArgument<int>("clip_len"), spec.GetArgument<int>("stride"), spec.GetArgument<int>("crop_size"),
-          spec.GetArgument<int>("resize_shorter"), spec.GetArgument<int>("short_videos"),
-          spec.GetArgument<int>("clips_per_video"), spec.GetArgument<int>("num_crops")};
+    s_ = read_spec(spec);
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
     pad_ = spec.GetArgument<bool>("pad");
@@ -478,9 +571,13 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           std::memcpy(out, c.data.data() + c.start[t], c.length[t]);
           if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
           if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
-          const int32_t values[kMetaColumns] = {
+          int32_t values[kMetaColumns] = {
               int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
-              d_.table_row[p.video], int32_t(c.frames[t]), c.replaced};
+              d_.table_row[p.video], int32_t(c.frames[t]), c.replaced, int32_t(p.stride)};
+          for (int k = 0; k < 4; ++k) {
+            const float factor = static_cast<float>(p.color[k]);
+            std::memcpy(&values[10 + k], &factor, sizeof(factor));
+          }
           std::memcpy(meta.mutable_tensor<int32_t>(sample(i, t)), values, sizeof(values));
         }
       }, -i);
@@ -517,7 +614,7 @@ DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
 DALI_SCHEMA(DaliVideoClips)
     .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
             "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
-            "video, frame, replaced): per frame, or with per_clip one JPEG output per frame position "
+            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): per frame, or with per_clip one JPEG output per frame position "
             "and the metadata per clip.")
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
@@ -531,9 +628,18 @@ DALI_SCHEMA(DaliVideoClips)
     .AddArg("plan_seed", "Seed of the clip plan.", DALI_INT64)
     .AddArg("training", "Random clips (else evaluation views).", DALI_BOOL)
     .AddArg("clip_len", "Frames per clip.", DALI_INT32)
-    .AddOptionalArg("stride", "Frame step within a clip.", 1)
+    .AddOptionalArg("stride", "Frame step within a clip: (low, high), drawn per clip in training.",
+                    std::vector<int>{1, 1})
     .AddArg("crop_size", "Crop size after resizing.", DALI_INT32)
-    .AddOptionalArg("resize_shorter", "Shorter side after resizing; 0: as stored.", 0)
+    .AddOptionalArg("resize_shorter", "Shorter side after resizing: (low, high), drawn per clip in training; "
+                    "(0, 0): as stored.", std::vector<int>{0, 0})
+    .AddOptionalArg("crop_area", "Random resized crop: (low, high) fraction of the frame's area; empty: off.",
+                    std::vector<float>{})
+    .AddOptionalArg("crop_aspect", "Random resized crop: aspect (low, high) and the float32 logarithms of both.",
+                    std::vector<float>{1.f, 1.f, 0.f, 0.f})
+    .AddOptionalArg("flip", "Flip half the training clips.", true)
+    .AddOptionalArg("color_jitter", "Brightness, contrast, saturation and hue jitter; empty: off.",
+                    std::vector<float>{})
     .AddOptionalArg("short_videos", "0 repeat_last, 1 loop, 2 skip.", 0)
     .AddOptionalArg("clips_per_video", "Clips per video and epoch.", 1)
     .AddOptionalArg("num_crops", "Evaluation crops per clip (1 or 3).", 1)

@@ -1,0 +1,204 @@
+"""What a clip is: one frozen, validated config, and published training recipes as named instances of it.
+
+Pure Python: the plan (``sampling``) and the pipeline both read a :class:`ClipConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ShortVideos = Literal["repeat_last", "loop", "skip"]
+SHORT_VIDEOS = ("repeat_last", "loop", "skip")
+DTYPES = ("float32", "float16", "uint8")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_range(name: str, value, low: int, why: str = "") -> tuple[int, int]:
+    """An int, or a (low, high) pair of ints, as a pair; the error names the keyword and the range."""
+    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair) or not low <= pair[0] <= pair[1]:
+        raise ValueError(f"{name} must be an integer >= {low}{why} or a (low, high) pair of them with "
+                         f"{low} <= low <= high, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _float_range(name: str, value, low: float, high: float | None, open_low: bool) -> tuple[float, float]:
+    pair = tuple(value) if isinstance(value, (tuple, list)) else None
+    ok = pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in pair)
+    if ok:
+        lo, hi = float(pair[0]), float(pair[1])
+        ok = (lo > low if open_low else lo >= low) and lo <= hi and (high is None or hi <= high)
+    if not ok:
+        allowed = f"{'(' if open_low else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+        raise ValueError(f"{name} must be a (low, high) pair with low <= high, both in {allowed}, got {value!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """What the loader makes of each clip; every random value is drawn once per clip (the same for all
+    its frames) from the seeded, seekable clip plan.
+
+    clip_len: frames per clip (T).
+    stride: step between a clip's frames: an int, or ``(low, high)`` drawn per clip (temporal jitter).
+    crop_size: side of the square crops the model gets.
+    resize_shorter: resize frames so the shorter side has this length before cropping: an int, or
+        ``(low, high)`` drawn per clip (scale jitter); None keeps the stored size.
+    crop_area, crop_aspect: random resized crop: a window of ``crop_area`` (a fraction of the frame's
+        area, uniform) and ``crop_aspect`` (width / height, log-uniform), tried up to 10 times, else
+        the centre crop of the whole frame clamped to ``crop_aspect``; then resized to ``crop_size``.
+        None (default): a ``crop_size`` window at a random spot.
+    flip: flip half the clips horizontally (training).
+    color_jitter: ``(brightness, contrast, saturation, hue)``: factors drawn per clip, uniform in
+        ``[max(0, 1 - x), 1 + x]`` for the first three and ``[-hue, hue]`` (a fraction of the colour
+        circle, at most 0.5) for hue; applied with DALI's ``color_twist``. None: off.
+    short_videos: videos shorter than a clip repeat their last frame, loop, or are skipped (at the
+        largest stride).
+    clips_per_video: training: K differently drawn clips of each video per epoch, next to each other
+        (repeated augmentation); evaluation: K evenly spaced clips.
+    num_crops: evaluation crops per clip: 1 (centre) or 3 (both ends and the middle of the longer side).
+    dtype, mean, std: "float32"/"float16" give ``(pixel - mean) / std`` (pixel units, 0-255); "uint8"
+        the pixels as they are.
+
+    Evaluation (``training=False``) reads :meth:`evaluation`'s fixed view of the same config.
+    """
+
+    clip_len: int = 64
+    stride: int | tuple[int, int] = 1
+    crop_size: int = 224
+    resize_shorter: int | tuple[int, int] | None = None
+    crop_area: tuple[float, float] | None = None
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] | None = None
+    short_videos: ShortVideos = "repeat_last"
+    clips_per_video: int = 1
+    num_crops: int = 1
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+
+    def __post_init__(self):
+        for name in ("clip_len", "crop_size", "clips_per_video"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        _int_range("stride", self.stride, 1)
+        if self.resize_shorter is not None:
+            if self.crop_area:
+                _int_range("resize_shorter", self.resize_shorter, 1)
+            else:  # a plain crop must fit in the resized frame
+                _int_range("resize_shorter", self.resize_shorter, self.crop_size,
+                           " (crop_size; with a crop_area, any size)")
+        if self.crop_area is not None:
+            _float_range("crop_area", self.crop_area, 0.0, 1.0, open_low=True)
+        _float_range("crop_aspect", self.crop_aspect, 0.0, None, open_low=True)
+        if self.color_jitter is not None:
+            jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else ()
+            if len(jitter) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                           for v in jitter) or jitter[3] > 0.5:
+                raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), each >= 0 and hue "
+                                 f"<= 0.5, got {self.color_jitter!r}")
+        for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES),
+                              ("flip", (True, False))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={self.mean}, std={self.std}")
+        for name in ("stride", "resize_shorter", "crop_area", "crop_aspect", "color_jitter", "mean", "std"):
+            value = getattr(self, name)  # lists become tuples: the config stays hashable and frozen
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return _int_range("stride", self.stride, 1)
+
+    @property
+    def resize_range(self) -> tuple[int, int]:
+        """(low, high) shorter side, (0, 0) without resizing."""
+        return (0, 0) if self.resize_shorter is None else _int_range("resize_shorter", self.resize_shorter, 1)
+
+    @property
+    def span(self) -> int:
+        """Frames the longest clip covers from its first to its last frame."""
+        return (self.clip_len - 1) * self.strides[1] + 1
+
+    @property
+    def resizes(self) -> bool:
+        """Whether crop windows are resized to ``crop_size`` (else a window is the crop)."""
+        return self.resize_shorter is not None or self.crop_area is not None
+
+    def evaluation(self) -> "ClipConfig":
+        """The fixed view evaluation reads: the middle stride, the smallest scale (with a random resized
+        crop, at least the crop size), centre (or three) crops, no flip, no colour jitter."""
+        lo, hi = self.strides
+        low = self.resize_range[0]
+        resize = max(low, self.crop_size) if self.crop_area else low or None  # the centre crop must fit
+        return dataclasses.replace(self, stride=(lo + hi) // 2, resize_shorter=resize, crop_area=None,
+                                   color_jitter=None, flip=False)
+
+    def replace(self, **options) -> "ClipConfig":
+        """A copy with ``options`` changed; unknown names raise a TypeError that lists the known ones."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown clip option(s) {unknown}; the options are: {', '.join(OPTIONS)}")
+        return dataclasses.replace(self, **options)
+
+
+OPTIONS = tuple(f.name for f in dataclasses.fields(ClipConfig))
+_KINETICS_MEAN, _KINETICS_STD = (0.45 * 255,) * 3, (0.225 * 255,) * 3
+
+# Training and testing views of each recipe (values from the recipes' own configs, cited per preset).
+RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
+    # SlowFast R50 8x8 (facebookresearch/SlowFast: configs/Kinetics/SLOWFAST_8x8_R50.yaml, NUM_FRAMES 32,
+    # SAMPLING_RATE 2; slowfast/config/defaults.py: TRAIN_JITTER_SCALES [256, 320], TRAIN_CROP_SIZE 224,
+    # TEST_CROP_SIZE 256, MEAN 0.45, STD 0.225, TEST.NUM_ENSEMBLE_VIEWS 10, TEST.NUM_SPATIAL_CROPS 3).
+    "slowfast": (ClipConfig(clip_len=32, stride=2, crop_size=224, resize_shorter=(256, 320), mean=_KINETICS_MEAN,
+                            std=_KINETICS_STD),
+                 ClipConfig(clip_len=32, stride=2, crop_size=256, resize_shorter=256, clips_per_video=10,
+                            num_crops=3, mean=_KINETICS_MEAN, std=_KINETICS_STD)),
+    # MViTv2-S 16x4 (facebookresearch/SlowFast: configs/Kinetics/MVITv2_S_16x4.yaml: NUM_FRAMES 16,
+    # SAMPLING_RATE 4, TRAIN_JITTER_SCALES_RELATIVE [0.08, 1.0], TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333],
+    # AUG.NUM_SAMPLE 2, TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1; VideoMAE run_class_finetuning.py:
+    # --color_jitter 0.4, --num_sample 2).
+    "mvit": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 4 / 3),
+                        color_jitter=(0.4, 0.4, 0.4, 0.0), clips_per_video=2, mean=_KINETICS_MEAN,
+                        std=_KINETICS_STD),
+             ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=224, clips_per_video=5, num_crops=1,
+                        mean=_KINETICS_MEAN, std=_KINETICS_STD)),
+    # MoViNet-A2 (tensorflow/models: official/projects/movinet/configs/yaml/movinet_a2_k600_8x8.yaml:
+    # feature_shape [50, 224, 224, 3], temporal_stride 5, random_stride_range 1, aug_min_area_ratio 0.08,
+    # aug_max_area_ratio 1.0, aug_min_aspect_ratio 0.5, aug_max_aspect_ratio 2.0; eval: 1 clip x 1 crop,
+    # min_image_size 256 (official/vision/configs/video_classification.py); pixels in [0, 1]).
+    "movinet": (ClipConfig(clip_len=50, stride=(4, 6), crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.5, 2.0)),
+                ClipConfig(clip_len=50, stride=5, crop_size=224, resize_shorter=256)),
+}
+
+
+def recipe(name: str, *, training: bool = True) -> ClipConfig:
+    """A named preset's training (or testing) view; see :data:`RECIPES` for the values and their sources."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a ClipConfig, got {name!r}")
+    return RECIPES[name][0 if training else 1]
+
+
+def resolve(recipe_or_config, training: bool, options: dict) -> ClipConfig:
+    """The config a loader reads: a preset (by name, its training or testing view) or a ClipConfig, with
+    ``options`` (ClipConfig fields) overriding it; evaluation reads its fixed view."""
+    if recipe_or_config is None:
+        base = ClipConfig()
+    elif isinstance(recipe_or_config, str):
+        base = recipe(recipe_or_config, training=training)
+    elif isinstance(recipe_or_config, ClipConfig):
+        base = recipe_or_config
+    else:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a ClipConfig, got {recipe_or_config!r}")
+    config = base.replace(**options)
+    return config if training else config.evaluation()
