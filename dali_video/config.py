@@ -165,13 +165,14 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
                  ClipConfig(clip_len=32, stride=2, crop_size=256, resize_shorter=256, clips_per_video=10,
                             num_crops=3, mean=_KINETICS_MEAN, std=_KINETICS_STD)),
     # MViTv2-S 16x4 (facebookresearch/SlowFast: configs/Kinetics/MVITv2_S_16x4.yaml: NUM_FRAMES 16,
-    # SAMPLING_RATE 4, TRAIN_JITTER_SCALES_RELATIVE [0.08, 1.0], TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333],
-    # AUG.NUM_SAMPLE 2, TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1; VideoMAE run_class_finetuning.py:
-    # --color_jitter 0.4, --num_sample 2).
+    # SAMPLING_RATE 4, TRAIN_CROP_SIZE 224, TRAIN_JITTER_SCALES_RELATIVE [0.08, 1.0] and
+    # TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333] (a random resized crop of the frame), AUG.COLOR_JITTER 0.4,
+    # AUG.NUM_SAMPLE 2; testing TEST_CROP_SIZE 224 at the shorter side TRAIN_JITTER_SCALES[0] = 256 with
+    # one spatial crop (slowfast/datasets/kinetics.py), TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1).
     "mvit": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 4 / 3),
                         color_jitter=(0.4, 0.4, 0.4, 0.0), clips_per_video=2, mean=_KINETICS_MEAN,
                         std=_KINETICS_STD),
-             ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=224, clips_per_video=5, num_crops=1,
+             ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=256, clips_per_video=5, num_crops=1,
                         mean=_KINETICS_MEAN, std=_KINETICS_STD)),
     # MoViNet-A2 (tensorflow/models: official/projects/movinet/configs/yaml/movinet_a2_k600_8x8.yaml:
     # feature_shape [50, 224, 224, 3], temporal_stride 5, random_stride_range 1, aug_min_area_ratio 0.08,
