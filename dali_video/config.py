@@ -11,34 +11,35 @@ from typing import Literal
 import numpy as np
 
 ShortVideos = Literal["repeat_last", "loop", "skip"]
+MAX_INT = 65535  # sizes, strides and counts: JPEG's own limit; keeps the plan's products inside int64
 SHORT_VIDEOS = ("repeat_last", "loop", "skip")
 DTYPES = ("float32", "float16", "uint8")
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _int_range(name: str, value, low: int, why: str = "") -> tuple[int, int]:
     """An int, or a (low, high) pair of ints, as a pair; the error names the keyword and the range."""
     pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair) or not low <= pair[0] <= pair[1]:
-        raise ValueError(f"{name} must be an integer >= {low}{why} or a (low, high) pair of them with "
-                         f"{low} <= low <= high, got {value!r}")
+    if pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair) or not low <= pair[0] <= pair[1] <= MAX_INT:
+        raise ValueError(f"{name} must be an integer in [{low}, {MAX_INT}]{why} or a (low, high) pair of them with "
+                         f"low <= high, got {value!r}")
     return int(pair[0]), int(pair[1])
 
 
-def _float_range(name: str, value, low: float, high: float | None, open_low: bool) -> tuple[float, float]:
-    pair = tuple(value) if isinstance(value, (tuple, list)) else None
-    ok = pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in pair)
-    if ok:
-        lo, hi = float(pair[0]), float(pair[1])
-        ok = (lo > low if open_low else lo >= low) and lo <= hi and (high is None or hi <= high)
-    if not ok:
-        allowed = f"{'(' if open_low else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-        raise ValueError(f"{name} must be a (low, high) pair with low <= high, both in {allowed}, got {value!r}")
-    return lo, hi
+def _reals(name: str, value, n: int, low: float, high: float, what: str) -> tuple[float, ...]:
+    """n finite reals in [low, high] (NaN fails every comparison); the error names the keyword and range."""
+    values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else ()
+    if len(values) != n or not all(_is_real(v) and low <= v <= high for v in values) or (
+            n == 2 and values[0] > values[1]):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class ClipConfig:
     dtype, mean, std: "float32"/"float16" give ``(pixel - mean) / std`` (pixel units, 0-255); "uint8"
         the pixels as they are.
 
-    Evaluation (``training=False``) reads :meth:`evaluation`'s fixed view of the same config.
+    Evaluation (``training=False``) reads :meth:`evaluation`'s fixed view of the same config. Integers
+    are at most 65535; ``crop_aspect`` lies in [0.01, 100], ``crop_area`` in [0.0001, 1], jitter in [0, 10].
     """
 
     clip_len: int = 64
@@ -87,8 +89,8 @@ class ClipConfig:
 
     def __post_init__(self):
         for name in ("clip_len", "crop_size", "clips_per_video"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+            if not _is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= MAX_INT:
+                raise ValueError(f"{name} must be an integer in [1, {MAX_INT}], got {getattr(self, name)!r}")
         _int_range("stride", self.stride, 1)
         if self.resize_shorter is not None:
             if self.crop_area:
@@ -96,25 +98,32 @@ class ClipConfig:
             else:  # a plain crop must fit in the resized frame
                 _int_range("resize_shorter", self.resize_shorter, self.crop_size,
                            " (crop_size; with a crop_area, any size)")
+        # Bounded ranges: float32 carries them to the reader, and the plan's exp converges on them.
+        reals = {"crop_aspect": _reals("crop_aspect", self.crop_aspect, 2, 0.01, 100.0,
+                                       "a (low, high) pair with low <= high, both in [0.01, 100]"),
+                 "mean": _reals("mean", self.mean, 3, -1e6, 1e6, "3 finite values (pixel units)"),
+                 "std": _reals("std", self.std, 3, 1e-6, 1e6, "3 finite values > 0 (pixel units)")}
         if self.crop_area is not None:
-            _float_range("crop_area", self.crop_area, 0.0, 1.0, open_low=True)
-        _float_range("crop_aspect", self.crop_aspect, 0.0, None, open_low=True)
+            reals["crop_area"] = _reals("crop_area", self.crop_area, 2, 1e-4, 1.0,
+                                        "a (low, high) pair with low <= high, both in [0.0001, 1]")
         if self.color_jitter is not None:
-            jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else ()
-            if len(jitter) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                                           for v in jitter) or jitter[3] > 0.5:
-                raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), each >= 0 and hue "
-                                 f"<= 0.5, got {self.color_jitter!r}")
-        for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES),
-                              ("flip", (True, False))):
+            jitter = _reals("color_jitter", self.color_jitter, 4, 0.0, 10.0,
+                            "(brightness, contrast, saturation, hue), each in [0, 10] and hue <= 0.5")
+            if jitter[3] > 0.5:
+                raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), each in [0, 10] and "
+                                 f"hue <= 0.5, got {self.color_jitter!r}")
+            reals["color_jitter"] = jitter
+        for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={self.mean}, std={self.std}")
-        for name in ("stride", "resize_shorter", "crop_area", "crop_aspect", "color_jitter", "mean", "std"):
-            value = getattr(self, name)  # lists become tuples: the config stays hashable and frozen
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise ValueError(f"flip must be True or False, got {self.flip!r}")
+        object.__setattr__(self, "flip", bool(self.flip))
+        for name in ("stride", "resize_shorter"):  # lists become tuples: the config stays hashable and frozen
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name, value in reals.items():
+            object.__setattr__(self, name, value)
 
     @property
     def strides(self) -> tuple[int, int]:
@@ -153,6 +162,7 @@ class ClipConfig:
 
 
 OPTIONS = tuple(f.name for f in dataclasses.fields(ClipConfig))
+ClipSpec = ClipConfig  # the name of dali-video 0.1's clip options (the same fields, and more now)
 _KINETICS_MEAN, _KINETICS_STD = (0.45 * 255,) * 3, (0.225 * 255,) * 3
 
 # Training and testing views of each recipe (values from the recipes' own configs, cited per preset).

@@ -12,7 +12,7 @@ import numpy as np
 from index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
 from index_tools import format as fmt
 
-from .config import ClipConfig
+from .config import MAX_INT, ClipConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
     if spec.short_videos == "skip" and short.any():
         log.warning("short_videos='skip': %d of %d videos have fewer than %d frames and are skipped",
                     int(short.sum()), len(table), spec.span)
+    huge = (table.height > MAX_INT) | (table.width > MAX_INT)
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise FormatError(f"{table.shards[table.shard[i]].path}: video {str(table.filename[i])!r} is "
+                          f"{table.width[i]}x{table.height[i]} in the index, beyond JPEG's {MAX_INT} pixels: corrupt "
+                          f"index; rebuild it with: dali-video-index build")
     keep = ~empty & ~(short if spec.short_videos == "skip" else False)
     shorter = np.minimum(table.height, table.width)
     small = keep & (shorter < spec.crop_size) if not spec.resizes else np.zeros_like(keep)
@@ -123,7 +129,8 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #   permute(x, n, key): a 4-round Feistel network on 2*half bits (the least half with 4**half >= n;
 #       round r: L, R = R, L ^ (hash(hash(key, r), R) & (2**half - 1))), repeated while the result >= n.
 # Real-valued options travel as float32 (DALI's argument type): alo, ahi (crop_area), plo, phi
-# (crop_aspect), llo, lhi (float32 of the log of plo, phi) and the colour jitter (b, c, s, hue).
+# (crop_aspect), llo, lhi (float32 of log(plo), log(phi), computed as _log below) and the colour jitter
+# (b, c, s, hue).
 #
 # The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
 # videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
@@ -137,11 +144,11 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #                   q = exp(llo + unit(hash(f8, t)) * (lhi - llo)), area = rh*rw * (alo + a * (ahi - alo)),
 #                   w = round(sqrt(area * q)), h = round(sqrt(area / q)), the first with 1 <= h <= rh and
 #                   1 <= w <= rw; if none, the centre of the whole frame clamped to the aspect range
-#                   (rw/rh < plo: h = min(rh, round(rw / plo)); rw/rh > phi: w = min(rw, round(rh * phi))).
+#                   (rw/rh < plo: h = min(rh, max(1, round(rw / plo))); rw/rh > phi: likewise w from rh * phi).
 #               y, x = uniform(f2, rh - h + 1), uniform(f3, rw - w + 1) (but centred for the fallback);
 #               flip = uniform(f4, 2) (0 without flip); colour (b, c, s, hue) = lo + unit(f10..f13) * (hi - lo)
 #               over [max(0, 1 - b), 1 + b], likewise c and s, and [-hue, hue]; (1, 1, 1, 0) without jitter.
-#   evaluation: stride = slo, R = rlo; video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
+#   evaluation: stride = slo, R = rlo (an evaluation view holds one value each: ClipConfig.evaluation); video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
 #               for K = 1, else rdiv(clip * room, K - 1); a c x c window, centred, or for C = 3 at 0, middle,
 #               end of the longer side; no flip, no colour change.
 # (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without
@@ -193,6 +200,18 @@ def _exp(v: float) -> float:
     return r
 
 
+def _log(v: float) -> float:
+    """log(v) for v > 0 from + * / in a fixed order (v = m * 2**e exactly, then 2 atanh((m-1)/(m+1))): the
+    same bits on every machine, which libm's log does not promise."""
+    m, e = math.frexp(v)
+    z = (m - 1) / (m + 1)
+    z2, term, total = z * z, z, 0.0
+    for i in range(40):
+        total = total + term / (2 * i + 1)
+        term = term * z2
+    return 2 * total + e * 0.6931471805599453
+
+
 def _f32(v: float) -> float:
     return float(np.float32(v))
 
@@ -233,7 +252,7 @@ class PlanSpec:
         c = self.config
         area = c.crop_area or (1.0, 1.0)
         aspect = [_f32(v) for v in c.crop_aspect]
-        return [_f32(v) for v in (*area, *aspect, *map(math.log, aspect), *(c.color_jitter or (0, 0, 0, 0)))]
+        return [_f32(v) for v in (*area, *aspect, *map(_log, aspect), *(c.color_jitter or (0, 0, 0, 0)))]
 
     def as_ints(self) -> list[int]:
         """The fields of ``struct Spec`` in clip_reader.cc, in order (doubles as their bits)."""
@@ -273,9 +292,9 @@ def _train_window(plan: PlanSpec, rh: int, rw: int, draws: int) -> tuple[int, in
         else:
             h, w = rh, rw
             if rw / rh < plo:
-                h = min(rh, _round(rw / plo))
+                h = min(rh, max(1, _round(rw / plo)))
             elif rw / rh > phi:
-                w = min(rw, _round(rh * phi))
+                w = min(rw, max(1, _round(rh * phi)))
             return (rh - h) // 2, (rw - w) // 2, h, w
     return _uniform(_hash(draws, 2), rh - h + 1), _uniform(_hash(draws, 3), rw - w + 1), h, w
 

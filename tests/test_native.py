@@ -28,8 +28,8 @@ def native_plan(plan: PlanSpec, videos, position: int) -> list:
 
 
 def ranges(low, high):
-    return st.one_of(st.integers(low, high), st.tuples(st.integers(low, high), st.integers(0, high - low)).map(
-        lambda p: (p[0], p[0] + p[1])))
+    return st.one_of(st.integers(low, high), st.tuples(st.integers(low, high), st.integers(low, high)).map(sorted).map(
+        tuple))
 
 
 def real_range(low, high):
@@ -41,20 +41,32 @@ def plans(draw):
     crop = draw(st.integers(1, 64))
     area = draw(st.one_of(st.none(), real_range(1e-4, 1.0)))
     low = 1 if area else crop  # a plain crop must fit in the (resized) frame
-    resize = draw(st.one_of(st.none(), ranges(low, low + 400)))
+    resize = draw(st.one_of(st.none(), ranges(low, low + 400), ranges(60000, 65535)))
     size = 1 if resize or area else crop
-    videos = draw(st.lists(st.tuples(st.integers(1, 2000), st.integers(size, 4000), st.integers(size, 4000)),
-                           min_size=1, max_size=40))
+    side = st.one_of(st.integers(size, 4000), st.integers(size, 65535))
+    videos = draw(st.lists(st.tuples(st.integers(1, 2000), side, side), min_size=1, max_size=40))
     training = draw(st.booleans())
-    jitter = st.tuples(*[st.floats(0, 2)] * 3, st.floats(0, 0.5))
+    jitter = st.tuples(*[st.floats(0, 10)] * 3, st.floats(0, 0.5))
     config = ClipConfig(clip_len=draw(st.integers(1, 128)), stride=draw(ranges(1, 8)), crop_size=crop,
-                        resize_shorter=resize, crop_area=area, crop_aspect=draw(real_range(0.05, 20)),
+                        resize_shorter=resize, crop_area=area, crop_aspect=draw(real_range(0.01, 100)),
                         flip=draw(st.booleans()), color_jitter=draw(st.one_of(st.none(), jitter)),
                         short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])),
                         clips_per_video=draw(st.integers(1, 5)), num_crops=draw(st.sampled_from([1, 3])))
     plan = PlanSpec(config if training else config.evaluation(), seed=draw(st.integers(0, 2**63 - 1)),
                     training=training)
     return plan, videos, draw(st.integers(0, 2**40))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(plans())
+def test_native_plan_equals_the_python_reference(case):
+    plan, videos, position = case
+    ref = plan_clip(plan, *zip(*videos), position)
+    assert native_plan(plan, videos, position) == [ref.video, ref.start, ref.stride, *ref.window[:4],
+                                                   ref.window[4], *ref.color]
+    _, height, width = videos[ref.video]
+    y, x, h, w, _ = ref.window  # a window of at least a pixel, inside the frame
+    assert 1 <= h <= height and 1 <= w <= width and 0 <= y <= height - h and 0 <= x <= width - w
 
 
 @settings(max_examples=2000, deadline=None)

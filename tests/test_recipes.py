@@ -99,7 +99,8 @@ def test_temporal_jitter_stays_in_range_and_in_bounds():
         start, stride = plans[:, 1], plans[:, 2]
         assert set(stride.tolist()) == {4, 5, 6}
         assert (start >= 0).all() and ((start + 49 * stride < frames) | (start == 0)).all()
-    assert native_plans(config, (300, 16, 16), 5, training=False)[0][:, 2].tolist() == [4] * 5  # stride lo
+    evaluation = native_plans(config.evaluation(), (300, 16, 16), 5, training=False)[0]
+    assert evaluation[:, 2].tolist() == [5] * 5  # the middle stride
 
 
 def test_colour_jitter_factors_cover_their_ranges():
@@ -130,6 +131,8 @@ def test_presets_are_valid_and_overridable(dataset):
     assert dali_video.steps_per_epoch(dataset, batch_size=2, recipe="slowfast", training=False) == 5 * 10 * 3
     evaluation = ClipConfig(stride=(4, 6), resize_shorter=(256, 320), crop_area=(0.5, 1), color_jitter=(1, 1, 1, 0.5))
     assert evaluation.evaluation() == ClipConfig(stride=5, resize_shorter=256, flip=False)
+    # numpy values are fine, and the config stays hashable
+    assert hash(ClipConfig(clip_len=np.int64(8), mean=np.zeros(3), crop_area=(np.float32(0.5), 1.0)))
 
 
 # ---------------------------------------------------------------- pixels against an independent reference
@@ -234,3 +237,23 @@ def test_the_pixel_check_sees_a_shifted_window_a_missed_flip_or_colour(gradients
         plain[col("brightness"):] = np.array([1, 1, 1, 0], np.float32).view(np.int32)
         for wrong in (shifted, flipped, plain):
             assert error(image, reference_frame(p.table, wrong, 48, True)) > TOLERANCE
+
+
+@pytest.mark.parametrize("options", [dict(recipe="slowfast"), dict(recipe="mvit"),
+                                     dict(recipe="movinet", crop_aspect=(0.3, 3.0), color_jitter=(0.2, 0.3, 0.4, 0.5)),
+                                     dict(recipe="slowfast", training=False)])
+def test_the_reader_reads_what_the_reference_plans(gradients, options):
+    # Through DALI's own arguments (float32 values, int vectors), not the C function the property test calls.
+    from dali_video.sampling import plan_clip
+
+    col = dali_video.META_COLUMNS.index
+    with dali_video.clip_pipeline(gradients, batch_size=4, device="cpu", seed=9, output="meta", layout="clips",
+                                  **options) as p:
+        t, v = p.table, p.videos
+        for k in range(3):
+            for i, row in enumerate(np.asarray(p.pipeline.run()[0].as_tensor())):
+                ref = plan_clip(p.plan, t.num_frames[v], t.height[v], t.width[v], k * 4 + i)
+                assert row[col("video")] == v[ref.video] and row[col("frame")] == ref.frames[0]
+                assert list(row[col("crop_y"):col("flip") + 1]) == list(ref.window)
+                assert row[col("stride")] == ref.stride
+                assert list(row[col("brightness"):]) == list(np.array(ref.color, np.float32).view(np.int32))

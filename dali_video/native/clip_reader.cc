@@ -115,9 +115,9 @@ void train_window(const Spec &s, int64_t rh, int64_t rw, u64 draws, Plan &p) {
       const double frame = static_cast<double>(rw) / static_cast<double>(rh);
       p.h = rh, p.w = rw;
       if (frame < s.aspect_lo)
-        p.h = std::min(rh, round_half(static_cast<double>(rw) / s.aspect_lo));
+        p.h = std::min(rh, std::max<int64_t>(1, round_half(static_cast<double>(rw) / s.aspect_lo)));
       else if (frame > s.aspect_hi)
-        p.w = std::min(rw, round_half(static_cast<double>(rh) * s.aspect_hi));
+        p.w = std::min(rw, std::max<int64_t>(1, round_half(static_cast<double>(rh) * s.aspect_hi)));
       p.y = (rh - p.h) / 2;
       p.x = (rw - p.w) / 2;
       return;
@@ -423,8 +423,10 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
       DALI_ENFORCE(end != p, "dali-video clip reader: malformed 'videos' argument");
       p = end;
     }
+    // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
     DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
-                 v[3] >= 1 && v[4] >= 1, "dali-video clip reader: a video's shard, row or size is out of range");
+                 v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535,
+                 "dali-video clip reader: a video's shard, row or size is out of range");
     d.shard.push_back(v[0]);
     d.row.push_back(v[1]);
     d.videos.push_back({v[2], v[3], v[4]});
@@ -477,8 +479,12 @@ Spec read_spec(const dali::OpSpec &spec) {
   s.area_hi = s.random_area ? area[1] : 1.0;
   s.aspect_lo = aspect[0], s.aspect_hi = aspect[1], s.log_aspect_lo = aspect[2], s.log_aspect_hi = aspect[3];
   for (int i = 0; i < 4; ++i) s.jitter[i] = s.color ? jitter[i] : 0.0;
-  DALI_ENFORCE(s.clip_len >= 1 && s.stride_lo >= 1 && s.crop >= 1 && s.resize_lo >= 0 && s.clips_per_video >= 1 &&
-               (s.num_crops == 1 || s.num_crops == 3) && s.aspect_lo > 0 && s.area_lo > 0,
+  const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
+  DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
+               s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
+               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) &&
+               s.aspect_lo >= 0.0099 && s.aspect_hi <= 100 && s.area_lo > 0 && s.area_hi <= 1 &&
+               std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5,
                "dali-video clip reader: a plan argument is out of range");
   return s;
 }
