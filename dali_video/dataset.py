@@ -298,7 +298,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,
                    with_bytes: bool = False, **kwargs):
     """The native reader alone through DALI's TF dataset, no decoding: the clips' frames are read and
-    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 9]`` (with
+    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 14]`` (with
     ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
     checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
     import tensorflow as tf
