@@ -177,7 +177,9 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
     # MViTv2-S 16x4 (facebookresearch/SlowFast: configs/Kinetics/MVITv2_S_16x4.yaml: NUM_FRAMES 16,
     # SAMPLING_RATE 4, TRAIN_CROP_SIZE 224, TRAIN_JITTER_SCALES_RELATIVE [0.08, 1.0] and
     # TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333] (a random resized crop of the frame), AUG.COLOR_JITTER 0.4,
-    # AUG.NUM_SAMPLE 2; testing TEST_CROP_SIZE 224 at the shorter side TRAIN_JITTER_SCALES[0] = 256 with
+    # AUG.NUM_SAMPLE 2 (there the copies share their frames; here each draws its own start). SlowFast's
+    # Kinetics loader reads COLOR_JITTER only for ImageNet (its video colour changes come from RandAugment,
+    # not a loader's): the preset applies 0.4 to brightness, contrast and saturation per clip. Testing TEST_CROP_SIZE 224 at the shorter side TRAIN_JITTER_SCALES[0] = 256 with
     # one spatial crop (slowfast/datasets/kinetics.py), TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1).
     "mvit": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 4 / 3),
                         color_jitter=(0.4, 0.4, 0.4, 0.0), clips_per_video=2, mean=_KINETICS_MEAN,
@@ -185,10 +187,11 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
              ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=256, clips_per_video=5, num_crops=1,
                         mean=_KINETICS_MEAN, std=_KINETICS_STD)),
     # MoViNet-A2 (tensorflow/models: official/projects/movinet/configs/yaml/movinet_a2_k600_8x8.yaml:
-    # feature_shape [50, 224, 224, 3], temporal_stride 5, random_stride_range 1, aug_min_area_ratio 0.08,
+    # feature_shape [50, 224, 224, 3], temporal_stride 5, random_stride_range 1 (official/vision/dataloaders/
+    # video_input.py draws it with tf.random.uniform, upper bound excluded: 4 or 5), aug_min_area_ratio 0.08,
     # aug_max_area_ratio 1.0, aug_min_aspect_ratio 0.5, aug_max_aspect_ratio 2.0; eval: 1 clip x 1 crop,
     # min_image_size 256 (official/vision/configs/video_classification.py); pixels in [0, 1]).
-    "movinet": (ClipConfig(clip_len=50, stride=(4, 6), crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.5, 2.0)),
+    "movinet": (ClipConfig(clip_len=50, stride=(4, 5), crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.5, 2.0)),
                 ClipConfig(clip_len=50, stride=5, crop_size=224, resize_shorter=256)),
 }
 
