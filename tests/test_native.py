@@ -69,15 +69,6 @@ def test_native_plan_equals_the_python_reference(case):
     assert 1 <= h <= height and 1 <= w <= width and 0 <= y <= height - h and 0 <= x <= width - w
 
 
-@settings(max_examples=2000, deadline=None)
-@given(plans())
-def test_native_plan_equals_the_python_reference(case):
-    plan, videos, position = case
-    ref = plan_clip(plan, *zip(*videos), position)
-    assert native_plan(plan, videos, position) == [ref.video, ref.start, ref.stride, *ref.window[:4],
-                                                   ref.window[4], *ref.color]
-
-
 @settings(max_examples=200, deadline=None)
 @given(n=st.integers(1, 5000), key=st.integers(0, 2**64 - 1))
 def test_permute_is_a_bijection(n, key):
