@@ -115,12 +115,11 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False,
 
 def run_recipe(data, batch_size, clip_len, crop, batches, device, name):
     """clip_dataset with a preset recipe, at the recipe's clip length and crop size (not the bench's)."""
-    from .config import recipe
     from .dataset import clip_dataset
 
     start = time.perf_counter()
     ds = clip_dataset(data, batch_size=batch_size, recipe=name, device=device, seed=0)
-    return _time_batches(iter(ds), batches, batch_size, recipe(name).clip_len, start)
+    return _time_batches(iter(ds), batches, batch_size, ds._dali_video_loader.plan.config.clip_len, start)
 
 
 def _feed_rate(data, batch_size, clip_len, crop, batches, *, readers=1, threads=None, with_bytes=False):
@@ -236,14 +235,13 @@ def run_decode_bound(data, batch_size, clip_len, crop, batches, device, recipe=N
     ``recipe``, the frames and windows that preset reads."""
     import cv2
 
-    from .config import recipe as preset
     from .dataset import clip_pipeline
     from .pipeline import decode_pipeline
 
     jpegs, windows = [], []
     clip = dict(recipe=recipe) if recipe else dict(clip_len=clip_len, crop_size=crop)
-    clip_len = preset(recipe).clip_len if recipe else clip_len
     with clip_pipeline(data, batch_size=batch_size, device="cpu", seed=0, output="jpegs", **clip) as loader:
+        clip_len = loader.plan.config.clip_len
         for _ in range(min(batches, 8)):
             frames, meta = loader.pipeline.run()
             jpegs.append([np.array(f) for f in frames])

@@ -107,12 +107,10 @@ class ClipConfig:
             reals["crop_area"] = _reals("crop_area", self.crop_area, 2, 1e-4, 1.0,
                                         "a (low, high) pair with low <= high, both in [0.0001, 1]")
         if self.color_jitter is not None:
-            jitter = _reals("color_jitter", self.color_jitter, 4, 0.0, 10.0,
-                            "(brightness, contrast, saturation, hue), each in [0, 10] and hue <= 0.5")
-            if jitter[3] > 0.5:
-                raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), each in [0, 10] and "
-                                 f"hue <= 0.5, got {self.color_jitter!r}")
-            reals["color_jitter"] = jitter
+            what = "(brightness, contrast, saturation, hue), each in [0, 10] and hue <= 0.5"
+            reals["color_jitter"] = _reals("color_jitter", self.color_jitter, 4, 0.0, 10.0, what)
+            if reals["color_jitter"][3] > 0.5:
+                raise ValueError(f"color_jitter must be {what}, got {self.color_jitter!r}")
         for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -179,8 +177,9 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
     # TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333] (a random resized crop of the frame), AUG.COLOR_JITTER 0.4,
     # AUG.NUM_SAMPLE 2 (there the copies share their frames; here each draws its own start). SlowFast's
     # Kinetics loader reads COLOR_JITTER only for ImageNet (its video colour changes come from RandAugment,
-    # not a loader's): the preset applies 0.4 to brightness, contrast and saturation per clip. Testing TEST_CROP_SIZE 224 at the shorter side TRAIN_JITTER_SCALES[0] = 256 with
-    # one spatial crop (slowfast/datasets/kinetics.py), TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1).
+    # not a loader's): the preset applies 0.4 to brightness, contrast and saturation per clip. Testing:
+    # TEST_CROP_SIZE 224 at the shorter side TRAIN_JITTER_SCALES[0] = 256 with one spatial crop
+    # (slowfast/datasets/kinetics.py), TEST.NUM_ENSEMBLE_VIEWS 5, NUM_SPATIAL_CROPS 1).
     "mvit": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 4 / 3),
                         color_jitter=(0.4, 0.4, 0.4, 0.0), clips_per_video=2, mean=_KINETICS_MEAN,
                         std=_KINETICS_STD),

@@ -142,8 +142,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
-                  color=training and config.color_jitter is not None, dtype=config.dtype, mean=tuple(config.mean),
-                  std=tuple(config.std), decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
+                  color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
     pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),

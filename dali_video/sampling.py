@@ -148,7 +148,8 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #               y, x = uniform(f2, rh - h + 1), uniform(f3, rw - w + 1) (but centred for the fallback);
 #               flip = uniform(f4, 2) (0 without flip); colour (b, c, s, hue) = lo + unit(f10..f13) * (hi - lo)
 #               over [max(0, 1 - b), 1 + b], likewise c and s, and [-hue, hue]; (1, 1, 1, 0) without jitter.
-#   evaluation: stride = slo, R = rlo (an evaluation view holds one value each: ClipConfig.evaluation); video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
+#   evaluation: stride = slo, R = rlo (an evaluation view holds one value each: ClipConfig.evaluation);
+#               video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
 #               for K = 1, else rdiv(clip * room, K - 1); a c x c window, centred, or for C = 3 at 0, middle,
 #               end of the longer side; no flip, no colour change.
 # (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without

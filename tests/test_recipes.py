@@ -4,24 +4,23 @@ The plan's draws are checked statistically on the native plan (the reader's own)
 pipeline makes are checked against an independent reference: the stored JPEG decoded by OpenCV,
 cropped to the window the metadata gives, resized, colour-adjusted (numpy) and flipped.
 """
-import ctypes
 import math
 
 import numpy as np
 import pytest
 
 import dali_video
-from dali_video import native
 from dali_video.config import RECIPES, ClipConfig, recipe
 from dali_video.sampling import PlanSpec
+from tests.test_native import native_plan
 
-_plan_c = native.plan_function()
 TOLERANCE = 1.2  # of error(): pixel levels (0-255)
 
 
 def error(image, want) -> float:
     """The largest of the three channels' mean absolute differences."""
     return float(np.abs(image.astype(int) - want).mean(axis=(0, 1)).max())
+
 
 # DALI's color_twist, written from its definition: saturation and hue act in YIQ space (a scaling and a
 # rotation of the I, Q plane), then contrast about the middle level 128 and brightness as factors.
@@ -41,16 +40,9 @@ def color_twist_reference(image, brightness, contrast, saturation, hue):
 def native_plans(config: ClipConfig, video, count: int, seed: int = 3, training: bool = True):
     """The native plan of clips 0..count-1 over one video (num_frames, height, width): rows of
     (video, start, stride, y, x, h, w, flip) and the colour factors."""
-    ints = PlanSpec(config, seed=seed, training=training).as_ints()
-    spec = (ctypes.c_int64 * len(ints))(*ints)
-    videos = (ctypes.c_int64 * 3)(*video)
-    out = (ctypes.c_int64 * 12)()
-    rows = []
-    for position in range(count):
-        _plan_c(spec, videos, 1, position, out)
-        rows.append(list(out))
-    rows = np.array(rows, np.int64)
-    return rows[:, :8], rows[:, 8:].view(np.float64)
+    plan = PlanSpec(config, seed=seed, training=training)
+    rows = np.array([native_plan(plan, [video], position) for position in range(count)])
+    return rows[:, :8].astype(np.int64), rows[:, 8:]
 
 
 def test_random_resized_crop_windows_fall_in_and_cover_the_ranges():

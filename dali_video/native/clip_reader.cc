@@ -452,7 +452,8 @@ constexpr int kMetaColumns = 14;
 Spec read_spec(const dali::OpSpec &spec) {
   auto pair = [&](const char *name) {
     const auto v = spec.GetRepeatedArgument<int>(name);
-    DALI_ENFORCE(v.size() == 2 && v[0] <= v[1], std::string("dali-video clip reader: ") + name + " must be a (low, high) pair");
+    DALI_ENFORCE(v.size() == 2 && v[0] <= v[1],
+                 std::string("dali-video clip reader: ") + name + " must be a (low, high) pair");
     return std::pair<int64_t, int64_t>(v[0], v[1]);
   };
   auto reals = [&](const char *name, size_t n) {
@@ -620,8 +621,8 @@ DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
 DALI_SCHEMA(DaliVideoClips)
     .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
             "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
-            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): per frame, or with per_clip one JPEG output per frame position "
-            "and the metadata per clip.")
+            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): "
+            "per frame, or with per_clip one JPEG output per frame position and the metadata per clip.")
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
       return spec.GetArgument<bool>("per_clip") ? spec.GetArgument<int>("clip_len") + 1 : 2;
