@@ -14,7 +14,7 @@ setup: $(STAMP) native
 
 # dali-video's DALI operator (C++): built for this source and the installed DALI; a no-op when built.
 native: $(STAMP)
-	$(BIN)/python -m dali_video.native
+	$(BIN)/python -m dali_video.loader.native
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,15 +30,15 @@ test: setup
 
 bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
-	$(BIN)/python -m dali_video.bench $(DATA) --out bench-results --quick
+	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
 
 # The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
 # TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).
 asan: setup
-	DALI_VIDEO_SANITIZE=address $(BIN)/python -m dali_video.native
+	DALI_VIDEO_SANITIZE=address $(BIN)/python -m dali_video.loader.native
 	DALI_VIDEO_SANITIZE=address ASAN_OPTIONS=detect_leaks=0 \
 	  LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/native/_build
+	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/loader/native/_build

@@ -1,9 +1,17 @@
-"""dali-video: random contiguous clips from indexed TFRecord shards, decoded by DALI, for TensorFlow."""
-from .config import RECIPES, ClipConfig, ClipSpec, recipe
-from .dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
-                      reader_dataset, steps_per_epoch)
-from .sampling import load_table
+"""dali-video: random contiguous clips from indexed TFRecord shards, decoded by DALI, for TensorFlow.
+
+The package's folders: ``dali_video.loader`` is the library a training script imports (its public
+names are re-exported here); ``dali_video.writer`` writes datasets and ``dali_video.index_tools`` owns
+the on-disk format (both usable alone); ``dali_video.tools`` holds the command-line tools (train,
+bench, doctor) around them.
+"""
+from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
+from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
+                             reader_dataset, steps_per_epoch)
+from .loader.gpu import enable_memory_growth
+from .loader.sampling import load_table
 
 __version__ = "0.1.0"
-__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "clip_dataset", "clip_pipeline", "distribute",
-           "load_table", "meta_fields", "reader_dataset", "recipe", "steps_per_epoch"]
+__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "clip_dataset",
+           "clip_pipeline", "distribute", "enable_memory_growth", "load_table", "meta_fields", 
+           "reader_dataset", "recipe", "steps_per_epoch"]

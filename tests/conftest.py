@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
-from dali_video.sample_data import make_folder_dataset  # noqa: E402
+from dali_video.tools.sample_data import make_folder_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def videos(tmp_path_factory):
 def dataset(videos, tmp_path_factory):
     """The videos written as 3 shards, frames kept at 48x64."""
     out = tmp_path_factory.mktemp("dataset")
-    run_module("writer", videos, out, "--resize", "0", "--num-shards", "3", "--workers", "2")
+    run_module("dali_video.writer", videos, out, "--resize", "0", "--num-shards", "3", "--workers", "2")
     return out
 
 

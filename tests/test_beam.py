@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dali_video.sample_data import make_folder_dataset
-from writer import EncodeOptions, WriteError, from_folder, plan_dataset, write_manifests, write_shard
+from dali_video.tools.sample_data import make_folder_dataset
+from dali_video.writer import EncodeOptions, WriteError, from_folder, plan_dataset, write_manifests, write_shard
 
 from .conftest import ROOT, run_module
 
@@ -31,7 +31,7 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    run_module("writer", videos, out, *OPTIONS, "--workers", "2")
+    run_module("dali_video.writer", videos, out, *OPTIONS, "--workers", "2")
     return out
 
 
@@ -42,7 +42,7 @@ def _assert_same_files(out, ref):
 
 
 def test_beam_with_two_workers_writes_the_local_bytes_and_reports_the_bad_video(videos, local, tmp_path):
-    proc = run_module("writer", videos, tmp_path, *OPTIONS, *BEAM)
+    proc = run_module("dali_video.writer", videos, tmp_path, *OPTIONS, *BEAM)
     _assert_same_files(tmp_path, local)
     manifest = json.loads((tmp_path / "train.manifest.json").read_text())
     assert [f["filename"] for f in manifest["failures"]] == ["a/a_bad.mp4"]
@@ -53,7 +53,7 @@ def test_beam_with_two_workers_writes_the_local_bytes_and_reports_the_bad_video(
 
 
 def test_killed_beam_run_resumes_keeping_finished_shards(videos, local, tmp_path):
-    cmd = [sys.executable, "-m", "writer", str(videos), str(tmp_path), *OPTIONS, *BEAM]
+    cmd = [sys.executable, "-m", "dali_video.writer", str(videos), str(tmp_path), *OPTIONS, *BEAM]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -73,7 +73,7 @@ def test_killed_beam_run_resumes_keeping_finished_shards(videos, local, tmp_path
 
 
 def test_beam_on_error_fail_stops_with_the_videos_error(videos, tmp_path):
-    proc = run_module("writer", videos, tmp_path, *OPTIONS, *BEAM, "--on-error", "fail", check=False)
+    proc = run_module("dali_video.writer", videos, tmp_path, *OPTIONS, *BEAM, "--on-error", "fail", check=False)
     assert proc.returncode == 1
     assert "dali-video-write: error: the Beam pipeline failed: " in proc.stderr
     assert "a_bad.mp4: cannot open: unreadable or not a video (pass --on-error skip" in proc.stderr.splitlines()[-1]

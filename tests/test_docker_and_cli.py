@@ -52,7 +52,7 @@ def test_dockerfile_takes_every_pin_from_pyproject():
     assert 'ENTRYPOINT ["dali-video-train"]' in text and "USER 1001" in text
     # The native reader is compiled in the build stage, into the installed package the image keeps.
     build_stage = text.split("\nFROM ")[1]
-    assert "python3 -I -m dali_video.native" in build_stage and "g++" in build_stage
+    assert "python3 -I -m dali_video.loader.native" in build_stage and "g++" in build_stage
 
 
 def test_image_has_no_second_cuda_and_shows_the_jpeg_engine():
@@ -133,7 +133,7 @@ def test_train_reports_bad_data_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
-    proc = run_module("dali_video.bench", dataset, "--out", tmp_path, "--quick", "--batches", "2", "--crop-size",
+    proc = run_module("dali_video.tools.bench", dataset, "--out", tmp_path, "--quick", "--batches", "2", "--crop-size",
                       "32", "--batch-size", "2", "--clip-len", "8")
     results = json.loads((tmp_path / "bench.json").read_text())
     assert set(results["systems"]) == {"dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord",

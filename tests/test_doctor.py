@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dali_video import doctor, gpu
+from dali_video.tools import doctor
+from dali_video.loader import gpu
 
 from .conftest import has_gpu, run_module
 
@@ -25,7 +26,7 @@ def gpus(monkeypatch):
 
 def test_doctor_runs_on_this_host_and_reports_everything(tmp_path):
     report_path = tmp_path / "report.json"
-    proc = run_module("dali_video.doctor", "--seconds", "1", "--json", report_path)
+    proc = run_module("dali_video.tools.doctor", "--seconds", "1", "--json", report_path)
     report = json.loads(report_path.read_text())
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == CHECKS and report["ok"] and all(c["ok"] and not c["fix"] for c in checks.values())
@@ -182,7 +183,7 @@ def test_train_enables_memory_growth_before_it_builds_the_dataset(monkeypatch, t
 
 @pytest.mark.gpu
 def test_doctor_on_a_gpu_host_decodes_on_every_gpu(tmp_path):
-    run_module("dali_video.doctor", "--seconds", "2", "--json", tmp_path / "report.json")
+    run_module("dali_video.tools.doctor", "--seconds", "2", "--json", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     checks = {c["name"]: c["detail"] for c in report["checks"]}
     assert report["ok"] and report["mode"] == "gpu"

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dali_video
-from dali_video.sample_data import frame_number, make_video
-from index_tools import FormatError, build, read_frame_index, verify
-from index_tools import format as fmt
-from index_tools.proto import encode_example
-from writer import EncodeOptions, VideoError, VideoSpec, encode_video
+from dali_video.tools.sample_data import frame_number, make_video
+from dali_video.index_tools import FormatError, build, read_frame_index, verify
+from dali_video.index_tools import format as fmt
+from dali_video.index_tools.proto import encode_example
+from dali_video.writer import EncodeOptions, VideoError, VideoSpec, encode_video
 
 from .conftest import ROOT, run_module
 from .test_loader import CPU, clips_of, numbers
@@ -47,7 +47,7 @@ def test_unreadable_and_zero_frame_videos_are_skipped_with_reasons(tmp_path):
     make_video(root / "c" / "ok.avi", 6)
     make_video(root / "c" / "zero.avi", 0)
     (root / "c" / "dangling.avi").symlink_to(root / "c" / "gone.avi")
-    run_module("writer", root, tmp_path / "out", "--resize", "0")
+    run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0")
     reasons = _reasons(tmp_path / "out")
     assert "no decodable frames" in reasons["c/zero.avi"]
     assert "cannot open" in reasons["c/dangling.avi"]
@@ -59,7 +59,7 @@ def test_no_readable_input_at_all_fails_with_the_reasons(tmp_path):
     make_video(outside, 4)
     (tmp_path / "v" / "c").mkdir(parents=True)
     (tmp_path / "v" / "c" / "link.avi").symlink_to(outside)  # leaves ROOT: refused without --follow-symlinks
-    proc = run_module("writer", tmp_path / "v", tmp_path / "out", "--resize", "0", check=False)
+    proc = run_module("dali_video.writer", tmp_path / "v", tmp_path / "out", "--resize", "0", check=False)
     assert proc.returncode == 1 and "no video to write from" in proc.stderr and "c/link.avi" in proc.stderr
 
 
@@ -70,7 +70,7 @@ def test_truncated_mp4_is_skipped_and_truncated_avi_keeps_only_whole_frames(tmp_
     (root / "c" / "cut.mp4").write_bytes(data[: len(data) // 2])
     avi = make_video(tmp_path / "a.avi", 40).read_bytes()
     (root / "c" / "cut.avi").write_bytes(avi[: len(avi) // 2])
-    run_module("writer", root, tmp_path / "out", "--resize", "0")
+    run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0")
     m = _manifest(tmp_path / "out")
     outcome = {f["filename"]: f["reason"] for f in m["failures"] + m["warnings"]}
     assert set(outcome) == {"c/cut.mp4", "c/cut.avi"}  # each one skipped or warned about, never silent
@@ -120,7 +120,7 @@ class _FakeCapture:
 
 
 def test_resolution_change_mid_stream(monkeypatch):
-    monkeypatch.setattr("writer.encode.cv2.VideoCapture", _FakeCapture)
+    monkeypatch.setattr("dali_video.writer.encode.cv2.VideoCapture", _FakeCapture)
     spec = VideoSpec("x.avi", "x.avi", 0, "c", "train")
     out = encode_video(spec, EncodeOptions(resize_shorter=20))
     assert (out.meta.height, out.meta.width) == (20, 30) and len(out.spans) == 5
@@ -135,7 +135,7 @@ def test_non_utf8_and_very_long_file_names_round_trip(tmp_path):
     make_video(root / "c" / long_name, 5)
     odd = os.fsencode(root / "c") + b"/caf\xe9.avi"
     shutil.copy(root / "c" / "plain.avi", odd)
-    run_module("writer", root, tmp_path / "out", "--resize", "0")
+    run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0")
     names = _names(tmp_path / "out")
     assert f"c/{long_name}" in names and os.fsdecode(b"c/caf\xe9.avi") in names and len(names) == 3
     for shard in (tmp_path / "out").glob("*.tfrecord"):
@@ -151,7 +151,7 @@ def test_label_missing_from_class_list(tmp_path):
     make_video(root / "cat" / "a.avi", 4)
     make_video(root / "dog" / "b.avi", 4)
     (tmp_path / "classes.txt").write_text("cat\nbird\n")
-    run_module("writer", root, tmp_path / "out", "--resize", "0", "--classes", tmp_path / "classes.txt")
+    run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0", "--classes", tmp_path / "classes.txt")
     assert "class 'dog' is not in the class list" in _reasons(tmp_path / "out")["dog/b.avi"]
     assert _manifest(tmp_path / "out")["classes"] == ["cat"]
 
@@ -166,7 +166,7 @@ def test_full_disk_stops_with_a_clear_error_and_no_partial_shard(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
 
-    proc = subprocess.run([sys.executable, "-m", "writer", str(root), str(out), "--resize", "0", "--num-shards",
+    proc = subprocess.run([sys.executable, "-m", "dali_video.writer", str(root), str(out), "--resize", "0", "--num-shards",
                            "2", "--workers", "1"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                           capture_output=True, text=True, preexec_fn=small_disk)
     assert proc.returncode == 1 and "dali-video-write: error:" in proc.stderr and "File too large" in proc.stderr
@@ -182,10 +182,10 @@ def test_kill_9_at_ten_moments_then_resume_is_byte_identical(tmp_path):
         make_video(root / "c" / f"{i}.avi", 150, 200, 280)
     ref = tmp_path / "ref"
     start = time.perf_counter()
-    run_module("writer", root, ref, "--resize", "0", "--num-shards", "6", "--workers", "1")
+    run_module("dali_video.writer", root, ref, "--resize", "0", "--num-shards", "6", "--workers", "1")
     seconds = time.perf_counter() - start
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "writer", str(root), str(out), "--resize", "0", "--num-shards", "6",
+    cmd = [sys.executable, "-m", "dali_video.writer", str(root), str(out), "--resize", "0", "--num-shards", "6",
            "--workers", "1"]
     rng = np.random.default_rng(0)
     killed_midway = 0
@@ -261,7 +261,7 @@ def test_shard_left_empty_by_skipped_videos_loads_with_the_rest(tmp_path):
     root = tmp_path / "v"
     make_video(root / "c" / "good.avi", 8)
     (root / "c" / "bad.avi").write_text("not a video")
-    run_module("writer", root, tmp_path / "out", "--resize", "0", "--num-shards", "2", "--seed", "1")
+    run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0", "--num-shards", "2", "--seed", "1")
     counts = sorted(read_frame_index(fmt.fidx_path(s)).num_videos for s in (tmp_path / "out").glob("*.tfrecord"))
     assert counts == [0, 1]
     assert {c[2] for c in clips_of(tmp_path / "out", 2, batch_size=2, clip_len=3, crop_size=16)} == {"c/good.avi"}
@@ -290,8 +290,8 @@ def test_idx_and_jpeg_header_parsers_raise_only_format_errors(tmp_path_factory, 
 def _write_corrupt_jpeg_shard(path):
     """A valid record (good CRCs) whose video 1 has a frame that is no JPEG at all."""
     import cv2
-    from dali_video.sample_data import frame_pixels
-    from index_tools.indexer import ShardIndex, VideoMeta
+    from dali_video.tools.sample_data import frame_pixels
+    from dali_video.index_tools.indexer import ShardIndex, VideoMeta
     index = ShardIndex("example", "frames")
     with open(path, "wb") as f:
         for v in range(3):
@@ -320,14 +320,14 @@ def test_corrupt_jpeg_in_valid_record_raises_or_is_skipped_and_counted(tmp_path,
 
 def test_one_video_dataset_and_batch_larger_than_dataset(tmp_path):
     make_video(tmp_path / "v" / "c" / "only.avi", 9)
-    run_module("writer", tmp_path / "v", tmp_path / "out", "--resize", "0")
+    run_module("dali_video.writer", tmp_path / "v", tmp_path / "out", "--resize", "0")
     clips = clips_of(tmp_path / "out", 2, batch_size=5, clip_len=4, crop_size=16)
     assert len(clips) == 10 and {c[2] for c in clips} == {"c/only.avi"}
     assert all(numbers(c[0]) == list(range(c[3], c[3] + 4)) for c in clips)
 
 
 def test_shards_of_different_resolutions_in_one_dataset(videos, dataset, tmp_path):
-    run_module("writer", videos, tmp_path / "big", "--resize", "72", "--num-shards", "1", "--split", "big")
+    run_module("dali_video.writer", videos, tmp_path / "big", "--resize", "72", "--num-shards", "1", "--split", "big")
     files = sorted(Path(dataset).glob("*.tfrecord")) + sorted((tmp_path / "big").glob("*.tfrecord"))
     table = dali_video.load_table(files)
     assert set(zip(table.height, table.width)) == {(48, 64), (72, 96)}
@@ -380,15 +380,15 @@ def test_interpreter_exit_and_ctrl_c_do_not_hang(dataset, how):
 
 
 def test_nothing_is_ever_unpickled():
-    for package in ("index_tools", "writer", "dali_video"):
+    for package in ("dali_video",):
         for path in Path(ROOT, package).rglob("*.py"):
             text = path.read_text()
             assert "import pickle" not in text and "allow_pickle=True" not in text, path
 
 
 def test_a_decoder_that_kills_its_process_becomes_a_reported_failure():
-    from writer.sources import Failure
-    from writer.write import encode_all
+    from dali_video.writer.sources import Failure
+    from dali_video.writer.write import encode_all
 
     from .crashy import work
     tasks = [("ok", i) for i in range(5)] + [("boom", 5)] + [("ok", i) for i in range(6, 12)]

@@ -13,10 +13,10 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dali_video.sample_data import frame_number, frame_pixels
-from index_tools import FormatError, build, inspect, read_frame_index, verify
-from index_tools import format as fmt
-from index_tools.proto import encode_example, walk
+from dali_video.tools.sample_data import frame_number, frame_pixels
+from dali_video.index_tools import FormatError, build, inspect, read_frame_index, verify
+from dali_video.index_tools import format as fmt
+from dali_video.index_tools.proto import encode_example, walk
 
 from .conftest import ROOT, run_module
 
@@ -104,7 +104,7 @@ def _write_tf_layout(path, layout, videos=3, frames=12):
 @pytest.mark.parametrize("layout", ["example", "frame_features", "sequence_example"])
 def test_build_indexes_tensorflow_written_layouts(tmp_path, layout):
     shard = _write_tf_layout(tmp_path / "tf.tfrecord", layout)
-    run_module("index_tools", "build", shard)
+    run_module("dali_video.index_tools", "build", shard)
     assert verify(shard) == 3
     index = read_frame_index(fmt.fidx_path(shard))
     assert index.layout == layout
@@ -151,11 +151,11 @@ def test_verify_reports_gzip_and_missing_index(tmp_path, dataset):
     shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
     gz = tmp_path / "g.tfrecord"
     gz.write_bytes(gzip.compress(shard.read_bytes()))
-    proc = run_module("index_tools", "build", gz, check=False)
+    proc = run_module("dali_video.index_tools", "build", gz, check=False)
     assert proc.returncode == 1 and "GZIP-compressed" in proc.stderr and str(gz) in proc.stderr
     plain = tmp_path / "p.tfrecord"
     shutil.copy(shard, plain)
-    proc = run_module("index_tools", "verify", plain, check=False)
+    proc = run_module("dali_video.index_tools", "verify", plain, check=False)
     assert proc.returncode == 1 and "missing; build it with: dali-video-index build" in proc.stderr
 
 
@@ -215,24 +215,36 @@ def test_huge_length_field_is_rejected_without_allocating(tmp_path):
 
 
 def _imports(path):
-    """Top-level names imported by a module, or by every module of a package folder."""
-    path = Path(ROOT, path)
+    """What the modules at ``path`` (below dali_video/) import: the parts of dali_video (``loader``,
+    ``writer``, ``index_tools``, ``tools``) and other top-level packages, relative imports resolved."""
+    target = Path(ROOT, "dali_video", path)
     found = set()
-    for module in [path] if path.suffix == ".py" else path.rglob("*.py"):
+    for module in [target] if target.suffix == ".py" else target.rglob("*.py"):
+        package = module.relative_to(ROOT).parent.parts  # ("dali_video", "loader", ...)
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                found.add(node.module.split(".")[0])
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+                names = [f"{base}.{node.module}" if node.module and base else node.module or
+                         f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for parts in (n.split(".") for n in names):
+                found.add(parts[1] if parts[0] == "dali_video" and len(parts) > 1 else parts[0])
     return found
 
 
 def test_layering():
-    assert not _imports("index_tools") & {"writer", "dali_video", "nvidia", "tensorflow"}
-    assert "dali_video" not in _imports("writer") and "nvidia" not in _imports("writer")
-    assert "writer" not in _imports("dali_video")
-    dali_users = {p.name for p in Path(ROOT, "dali_video").glob("*.py") if "nvidia" in _imports(p)}
-    assert dali_users == {"pipeline.py", "dataset.py"}  # and only dataset.py for the TF plugin
+    """index_tools owns the format and imports no other part; the writer and the loader (the library)
+    use it and never each other; the tools use them all; nothing imports the tools."""
+    assert not _imports("index_tools") & {"writer", "loader", "tools", "nvidia", "tensorflow"}
+    assert not _imports("writer") & {"loader", "tools", "nvidia"}
+    assert not _imports("loader") & {"writer", "tools"}
+    assert _imports("__init__.py") - {"__future__"} == {"loader"}
+    library = Path(ROOT, "dali_video", "loader")
+    dali_users = {str(p.relative_to(library)) for p in library.rglob("*.py") if "nvidia" in _imports(p)}
+    assert dali_users == {"pipeline.py", "dataset.py", "native/__init__.py"}  # and only dataset.py for the TF plugin
 
 
 @settings(max_examples=200, deadline=None)

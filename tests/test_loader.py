@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 import dali_video
 from dali_video import META_COLUMNS
-from dali_video.sample_data import frame_number
-from dali_video.config import ClipConfig
-from dali_video.sampling import PlanSpec, load_table, plan_clip
-from index_tools import FormatError, build, read_frame_index
-from index_tools import format as fmt
+from dali_video.tools.sample_data import frame_number
+from dali_video.loader.config import ClipConfig
+from dali_video.loader.sampling import PlanSpec, load_table, plan_clip
+from dali_video.index_tools import FormatError, build, read_frame_index
+from dali_video.index_tools import format as fmt
 
 from .conftest import ROOT
 from .test_index_tools import _write_tf_layout
@@ -359,7 +359,7 @@ def test_clip_layout_gives_the_frame_layouts_pixels_and_meta(dataset, kw):
 
 
 def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatch):
-    import dali_video.dataset as module
+    import dali_video.loader.dataset as module
 
     made = []
     monkeypatch.setattr(module, "clip_dataset", lambda files, **kw: made.append(kw) or kw)
@@ -386,7 +386,7 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
 
 
 def test_videos_without_a_frame_size_are_skipped_not_divided_by(dataset, caplog):
-    from dali_video.sampling import usable_videos
+    from dali_video.loader.sampling import usable_videos
 
     table = load_table(dataset)
     broken = dataclasses.replace(table, height=np.where(np.arange(len(table)) == 3, 0, table.height))

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dali_video
-from dali_video import native
-from dali_video.config import ClipConfig
-from dali_video.sampling import PlanSpec, permute, plan_clip
-from index_tools import format as fmt
-from index_tools import read_frame_index
+from dali_video.loader import native
+from dali_video.loader.config import ClipConfig
+from dali_video.loader.sampling import PlanSpec, permute, plan_clip
+from dali_video.index_tools import format as fmt
+from dali_video.index_tools import read_frame_index
 
 plan_c = native.plan_function()
 
@@ -171,23 +171,26 @@ def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_p
 def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
     built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
-    copy = tmp_path / "clip_reader.cc"
-    copy.write_text(native.SOURCE.read_text() + "\n// changed\n")
-    monkeypatch.setattr(native, "SOURCE", copy)
-    assert native.library_path(native._sanitize()) != built  # a changed source needs a new build
+    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h"}
+    for i, source in enumerate(native.SOURCES):  # a changed source or header needs a new build
+        copy = tmp_path / source.name
+        copy.write_text(source.read_text() + "\n// changed\n")
+        monkeypatch.setattr(native, "SOURCES", (*native.SOURCES[:i], copy, *native.SOURCES[i + 1:]))
+        assert native.library_path(native._sanitize()) != built, source.name
+        monkeypatch.undo()
 
 
 def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "_loaded", None)
     monkeypatch.setattr(native, "library_path", lambda sanitize=None: tmp_path / "libnone.so")
-    with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.native"):
+    with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.loader.native"):
         native.load()
 
 
 @pytest.mark.parametrize("rows, names", [("0 0 5 48 64 1", "a"), ("0 0 5 48 64 1 0 junk", "a"),
                                            ("7 0 5 48 64 1 0", "a"), ("0 0 5 48 64 1 0", "a\nb"), ("", "")])
 def test_malformed_reader_arguments_fail_cleanly(pristine, rows, names):
-    from dali_video.pipeline import Graph, clip_pipeline
+    from dali_video.loader.pipeline import Graph, clip_pipeline
 
     reader = dict(shards=[str(pristine)], table_offset=[0], videos=rows, filenames=names, plan_seed=0,
                   training=True, clip_len=2, crop_size=16)

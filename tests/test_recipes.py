@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import dali_video
-from dali_video.config import RECIPES, ClipConfig, recipe
-from dali_video.sampling import PlanSpec
+from dali_video.loader.config import RECIPES, ClipConfig, recipe
+from dali_video.loader.sampling import PlanSpec
 from tests.test_native import native_plan
 
 TOLERANCE = 1.2  # of error(): pixel levels (0-255)
@@ -146,14 +146,14 @@ def gradients(tmp_path_factory):
             rgb = np.stack([xx * 255 // 127, yy * 255 // 95, np.full_like(xx, 20 + 7 * k)], -1).astype(np.uint8)
             out.write(rgb[..., ::-1].copy())
         out.release()
-    run_module("writer", root / "videos", root / "data", "--resize", "0", "--num-shards", "1", "--quality", "95")
+    run_module("dali_video.writer", root / "videos", root / "data", "--resize", "0", "--num-shards", "1", "--quality", "95")
     return root / "data"
 
 
 def _stored_frame(table, video: int, frame: int) -> np.ndarray:
     import cv2
 
-    from index_tools import fidx_path, read_frame_index
+    from dali_video.index_tools import fidx_path, read_frame_index
 
     shard = table.shards[table.shard[video]].path.with_suffix("")  # NAME.tfrecord.fidx -> NAME.tfrecord
     row = read_frame_index(fidx_path(shard)).read_rows(int(table.frame_start[video]) + frame, 1)[0]
@@ -236,7 +236,7 @@ def test_the_pixel_check_sees_a_shifted_window_a_missed_flip_or_colour(gradients
                                      dict(recipe="slowfast", training=False)])
 def test_the_reader_reads_what_the_reference_plans(gradients, options):
     # Through DALI's own arguments (float32 values, int vectors), not the C function the property test calls.
-    from dali_video.sampling import plan_clip
+    from dali_video.loader.sampling import plan_clip
 
     col = dali_video.META_COLUMNS.index
     with dali_video.clip_pipeline(gradients, batch_size=4, device="cpu", seed=9, output="meta", layout="clips",

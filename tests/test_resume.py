@@ -10,7 +10,7 @@ import numpy as np
 
 import dali_video
 from dali_video import META_COLUMNS
-from dali_video.resume import read_position
+from dali_video.loader.resume import read_position
 
 from .conftest import ROOT
 from .test_loader import CPU, reader_batches
@@ -72,7 +72,7 @@ def test_kill_9_then_restart_continues_at_the_right_clip(dataset, tmp_path):
 def test_clip_position_counts_steps_and_names_the_model_it_belongs_to(tmp_path):
     import tensorflow as tf
 
-    from dali_video.resume import ClipPosition
+    from dali_video.loader.resume import ClipPosition
 
     x = tf.data.Dataset.from_tensors((tf.zeros((2, 3)), tf.zeros((2,)))).repeat()
     model = tf.keras.Sequential([tf.keras.layers.Input((3,)), tf.keras.layers.Dense(1)])

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from dali_video.sample_data import frame_number, make_video
-from index_tools import verify
-from writer import EncodeOptions, VideoSpec, encode_video, plan_shards
+from dali_video.tools.sample_data import frame_number, make_video
+from dali_video.index_tools import verify
+from dali_video.writer import EncodeOptions, VideoSpec, encode_video, plan_shards
 
 from .conftest import run_module
 
@@ -43,7 +43,7 @@ def test_round_trip_every_frame_and_label(dataset, videos):
 
 
 def test_output_is_identical_for_any_worker_count(videos, dataset, tmp_path):
-    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", "--workers", "1")
+    run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", "--workers", "1")
     names = sorted(p.name for p in dataset.iterdir())
     assert names == sorted(p.name for p in tmp_path.iterdir())
     for name in names:
@@ -76,7 +76,7 @@ def test_kinetics_csv_trims_full_videos_and_finds_trimmed_clips(tmp_path):
     csv.write_text("label,youtube_id,time_start,time_end,split\n"
                    "run,abc,3,5,train\njump,xyz,2,4,train\nrun,missing,0,10,train\n"
                    "run,abc,30,40,train\njump,xyz,2,4,train\n")
-    proc = run_module("writer", root, tmp_path / "out", "--kinetics", csv, "--resize", "0")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", "--kinetics", csv, "--resize", "0")
     assert "3 skipped" in proc.stdout
     manifest = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
     reasons = {f["filename"]: f["reason"] for f in manifest["failures"]}
@@ -99,7 +99,7 @@ def test_bad_videos_are_skipped_and_reported_or_stop_the_run(tmp_path):
     (root / "good" / "text.mp4").write_text("this is not a video")
     whole = make_video(tmp_path / "t.avi", 30).read_bytes()
     (root / "good" / "truncated.avi").write_bytes(whole[:len(whole) // 3])
-    proc = run_module("writer", root, tmp_path / "out", "--resize", "0")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0")
     manifest = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
     reasons = {f["filename"]: f["reason"] for f in manifest["failures"]}
     assert set(reasons) >= {"good/empty.mp4", "good/text.mp4"}
@@ -108,7 +108,7 @@ def test_bad_videos_are_skipped_and_reported_or_stop_the_run(tmp_path):
     assert "good/ok.avi" in names and not names & set(reasons)
     # A truncated file either decodes its intact frames (and says so) or is skipped with a reason.
     assert "good/truncated.avi" in names | set(reasons)
-    proc = run_module("writer", root, tmp_path / "out2", "--resize", "0", "--on-error", "fail", check=False)
+    proc = run_module("dali_video.writer", root, tmp_path / "out2", "--resize", "0", "--on-error", "fail", check=False)
     assert proc.returncode == 1 and "dali-video-write: error:" in proc.stderr and "--on-error skip" in proc.stderr
     assert not list((tmp_path / "out2").glob("*.tfrecord*"))
 
@@ -120,22 +120,22 @@ def test_csv_paths_may_not_escape_the_root(tmp_path):
     (root / "link.avi").symlink_to(tmp_path / "outside.avi")
     csv = tmp_path / "l.csv"
     csv.write_text("path,label\nv.avi,cat\n../outside.avi,cat\nlink.avi,dog\n")
-    run_module("writer", root, tmp_path / "out", "--csv", csv, "--resize", "0")
+    run_module("dali_video.writer", root, tmp_path / "out", "--csv", csv, "--resize", "0")
     reasons = {f["filename"]: f["reason"] for f in
                json.loads((tmp_path / "out" / "train.manifest.json").read_text())["failures"]}
     assert "escapes the dataset root" in reasons["../outside.avi"]
     assert "escapes the dataset root" in reasons["link.avi"]
-    run_module("writer", root, tmp_path / "out2", "--csv", csv, "--resize", "0", "--follow-symlinks")
+    run_module("dali_video.writer", root, tmp_path / "out2", "--csv", csv, "--resize", "0", "--follow-symlinks")
     reasons = {f["filename"] for f in json.loads((tmp_path / "out2" / "train.manifest.json").read_text())["failures"]}
     assert reasons == {"../outside.avi"}
 
 
 def test_rerun_with_other_options_rewrites_and_other_shard_count_is_refused(videos, tmp_path):
-    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "2")
+    run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2")
     first = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
-    run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50")
+    run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50")
     second = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
     assert first.keys() == second.keys() and all(first[k] != second[k] for k in first)
     assert all(verify(s) for s in tmp_path.glob("*.tfrecord"))
-    proc = run_module("writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", check=False)
+    proc = run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", check=False)
     assert proc.returncode == 1 and "holds shards of another plan (train-00000-of-00002.tfrecord" in proc.stderr

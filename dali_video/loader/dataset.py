@@ -187,7 +187,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"movinet"``: see
-        :data:`dali_video.config.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
+        :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
         ``crop_area``, ``crop_aspect``, ``flip``, ``color_jitter``, ``short_videos``, ``clips_per_video``,
         ``num_crops``, ``dtype``, ``mean``, ``std``), overriding the recipe's.
@@ -313,24 +313,6 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
                                  output_shapes=((n, None), meta) if with_bytes else meta, device_id=None)
     ds._dali_video_loader = loader
     return ds
-
-
-def python_feed_dataset(stream, frames_per_batch: int):
-    """The Python feed dali-video had before its native reader, through ``DALIDatasetWithInputs``:
-    ``stream()`` returns packed batches (:mod:`dali_video.python_feed`). The bench's baseline."""
-    import contextlib
-    import io
-
-    import tensorflow as tf
-    from nvidia.dali.plugin import tf as dali_tf
-
-    from .pipeline import packed_pipeline
-
-    # DALI 2.4 prints a debugging line while it wraps the source; keep stdout clean.
-    with tf.device("/cpu:0"), contextlib.redirect_stdout(io.StringIO()):
-        return dali_tf.experimental.DALIDatasetWithInputs(
-            pipeline=packed_pipeline(stream), batch_size=1, output_dtypes=(tf.uint8,),
-            output_shapes=((frames_per_batch, None),), device_id=None)
 
 
 def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu",

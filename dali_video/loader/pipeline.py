@@ -45,7 +45,8 @@ class Graph:
     frame_bytes: int = 1 << 20  # the largest decoded frame: sizes each decoder's memory padding
 
 
-def _decode(jpegs, anchor, shape, g: Graph):
+def decode(jpegs, anchor, shape, g: Graph):
+    """JPEGs decoded to their windows as the loader does on ``g.device`` (the bench's decode bound uses it too)."""
     if g.device == "gpu":
         # Whole frames, sliced on the GPU: crop-window decoding in nvImageCodec 0.9 (the line DALI 2.4
         # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
@@ -71,7 +72,7 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     if output != "frames":
         return (*jpegs, meta)
     anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
-    frames = [_decode(j, anchor, shape, g) for j in jpegs]
+    frames = [decode(j, anchor, shape, g) for j in jpegs]
     images = fn.stack(*frames, axis_name="F") if per_clip else frames[0]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
@@ -103,46 +104,3 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
     return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
                           device_id=device_id if graph.device == "gpu" else None,
                           prefetch_queue_depth=prefetch_queue_depth)
-
-
-# Baselines for dali-video-bench; kept here so that DALI stays in this one module.
-
-@pipeline_def
-def _decode_pipeline(source, device: str):
-    jpegs, anchor, shape = fn.external_source(source=source, num_outputs=3, batch=True)
-    return _decode(jpegs, anchor, shape, Graph(device=device))  # as the loader decodes on this device
-
-
-def decode_pipeline(source, *, batch_size: int, device: Device = "cpu"):
-    """Decode JPEGs from memory, each to its window, as the loader does on ``device`` (the bench's
-    decode bound): ``source()`` gives (jpegs, anchors, shapes)."""
-    return _decode_pipeline(source, device, batch_size=batch_size, num_threads=os.cpu_count(),
-                            device_id=0 if device == "gpu" else None)
-
-
-@pipeline_def
-def _packed_pipeline(source):
-    return fn.external_source(source=source, batch=False, dtype=types.UINT8, ndim=2, no_copy=False)
-
-
-def packed_pipeline(source):
-    """The Python feed's bridge (the bench's baseline): ``source()`` returns one packed array per
-    iteration, handed on as it is."""
-    return _packed_pipeline(source, batch_size=1, num_threads=os.cpu_count(), device_id=None)
-
-
-@pipeline_def
-def _tfrecord_pipeline(paths, index_paths):
-    from nvidia.dali import tfrecord as tfrec
-
-    out = fn.readers.tfrecord(path=paths, index_path=index_paths, random_shuffle=True, initial_fill=1024,
-                              features={"frames": tfrec.FixedLenFeature((), tfrec.string, ""),
-                                        "class_label": tfrec.FixedLenFeature([1], tfrec.int64, -1)})
-    return out["frames"], out["class_label"]
-
-
-def tfrecord_pipeline(paths, index_paths, *, batch_size: int):
-    """DALI's own TFRecord reader over whole records, shuffled through its default 1024-record buffer.
-    It yields only the first value of the ``frames`` bytes list: DALI cannot return a list of strings."""
-    return _tfrecord_pipeline([str(p) for p in paths], [str(p) for p in index_paths], batch_size=batch_size,
-                              num_threads=os.cpu_count(), device_id=None)

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from index_tools import FormatError
-from index_tools import format as fmt
+from ...index_tools import FormatError
+from ...index_tools import format as fmt
 
-from .sampling import ClipPlan, PlanSpec, VideoTable, plan_clip
+from ...loader.sampling import ClipPlan, PlanSpec, VideoTable, plan_clip
 
 HEADER_INTS = 8
 HEADER_BYTES = 4 * HEADER_INTS

@@ -22,7 +22,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProv
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineState
 
-from index_tools import format as fmt
+from ..index_tools import format as fmt
 
 from .write import DatasetPlan, ShardResult, WriteError, write_manifests, write_shard
 

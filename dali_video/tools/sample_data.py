@@ -73,6 +73,6 @@ def sample_dataset(cache_dir=None) -> Path:
     make_folder_dataset(videos, videos_per_class=12, classes=("left", "right", "up", "down"),
                         frames=(48, 96), height=120, width=160)
     # The writer runs as its own program: dali_video never imports the writer.
-    subprocess.run([sys.executable, "-m", "writer", str(videos), str(out), "--resize", "0",
+    subprocess.run([sys.executable, "-m", "dali_video.writer", str(videos), str(out), "--resize", "0",
                     "--num-shards", "4"], check=True)
     return out

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import cv2
 
-from index_tools import VideoMeta
-from index_tools import format as fmt
-from index_tools.proto import encode_example
+from ..index_tools import VideoMeta
+from ..index_tools import format as fmt
+from ..index_tools.proto import encode_example
 
 from .sources import VideoSpec
 

@@ -2,7 +2,7 @@
 
 The library's name carries a hash of its source, the DALI version and the flags, so a changed
 source or DALI gets a new build and a stale library is never loaded. ``make setup`` (and the
-Docker image's build stage) build it with ``python -m dali_video.native``.
+Docker image's build stage) build it with ``python -m dali_video.loader.native``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("clip_reader.cc")
+SOURCE = Path(__file__).with_name("clip_reader.cc")  # includes the headers beside it
+SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
 BUILD_DIR = Path(__file__).with_name("_build")
-BUILD_COMMAND = f"{Path(sys.executable).name} -m dali_video.native"
+BUILD_COMMAND = f"{Path(sys.executable).name} -m dali_video.loader.native"
 _lock = threading.Lock()
 _loaded: Path | None = None
 
@@ -54,7 +55,7 @@ def _dali_version() -> str:
 
 
 def library_path(sanitize: str | None = None) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + _dali_version().encode()
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + _dali_version().encode()
                          + " ".join(_flags(sanitize)).encode()).hexdigest()[:16]
     return BUILD_DIR / f"libdali_video_ops-{key}{'-' + sanitize if sanitize else ''}.so"
 

@@ -1,7 +1,7 @@
 """Resume a training run at the exact clip: a Keras callback that stores the clip position next to the
 model's checkpoint, and the reader of what it stored.
 
-The clip sequence is a pure function of the seed (see :mod:`dali_video.sampling`), so a position is
+The clip sequence is a pure function of the seed (see :mod:`dali_video.loader.sampling`), so a position is
 one number: the clips the run has consumed, ``steps x global batch size``. Pass it back as
 ``clip_dataset(..., initial_clip=position["clip"], seed=position["seed"])`` with
 ``model.fit(..., initial_epoch=position["epoch"])``: the run continues with exactly the batches an
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from index_tools.format import atomic_write
+from ..index_tools.format import atomic_write
 
 POSITION_FILE = "dali_video_position.json"
 

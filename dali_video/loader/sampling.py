@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
-from index_tools import format as fmt
+from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
+from ..index_tools import format as fmt
 
 from .config import MAX_INT, ClipConfig
 

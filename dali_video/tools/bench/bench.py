@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sampling import load_table
+from ...loader.sampling import load_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
@@ -63,9 +63,9 @@ def _evict(files) -> None:
 
 
 def _dataset_files(data):
-    from index_tools import fidx_path, idx_path
+    from ...index_tools import fidx_path, idx_path
 
-    from .sampling import shard_files
+    from ...loader.sampling import shard_files
 
     shards = shard_files(data)
     return shards, [p for s in shards for p in (s, idx_path(s), fidx_path(s))]
@@ -73,7 +73,7 @@ def _dataset_files(data):
 
 def _sizes(data, clip_len):
     """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
-    from index_tools import fidx_path, read_frame_index
+    from ...index_tools import fidx_path, read_frame_index
 
     indexes = [read_frame_index(fidx_path(s)) for s in _dataset_files(data)[0]]  # each header read once
     videos = sum(ix.num_videos for ix in indexes)
@@ -101,7 +101,7 @@ def _time_batches(it, batches, batch_size, clip_len, start):
 
 def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto"):
     """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself."""
-    from .dataset import clip_dataset
+    from ...loader.dataset import clip_dataset
 
     start = time.perf_counter()
     pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
@@ -115,7 +115,7 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False,
 
 def run_recipe(data, batch_size, clip_len, crop, batches, device, name):
     """clip_dataset with a preset recipe, at the recipe's clip length and crop size (not the bench's)."""
-    from .dataset import clip_dataset
+    from ...loader.dataset import clip_dataset
 
     start = time.perf_counter()
     ds = clip_dataset(data, batch_size=batch_size, recipe=name, device=device, seed=0)
@@ -123,7 +123,7 @@ def run_recipe(data, batch_size, clip_len, crop, batches, device, name):
 
 
 def _feed_rate(data, batch_size, clip_len, crop, batches, *, readers=1, threads=None, with_bytes=False):
-    from .dataset import reader_dataset
+    from ...loader.dataset import reader_dataset
 
     start = time.perf_counter()
     its = [iter(reader_dataset(data, batch_size=batch_size // readers, clip_len=clip_len, crop_size=crop, seed=0,
@@ -161,7 +161,8 @@ def run_feed_native_x2(data, batch_size, clip_len, crop, batches, device):
 
 def run_feed_python(data, batch_size, clip_len, crop, batches, device):
     """The Python feed (threads + DALIDatasetWithInputs), no decoding: the baseline."""
-    from .dataset import clip_pipeline, python_feed_dataset
+    from ...loader.dataset import clip_pipeline
+    from .baselines import python_feed_dataset
     from .python_feed import BatchStream
 
     start = time.perf_counter()
@@ -214,9 +215,9 @@ def run_tfdata(data, batch_size, clip_len, crop, batches, device):
 
 
 def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
-    from index_tools import idx_path
+    from ...index_tools import idx_path
 
-    from .pipeline import tfrecord_pipeline
+    from .baselines import tfrecord_pipeline
 
     shards, _ = _dataset_files(data)
     start = time.perf_counter()
@@ -235,8 +236,8 @@ def run_decode_bound(data, batch_size, clip_len, crop, batches, device, recipe=N
     ``recipe``, the frames and windows that preset reads."""
     import cv2
 
-    from .dataset import clip_pipeline
-    from .pipeline import decode_pipeline
+    from ...loader.dataset import clip_pipeline
+    from .baselines import decode_pipeline
 
     jpegs, windows = [], []
     clip = dict(recipe=recipe) if recipe else dict(clip_len=clip_len, crop_size=crop)
@@ -298,7 +299,7 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
     tasks = [(found[r["youtube_id"]], float(r["time_start"]), float(r["time_end"]), shorter) for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "writer", str(video_root), tmp, "--kinetics", str(csv_path),
+        subprocess.run([sys.executable, "-m", "dali_video.writer", str(video_root), tmp, "--kinetics", str(csv_path),
                         "--resize", str(shorter), "--follow-symlinks"], check=True, capture_output=True)
         seconds = time.perf_counter() - t0
         manifest = json.loads((Path(tmp) / "train.manifest.json").read_text())
@@ -325,7 +326,7 @@ def _child(args) -> None:
     data, system, batch_size, clip_len, crop, batches, device, cold, queue = args
     try:
         if device == "gpu":  # before TensorFlow takes the GPU's memory and leaves DALI none
-            from .gpu import enable_memory_growth
+            from ...loader.gpu import enable_memory_growth
 
             enable_memory_growth()
         if cold:
@@ -368,8 +369,8 @@ def machine() -> dict:
 
 def grow(data, factor: int, into: Path) -> Path:
     """A dataset ``factor`` times larger: copies of every shard with its indexes, as one split."""
-    from index_tools import fidx_path, idx_path
-    from index_tools.format import shard_name
+    from ...index_tools import fidx_path, idx_path
+    from ...index_tools.format import shard_name
 
     shards, _ = _dataset_files(data)
     into.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 
-from index_tools import FormatError, ShardIndex, read_frame_index
-from index_tools import format as fmt
+from ..index_tools import FormatError, ShardIndex, read_frame_index
+from ..index_tools import format as fmt
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
 from .sources import Failure, VideoSpec

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .gpu import enable_memory_growth
+from ..loader.gpu import enable_memory_growth
 from .sample_data import frame_number, make_folder_dataset
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -366,7 +366,7 @@ def check_hw_jpeg() -> Check:
 
 
 def _decode(data, device: str, device_id: int) -> np.ndarray:
-    from . import clip_pipeline
+    from .. import clip_pipeline
 
     # On the GPU, chroma upsampled as libjpeg-turbo does: pixels then differ only by IDCT rounding.
     loader = clip_pipeline(str(data), device=device, device_id=device_id, jpeg_fancy_upsampling=True, **DECODE)
@@ -393,7 +393,7 @@ def check_decode(data) -> Check:
 
 
 def check_placement(data) -> Check:
-    from . import clip_dataset
+    from .. import clip_dataset
 
     gpu = bool(_tf_gpus())
     clips, _ = next(iter(clip_dataset(str(data), device="gpu" if gpu else "cpu", **FEED)))
@@ -414,7 +414,7 @@ def _per_second(step, seconds: float) -> float:
 
 
 def check_rate(data, seconds: float) -> Check:
-    from . import clip_dataset, reader_dataset
+    from .. import clip_dataset, reader_dataset
 
     device = "gpu" if _tf_gpus() else "cpu"
     read = iter(reader_dataset(str(data), **FEED))  # the native reader alone, into TensorFlow
@@ -430,7 +430,7 @@ def _tiny_dataset(root: Path) -> Path:
     """A tiny written dataset: 2 classes x 2 videos of 16-24 frames."""
     videos = make_folder_dataset(root / "videos", videos_per_class=2, frames=(16, 24), height=HEIGHT, width=WIDTH)
     # The writer runs as its own program: dali_video never imports the writer.
-    proc = subprocess.run([sys.executable, "-m", "writer", str(videos), str(root / "data"), "--resize", "0",
+    proc = subprocess.run([sys.executable, "-m", "dali_video.writer", str(videos), str(root / "data"), "--resize", "0",
                            "--num-shards", "1", "--workers", "1"], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"the writer could not write the sample videos:\n{proc.stderr}")

@@ -1,0 +1,273 @@
+// dali-video's clip reader: a DALI CPU operator, fed by nothing, that emits the JPEG bytes of
+// planned clips read from indexed TFRecord shards (see dali_video/loader/sampling.py for the plan's
+// specification and dali_video/loader/pipeline.py for its use).
+//
+// Split by concern, as DALI's readers split loader and parser: plan.h (pure functions, mirrored by
+// the Python reference; a property test holds the two equal), checks.h (a frame's bytes), read.h
+// (one clip at a time), and here the operator, which runs one task per clip in DALI's thread pool
+// and copies the frames out.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "dali/pipeline/operator/operator.h"
+#include "plan.h"
+#include "read.h"
+
+namespace dali_video {
+
+// The videos, one text line each ("shard row num_frames height width label table_row"), and their
+// names one per line: two string arguments serialize far smaller and faster than per-video lists
+// (82 MB and 4.6 s at 300k videos, through DALI's pipeline protobuf).
+void parse_videos(const std::string &text, const std::string &names, Dataset &d) {
+  const char *p = text.c_str();
+  while (*p) {
+    int64_t v[7];
+    for (int64_t &x : v) {
+      char *end;
+      x = std::strtoll(p, &end, 10);
+      DALI_ENFORCE(end != p, "dali-video clip reader: malformed 'videos' argument");
+      p = end;
+    }
+    // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
+    DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
+                 v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535,
+                 "dali-video clip reader: a video's shard, row or size is out of range");
+    d.shard.push_back(v[0]);
+    d.row.push_back(v[1]);
+    d.videos.push_back({v[2], v[3], v[4]});
+    d.label.push_back(v[5]);
+    d.table_row.push_back(v[6]);
+    while (*p == '\n' || *p == ' ') ++p;
+  }
+  for (size_t start = 0; start <= names.size();) {
+    const size_t end = std::min(names.find('\n', start), names.size());
+    d.filenames.push_back(names.substr(start, end - start));
+    start = end + 1;
+  }
+  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size(),
+               "dali-video clip reader: the per-video arguments disagree in length");
+}
+
+// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, then the colour factors as
+// float32 bits (brightness, contrast, saturation, hue)
+constexpr int kMetaColumns = 14;
+
+// The plan's options from the operator's arguments: ranges as (low, high) pairs, real values as the
+// float32 DALI passes (the Python reference plans with the same float32 values).
+Spec read_spec(const dali::OpSpec &spec) {
+  auto pair = [&](const char *name) {
+    const auto v = spec.GetRepeatedArgument<int>(name);
+    DALI_ENFORCE(v.size() == 2 && v[0] <= v[1],
+                 std::string("dali-video clip reader: ") + name + " must be a (low, high) pair");
+    return std::pair<int64_t, int64_t>(v[0], v[1]);
+  };
+  auto reals = [&](const char *name, size_t n) {
+    auto v = spec.GetRepeatedArgument<float>(name);
+    DALI_ENFORCE(v.empty() || v.size() == n, std::string("dali-video clip reader: ") + name + " has the wrong length");
+    return v;
+  };
+  Spec s{};
+  s.seed = spec.GetArgument<int64_t>("plan_seed");
+  s.training = spec.GetArgument<bool>("training");
+  s.clip_len = spec.GetArgument<int>("clip_len");
+  std::tie(s.stride_lo, s.stride_hi) = pair("stride");
+  std::tie(s.resize_lo, s.resize_hi) = pair("resize_shorter");
+  s.crop = spec.GetArgument<int>("crop_size");
+  s.short_videos = spec.GetArgument<int>("short_videos");
+  s.clips_per_video = spec.GetArgument<int>("clips_per_video");
+  s.num_crops = spec.GetArgument<int>("num_crops");
+  s.flip = spec.GetArgument<bool>("flip");
+  const auto area = reals("crop_area", 2), aspect = reals("crop_aspect", 4), jitter = reals("color_jitter", 4);
+  DALI_ENFORCE(aspect.size() == 4, "dali-video clip reader: crop_aspect needs low, high and their logarithms");
+  s.random_area = !area.empty();
+  s.color = !jitter.empty();
+  s.area_lo = s.random_area ? area[0] : 1.0;
+  s.area_hi = s.random_area ? area[1] : 1.0;
+  s.aspect_lo = aspect[0], s.aspect_hi = aspect[1], s.log_aspect_lo = aspect[2], s.log_aspect_hi = aspect[3];
+  for (int i = 0; i < 4; ++i) s.jitter[i] = s.color ? jitter[i] : 0.0;
+  const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
+  DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
+               s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
+               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) &&
+               s.aspect_lo >= 0.0099 && s.aspect_hi <= 100 && s.area_lo > 0 && s.area_hi <= 1 &&
+               std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5,
+               "dali-video clip reader: a plan argument is out of range");
+  return s;
+}
+constexpr int64_t kMaxTries = 100;  // damaged clips in a row before on_corrupt="skip" gives up: not chance
+
+class ClipReader : public dali::Operator<dali::CPUBackend> {
+ public:
+  explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
+    d_.shards = spec.GetRepeatedArgument<std::string>("shards");
+    for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
+    parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
+    s_ = read_spec(spec);
+    per_clip_ = spec.GetArgument<bool>("per_clip");
+    skip_ = spec.GetArgument<bool>("skip_corrupt");
+    pad_ = spec.GetArgument<bool>("pad");
+    shard_id_ = spec.GetArgument<int>("shard_id");
+    num_shards_ = spec.GetArgument<int>("num_shards");
+    next_ = spec.GetArgument<int64_t>("initial_clip");
+  }
+
+ protected:
+  bool SetupImpl(std::vector<dali::OutputDesc> &, const dali::Workspace &) override { return false; }
+
+  void RunImpl(dali::Workspace &ws) override {
+    const int requested = ws.GetRequestedBatchSize(0);
+    const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
+    DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
+                 "dali-video clip reader: the batch size must be a multiple of clip_len");
+    clips_.resize(batch);
+    errors_.assign(batch, "");
+    const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
+    next_ += static_cast<int64_t>(batch) * num_shards_;
+    auto &pool = ws.GetThreadPool();
+    for (int i = 0; i < batch; ++i)
+      pool.AddWork([this, i, first](int) { fill(i, first + i); }, -i);
+    pool.RunAll();
+    for (const std::string &e : errors_)
+      if (!e.empty()) DALI_FAIL(e);
+    emit(ws, batch);
+  }
+
+ private:
+  // Reads clip i (at `position`); with skip_corrupt, a damaged clip gives way to the next ones.
+  void fill(int i, int64_t position) {
+    Clip &c = clips_[i];
+    const int64_t n = d_.videos.size(), items = items_per_epoch(s_, n);
+    const int64_t epoch_start = position - position % items;
+    for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
+      c.plan = plan_clip(s_, d_.videos.data(), n, epoch_start + (position - epoch_start + tries) % items);
+      c.replaced = static_cast<int>(tries);
+      try {
+        read_clip(d_, s_, c);
+        errors_[i].clear();
+        return;
+      } catch (const ReadError &e) {
+        if (!skip_) {
+          errors_[i] = e.message;
+          return;
+        }
+        std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
+        errors_[i] = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
+                     " damaged clips in a row (a missing mount or shard?); last: " + e.message;
+      }
+    }
+  }
+
+  void emit(dali::Workspace &ws, int batch) {
+    const int64_t T = s_.clip_len;
+    // Frame t of clip i: per clip, sample i of JPEG output t; else sample i*T + t of output 0.
+    auto output = [&](int64_t t) { return per_clip_ ? t : 0; };
+    auto sample = [&](int i, int64_t t) { return per_clip_ ? i : i * T + t; };
+    auto &meta = ws.Output<dali::CPUBackend>(per_clip_ ? T : 1);
+    meta.Resize(dali::uniform_list_shape(per_clip_ ? batch : batch * T, {kMetaColumns}), DALI_INT32);
+    int64_t longest = 0;
+    for (int i = 0; i < batch; ++i)
+      for (int64_t t = 0; t < T; ++t) longest = std::max(longest, clips_[i].length[t]);
+    std::vector<dali::TensorListShape<>> shapes(output(T - 1) + 1,
+                                                dali::TensorListShape<>(per_clip_ ? batch : batch * T, 1));
+    for (int i = 0; i < batch; ++i)
+      for (int64_t t = 0; t < T; ++t)
+        shapes[output(t)].set_tensor_shape(sample(i, t), {pad_ ? longest : clips_[i].length[t]});
+    for (size_t o = 0; o < shapes.size(); ++o) ws.Output<dali::CPUBackend>(o).Resize(shapes[o], DALI_UINT8);
+    auto &pool = ws.GetThreadPool();
+    for (int i = 0; i < batch; ++i) {
+      pool.AddWork([&, i](int) {
+        const Clip &c = clips_[i];
+        const Plan &p = c.plan;
+        for (int64_t t = 0; t < T; ++t) {
+          uint8_t *out = ws.Output<dali::CPUBackend>(output(t)).mutable_tensor<uint8_t>(sample(i, t));
+          std::memcpy(out, c.data.data() + c.start[t], c.length[t]);
+          if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
+          if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
+          int32_t values[kMetaColumns] = {
+              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
+              d_.table_row[p.video], int32_t(c.frames[t]), c.replaced, int32_t(p.stride)};
+          for (int k = 0; k < 4; ++k) {
+            const float factor = static_cast<float>(p.color[k]);
+            std::memcpy(&values[10 + k], &factor, sizeof(factor));
+          }
+          std::memcpy(meta.mutable_tensor<int32_t>(sample(i, t)), values, sizeof(values));
+        }
+      }, -i);
+    }
+    pool.RunAll();
+  }
+
+  Dataset d_;
+  Spec s_{};
+  bool per_clip_ = false, skip_ = false, pad_ = false;
+  int shard_id_ = 0, num_shards_ = 1;
+  int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
+  std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
+  std::vector<std::string> errors_;
+};
+
+}  // namespace dali_video
+
+// The plan alone, for the property test that holds it equal to the Python reference:
+// spec as in struct Spec, videos as (num_frames, height, width) triples, out as struct Plan.
+extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64_t n, int64_t position,
+                               int64_t *out) {
+  dali_video::Spec s;
+  std::memcpy(&s, spec, sizeof(s));
+  const auto p = dali_video::plan_clip(s, reinterpret_cast<const dali_video::Video *>(videos), n, position);
+  std::memcpy(out, &p, sizeof(p));
+  return 0;
+}
+
+namespace dali {
+
+DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
+
+DALI_SCHEMA(DaliVideoClips)
+    .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
+            "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
+            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): "
+            "per frame, or with per_clip one JPEG output per frame position and the metadata per clip.")
+    .NumInput(0)
+    .OutputFn([](const dali::OpSpec &spec) {
+      return spec.GetArgument<bool>("per_clip") ? spec.GetArgument<int>("clip_len") + 1 : 2;
+    })
+    .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
+    .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
+    .AddArg("videos", "One line per video: its shard, the row of its first frame in the shard's frame table, "
+            "frames, height, width, label and row in the dataset's video table.", DALI_STRING)
+    .AddArg("filenames", "The videos' names, one per line (for error messages).", DALI_STRING)
+    .AddArg("plan_seed", "Seed of the clip plan.", DALI_INT64)
+    .AddArg("training", "Random clips (else evaluation views).", DALI_BOOL)
+    .AddArg("clip_len", "Frames per clip.", DALI_INT32)
+    .AddOptionalArg("stride", "Frame step within a clip: (low, high), drawn per clip in training.",
+                    std::vector<int>{1, 1})
+    .AddArg("crop_size", "Crop size after resizing.", DALI_INT32)
+    .AddOptionalArg("resize_shorter", "Shorter side after resizing: (low, high), drawn per clip in training; "
+                    "(0, 0): as stored.", std::vector<int>{0, 0})
+    .AddOptionalArg("crop_area", "Random resized crop: (low, high) fraction of the frame's area; empty: off.",
+                    std::vector<float>{})
+    .AddOptionalArg("crop_aspect", "Random resized crop: aspect (low, high) and the float32 logarithms of both.",
+                    std::vector<float>{1.f, 1.f, 0.f, 0.f})
+    .AddOptionalArg("flip", "Flip half the training clips.", true)
+    .AddOptionalArg("color_jitter", "Brightness, contrast, saturation and hue jitter; empty: off.",
+                    std::vector<float>{})
+    .AddOptionalArg("short_videos", "0 repeat_last, 1 loop, 2 skip.", 0)
+    .AddOptionalArg("clips_per_video", "Clips per video and epoch.", 1)
+    .AddOptionalArg("num_crops", "Evaluation crops per clip (1 or 3).", 1)
+    .AddOptionalArg("shard_id", "This reader's share of each global batch.", 0)
+    .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
+    .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
+    .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
+    .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
+                    false)
+    .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
+
+}  // namespace dali

@@ -1,0 +1,1 @@
+"""dali-video-bench and the baselines it measures dali-video against."""

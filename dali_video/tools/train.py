@@ -1,0 +1,153 @@
+"""dali-video-train: train a small Keras video model with model.fit on clips from dali-video.
+
+With no --data it builds a small sample dataset (cached) and trains on it. With a TF_CONFIG naming
+several workers it trains across them (MultiWorkerMirroredStrategy, Keras 2 through tf-keras: Keras 3's
+fit does not run under that strategy); every worker runs the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def small_video_model(num_classes: int, clip_len: int, crop_size: int):
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    return tf.keras.Sequential([
+        layers.Input((clip_len, crop_size, crop_size, 3)),
+        layers.Conv3D(16, 3, strides=(1, 2, 2), padding="same", activation="relu"),
+        layers.Conv3D(32, 3, strides=2, padding="same", activation="relu"),
+        layers.GlobalAveragePooling3D(),
+        layers.Dense(num_classes),
+    ])
+
+
+def _model(tf, position, num_classes: int, config):
+    """The saved model (weights and optimizer state) when resuming, else a new compiled one."""
+    if position and position["model"]:
+        return tf.keras.models.load_model(position["model"])
+    model = small_video_model(num_classes, config.clip_len, config.crop_size)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def _int_or_range(text: str):
+    """"4" -> 4, "4:6" -> (4, 6)."""
+    low, _, high = text.partition(":")
+    return (int(low), int(high)) if high else int(low)
+
+
+def main(argv=None) -> int:
+    from ..loader.config import RECIPES, ClipConfig, resolve
+
+    p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
+    p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
+    p.add_argument("--split", help="split of a dataset folder that holds several")
+    p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="a published training recipe's clips (scale jitter, "
+                   "random resized crop, colour and temporal jitter, repeated clips; see dali_video.loader.config); "
+                   "the options below override it. Default: 16 frames, 112-pixel crops, flip")
+    p.add_argument("--clip-len", type=int)
+    p.add_argument("--stride", type=_int_or_range, help="frame step, or LOW:HIGH drawn per clip")
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--resize-shorter", type=_int_or_range,
+                   help="resize frames before cropping, or LOW:HIGH drawn per clip (default: as stored)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="save the model and the clip position here after every epoch, and "
+                                            "resume from them when they exist (after a preemption, say); "
+                                            "across hosts, a folder every worker sees")
+    args = p.parse_args(argv)
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    workers = len(cluster.get("cluster", {}).get("worker", []))
+    if workers > 1:  # before TensorFlow is imported: tf.keras is then tf-keras (Keras 2)
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+    import tensorflow as tf
+
+    from ..loader.dataset import clip_dataset, distribute, steps_per_epoch
+    from ..loader.gpu import enable_memory_growth
+    from ..loader.resume import ClipPosition, read_position
+    from .sample_data import sample_dataset
+    from ..loader.sampling import load_table
+
+    data = args.data or str(sample_dataset())
+    device = "cpu" if args.cpu else "gpu"
+    # Before anything uses a GPU: TensorFlow would otherwise take all its memory and leave DALI none.
+    if device == "gpu" and not enable_memory_growth():
+        print("dali-video-train: no GPU visible to TensorFlow; using the CPU fallback (--cpu)", file=sys.stderr)
+        device = "cpu"
+    options = {k: v for k, v in (("clip_len", args.clip_len), ("stride", args.stride), ("crop_size", args.crop_size),
+                                 ("resize_shorter", args.resize_shorter)) if v is not None}
+    try:
+        config = resolve(args.recipe or ClipConfig(clip_len=16, crop_size=112), True, options)
+        kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
+        position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
+        if position and position["global_batch_size"] != args.batch_size:
+            raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
+                             f"not {args.batch_size}: pass --batch-size {position['global_batch_size']}")
+        seed, initial_clip = (position["seed"], position["clip"]) if position else (args.seed, 0)
+        if workers > 1:  # every worker reads its share of each global batch and runs the same steps
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            batch = kw.pop("batch_size")
+            ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
+                            initial_clip=initial_clip, **kw)
+            steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
+            num_classes = int(load_table(data, args.split).label.max()) + 1
+        else:
+            strategy = tf.distribute.get_strategy()
+            ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
+            loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
+            steps = args.steps_per_epoch or loader.steps_per_epoch
+            num_classes = int(loader.table.label.max()) + 1
+    except (ValueError, OSError) as e:
+        print(f"dali-video-train: error: {e}", file=sys.stderr)
+        return 1
+    tf.keras.utils.set_random_seed(args.seed)
+    resolver = strategy.cluster_resolver  # across hosts: the chief writes the position, all save the model
+    chief = getattr(strategy.extended, "should_checkpoint", True)
+    task = f"{resolver.task_type}-{resolver.task_id}" if resolver else "0"
+    with strategy.scope():
+        model = _model(tf, position, num_classes, config)
+    if position:
+        print(f"resuming from {args.checkpoint_dir}: epoch {position['epoch']}, clip {initial_clip}", flush=True)
+    first_epoch = position["epoch"] if position else 0
+
+    class Speed(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.start
+            clips = steps * args.batch_size
+            print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
+                              "accuracy": round(float(logs["accuracy"]), 4),
+                              "clips_per_s": round(clips / seconds, 1),
+                              "frames_per_s": round(clips * config.clip_len / seconds, 1),
+                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips}), flush=True)
+
+    callbacks = [Speed()]
+    if args.checkpoint_dir:
+        callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
+                                      initial_clip=initial_clip, chief=chief, task=task))
+
+    print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
+          f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",
+          flush=True)
+    model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=0, shuffle=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
