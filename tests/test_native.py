@@ -18,13 +18,17 @@ from dali_video.index_tools import read_frame_index
 plan_c = native.plan_function()
 
 
-def native_plan(plan: PlanSpec, videos, position: int) -> list:
+def native_plan(plan: PlanSpec, videos, position: int, with_frames: bool = False) -> list:
+    """The native plan of clip ``position`` over videos given as (num_frames, height, width[, fps]): video,
+    start, stride, y, x, h, w, flip and the colour factors (and with_frames, the frame numbers)."""
     ints = plan.as_ints()
     spec = (ctypes.c_int64 * len(ints))(*ints)
-    flat = (ctypes.c_int64 * (3 * len(videos)))(*[x for v in videos for x in v])
-    out = (ctypes.c_int64 * 12)()
-    plan_c(spec, flat, len(videos), position, out)
-    return list(out[:8]) + list(np.array(out[8:], np.int64).view(np.float64))
+    rows = [(*v[:3], int(np.float64(v[3] if len(v) > 3 else 0.0).view(np.int64))) for v in videos]
+    flat = (ctypes.c_int64 * (4 * len(videos)))(*[x for v in rows for x in v])
+    out, frames = (ctypes.c_int64 * 14)(), (ctypes.c_int64 * plan.config.clip_len)()
+    plan_c(spec, flat, len(videos), position, out, frames)
+    fields = list(out[:8]) + list(np.array(out[8:12], np.int64).view(np.float64))
+    return (fields, list(frames)) if with_frames else fields
 
 
 def ranges(low, high):
@@ -44,14 +48,21 @@ def plans(draw):
     resize = draw(st.one_of(st.none(), ranges(low, low + 400), ranges(60000, 65535)))
     size = 1 if resize or area else crop
     side = st.one_of(st.integers(size, 4000), st.integers(size, 65535))
-    videos = draw(st.lists(st.tuples(st.integers(1, 2000), side, side), min_size=1, max_size=40))
+    fps = st.one_of(st.sampled_from([24.0, 25.0, 29.97002997002997, 30.0, 12.0]), st.floats(0.5, 240))
+    videos = draw(st.lists(st.tuples(st.integers(1, 2000), side, side, fps), min_size=1, max_size=40))
     training = draw(st.booleans())
     jitter = st.tuples(*[st.floats(0, 10)] * 3, st.floats(0, 0.5))
-    config = ClipConfig(clip_len=draw(st.integers(1, 128)), stride=draw(ranges(1, 8)), crop_size=crop,
-                        resize_shorter=resize, crop_area=area, crop_aspect=draw(real_range(0.01, 100)),
+    sampling = draw(st.sampled_from(["stride", "segments"]))
+    rule = draw(st.sampled_from(["slowfast", "tsn"]))
+    config = ClipConfig(clip_len=draw(st.integers(1, 128)), stride=draw(ranges(1, 8)) if sampling == "stride" else 1,
+                        crop_size=crop, resize_shorter=resize, crop_area=area, crop_aspect=draw(real_range(0.01, 100)),
                         flip=draw(st.booleans()), color_jitter=draw(st.one_of(st.none(), jitter)),
                         short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])),
-                        clips_per_video=draw(st.integers(1, 5)), num_crops=draw(st.sampled_from([1, 3])))
+                        clips_per_video=draw(st.integers(1, 5)), num_crops=draw(st.sampled_from([1, 3])),
+                        sampling=sampling, segment_rule=rule,
+                        twice_sample=sampling == "segments" and rule == "tsn" and draw(st.booleans()),
+                        target_fps=draw(st.sampled_from([None, 30.0, 15.0, 29.97])) if sampling == "stride" else None,
+                        test_views=draw(st.sampled_from(["default", "slowfast", "slowfast_offset", "mmaction"])))
     plan = PlanSpec(config if training else config.evaluation(), seed=draw(st.integers(0, 2**63 - 1)),
                     training=training)
     return plan, videos, draw(st.integers(0, 2**40))
@@ -61,10 +72,13 @@ def plans(draw):
 @given(plans())
 def test_native_plan_equals_the_python_reference(case):
     plan, videos, position = case
-    ref = plan_clip(plan, *zip(*videos), position)
-    assert native_plan(plan, videos, position) == [ref.video, ref.start, ref.stride, *ref.window[:4],
-                                                   ref.window[4], *ref.color]
-    _, height, width = videos[ref.video]
+    num_frames, heights, widths, fps = zip(*videos)
+    ref = plan_clip(plan, num_frames, heights, widths, position, fps)
+    fields, frames = native_plan(plan, videos, position, with_frames=True)
+    assert fields == [ref.video, ref.start, ref.stride, *ref.window[:4], ref.window[4], *ref.color]
+    assert frames == ref.frames.tolist()
+    n, height, width, _ = videos[ref.video]
+    assert all(0 <= f < n for f in frames)
     y, x, h, w, _ = ref.window  # a window of at least a pixel, inside the frame
     assert 1 <= h <= height and 1 <= w <= width and 0 <= y <= height - h and 0 <= x <= width - w
 

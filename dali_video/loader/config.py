@@ -11,6 +11,9 @@ from typing import Literal
 import numpy as np
 
 ShortVideos = Literal["repeat_last", "loop", "skip"]
+SAMPLINGS = ("stride", "segments")
+SEGMENT_RULES = ("slowfast", "tsn")
+TEST_VIEWS = ("default", "slowfast", "slowfast_offset", "mmaction")
 MAX_INT = 65535  # sizes, strides and counts: JPEG's own limit; keeps the plan's products inside int64
 SHORT_VIDEOS = ("repeat_last", "loop", "skip")
 DTYPES = ("float32", "float16", "uint8")
@@ -67,6 +70,17 @@ class ClipConfig:
     num_crops: evaluation crops per clip: 1 (centre) or 3 (both ends and the middle of the longer side).
     dtype, mean, std: "float32"/"float16" give ``(pixel - mean) / std`` (pixel units, 0-255); "uint8"
         the pixels as they are.
+    sampling: "stride" (T frames ``stride`` apart from one start) or "segments" (the video cut into T
+        segments, one frame from each; ``stride`` must stay 1).
+    segment_rule: with segments, "slowfast" (SlowFast's ssv2.py get_seq_frames) or "tsn" (MMAction2's
+        SampleFrames with clip_len=1, as TSN and TSM); ``twice_sample``: "tsn" evaluation views alternate
+        between the segments' middles and their starts (MMAction2's twice_sample; use clips_per_video=2).
+    target_fps: the clip spans ``stride * T`` frames at this rate (SlowFast's decoder.py): each video's
+        stored ``fps`` decides how many of its frames that is. None: frames as stored.
+    test_views: where evaluation views start and where three crops lie: "default", or as "slowfast",
+        "slowfast_offset" (MViTv2's configs) or "mmaction" draw them (README, Sampling).
+    flip_label_pairs: ``((a, b), ...)``: a flipped clip of label a gets label b and the reverse
+        (Something-Something's left/right classes).
 
     Evaluation (``training=False``) reads :meth:`evaluation`'s fixed view of the same config. Integers
     are at most 65535; ``crop_aspect`` lies in [0.01, 100], ``crop_area`` in [0.0001, 1], jitter in [0, 10].
@@ -86,6 +100,12 @@ class ClipConfig:
     dtype: Literal["float32", "float16", "uint8"] = "float32"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+    sampling: Literal["stride", "segments"] = "stride"
+    segment_rule: Literal["slowfast", "tsn"] = "slowfast"
+    twice_sample: bool = False
+    target_fps: float | None = None
+    test_views: Literal["default", "slowfast", "slowfast_offset", "mmaction"] = "default"
+    flip_label_pairs: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         for name in ("clip_len", "crop_size", "clips_per_video"):
@@ -111,12 +131,30 @@ class ClipConfig:
             reals["color_jitter"] = _reals("color_jitter", self.color_jitter, 4, 0.0, 10.0, what)
             if reals["color_jitter"][3] > 0.5:
                 raise ValueError(f"color_jitter must be {what}, got {self.color_jitter!r}")
-        for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES)):
+        if self.target_fps is not None:
+            reals["target_fps"] = _reals("target_fps", (self.target_fps,), 1, 1e-3, 1e4, "a frame rate in "
+                                         "[0.001, 10000] or None")[0]
+        for name, allowed in (("short_videos", SHORT_VIDEOS), ("num_crops", (1, 3)), ("dtype", DTYPES),
+                              ("sampling", SAMPLINGS), ("segment_rule", SEGMENT_RULES), ("test_views", TEST_VIEWS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise ValueError(f"flip must be True or False, got {self.flip!r}")
-        object.__setattr__(self, "flip", bool(self.flip))
+        for name in ("flip", "twice_sample"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.sampling == "segments" and (self.strides != (1, 1) or self.target_fps is not None):
+            raise ValueError(f"sampling='segments' takes one frame per segment: stride ({self.stride!r}) and "
+                             f"target_fps ({self.target_fps!r}) do not apply; leave them at 1 and None")
+        if self.twice_sample and (self.sampling, self.segment_rule) != ("segments", "tsn"):
+            raise ValueError(f"twice_sample=True needs sampling='segments' and segment_rule='tsn' (MMAction2's "
+                             f"TSN test views), got {self.sampling!r} and {self.segment_rule!r}")
+        pairs = self.flip_label_pairs
+        if not isinstance(pairs, (tuple, list)) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) and 0 <= v < 2**31 for v in p)
+                for p in pairs) or len({v for p in pairs for v in p}) != 2 * len(pairs):
+            raise ValueError(f"flip_label_pairs must be (a, b) pairs of labels in [0, 2**31), each label in one "
+                             f"pair only, got {pairs!r}")
+        object.__setattr__(self, "flip_label_pairs", tuple((int(a), int(b)) for a, b in pairs))
         for name in ("stride", "resize_shorter"):  # lists become tuples: the config stays hashable and frozen
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -134,8 +172,9 @@ class ClipConfig:
 
     @property
     def span(self) -> int:
-        """Frames the longest clip covers from its first to its last frame."""
-        return (self.clip_len - 1) * self.strides[1] + 1
+        """Frames the longest clip covers from its first to its last frame (segments: one per segment;
+        with target_fps, stored frames at the target rate)."""
+        return self.clip_len if self.sampling == "segments" else (self.clip_len - 1) * self.strides[1] + 1
 
     @property
     def resizes(self) -> bool:

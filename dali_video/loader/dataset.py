@@ -12,7 +12,8 @@ from typing import Literal
 import numpy as np
 
 from .config import ClipConfig, resolve
-from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
+from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, PlanSpec, VideoTable, load_table,
+                       usable_videos)
 
 log = logging.getLogger(__name__)
 DEVICES = ("gpu", "cpu")
@@ -102,13 +103,17 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
     return dict(
         shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
-        videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
+        videos="\n".join(" ".join(map(str, row)) + f" {fps!r}" for row, fps in zip(columns.tolist(),
+                                                                                 table.fps[videos].tolist())),
         filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
                             .replace("\n", "\\n") for v in videos),
         plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=list(c.strides),
         crop_size=c.crop_size, resize_shorter=list(c.resize_range), crop_area=reals[:2] if c.crop_area else [],
-        crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:] if c.color_jitter is not None else [],
+        crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:10] if c.color_jitter is not None else [],
         short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
+        sampling=SAMPLING_CODES[c.sampling], segment_rule=RULE_CODES[c.segment_rule], twice_sample=c.twice_sample,
+        test_views=VIEW_CODES[c.test_views], target_fps=reals[10],
+        flip_label_pairs=[v for pair in c.flip_label_pairs for v in pair],
         shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
 
 
@@ -204,8 +209,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         readers' parts are disjoint, and each epoch covers every clip once (one reader per replica or host).
     initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
         reached by computation, without reading.
-    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, and
-        :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
+    with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
+        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), and :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
         predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
         ``color`` (the four factors drawn) and ``replaced`` (damaged clips skipped to give it).
     decode_crop: decode only the crop window of each JPEG where DALI can.
@@ -271,9 +276,11 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 
     @tf.autograph.experimental.do_not_convert
     def finish(images, *rest):
+        frames = None  # [B, T] frame numbers, from the per-frame metadata
         if loader.layout == "frames":
             clips, first = tf.reshape(images, (B, T, c, c, 3)), rest[0][::T]
             labels = first[:, label]
+            frames = tf.reshape(rest[0][:, META_COLUMNS.index("frame")], (B, T))
         else:
             clips, labels, first = images, rest[0], (rest[1] if with_meta else None)
         if normalise_in_tf:
@@ -286,7 +293,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
             return clips, labels
         fields = meta_fields(first)
         del fields["label"]
-        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields}
+        extra = {} if frames is None else {"frames": frames}
+        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, **extra}
 
     with tf.device("/cpu:0"):
         mapped = ds.map(finish)

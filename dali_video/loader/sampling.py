@@ -29,6 +29,7 @@ class VideoTable:
     width: np.ndarray
     label: np.ndarray
     filename: np.ndarray  # str
+    fps: np.ndarray  # frames per second as stored in the index; 0: unknown
 
     def __len__(self) -> int:
         return len(self.num_frames)
@@ -36,7 +37,7 @@ class VideoTable:
     def take(self, rows) -> "VideoTable":
         return VideoTable(self.shards, *(getattr(self, f)[rows] for f in
                                          ("shard", "frame_start", "num_frames", "height", "width", "label",
-                                          "filename")))
+                                          "filename", "fps")))
 
 
 def shard_files(files, split: str | None = None) -> list[Path]:
@@ -84,7 +85,8 @@ def load_table(files, split: str | None = None) -> VideoTable:
         shard=np.repeat(np.arange(len(shards), dtype=np.int64), [ix.num_videos for ix in shards]),
         frame_start=np.concatenate([ix.frame_starts() for ix in shards]).astype(np.int64),
         num_frames=column("num_frames", np.int64), height=column("height", np.int64),
-        width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object))
+        width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object),
+        fps=np.array([v for ix in shards for v in ix.videos.get("fps") or [0.0] * ix.num_videos], np.float64))
 
 
 # ---------------------------------------------------------------- clip plans
@@ -149,17 +151,37 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #               flip = uniform(f4, 2) (0 without flip); colour (b, c, s, hue) = lo + unit(f10..f13) * (hi - lo)
 #               over [max(0, 1 - b), 1 + b], likewise c and s, and [-hue, hue]; (1, 1, 1, 0) without jitter.
 #   evaluation: stride = slo, R = rlo (an evaluation view holds one value each: ClipConfig.evaluation);
-#               video = j // (K*C), clip = j // C % K, crop = j % C; start = room // 2
-#               for K = 1, else rdiv(clip * room, K - 1); a c x c window, centred, or for C = 3 at 0, middle,
-#               end of the longer side; no flip, no colour change.
+#               video = j // (K*C), view = j // C % K, crop = j % C; draws as in training;
+#               start = floor(view_start(view, room)), view_start(i, D) by test_views:
+#                 "default": D // 2 for K = 1, else rdiv(i * D, K - 1) (D an integer);
+#                 "slowfast": D * i / K;  "slowfast_offset" (and "mmaction" with target_fps): floor(D / 2) for
+#                 K = 1, else i * floor(D / (K - 1));  "mmaction": floor(D / 2) for K = 1, else
+#                 round_even(i * (D / (K - 1)))  (doubles, operation for operation as the references);
+#               a c x c window, centred ((rh - c) // 2; "slowfast*": (rh - c + 1) // 2, likewise x), or for
+#               C = 3 along the longer side L (for "default" the height when rh >= rw, else when rh > rw),
+#               crop 0, 1, 2 at: 0, (L - c) // 2, L - c ("default"); 0, (L - c + 1) // 2, L - c ("slowfast*");
+#               0, 2 * ((L - c) // 2), (L - c) // 2 ("mmaction": left, right, middle); no flip, no colour change.
+# Frame t of T of a video of n stored frames (round_even: halves to even, as Python's round):
+#   stride:     start + t*stride, taken modulo n ("loop") or capped at n - 1 ("repeat_last").
+#   target_fps: span S = max(1, stride * T / target_fps * fps) (the video's fps; doubles, in this order),
+#               D = max(n - S, 0); start = uniform(f1, floor(D) + 1) (training) or view_start(view, D);
+#               end = start + S - 1; frame t = clamp(floor(t * ((end - start) / (T - 1)) + start), 0, n - 1)
+#               (numpy's linspace: the last is floor(end); T = 1: floor(start)).
+#   segments:   h_t = hash(hash(draws, 9), t).  "slowfast": z = (n - 1) / T, a = round_even(z * t),
+#               b = round_even(z * (t + 1)); training a + uniform(h_t, b - a + 1), evaluation (a + b) // 2.
+#               "tsn": training: a = n // T; t * a + uniform(h_t, a) if a > 0, else round_even(t * (n / T));
+#               evaluation: a = n / T, int(a * t + a / 2), or with twice_sample for odd views int(a * t).
+#               Then, as for stride, modulo n ("loop") or capped ("repeat_last"): TSN's rule rounds past the
+#               end of videos shorter than T / 2. The plan's start is frame 0, its stride 0.
 # (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without
 # resizing the frame itself. The window in stored pixels: h' = min(height, max(1, rdiv(h*s, R))), likewise
 # w', y' = min(rdiv(y*s, R), height - h'), likewise x' (without resizing, as drawn).
-# Frame t of the clip is start + t*stride, taken modulo the frame count ("loop") or capped at the last
-# frame ("repeat_last").
 
 _M64 = (1 << 64) - 1
 SHORT_CODES = {"repeat_last": 0, "loop": 1, "skip": 2}
+SAMPLING_CODES = {"stride": 0, "segments": 1}
+RULE_CODES = {"slowfast": 0, "tsn": 1}
+VIEW_CODES = {"default": 0, "slowfast": 1, "slowfast_offset": 2, "mmaction": 3}
 
 
 def _mix(x: int) -> int:
@@ -187,6 +209,11 @@ def _unit(h: int) -> float:
 
 def _round(v: float) -> int:
     return int(v + 0.5)
+
+
+def _round_even(v: float) -> int:
+    f = math.floor(v)
+    return f + 1 if v - f > 0.5 or (v - f == 0.5 and f % 2) else f
 
 
 def _exp(v: float) -> float:
@@ -249,18 +276,20 @@ class PlanSpec:
         return -(-self.items_per_epoch(num_videos) // global_batch_size)
 
     def floats(self) -> list[float]:
-        """alo, ahi, plo, phi, llo, lhi, b, c, s, hue as the plan uses them (float32 values)."""
+        """alo, ahi, plo, phi, llo, lhi, b, c, s, hue, target_fps (0: off) as the plan uses them (float32)."""
         c = self.config
         area = c.crop_area or (1.0, 1.0)
         aspect = [_f32(v) for v in c.crop_aspect]
-        return [_f32(v) for v in (*area, *aspect, *map(_log, aspect), *(c.color_jitter or (0, 0, 0, 0)))]
+        return [_f32(v) for v in (*area, *aspect, *map(_log, aspect), *(c.color_jitter or (0, 0, 0, 0)),
+                                  c.target_fps or 0.0)]
 
     def as_ints(self) -> list[int]:
         """The fields of ``struct Spec`` in clip_reader.cc, in order (doubles as their bits)."""
         c = self.config
         ints = [self.seed, int(self.training), c.clip_len, *c.strides, c.crop_size, *c.resize_range,
                 SHORT_CODES[c.short_videos], c.clips_per_video, c.num_crops, int(c.flip),
-                int(c.crop_area is not None), int(c.color_jitter is not None)]
+                int(c.crop_area is not None), int(c.color_jitter is not None), SAMPLING_CODES[c.sampling],
+                RULE_CODES[c.segment_rule], int(c.twice_sample), VIEW_CODES[c.test_views]]
         return ints + [int(np.float64(v).view(np.int64)) for v in self.floats()]
 
 
@@ -300,26 +329,66 @@ def _train_window(plan: PlanSpec, rh: int, rw: int, draws: int) -> tuple[int, in
     return _uniform(_hash(draws, 2), rh - h + 1), _uniform(_hash(draws, 3), rw - w + 1), h, w
 
 
-def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> ClipPlan:
-    """Clip ``position`` of the endless clip sequence over the videos whose sizes are given."""
+def _view_start(cfg: ClipConfig, view: int, room: float) -> float:
+    k = cfg.clips_per_video
+    if cfg.test_views == "slowfast":
+        return room * view / k
+    if cfg.test_views == "slowfast_offset" or (cfg.test_views == "mmaction" and cfg.target_fps):
+        return math.floor(room / 2) if k == 1 else view * math.floor(room / (k - 1))
+    if cfg.test_views == "mmaction":
+        return math.floor(room / 2) if k == 1 else _round_even(view * (room / (k - 1)))
+    return int(room) // 2 if k == 1 else _rdiv(view * int(room), k - 1)
+
+
+def _segment_frame(cfg: ClipConfig, train: bool, view: int, draws: int, n: int, i: int) -> int:
+    t, h = cfg.clip_len, _hash(_hash(draws, 9), i)
+    if cfg.segment_rule == "slowfast":
+        size = (n - 1) / t
+        a, b = _round_even(size * i), _round_even(size * (i + 1))
+        return a + _uniform(h, b - a + 1) if train else (a + b) // 2
+    if train:
+        a = n // t
+        return i * a + _uniform(h, a) if a > 0 else _round_even(i * (n / t))
+    a = n / t
+    return int(a * i if cfg.twice_sample and view % 2 else a * i + a / 2)
+
+
+def _frames(plan: PlanSpec, view: int, draws: int, start: int, stride: int, n: int, fps: float) -> np.ndarray:
+    """The clip's stored frame numbers (see the specification)."""
+    cfg, train, t = plan.config, plan.training, plan.config.clip_len
+    if cfg.target_fps:
+        span = max(1.0, stride * t / plan.floats()[10] * fps)
+        room = max(n - span, 0.0)
+        first = float(_uniform(_hash(draws, 1), int(room) + 1)) if train else _view_start(cfg, view, room)
+        end = first + span - 1
+        at = [end if i == t - 1 and t > 1 else i * ((end - first) / (t - 1)) + first if t > 1 else first
+              for i in range(t)]
+        return np.clip(np.floor(at).astype(np.int64), 0, n - 1)
+    if cfg.sampling == "segments":
+        idx = np.array([_segment_frame(cfg, train, view, draws, n, i) for i in range(t)], np.int64)
+    else:
+        idx = start + np.arange(t) * stride
+    return idx % n if cfg.short_videos == "loop" else np.minimum(idx, n - 1)
+
+
+def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int, fps=None) -> ClipPlan:
+    """Clip ``position`` of the endless clip sequence over the videos whose sizes (and frame rates, for
+    ``target_fps``) are given."""
     cfg, train, c = plan.config, plan.training, plan.config.crop_size
     n, k, crops = len(num_frames), cfg.clips_per_video, cfg.num_crops
     epoch, j = divmod(position, plan.items_per_epoch(n))
     seed = plan.seed & _M64
     if train:
-        video, clip, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
+        video, view, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
     else:
-        video, clip, crop = j // (k * crops), j // crops % k, j % crops
+        video, view, crop = j // (k * crops), j // crops % k, j % crops
     draws = _hash(_hash(_hash(seed, 2), epoch), j)
     frames, height, width = int(num_frames[video]), int(heights[video]), int(widths[video])
     (slo, shi), (rlo, rhi) = cfg.strides, cfg.resize_range
     stride = slo + _uniform(_hash(draws, 5), shi - slo + 1) if train else slo
     r = rlo + _uniform(_hash(draws, 6), rhi - rlo + 1) if train else rlo
     room = max(frames - (cfg.clip_len - 1) * stride - 1, 0)
-    if train:
-        start = _uniform(_hash(draws, 1), room + 1)
-    else:
-        start = room // 2 if k == 1 else _rdiv(clip * room, k - 1)
+    start = _uniform(_hash(draws, 1), room + 1) if train else int(_view_start(cfg, view, room))
     shorter = min(height, width)
     rh, rw = (_rdiv(height * r, shorter), _rdiv(width * r, shorter)) if r else (height, width)
     flip, color = 0, (1.0, 1.0, 1.0, 0.0)
@@ -327,19 +396,24 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> Cli
         y, x, h, w = _train_window(plan, rh, rw, draws)
         flip = _uniform(_hash(draws, 4), 2) if cfg.flip else 0
         if cfg.color_jitter is not None:
-            b, ct, s, hue = plan.floats()[6:]
+            b, ct, s, hue = plan.floats()[6:10]
             bounds = ((max(0.0, 1.0 - b), 1.0 + b), (max(0.0, 1.0 - ct), 1.0 + ct), (max(0.0, 1.0 - s), 1.0 + s),
                       (-hue, hue))
             color = tuple(lo + _unit(_hash(draws, 10 + i)) * (hi - lo) for i, (lo, hi) in enumerate(bounds))
     else:
+        up = int(cfg.test_views in ("slowfast", "slowfast_offset"))
         h = w = c
-        y, x = (rh - c) // 2, (rw - c) // 2
+        y, x = (rh - c + up) // 2, (rw - c + up) // 2
         if crops == 3:
-            spot = (0, (max(rh, rw) - c) // 2, max(rh, rw) - c)[crop]
-            y, x = (spot, x) if rh >= rw else (y, spot)
+            tall = rh >= rw if cfg.test_views == "default" else rh > rw
+            room_xy = max(rh, rw) - c
+            spots = (0, room_xy // 2 * 2, room_xy // 2) if cfg.test_views == "mmaction" else (
+                0, (room_xy + up) // 2, room_xy)
+            y, x = (spots[crop], x) if tall else (y, spots[crop])
     if r:
         h, w = min(height, max(1, _rdiv(h * shorter, r))), min(width, max(1, _rdiv(w * shorter, r)))
         y, x = min(_rdiv(y * shorter, r), height - h), min(_rdiv(x * shorter, r), width - w)
-    idx = start + np.arange(cfg.clip_len) * stride
-    idx = idx % frames if cfg.short_videos == "loop" else np.minimum(idx, frames - 1)
-    return ClipPlan(video, start, stride, idx, (y, x, h, w, flip), color)
+    idx = _frames(plan, view, draws, start, stride, frames, float(fps[video]) if fps is not None else 0.0)
+    if cfg.sampling == "segments":
+        stride = 0
+    return ClipPlan(video, int(idx[0]), stride, idx, (y, x, h, w, flip), color)

@@ -103,5 +103,5 @@ def plan_function():
     """The operator's plan as a C function (see ``dali_video_plan`` in clip_reader.cc), for tests."""
     f = ctypes.CDLL(str(load())).dali_video_plan
     p = ctypes.POINTER(ctypes.c_int64)
-    f.argtypes = [p, p, ctypes.c_int64, ctypes.c_int64, p]
+    f.argtypes = [p, p, ctypes.c_int64, ctypes.c_int64, p, p]
     return f

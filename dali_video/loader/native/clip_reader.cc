@@ -13,6 +13,7 @@
 #include <iostream>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -22,26 +23,29 @@
 
 namespace dali_video {
 
-// The videos, one text line each ("shard row num_frames height width label table_row"), and their
+// The videos, one text line each ("shard row num_frames height width label table_row fps"), and their
 // names one per line: two string arguments serialize far smaller and faster than per-video lists
 // (82 MB and 4.6 s at 300k videos, through DALI's pipeline protobuf).
 void parse_videos(const std::string &text, const std::string &names, Dataset &d) {
   const char *p = text.c_str();
   while (*p) {
     int64_t v[7];
+    char *end;
     for (int64_t &x : v) {
-      char *end;
       x = std::strtoll(p, &end, 10);
       DALI_ENFORCE(end != p, "dali-video clip reader: malformed 'videos' argument");
       p = end;
     }
+    const double fps = std::strtod(p, &end);  // 0: unknown; Python writes the shortest exact decimal
+    DALI_ENFORCE(end != p && fps >= 0 && fps <= 1e6, "dali-video clip reader: malformed 'videos' argument");
+    p = end;
     // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
     DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
                  v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535,
                  "dali-video clip reader: a video's shard, row or size is out of range");
     d.shard.push_back(v[0]);
     d.row.push_back(v[1]);
-    d.videos.push_back({v[2], v[3], v[4]});
+    d.videos.push_back({v[2], v[3], v[4], fps});
     d.label.push_back(v[5]);
     d.table_row.push_back(v[6]);
     while (*p == '\n' || *p == ' ') ++p;
@@ -92,12 +96,19 @@ Spec read_spec(const dali::OpSpec &spec) {
   s.area_hi = s.random_area ? area[1] : 1.0;
   s.aspect_lo = aspect[0], s.aspect_hi = aspect[1], s.log_aspect_lo = aspect[2], s.log_aspect_hi = aspect[3];
   for (int i = 0; i < 4; ++i) s.jitter[i] = s.color ? jitter[i] : 0.0;
+  s.sampling = spec.GetArgument<int>("sampling");
+  s.segment_rule = spec.GetArgument<int>("segment_rule");
+  s.twice_sample = spec.GetArgument<bool>("twice_sample");
+  s.test_views = spec.GetArgument<int>("test_views");
+  s.target_fps = spec.GetArgument<float>("target_fps");
   const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
   DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
                s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
                s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) &&
                s.aspect_lo >= 0.0099 && s.aspect_hi <= 100 && s.area_lo > 0 && s.area_hi <= 1 &&
-               std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5,
+               std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5 && (s.sampling == kStride ||
+               s.sampling == kSegments) && (s.segment_rule == kSlowFastRule || s.segment_rule == kTsnRule) &&
+               s.test_views >= kDefaultViews && s.test_views <= kMMAction && s.target_fps >= 0 && s.target_fps <= 1e4,
                "dali-video clip reader: a plan argument is out of range");
   return s;
 }
@@ -116,6 +127,14 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
+    const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
+    DALI_ENFORCE(pairs.size() % 2 == 0, "dali-video clip reader: flip_label_pairs must hold (a, b) pairs");
+    for (size_t k = 0; k < pairs.size(); k += 2) {
+      swap_[pairs[k]] = pairs[k + 1];
+      swap_[pairs[k + 1]] = pairs[k];
+    }
+    for (const Video &v : d_.videos)
+      DALI_ENFORCE(s_.target_fps == 0 || v.fps > 0, "dali-video clip reader: target_fps needs every video's fps");
   }
 
  protected:
@@ -191,7 +210,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
           if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
           int32_t values[kMetaColumns] = {
-              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), d_.label[p.video],
+              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), label(p),
               d_.table_row[p.video], int32_t(c.frames[t]), c.replaced, int32_t(p.stride)};
           for (int k = 0; k < 4; ++k) {
             const float factor = static_cast<float>(p.color[k]);
@@ -204,8 +223,16 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     pool.RunAll();
   }
 
+  // A flipped clip's label, swapped when flip_label_pairs pairs it (left/right classes).
+  int32_t label(const Plan &p) const {
+    const int32_t l = d_.label[p.video];
+    const auto it = p.flip ? swap_.find(l) : swap_.end();
+    return it == swap_.end() ? l : it->second;
+  }
+
   Dataset d_;
   Spec s_{};
+  std::unordered_map<int32_t, int32_t> swap_;
   bool per_clip_ = false, skip_ = false, pad_ = false;
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
@@ -216,13 +243,17 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
 }  // namespace dali_video
 
 // The plan alone, for the property test that holds it equal to the Python reference:
-// spec as in struct Spec, videos as (num_frames, height, width) triples, out as struct Plan.
+// spec as in struct Spec, videos as (num_frames, height, width, fps bits) rows, out as struct Plan, and the
+// clip's clip_len frame numbers into frames.
 extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64_t n, int64_t position,
-                               int64_t *out) {
+                               int64_t *out, int64_t *frames) {
   dali_video::Spec s;
   std::memcpy(&s, spec, sizeof(s));
-  const auto p = dali_video::plan_clip(s, reinterpret_cast<const dali_video::Video *>(videos), n, position);
+  std::vector<dali_video::Video> v(n);
+  std::memcpy(v.data(), videos, n * sizeof(dali_video::Video));
+  const auto p = dali_video::plan_clip(s, v.data(), n, position);
   std::memcpy(out, &p, sizeof(p));
+  for (int64_t t = 0; t < s.clip_len; ++t) frames[t] = dali_video::frame_number(s, p, v[p.video], t);
   return 0;
 }
 
@@ -268,6 +299,12 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
     .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
                     false)
+    .AddOptionalArg("sampling", "0: T frames a stride apart; 1: one frame from each of T segments.", 0)
+    .AddOptionalArg("segment_rule", "Segments: 0 SlowFast's get_seq_frames, 1 TSN (MMAction2's SampleFrames).", 0)
+    .AddOptionalArg("twice_sample", "TSN evaluation: odd views take the segments' starts.", false)
+    .AddOptionalArg("test_views", "Evaluation views: 0 default, 1 slowfast, 2 slowfast_offset, 3 mmaction.", 0)
+    .AddOptionalArg("target_fps", "Sample at this frame rate (each video's fps); 0: as stored.", 0.f)
+    .AddOptionalArg("flip_label_pairs", "Label pairs (a, b, c, d, ...) that a flipped clip swaps.", std::vector<int>{})
     .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
 
 }  // namespace dali

@@ -138,7 +138,7 @@ void read_clip(const Dataset &d, const Spec &s, Clip &c) {
   const Plan &p = c.plan;
   const Video &v = d.videos[p.video];
   c.frames.resize(s.clip_len);
-  for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v.num_frames, t);
+  for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v, t);
   Located l(d.shards[d.shard[p.video]]);
   locate(d, c.frames, p, l);
   std::vector<int64_t> at(l.wanted.size());  // each wanted frame's position in c.data
