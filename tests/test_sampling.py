@@ -119,3 +119,101 @@ def test_segment_clips_read_the_planned_frames_and_meta_gives_them(dataset):
                     assert ((frames >= start) & (frames <= end)).all()
                 else:
                     assert frames.tolist() == ((start + end) // 2).tolist()
+
+
+# ---------------------------------------------------------------- target frame rate
+
+def slowfast_start_end(video_size, clip_size, clip_idx, num_clips_uniform, use_offset):
+    """facebookresearch/SlowFast slowfast/datasets/decoder.py get_start_end_idx (testing: clip_idx >= 0)."""
+    delta = max(video_size - clip_size, 0)
+    if use_offset:
+        if num_clips_uniform == 1:
+            start_idx = math.floor(delta / 2)
+        else:
+            start_idx = clip_idx * math.floor(delta / (num_clips_uniform - 1))
+    else:
+        start_idx = delta * clip_idx / num_clips_uniform
+    return start_idx, start_idx + clip_size - 1
+
+
+def slowfast_temporal_sampling(num_frames, start_idx, end_idx, num_samples):
+    """SlowFast decoder.py temporal_sampling (with numpy's float64 linspace for torch's float32 one)."""
+    index = np.linspace(start_idx, end_idx, num_samples)
+    return np.clip(index, 0, num_frames - 1).astype(np.int64)
+
+
+def slowfast_clip_size(sampling_rate, num_frames, target_fps, fps):
+    """SlowFast decoder.py decode: the stored frames one clip spans (at least 1, as MMAction2's)."""
+    return max(1, sampling_rate * num_frames / target_fps * fps)
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 29.969999313354492, 12.0, 60.0])
+def test_target_fps_views_are_slowfasts_get_start_end_idx_and_temporal_sampling(fps):
+    for T, stride, K in ((8, 8, 10), (16, 4, 5), (4, 2, 1), (1, 1, 3), (13, 1, 2)):
+        for views, use_offset in (("slowfast", False), ("slowfast_offset", True)):
+            config = ClipConfig(clip_len=T, stride=stride, crop_size=8, target_fps=30.0, test_views=views,
+                                clips_per_video=K)
+            for n in LENGTHS:
+                size = slowfast_clip_size(stride, T, 30.0, fps)
+                for view in range(K):
+                    want = slowfast_temporal_sampling(n, *slowfast_start_end(n, size, view, K, use_offset), T)
+                    assert frames_of(config, (n, 8, 8, fps), view, False) == want.tolist(), (n, view, views)
+
+
+@pytest.mark.parametrize("fps", [25.0, 29.969999313354492])
+def test_target_fps_training_start_is_uniform_and_frames_follow_slowfast(fps):
+    """SlowFast draws start_idx = random.uniform(0, delta), a real; the plan draws an integer start."""
+    for T, stride in ((8, (6, 10)), (16, 4), (1, 2)):
+        config = ClipConfig(clip_len=T, stride=stride, crop_size=8, target_fps=30.0)
+        for n in LENGTHS:
+            plan = PlanSpec(config, seed=7, training=True)
+            for p in range(DRAWS):
+                fields, got = native_plan(plan, [(n, 8, 8, fps)], p, with_frames=True)
+                size = slowfast_clip_size(fields[2], T, 30.0, fps)
+                start = got[0]
+                assert 0 <= start <= max(n - size, 0)
+                assert got == slowfast_temporal_sampling(n, start, start + size - 1, T).tolist()
+
+
+def test_fps_reaches_the_index_and_build_supplies_it(dataset, tmp_path):
+    from dali_video.index_tools import format as fmt
+    from tests.conftest import run_module
+    from tests.test_index_tools import _write_tf_layout
+
+    assert (load_table(dataset).fps == 25.0).all()  # the writer stores the source's rate
+    shard = _write_tf_layout(tmp_path / "tf.tfrecord", "example")
+    run_module("dali_video.index_tools", "build", shard)
+    kw = dict(batch_size=1, clip_len=4, crop_size=8, device="cpu", target_fps=30, output="jpegs")
+    with pytest.raises(ValueError, match=rf"target_fps \(30\) needs each video's frame rate: video '' in {shard} "
+                                         rf"has none in its index \(3 videos\); give their rate with: "
+                                         rf"dali-video-index build --fps <rate> {shard}"):
+        dali_video.clip_pipeline([shard], **kw)
+    run_module("dali_video.index_tools", "build", "--fps", "30", shard)
+    assert (load_table([shard]).fps == 30.0).all()
+    dali_video.clip_pipeline([shard], **kw).close()
+    # An index of version 1 (no fps column) still reads, its videos' rate unknown.
+    index = fmt.read_frame_index(fmt.fidx_path(shard))
+    rows = index.read_rows(0, index.num_frame_rows)
+    videos = {c: v for c, v in index.videos.items() if c != "fps"}
+    data = fmt.encode_frame_index(shard_size=index.shard_size, num_records=index.num_records, layout=index.layout,
+                                  frames_key=index.frames_key, videos={**videos, "fps": []}, rows=rows)
+    header_length = int.from_bytes(data[8:12], "little")
+    header = data[12:12 + header_length].decode()
+    old = header.replace('"version": 2', '"version": 1').replace(', "fps": []', "")
+    fmt.atomic_write(fmt.fidx_path(shard), data[:12] + old.ljust(header_length).encode() + data[12 + header_length:])
+    assert fmt.read_frame_index(fmt.fidx_path(shard)).videos["fps"] == [0.0, 0.0, 0.0]
+
+
+def test_target_fps_clips_read_the_planned_frames(dataset):
+    table = load_table(dataset)
+    length = dict(zip(table.filename, table.num_frames))
+    ds = dali_video.clip_dataset(dataset, batch_size=5, clip_len=6, stride=2, crop_size=16, target_fps=30,
+                                 test_views="slowfast", clips_per_video=2, device="cpu", dtype="uint8",
+                                 std=(1, 1, 1), seed=3, with_meta=True, training=False)
+    for b, (clips, _, meta) in enumerate(ds.take(2)):
+        for i, (clip, frames, name) in enumerate(zip(clips.numpy(), meta["frames"].numpy(), meta["filename"].numpy())):
+            assert [frame_number(f) for f in clip] == frames.tolist()
+            n, view = length[os.fsdecode(name)], (b * 5 + i) % 2
+            size = slowfast_clip_size(2, 6, 30.0, 25.0)
+            assert frames.tolist() == slowfast_temporal_sampling(n, *slowfast_start_end(n, size, view, 2, False),
+                                                                 6).tolist()

@@ -15,6 +15,8 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="+", help="shard files, globs or folders")
     p.add_argument("--frames-key", help="feature (or feature list) holding the JPEG frames; "
                    "default: 'frames', then 'frames/NNNN' features, then 'image/encoded' feature list")
+    p.add_argument("--fps", type=float, help="frame rate of videos whose records hold no 'fps' feature "
+                   "(needed by target_fps sampling)")
     p = sub.add_parser("verify", help="check every record, CRC, index line and frame-index entry")
     p.add_argument("paths", nargs="+")
     p = sub.add_parser("inspect", help="videos, frames, resolutions, bytes per frame, labels")
@@ -26,12 +28,12 @@ def main(argv=None) -> int:
             return 0
         for shard in expand(args.paths):
             if args.command == "build":
-                index = build(shard, args.frames_key)
+                index = build(shard, args.frames_key, args.fps)
                 print(f"{shard}: {len(index.records)} records, {len(index.videos['record'])} videos, "
                       f"{sum(index.videos['num_frames'])} frames ({index.layout})")
             else:
                 print(f"{shard}: OK, {verify(shard)} records")
-    except (FormatError, OSError) as e:
+    except (FormatError, OSError, ValueError) as e:
         print(f"dali-video-index {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -6,11 +6,11 @@ Files next to a shard ``NAME.tfrecord``:
   ``NAME.tfrecord.idx``   DALI's ``tfrecord2idx`` index: one ``"<offset> <record size>\\n"`` line per record.
   ``NAME.tfrecord.fidx``  the frame index (below): where every JPEG of every video lies in the shard.
 
-Frame index, version 1 (little-endian):
+Frame index, version 2 (little-endian; version 1, the same without the ``fps`` column, still reads):
   bytes 0-7   magic ``b"DVFIDX\\x00\\x01"``
   bytes 8-11  u32 length H of the JSON header that follows (UTF-8)
   H bytes     JSON header: format version, shard size and record count (to detect a stale index),
-              the frame layout, per-video columns (filename, label, ...), the frame table's offset,
+              the frame layout, per-video columns (filename, label, fps (0.0: unknown), ...), the frame table's offset,
               row count and CRC32C
   padding to a multiple of 16, then the frame table: one 16-byte row per frame, video after video,
   in frame order: u64 absolute offset of the JPEG in the shard, u32 its length, u32 its CRC32C.
@@ -29,7 +29,8 @@ from pathlib import Path
 import crc32c as _crc32c
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # version 1: no fps column (read as 0.0, unknown)
 SHARD_SUFFIX = ".tfrecord"
 IDX_SUFFIX = ".idx"
 FIDX_SUFFIX = ".fidx"
@@ -46,6 +47,7 @@ CHANNELS = "channels"
 CLASS_LABEL = "class_label"
 CLASS_TEXT = "class_text"
 FILENAME = "filename"
+FPS = "fps"  # float: frames per second of the stored frames
 # Layouts written by other tools: frames as one feature each (``frames/0000``), or a
 # tf.train.SequenceExample with one frame per element of a feature list (DeepMind DMVR).
 FRAME_FEATURE_RE = re.compile(r"^frames/(\d+)$")
@@ -59,7 +61,7 @@ FRAME_ROW = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
 _HEADER_KEYS = ("version", "shard_size", "num_records", "layout", "frames_key", "frame_table_offset",
                 "num_frame_rows", "frame_table_crc", "videos")
 VIDEO_COLUMNS = ("record", "record_offset", "record_length", "num_frames", "height", "width",
-                 "label", "filename", "class_text")
+                 "label", "filename", "class_text", "fps")
 MAX_RECORD_BYTES = 1 << 34  # 16 GiB: a larger length field is corruption, never an allocation
 
 
@@ -272,10 +274,12 @@ def read_frame_index(path) -> FrameIndex:
             raise FormatError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
         raise FormatError(f"{path}: header lacks fields {[k for k in _HEADER_KEYS if k not in header]}")
-    if header["version"] != FORMAT_VERSION:
+    if header["version"] not in READ_VERSIONS:
         raise FormatError(f"{path}: frame index version {header['version']}, this dali-video reads "
-                          f"version {FORMAT_VERSION}; rebuild: dali-video-index build {_shard_of(path)}")
+                          f"versions {READ_VERSIONS}; rebuild: dali-video-index build {_shard_of(path)}")
     videos = header["videos"]
+    if header["version"] == 1 and isinstance(videos, dict) and isinstance(videos.get("record"), list):
+        videos["fps"] = [0.0] * len(videos["record"])
     if not isinstance(videos, dict) or any(not isinstance(videos.get(c), list) for c in VIDEO_COLUMNS) \
             or len({len(videos[c]) for c in VIDEO_COLUMNS}) != 1:
         raise FormatError(f"{path}: video columns malformed")

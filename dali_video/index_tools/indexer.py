@@ -20,6 +20,7 @@ class VideoMeta:
     class_text: str
     height: int
     width: int
+    fps: float = 0.0  # 0.0: unknown
 
 
 class ShardIndex:
@@ -64,10 +65,11 @@ def _first(features: dict, keys, kind: str):
     return None
 
 
-def describe_record(data, frames_key: str | None = None):
+def describe_record(data, frames_key: str | None = None, fps: float | None = None):
     """Find the frames of one record in any supported layout: ``(layout, key, spans, meta)``.
 
     Returns ``(None, None, [], None)`` for a record with no frames: indexed, but holds no video.
+    ``fps`` is the frame rate of videos whose record has no ``fps`` feature.
     """
     features, lists = walk(data)
     layout, key, spans = None, None, []
@@ -95,16 +97,18 @@ def describe_record(data, frames_key: str | None = None):
         height, width = fmt.jpeg_size(memoryview(data)[spans[0][0]:spans[0][0] + spans[0][1]])
     label = _first(features, fmt.LABEL_KEYS, "int64")
     meta = VideoMeta(label=-1 if label is None else int(label), filename=text(fmt.FILENAME_KEYS),
-                     class_text=text(fmt.CLASS_TEXT_KEYS), height=int(height or 0), width=int(width or 0))
+                     class_text=text(fmt.CLASS_TEXT_KEYS), height=int(height or 0), width=int(width or 0),
+                     fps=float(_first(features, (fmt.FPS,), "float") or fps or 0.0))
     return layout, key, spans, meta
 
 
-def index_shard(shard, frames_key: str | None = None) -> ShardIndex:
-    """Read a whole shard (checking every CRC) and build its indexes in memory."""
+def index_shard(shard, frames_key: str | None = None, fps: float | None = None) -> ShardIndex:
+    """Read a whole shard (checking every CRC) and build its indexes in memory (``fps``: the frame rate
+    of videos whose records hold none)."""
     index = None
     for number, (offset, _size, data) in enumerate(fmt.scan_records(shard)):
         try:
-            layout, key, spans, meta = describe_record(data, frames_key)
+            layout, key, spans, meta = describe_record(data, frames_key, fps)
         except FormatError as e:
             raise FormatError(f"{shard}: record {number} at byte {offset}: {e}") from None
         if index is None:
@@ -116,9 +120,12 @@ def index_shard(shard, frames_key: str | None = None) -> ShardIndex:
     return index or ShardIndex("example", fmt.FRAMES)
 
 
-def build(shard, frames_key: str | None = None) -> ShardIndex:
-    """Write ``SHARD.idx`` and ``SHARD.fidx`` for an existing TFRecord file."""
-    index = index_shard(shard, frames_key)
+def build(shard, frames_key: str | None = None, fps: float | None = None) -> ShardIndex:
+    """Write ``SHARD.idx`` and ``SHARD.fidx`` for an existing TFRecord file (``fps``: the frame rate of
+    videos whose records hold no ``fps`` feature)."""
+    if fps is not None and not 0 < fps <= 1e4:
+        raise ValueError(f"fps must be a frame rate in (0, 10000], got {fps!r}")
+    index = index_shard(shard, frames_key, fps)
     if not index.videos["record"]:
         raise FormatError(f"{shard}: no record holds video frames (looked for a bytes feature "
                           f"{frames_key or fmt.FRAMES!r}, features 'frames/NNNN', or a feature list "

@@ -107,6 +107,12 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
         raise FormatError(f"{table.shards[table.shard[i]].path}: video {str(table.filename[i])!r} is "
                           f"{table.width[i]}x{table.height[i]} in the index, beyond JPEG's {MAX_INT} pixels: corrupt "
                           f"index; rebuild it with: dali-video-index build")
+    if spec.target_fps is not None and (unknown := ~empty & (table.fps <= 0)).any():
+        i = int(np.flatnonzero(unknown)[0])
+        shard = table.shards[table.shard[i]].path.with_suffix("")
+        raise ValueError(f"target_fps ({spec.target_fps:g}) needs each video's frame rate: video "
+                         f"{str(table.filename[i])!r} in {shard} has none in its index ({int(unknown.sum())} "
+                         f"videos); give their rate with: dali-video-index build --fps <rate> {shard}")
     keep = ~empty & ~(short if spec.short_videos == "skip" else False)
     shorter = np.minimum(table.height, table.width)
     small = keep & (shorter < spec.crop_size) if not spec.resizes else np.zeros_like(keep)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import cv2
+import numpy as np
 
 from ..index_tools import VideoMeta
 from ..index_tools import format as fmt
@@ -125,6 +126,9 @@ def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
         if not cap.isOpened():
             raise VideoError("cannot open: unreadable or not a video")
         header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        # The stored frames' rate: resampling drops frames, never adds them. float32, as the record holds it.
+        source_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        fps = float(np.float32(min(opts.fps, source_fps or opts.fps) if opts.fps else source_fps))
         jpegs, size = _encode_frames(_frames(cap, spec, opts), opts)
     if not jpegs:
         where = f" in segment [{spec.start:g}, {spec.end:g}) s" if spec.start is not None else ""
@@ -134,9 +138,10 @@ def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
             and header_count != len(jpegs):
         warning = f"decoded {len(jpegs)} frames, the container header claims {header_count}"
     meta = VideoMeta(label=spec.label, filename=spec.filename, class_text=spec.class_text,
-                     height=size[0], width=size[1])
+                     height=size[0], width=size[1], fps=fps)
     data, spans = encode_example({
         fmt.FRAMES: jpegs, fmt.NUM_FRAMES: [len(jpegs)], fmt.HEIGHT: [size[0]], fmt.WIDTH: [size[1]],
         fmt.CHANNELS: [3], fmt.CLASS_LABEL: [spec.label], fmt.CLASS_TEXT: [spec.class_text.encode()],
-        fmt.FILENAME: [spec.filename.encode("utf-8", "surrogateescape")]}, track=fmt.FRAMES)
+        fmt.FILENAME: [spec.filename.encode("utf-8", "surrogateescape")], **({fmt.FPS: [fps]} if fps > 0 else {})},
+        track=fmt.FRAMES)
     return EncodedVideo(data, spans, meta, warning)
