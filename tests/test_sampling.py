@@ -217,3 +217,88 @@ def test_target_fps_clips_read_the_planned_frames(dataset):
             size = slowfast_clip_size(2, 6, 30.0, 25.0)
             assert frames.tolist() == slowfast_temporal_sampling(n, *slowfast_start_end(n, size, view, 2, False),
                                                                  6).tolist()
+
+
+# ---------------------------------------------------------------- test views
+
+def mmaction_test_offsets(num_frames, clip_len, frame_interval, num_clips):
+    """open-mmlab/mmaction2 SampleFrames._get_test_clips, 3D case without target_fps (test mode:
+    ori_clip_len = (clip_len - 1) * frame_interval + 1), then out_of_bound_opt "loop"."""
+    ori_clip_len = (clip_len - 1) * frame_interval + 1
+    max_offset = max(num_frames - ori_clip_len, 0)
+    if num_clips > 1:
+        offset_between = max_offset / float(num_clips - 1)
+        clip_offsets = np.round(np.arange(num_clips) * offset_between)
+    else:
+        clip_offsets = np.array([max_offset // 2])
+    inds = clip_offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
+    return np.mod(inds, num_frames).astype(np.int64)
+
+
+def test_mmaction_views_are_mmaction2s_test_clips():
+    for T, stride, K in ((8, 8, 10), (32, 2, 4), (16, 4, 1), (1, 1, 3), (5, 3, 2)):
+        config = ClipConfig(clip_len=T, stride=stride, crop_size=8, clips_per_video=K, test_views="mmaction",
+                            short_videos="loop")
+        for n in LENGTHS:
+            want = mmaction_test_offsets(n, T, stride, K)
+            assert [frames_of(config, (n, 8, 8), v, False) for v in range(K)] == want.tolist(), (n, T, K)
+
+
+def slowfast_uniform_crop(height, width, size, spatial_idx):
+    """SlowFast slowfast/datasets/cv2_transform.py (and transform.py) uniform_crop: (y, x) of the window."""
+    y_offset = int(math.ceil((height - size) / 2))
+    x_offset = int(math.ceil((width - size) / 2))
+    if height > width:
+        if spatial_idx == 0:
+            y_offset = 0
+        elif spatial_idx == 2:
+            y_offset = height - size
+    else:
+        if spatial_idx == 0:
+            x_offset = 0
+        elif spatial_idx == 2:
+            x_offset = width - size
+    return y_offset, x_offset
+
+
+def mmaction_three_crop(height, width, size):
+    """open-mmlab/mmaction2 mmaction/datasets/transforms/processing.py ThreeCrop (the crop spans the shorter
+    side): (y, x) of the left, right and middle (or top, down, middle) windows."""
+    if size == height:
+        w_step = (width - size) // 2
+        return [(0, 0), (0, 2 * w_step), (0, w_step)]
+    h_step = (height - size) // 2
+    return [(0, 0), (2 * h_step, 0), (h_step, 0)]
+
+
+def mmaction_center_crop(height, width, size):
+    """MMAction2 processing.py CenterCrop: (y, x)."""
+    return (height - size) // 2, (width - size) // 2
+
+
+SIZES = [(h, w) for h in (16, 17, 31, 48, 64, 65, 101) for w in (16, 17, 31, 48, 64, 65, 101)]
+
+
+def windows(views, crops, height, width, size):
+    config = ClipConfig(clip_len=2, crop_size=size, num_crops=crops, test_views=views)
+    plan = PlanSpec(config, seed=0, training=False)
+    return [tuple(native_plan(plan, [(10, height, width)], c)[3:7]) for c in range(crops)]
+
+
+def test_slowfast_views_crop_as_slowfasts_uniform_crop():
+    for height, width in SIZES:
+        for size in {min(height, width), 16, min(height, width) - 1}:
+            for views in ("slowfast", "slowfast_offset"):
+                want = [(*slowfast_uniform_crop(height, width, size, i), size, size) for i in range(3)]
+                assert windows(views, 3, height, width, size) == want, (height, width, size)
+                assert windows(views, 1, height, width, size) == want[1:2]
+
+
+def test_mmaction_views_crop_as_mmaction2s_three_crop_and_center_crop():
+    for height, width in SIZES:
+        size = min(height, width)
+        want = [(*yx, size, size) for yx in mmaction_three_crop(height, width, size)]
+        assert windows("mmaction", 3, height, width, size) == want, (height, width)
+        for size in {size, 16, size - 1}:
+            assert windows("mmaction", 1, height, width, size) == [(*mmaction_center_crop(height, width, size),
+                                                                    size, size)]
