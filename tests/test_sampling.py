@@ -302,3 +302,25 @@ def test_mmaction_views_crop_as_mmaction2s_three_crop_and_center_crop():
         for size in {size, 16, size - 1}:
             assert windows("mmaction", 1, height, width, size) == [(*mmaction_center_crop(height, width, size),
                                                                     size, size)]
+
+
+# ---------------------------------------------------------------- left and right
+
+@pytest.mark.parametrize("layout", ["frames", "clips"])
+def test_flipped_clips_get_the_paired_label(dataset, layout):
+    table = load_table(dataset)
+    label = dict(zip(table.filename, table.label))
+    ds = dali_video.clip_dataset(dataset, batch_size=5, clip_len=2, crop_size=16, device="cpu", seed=1,
+                                 with_meta=True, flip_label_pairs=[(0, 1)], layout=layout)
+    flips = []
+    for _, labels, meta in ds.take(4):
+        for got, flip, name in zip(labels.numpy(), meta["flip"].numpy(), meta["filename"].numpy()):
+            assert got == (1 - label[os.fsdecode(name)] if flip else label[os.fsdecode(name)])
+            flips.append(flip)
+    assert 0 < sum(flips) < len(flips)
+
+
+def test_flip_label_pairs_are_checked():
+    with pytest.raises(ValueError, match=r"flip_label_pairs must be \(a, b\) pairs of labels in \[0, 2\*\*31\), each "
+                                         r"label in one pair only, got \(\(1, 2\), \(2, 3\)\)"):
+        ClipConfig(flip_label_pairs=((1, 2), (2, 3)))
