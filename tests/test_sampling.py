@@ -324,3 +324,102 @@ def test_flip_label_pairs_are_checked():
     with pytest.raises(ValueError, match=r"flip_label_pairs must be \(a, b\) pairs of labels in \[0, 2\*\*31\), each "
                                          r"label in one pair only, got \(\(1, 2\), \(2, 3\)\)"):
         ClipConfig(flip_label_pairs=((1, 2), (2, 3)))
+
+
+# ---------------------------------------------------------------- presets against their sources
+
+SLOWFAST_DEFAULTS = dict(TARGET_FPS=30, NUM_ENSEMBLE_VIEWS=10, MEAN=0.45, STD=0.225)  # slowfast/config/defaults.py
+TIMESFORMER_DEFAULTS = dict(TARGET_FPS=30, MEAN=0.45, STD=0.225)  # TimeSformer timesformer/config/defaults.py
+SLOWFAST_FAMILY = {  # DATA.* and TEST.* of each config file
+    # facebookresearch/SlowFast configs/Kinetics/X3D_XS.yaml, X3D_S.yaml, X3D_M.yaml, X3D_L.yaml
+    "x3d_xs": dict(SLOWFAST_DEFAULTS, NUM_FRAMES=4, SAMPLING_RATE=12, TRAIN_JITTER_SCALES=[182, 228],
+                   TRAIN_CROP_SIZE=160, TEST_CROP_SIZE=182, NUM_SPATIAL_CROPS=3),
+    "x3d_s": dict(SLOWFAST_DEFAULTS, NUM_FRAMES=13, SAMPLING_RATE=6, TRAIN_JITTER_SCALES=[182, 228],
+                  TRAIN_CROP_SIZE=160, TEST_CROP_SIZE=182, NUM_SPATIAL_CROPS=3),
+    "x3d_m": dict(SLOWFAST_DEFAULTS, NUM_FRAMES=16, SAMPLING_RATE=5, TRAIN_JITTER_SCALES=[256, 320],
+                  TRAIN_CROP_SIZE=224, TEST_CROP_SIZE=256, NUM_SPATIAL_CROPS=3),
+    "x3d_l": dict(SLOWFAST_DEFAULTS, NUM_FRAMES=16, SAMPLING_RATE=5, TRAIN_JITTER_SCALES=[356, 446],
+                  TRAIN_CROP_SIZE=312, TEST_CROP_SIZE=356, NUM_SPATIAL_CROPS=3),
+    # facebookresearch/TimeSformer configs/Kinetics/TimeSformer_divST_8x32_224.yaml
+    "timesformer_k400": dict(TIMESFORMER_DEFAULTS, NUM_FRAMES=8, SAMPLING_RATE=32, TRAIN_JITTER_SCALES=[256, 320],
+                             TRAIN_CROP_SIZE=224, TEST_CROP_SIZE=224, NUM_ENSEMBLE_VIEWS=1, NUM_SPATIAL_CROPS=3),
+    # facebookresearch/TimeSformer configs/SSv2/TimeSformer_divST_8_224.yaml (ssv2.py: get_seq_frames)
+    "timesformer_ssv2": dict(TIMESFORMER_DEFAULTS, NUM_FRAMES=8, TRAIN_JITTER_SCALES=[256, 320], TRAIN_CROP_SIZE=224,
+                             TEST_CROP_SIZE=224, RANDOM_FLIP=False, NUM_ENSEMBLE_VIEWS=1, NUM_SPATIAL_CROPS=3),
+    # facebookresearch/SlowFast configs/SSv2/MVITv2_S_16x4.yaml (slowfast/datasets/ssv2.py: get_seq_frames)
+    "mvit_ssv2": dict(SLOWFAST_DEFAULTS, NUM_FRAMES=16, TRAIN_JITTER_SCALES=[256, 320], TRAIN_CROP_SIZE=224,
+                      TEST_CROP_SIZE=224, RANDOM_FLIP=False, NUM_SAMPLE=1, NUM_ENSEMBLE_VIEWS=1, NUM_SPATIAL_CROPS=3),
+}
+IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+VIDEOMAE = {  # MCG-NJU/VideoMAE scripts/{kinetics,ssv2}/videomae_vit_base_patch16_224_*/finetune.sh arguments,
+    # kinetics.py / ssv2.py _aug_frame: scl [0.08, 1.0], asp [0.75, 1.3333], random_horizontal_flip False for SSV2
+    "videomae_k400": dict(num_frames=16, sampling_rate=4, num_sample=2, input_size=224, short_side_size=224,
+                          test_num_segment=5, test_num_crop=3, scale=[0.08, 1.0], ratio=[0.75, 1.3333], flip=True),
+    "videomae_ssv2": dict(num_frames=16, num_sample=2, input_size=224, short_side_size=224, test_num_segment=2,
+                          test_num_crop=3, scale=[0.08, 1.0], ratio=[0.75, 1.3333], flip=False),
+}
+# mit-han-lab/temporal-shift-module: --num_segments 8 (README's SSv2 command), ops/models.py input_size 224 and
+# scale_size 224 * 256 // 224, ImageNet input_mean/input_std; main.py: flip=False for 'something'
+TSM = dict(num_segments=8, input_size=224, scale_size=224 * 256 // 224, flip=False)
+
+
+def views(name):
+    from dali_video.loader.config import resolve
+
+    return resolve(name, True, {}), resolve(name, False, {})
+
+
+@pytest.mark.parametrize("name", sorted(SLOWFAST_FAMILY))
+def test_slowfast_family_presets_equal_their_configs(name):
+    src, (train, test) = SLOWFAST_FAMILY[name], views(name)
+    segments = "SAMPLING_RATE" not in src  # SSv2 datasets take one frame per segment
+    for view in (train, test):
+        assert view.clip_len == src["NUM_FRAMES"]
+        assert (view.sampling, view.segment_rule) == (("segments", "slowfast") if segments else ("stride", "slowfast"))
+        assert view.strides == ((1, 1) if segments else (src["SAMPLING_RATE"],) * 2)
+        assert view.target_fps == (None if segments else src["TARGET_FPS"])
+        assert view.mean == (src["MEAN"] * 255,) * 3 and view.std == (src["STD"] * 255,) * 3
+    assert train.resize_range == tuple(src["TRAIN_JITTER_SCALES"]) and train.crop_size == src["TRAIN_CROP_SIZE"]
+    assert train.flip == src.get("RANDOM_FLIP", True) and train.clips_per_video == src.get("NUM_SAMPLE", 1)
+    assert test.resize_range == (src["TEST_CROP_SIZE"],) * 2 and test.crop_size == src["TEST_CROP_SIZE"]
+    assert (test.clips_per_video, test.num_crops) == (src["NUM_ENSEMBLE_VIEWS"], src["NUM_SPATIAL_CROPS"])
+    assert test.test_views == "slowfast" and not test.flip
+
+
+@pytest.mark.parametrize("name", sorted(VIDEOMAE))
+def test_videomae_presets_equal_their_scripts(name):
+    src, (train, test) = VIDEOMAE[name], views(name)
+    ssv2 = "sampling_rate" not in src
+    for view in (train, test):
+        assert view.clip_len == src["num_frames"] and view.crop_size == src["input_size"]
+        assert (view.sampling, view.segment_rule) == (("segments", "tsn") if ssv2 else ("stride", "slowfast"))
+        assert view.strides == (1, 1) if ssv2 else (src["sampling_rate"],) * 2
+        assert np.allclose(view.mean, np.array(IMAGENET["mean"]) * 255)
+        assert np.allclose(view.std, np.array(IMAGENET["std"]) * 255)
+    assert train.crop_area == tuple(src["scale"]) and train.crop_aspect == tuple(src["ratio"])
+    assert train.flip == src["flip"] and train.clips_per_video == src["num_sample"]
+    assert test.resize_range == (src["short_side_size"],) * 2
+    assert (test.clips_per_video, test.num_crops) == (src["test_num_segment"], src["test_num_crop"])
+    assert test.twice_sample == ssv2  # ssv2.py's two test segments: the segments' middles and starts
+
+
+def test_tsm_preset_equals_the_tsm_repository():
+    train, test = views("tsm_ssv2")
+    for view in (train, test):
+        assert (view.clip_len, view.sampling, view.segment_rule) == (TSM["num_segments"], "segments", "tsn")
+        assert view.crop_size == TSM["input_size"] and view.resize_range == (TSM["scale_size"],) * 2
+        assert np.allclose(view.mean, np.array(IMAGENET["mean"]) * 255)
+    assert train.flip == TSM["flip"] and (test.clips_per_video, test.num_crops) == (1, 1)
+
+
+def test_every_preset_reads_on_the_cpu(dataset):
+    from dali_video.loader.config import RECIPES, recipe
+
+    for name in RECIPES:
+        for training in (True, False):
+            small = dict(clip_len=4, crop_size=16)
+            if recipe(name, training=training).resize_shorter is not None:
+                small["resize_shorter"] = 16
+            with dali_video.clip_pipeline(dataset, batch_size=2, recipe=name, training=training, device="cpu",
+                                          seed=0, output="jpegs", **small) as p:
+                p.pipeline.run()

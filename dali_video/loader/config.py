@@ -201,6 +201,20 @@ class ClipConfig:
 OPTIONS = tuple(f.name for f in dataclasses.fields(ClipConfig))
 ClipSpec = ClipConfig  # the name of dali-video 0.1's clip options (the same fields, and more now)
 _KINETICS_MEAN, _KINETICS_STD = (0.45 * 255,) * 3, (0.225 * 255,) * 3
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_SLOWFAST_NORM = dict(mean=_KINETICS_MEAN, std=_KINETICS_STD)  # slowfast/config/defaults.py DATA.MEAN, DATA.STD
+_IMAGENET_NORM = dict(mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+
+
+def _x3d(frames: int, rate: int, scales: tuple[int, int], crop: int, test_crop: int):
+    """X3D (facebookresearch/SlowFast configs/Kinetics/X3D_*.yaml: NUM_FRAMES, SAMPLING_RATE,
+    TRAIN_JITTER_SCALES, TRAIN_CROP_SIZE, TEST_CROP_SIZE for NUM_SPATIAL_CROPS 3; slowfast/config/defaults.py:
+    TARGET_FPS 30, TEST.NUM_ENSEMBLE_VIEWS 10; slowfast/datasets/kinetics.py tests at the shorter side
+    TEST_CROP_SIZE with 3 crops; decoder.py places the views: test_views "slowfast")."""
+    clip = dict(clip_len=frames, stride=rate, target_fps=30.0, **_SLOWFAST_NORM)
+    return (ClipConfig(crop_size=crop, resize_shorter=scales, **clip),
+            ClipConfig(crop_size=test_crop, resize_shorter=test_crop, clips_per_video=10, num_crops=3,
+                       test_views="slowfast", **clip))
 
 # Training and testing views of each recipe (values from the recipes' own configs, cited per preset).
 RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
@@ -231,6 +245,63 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
     # min_image_size 256 (official/vision/configs/video_classification.py); pixels in [0, 1]).
     "movinet": (ClipConfig(clip_len=50, stride=(4, 5), crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.5, 2.0)),
                 ClipConfig(clip_len=50, stride=5, crop_size=224, resize_shorter=256)),
+    # TSM on Something-Something V2 (mit-han-lab/temporal-shift-module: README / scripts: --num_segments 8;
+    # ops/dataset.py TSNDataSet._sample_indices / _get_val_indices: TSN segments (there videos shorter than
+    # 8 frames give frame 0, here MMAction2's rounding); main.py: flip=False for 'something'; ops/models.py:
+    # input_size 224, scale_size 224 * 256 // 224 = 256, ImageNet mean/std; validation GroupScale(256),
+    # GroupCenterCrop(224), 1 clip. Its GroupMultiScaleCrop (fixed scales [1, .875, .75, .66]) is not
+    # drawn here: training takes a 224 window of the frame at shorter side 256).
+    "tsm_ssv2": (ClipConfig(clip_len=8, sampling="segments", segment_rule="tsn", crop_size=224, resize_shorter=256,
+                            flip=False, **_IMAGENET_NORM),
+                 ClipConfig(clip_len=8, sampling="segments", segment_rule="tsn", crop_size=224, resize_shorter=256,
+                            flip=False, **_IMAGENET_NORM)),
+    # TimeSformer on Kinetics-400 (facebookresearch/TimeSformer: configs/Kinetics/TimeSformer_divST_8x32_224.yaml:
+    # NUM_FRAMES 8, SAMPLING_RATE 32, TRAIN_JITTER_SCALES [256, 320], TRAIN_CROP_SIZE 224, TEST_CROP_SIZE 224,
+    # TEST.NUM_ENSEMBLE_VIEWS 1, NUM_SPATIAL_CROPS 3; timesformer/config/defaults.py: TARGET_FPS 30, MEAN 0.45,
+    # STD 0.225; timesformer/datasets/kinetics.py: 3 crops at the shorter side TEST_CROP_SIZE).
+    "timesformer_k400": (ClipConfig(clip_len=8, stride=32, target_fps=30.0, crop_size=224, resize_shorter=(256, 320),
+                                    **_SLOWFAST_NORM),
+                         ClipConfig(clip_len=8, stride=32, target_fps=30.0, crop_size=224, resize_shorter=224,
+                                    num_crops=3, test_views="slowfast", **_SLOWFAST_NORM)),
+    # TimeSformer on SSv2 (facebookresearch/TimeSformer: configs/SSv2/TimeSformer_divST_8_224.yaml: NUM_FRAMES 8,
+    # TRAIN_JITTER_SCALES [256, 320] (INV_UNIFORM_SAMPLE: there the scale's inverse is uniform), TRAIN_CROP_SIZE 224,
+    # TEST_CROP_SIZE 224, RANDOM_FLIP False, NUM_ENSEMBLE_VIEWS 1, NUM_SPATIAL_CROPS 3; timesformer/datasets/
+    # ssv2.py get_seq_frames: segment_rule "slowfast").
+    "timesformer_ssv2": (ClipConfig(clip_len=8, sampling="segments", crop_size=224, resize_shorter=(256, 320),
+                                    flip=False, **_SLOWFAST_NORM),
+                         ClipConfig(clip_len=8, sampling="segments", crop_size=224, resize_shorter=224, num_crops=3,
+                                    flip=False, test_views="slowfast", **_SLOWFAST_NORM)),
+    # VideoMAE ViT-B fine-tuning on Kinetics-400 (MCG-NJU/VideoMAE: scripts/kinetics/videomae_vit_base_patch16_224_
+    # tubemasking_ratio_0.9_epoch_1600/finetune.sh: --num_frames 16 --sampling_rate 4 --num_sample 2
+    # --input_size 224 --short_side_size 224 --test_num_segment 5 --test_num_crop 3; kinetics.py _aug_frame:
+    # random resized crop scale [0.08, 1.0], ratio [0.75, 1.3333], flip, ImageNet mean/std. Its loader spreads
+    # the 16 frames over 64 with linspace and, in testing, places views on the strided frames; here stride 4).
+    "videomae_k400": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 1.3333),
+                                 clips_per_video=2, **_IMAGENET_NORM),
+                      ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=224, clips_per_video=5,
+                                 num_crops=3, **_IMAGENET_NORM)),
+    # VideoMAE ViT-B fine-tuning on SSv2 (MCG-NJU/VideoMAE: scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_
+    # ratio_0.9_epoch_2400/finetune.sh: --num_frames 16 --num_sample 2 --short_side_size 224 --test_num_segment 2
+    # --test_num_crop 3; ssv2.py: TSN segments (len(vr) // num_segment; videos shorter than 16 frames give
+    # frame 0 there), random resized crop [0.08, 1.0] x [0.75, 1.3333] without flip for SSV2; testing: the
+    # segments' middles and starts (views 1 and 0 there), 3 crops along the longer side at shorter side 224).
+    "videomae_ssv2": (ClipConfig(clip_len=16, sampling="segments", segment_rule="tsn", crop_size=224,
+                                 crop_area=(0.08, 1.0), crop_aspect=(0.75, 1.3333), flip=False, clips_per_video=2,
+                                 **_IMAGENET_NORM),
+                      ClipConfig(clip_len=16, sampling="segments", segment_rule="tsn", twice_sample=True, crop_size=224,
+                                 resize_shorter=224, clips_per_video=2, num_crops=3, flip=False, **_IMAGENET_NORM)),
+    "x3d_xs": _x3d(4, 12, (182, 228), 160, 182),
+    "x3d_s": _x3d(13, 6, (182, 228), 160, 182),
+    "x3d_m": _x3d(16, 5, (256, 320), 224, 256),
+    "x3d_l": _x3d(16, 5, (356, 446), 312, 356),
+    # MViTv2-S on SSv2 (facebookresearch/SlowFast: configs/SSv2/MVITv2_S_16x4.yaml: NUM_FRAMES 16,
+    # TRAIN_JITTER_SCALES [256, 320] (INV_UNIFORM_SAMPLE), TRAIN_CROP_SIZE 224, TEST_CROP_SIZE 224, RANDOM_FLIP
+    # False, AUG.NUM_SAMPLE 1, TEST.NUM_ENSEMBLE_VIEWS 1, NUM_SPATIAL_CROPS 3; slowfast/datasets/ssv2.py
+    # get_seq_frames: segment_rule "slowfast"; its RandAugment, random erasing and mixup act on the decoded batch).
+    "mvit_ssv2": (ClipConfig(clip_len=16, sampling="segments", crop_size=224, resize_shorter=(256, 320), flip=False,
+                             **_SLOWFAST_NORM),
+                  ClipConfig(clip_len=16, sampling="segments", crop_size=224, resize_shorter=224, num_crops=3,
+                             flip=False, test_views="slowfast", **_SLOWFAST_NORM)),
 }
 
 
