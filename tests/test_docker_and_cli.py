@@ -147,7 +147,7 @@ def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
     assert results["systems"]["dali_video"]["read_amplification"] < 1.1
     assert results["systems"]["tfdata"]["read_amplification"] > 2
     assert results["systems"]["decode_bound"]["frames_per_s"] > 0
-    for name in ("slowfast", "mvit"):  # at the recipes' own sizes, against the bound of the same windows
+    for name in ("slowfast", "mvit", "tsm_ssv2"):  # at the recipes' own sizes, against the bound of the same windows
         r = results["recipes"][name]
         assert r["clips_per_s"] > 0 and r["bound_frames_per_s"] > 0 and r["vs_bound"] > 0, r
         assert f"recipe {name}" in proc.stdout

@@ -172,8 +172,8 @@ class ClipConfig:
 
     @property
     def span(self) -> int:
-        """Frames the longest clip covers from its first to its last frame (segments: one per segment;
-        with target_fps, stored frames at the target rate)."""
+        """Frames the longest clip covers from its first to its last frame, as stored (segments: T, one per
+        segment); ``short_videos="skip"`` skips videos shorter than this (with target_fps too)."""
         return self.clip_len if self.sampling == "segments" else (self.clip_len - 1) * self.strides[1] + 1
 
     @property

@@ -191,11 +191,12 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
-    recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"movinet"``: see
-        :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
+    recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"x3d_m"``, ``"tsm_ssv2"``, ...:
+        see :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
         ``crop_area``, ``crop_aspect``, ``flip``, ``color_jitter``, ``short_videos``, ``clips_per_video``,
-        ``num_crops``, ``dtype``, ``mean``, ``std``), overriding the recipe's.
+        ``num_crops``, ``dtype``, ``mean``, ``std``, ``sampling``, ``segment_rule``, ``twice_sample``,
+        ``target_fps``, ``test_views``, ``flip_label_pairs``), overriding the recipe's.
     training: every random option is drawn per clip (the same for all its frames); each video comes
         once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn clips of
         each video, next to each other). Otherwise the config's fixed evaluation view

@@ -249,9 +249,8 @@ extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64
                                int64_t *out, int64_t *frames) {
   dali_video::Spec s;
   std::memcpy(&s, spec, sizeof(s));
-  std::vector<dali_video::Video> v(n);
-  std::memcpy(v.data(), videos, n * sizeof(dali_video::Video));
-  const auto p = dali_video::plan_clip(s, v.data(), n, position);
+  const auto *v = reinterpret_cast<const dali_video::Video *>(videos);
+  const auto p = dali_video::plan_clip(s, v, n, position);
   std::memcpy(out, &p, sizeof(p));
   for (int64_t t = 0; t < s.clip_len; ++t) frames[t] = dali_video::frame_number(s, p, v[p.video], t);
   return 0;

@@ -12,7 +12,8 @@ Systems (each measured in a fresh child process, warm and with the shards evicte
   decode_bound   the same frames and crop windows decoded from memory by DALI's CPU decoder on all
                  cores, no I/O: the ceiling of a CPU pipeline here (cv2.imdecode beside it)
 Recipes (clip_dataset with a preset, at the preset's own clip length and crop size, float32):
-  recipe slowfast, recipe mvit   against the decode bound of the same frames and windows
+  recipe slowfast, recipe mvit, recipe tsm_ssv2 (segments)   against the decode bound of the same frames
+                 and windows
 Feed rate (reading only, no decoding, into TensorFlow; frames/s):
   feed_native    dali-video's native reader through DALIDataset
   feed_native_x2 two such pipelines in one process (one DALI thread each, each reading half of every
@@ -44,7 +45,7 @@ from ...loader.sampling import load_table
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
-RECIPE_ROWS = ("slowfast", "mvit")
+RECIPE_ROWS = ("slowfast", "mvit", "tsm_ssv2")  # tsm_ssv2: segment sampling (one frame from each of 8 segments)
 
 
 def _peak_rss_mb() -> float:

@@ -120,6 +120,7 @@ class BatchStream:
                  threads: int = 4, prefetch: int = 2):
         self.table, self.videos, self.plan, self.batch_size = table, videos, plan, batch_size
         self.sizes = (table.num_frames[videos], table.height[videos], table.width[videos])
+        self.fps = table.fps[videos]
         self.reader = ClipReader(table, videos)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -142,7 +143,7 @@ class BatchStream:
         position = 0
         try:
             while not self._stop.is_set():
-                batch = [plan_clip(self.plan, *self.sizes, position + i) for i in range(self.batch_size)]
+                batch = [plan_clip(self.plan, *self.sizes, position + i, self.fps) for i in range(self.batch_size)]
                 position += self.batch_size
                 pending.append((batch, [self._pool.submit(self.reader.read, p) for p in batch]))
                 if len(pending) > self._prefetch:
