@@ -204,6 +204,20 @@ def test_fps_reaches_the_index_and_build_supplies_it(dataset, tmp_path):
     assert fmt.read_frame_index(fmt.fidx_path(shard)).videos["fps"] == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("source, resample, stored", [(25.0, None, 25.0), (25.0, 10.0, 10.0), (12.0, 30.0, 12.0),
+                                                     (29.97, None, 29.969999313354492)])
+def test_the_writer_stores_the_rate_of_the_frames_it_keeps(tmp_path, source, resample, stored):
+    from dali_video.index_tools.indexer import describe_record
+    from dali_video.tools.sample_data import make_video
+    from dali_video.writer.encode import EncodeOptions, encode_video
+    from dali_video.writer.sources import VideoSpec
+
+    path = make_video(tmp_path / "v.avi", 30, fps=source)
+    video = encode_video(VideoSpec(str(path), "v.avi", 0, "a", "train"), EncodeOptions(resize_shorter=0, fps=resample))
+    assert video.meta.fps == stored  # resampling drops frames, never adds them; float32, as the record holds it
+    assert describe_record(video.data)[3].fps == stored
+
+
 def test_target_fps_clips_read_the_planned_frames(dataset):
     table = load_table(dataset)
     length = dict(zip(table.filename, table.num_frames))
