@@ -12,7 +12,7 @@ import pytest
 
 import dali_video
 from dali_video.loader.config import ClipConfig
-from dali_video.loader.sampling import PlanSpec, load_table
+from dali_video.loader.sampling import PlanSpec, load_table, plan_clip
 from dali_video.tools.sample_data import frame_number
 from tests.test_native import native_plan
 
@@ -437,3 +437,91 @@ def test_every_preset_reads_on_the_cpu(dataset):
             with dali_video.clip_pipeline(dataset, batch_size=2, recipe=name, training=training, device="cpu",
                                           seed=0, output="jpegs", **small) as p:
                 p.pipeline.run()
+
+
+# ---------------------------------------------------------------- mixtures
+
+@pytest.mark.parametrize("weights", [(1,), (1, 1), (3, 1, 2), (5, 3, 7, 1), (1, 9), (2, 4)])
+def test_mixture_schedule_holds_exact_proportions_in_any_window_of_its_period(weights):
+    from dali_video.loader.sampling import mix_slots
+
+    slots = mix_slots(weights)
+    period = len(slots)
+    assert period == sum(weights)
+    endless = slots * 3
+    for start in range(2 * period):  # any window of one period, wherever it starts
+        window = endless[start:start + period]
+        assert [window.count(d) for d in range(len(weights))] == list(weights)
+
+
+def mixture_clips(mixture, batches, batch_size=6, **kw):
+    """(dataset, label, filename, frames) of every clip of `batches` batches."""
+    ds = dali_video.clip_dataset(mixture, batch_size=batch_size, crop_size=16, device="cpu", dtype="uint8", std=(1, 1, 1),
+                                 seed=9, with_meta=True, **kw)
+    mixture_clips.loader = ds._dali_video_loader
+    return [(int(d), int(lab), os.fsdecode(name), tuple(f)) for _, labels, meta in ds.take(batches)
+            for d, lab, name, f in zip(meta["dataset"].numpy(), labels.numpy(), meta["filename"].numpy(),
+                                       meta["frames"].numpy())]
+
+
+def test_mixture_reads_each_dataset_by_its_recipe_in_the_schedule(dataset):
+    from dali_video.loader.sampling import Mixture, mix_slots
+
+    table = load_table(dataset)
+    length, label = dict(zip(table.filename, table.num_frames)), dict(zip(table.filename, table.label))
+    segments = ClipConfig(clip_len=4, sampling="segments")
+    mixture = Mixture([(dataset, segments, 2), (dataset, ClipConfig(clip_len=4, stride=3), 1)])
+    clips = mixture_clips(mixture, 4)
+    assert [d for d, *_ in clips] == mix_slots((2, 1)) * 8  # 24 clips: the schedule, period after period
+    loader = mixture_clips.loader  # the Python reference: MixPlan.locate, then the dataset's own plan
+    first = np.cumsum([0, *loader.plan.counts])
+    for position, (d, *_, frames) in enumerate(clips):
+        part, q = loader.plan.locate(position)
+        rows = slice(first[part], first[part + 1])
+        ref = plan_clip(loader.plan.parts[part], loader.table.num_frames[rows], loader.table.height[rows],
+                        loader.table.width[rows], q)
+        assert part == d and tuple(ref.frames) == frames
+    for d, lab, name, frames in clips:
+        assert lab == label[name] + 2 * d  # labels 0, 1 of the first dataset, then 2, 3
+        if d == 0:
+            start, end = slowfast_seq_bounds(length[name], 4)
+            assert all(a <= f <= b for f, a, b in zip(frames, start, end)), frames
+        else:
+            assert list(frames) == [frames[0] + 3 * t for t in range(4)]
+    assert dali_video.steps_per_epoch(mixture, batch_size=6, crop_size=16) == -(-3 * 10 // 6)  # 10 periods: both epochs
+
+
+def test_mixture_resumes_and_shares_batches_as_one_reader(dataset):
+    from dali_video.loader.sampling import Mixture
+
+    mixture = Mixture([(dataset, ClipConfig(clip_len=4, sampling="segments"), 1), (dataset, ClipConfig(clip_len=4), 2)],
+                      labels=[{0: 5, 1: 6}, {0: 7, 1: 8}])
+    whole = mixture_clips(mixture, 4)
+    assert {lab for _, lab, *_ in whole} <= {5, 6, 7, 8}
+    assert mixture_clips(mixture, 2, initial_clip=12) == whole[12:]
+    halves = [mixture_clips(mixture, 4, 3, shard_id=r, num_shards=2) for r in (0, 1)]
+    assert [c for k in range(4) for h in halves for c in h[3 * k:3 * k + 3]] == whole
+
+
+def test_mixture_recipes_must_agree_on_the_output():
+    from dali_video.loader.sampling import Mixture
+
+    with pytest.raises(ValueError, match=r"Mixture datasets 0 and 1 differ in clip_len: the recipes must agree on "
+                                         r"clip_len, crop_size, dtype, mean, std"):
+        dali_video.steps_per_epoch(Mixture([("a", ClipConfig(clip_len=4), 1), ("b", ClipConfig(clip_len=8), 1)]),
+                                   batch_size=2)
+    with pytest.raises(ValueError, match=r"Mixture takes \[\(files, recipe, weight\), ...\] with integer weights"):
+        Mixture([("a", None, 0.5)])
+
+
+def test_train_takes_a_mixture_and_the_new_presets(dataset):
+    import json
+
+    from tests.conftest import run_module
+
+    proc = run_module("dali_video.train_input", "--mix", f"{dataset}:mvit_ssv2:2", "--mix", f"{dataset}:x3d_xs:1",
+                      "--cpu", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "3", "--clip-len", "4",
+                      "--crop-size", "32")
+    assert "clip 4x32x32, 4 classes" in proc.stdout  # two datasets of 2 classes, labels one after the other
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["epoch"] == 1 and line["clip"] == 6

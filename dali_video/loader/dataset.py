@@ -4,6 +4,7 @@ Only this module imports DALI's TensorFlow plugin.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from typing import Literal
 import numpy as np
 
 from .config import ClipConfig, resolve
-from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, PlanSpec, VideoTable, load_table,
-                       usable_videos)
+from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec, VideoTable,
+                       concat_tables, load_table, mix_plan, mix_slots, shared_labels, usable_videos)
 
 log = logging.getLogger(__name__)
 DEVICES = ("gpu", "cpu")
@@ -33,7 +34,7 @@ class ClipPipeline:
     pipeline: object
     table: VideoTable
     videos: np.ndarray  # rows of ``table`` the clips are planned over
-    plan: PlanSpec  # with the ClipConfig it reads (plan.config)
+    plan: PlanSpec | MixPlan  # with the ClipConfig it reads (plan.config; a Mixture's first dataset's)
     batch_size: int
     num_shards: int
     layout: str = "frames"  # "frames": one sample per frame; "clips": one per clip (see pipeline.Graph)
@@ -73,14 +74,34 @@ def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (1 << 63))
 
 
-def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed):
+def _configs(files, recipe, training: bool, options: dict) -> list[ClipConfig]:
+    """The config of each dataset read: one, or a Mixture's recipes with ``options`` overriding each."""
+    if not isinstance(files, Mixture):
+        return [resolve(recipe, training, options)]
+    if recipe is not None:
+        raise ValueError(f"a Mixture carries a recipe per dataset: pass recipe=None, got recipe={recipe!r}")
+    configs = [resolve(r, training, options) for _, r, _ in files.parts]
+    shared = ("clip_len", "crop_size", "dtype", "mean", "std")
+    for i, c in enumerate(configs):
+        differ = [f for f in shared if getattr(c, f) != getattr(configs[0], f)]
+        if differ:
+            raise ValueError(f"Mixture datasets 0 and {i} differ in {', '.join(differ)}: the recipes must agree on "
+                             f"{', '.join(shared)} (pass them as keywords to set them for all)")
+    return configs
+
+
+def _select(files, configs: list, *, training: bool, split, shard_id, num_shards, seed):
+    """The plan, the video table and the rows of it to read (a Mixture's: its usable videos, dataset after
+    dataset, labels in the shared label space)."""
     _check_int("num_shards", num_shards, 1)
     if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
-    table = load_table(files, split)
-    videos = usable_videos(table, config)
-    if len(videos) == 0:
-        raise ValueError(f"no videos to read in {files} (all shards empty, or every video skipped)")
+    tables, rows = [], []
+    for part, config in zip(files.parts if isinstance(files, Mixture) else [(files,)], configs):
+        tables.append(load_table(part[0], split))
+        rows.append(usable_videos(tables[-1], config))
+        if len(rows[-1]) == 0:
+            raise ValueError(f"no videos to read in {part[0]} (all shards empty, or every video skipped)")
     if seed is None and num_shards > 1:
         raise ValueError(f"seed is None with num_shards={num_shards}: readers that share a clip sequence need "
                          f"the same seed; pass seed=<int> to every reader")
@@ -88,13 +109,21 @@ def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_s
     _check_int("seed", seed, 0)
     if seed >= 1 << 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
-    return PlanSpec(config, seed=int(seed), training=training), table, videos
+    if not isinstance(files, Mixture):
+        return PlanSpec(configs[0], seed=int(seed), training=training), tables[0], rows[0]
+    maps = shared_labels(files, tables)
+    taken = [t.take(r) for t, r in zip(tables, rows)]
+    taken = [dataclasses.replace(t, label=np.array([m(x) for x in t.label], np.int64)) for t, m in zip(taken, maps)]
+    plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training)
+    table = concat_tables(taken)
+    pairs = ClipConfig(flip_label_pairs=[(m(a), m(b)) for c, m in zip(configs, maps) for a, b in c.flip_label_pairs])
+    return dataclasses.replace(plan, flip_label_pairs=pairs.flip_label_pairs), table, np.arange(len(table))
 
 
-def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard_id: int, num_shards: int,
+def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan, *, shard_id: int, num_shards: int,
                  initial_clip: int, on_corrupt: str) -> dict:
     """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
-    c = plan.config
+    c, mixed = plan.config, isinstance(plan, MixPlan)
     used = np.unique(table.shard[videos])  # shards that hold a planned video
     shard_of = np.searchsorted(used, table.shard[videos])
     columns = np.stack([shard_of, *(col[videos] for col in (table.frame_start, table.num_frames, table.height,
@@ -113,7 +142,9 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
         short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
         sampling=SAMPLING_CODES[c.sampling], segment_rule=RULE_CODES[c.segment_rule], twice_sample=c.twice_sample,
         test_views=VIEW_CODES[c.test_views], target_fps=reals[10],
-        flip_label_pairs=[v for pair in c.flip_label_pairs for v in pair],
+        flip_label_pairs=[v for pair in (plan.flip_label_pairs if mixed else c.flip_label_pairs) for v in pair],
+        parts=[v for p in plan.parts for v in p.as_ints()] if mixed else [],
+        part_videos=list(plan.counts) if mixed else [], mix_slots=mix_slots(plan.weights) if mixed else [],
         shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
 
 
@@ -132,7 +163,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     from .pipeline import Graph
     from .pipeline import clip_pipeline as build
 
-    config = resolve(recipe, training, options)
+    configs = _configs(files, recipe, training, options)
+    config = configs[0]
     _check_choice("device", device, DEVICES)
     _check_choice("layout", layout, ("auto", "frames", "clips"))
     if not 0 <= hw_decoder_load <= 1:
@@ -140,14 +172,14 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
-    plan, table, videos = _select(files, config, training=training, split=split, shard_id=shard_id,
+    plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
                                   num_shards=num_shards, seed=seed)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
-    graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
-                  color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
+    graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=any(c.resizes for c in configs),
+                  color=any(c.color_jitter is not None for c in configs), dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
     pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
@@ -160,7 +192,7 @@ def steps_per_epoch(files, *, batch_size: int, recipe: str | ClipConfig | None =
                     num_shards: int = 1, split: str | None = None, **options) -> int:
     """Batches per reader that cover every clip of an epoch once (the last batch runs into the next
     epoch); the same for every reader of ``num_shards``. Clip options as :func:`clip_dataset`."""
-    plan, _, videos = _select(files, resolve(recipe, training, options), training=training, split=split,
+    plan, _, videos = _select(files, _configs(files, recipe, training, options), training=training, split=split,
                               shard_id=0, num_shards=num_shards, seed=0)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
@@ -235,7 +267,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
-    config = resolve(recipe, training, options)
+    config = _configs(files, recipe, training, options)[0]
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
@@ -248,9 +280,9 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
     normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
-    loader = clip_pipeline(files, batch_size=batch_size, recipe=config.replace(dtype="uint8") if normalise_in_tf
-                           else config, training=training, device=device, seed=seed, shard_id=shard_id,
-                           num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
+    uint8 = {"dtype": "uint8"} if normalise_in_tf else {}
+    loader = clip_pipeline(files, batch_size=batch_size, recipe=recipe, **{**options, **uint8}, training=training,
+                           device=device, seed=seed, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
@@ -273,6 +305,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 14]`` (META_COLUMNS)
         return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
+    mixed = isinstance(loader.plan, MixPlan)  # meta["dataset"]: the dataset a row of the combined table is in
+    firsts = tf.constant(np.cumsum([0, *loader.plan.counts])[:-1] if mixed else [0], tf.int32)
     label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
@@ -295,6 +329,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         fields = meta_fields(first)
         del fields["label"]
         extra = {} if frames is None else {"frames": frames}
+        if mixed:
+            extra["dataset"] = tf.searchsorted(firsts, fields["video"], side="right") - 1
         return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, **extra}
 
     with tf.device("/cpu:0"):

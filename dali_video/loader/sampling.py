@@ -423,3 +423,122 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int, fps=No
     if cfg.sampling == "segments":
         stride = 0
     return ClipPlan(video, int(idx[0]), stride, idx, (y, x, h, w, flip), color)
+
+
+# ---------------------------------------------------------------- mixtures of datasets
+
+@dataclass(frozen=True)
+class Mixture:
+    """Datasets mixed into one clip sequence: ``Mixture([(files, recipe, weight), ...])``, accepted
+    wherever files are.
+
+    Every ``sum(weights)`` clips of the sequence hold exactly ``weight`` clips of each dataset, in a
+    fixed interleave (:func:`mix_slots`: no random draws); each dataset draws its clips by its own recipe
+    (a preset's name or a ClipConfig, with the loader's keywords overriding every recipe) and its own
+    per-epoch order. labels: "offset" (dataset i's labels follow those of datasets 0..i-1, each counted
+    as its largest label + 1) or one dict per dataset mapping its labels to the shared ones. The recipes
+    must agree on clip_len, crop_size, dtype, mean and std (one output). An epoch of the mixture is the
+    shortest whole number of periods in which every dataset completes an epoch of its own.
+    """
+
+    parts: tuple
+    labels: str | tuple = "offset"
+
+    def __post_init__(self):
+        parts = tuple(tuple(p) for p in self.parts) if isinstance(self.parts, (list, tuple)) else ()
+        if not parts or any(len(p) != 3 or not isinstance(p[2], (int, np.integer)) or isinstance(p[2], bool)
+                            or not 1 <= p[2] <= MAX_INT for p in parts):
+            raise ValueError(f"Mixture takes [(files, recipe, weight), ...] with integer weights in [1, {MAX_INT}], "
+                             f"got {self.parts!r}")
+        labels = self.labels
+        if not (labels == "offset" or (isinstance(labels, (list, tuple)) and len(labels) == len(parts)
+                                       and all(isinstance(m, dict) for m in labels))):
+            raise ValueError(f"Mixture labels must be 'offset' or one dict (label -> shared label) per dataset, "
+                             f"got {labels!r}")
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "labels", labels if labels == "offset" else tuple(labels))
+
+
+def mix_slots(weights) -> list[int]:
+    """The dataset of each of the ``sum(weights)`` slots of one period (smooth weighted round robin: each
+    step every dataset gains its weight and the one with the most, the first on ties, gives up the total),
+    so every dataset holds exactly its weight of slots, spread evenly."""
+    total, credit, slots = sum(weights), [0] * len(weights), []
+    for _ in range(total):
+        credit = [c + w for c, w in zip(credit, weights)]
+        d = max(range(len(weights)), key=lambda i: (credit[i], -i))
+        credit[d] -= total
+        slots.append(d)
+    return slots
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    """The plan of a :class:`Mixture`: one PlanSpec per dataset (each with its own seed), its usable
+    videos' count (in the combined table, dataset after dataset) and weight. Position p is slot
+    r = p % W of period p // W (W = sum of weights): clip q = (p // W) * weight + (earlier slots of the
+    same dataset in the period) of dataset ``slots[r]``."""
+
+    parts: tuple
+    counts: tuple
+    weights: tuple
+    flip_label_pairs: tuple = ()  # in the shared label space
+
+    @property
+    def config(self) -> ClipConfig:
+        return self.parts[0].config
+
+    @property
+    def seed(self) -> int:
+        return self.parts[0].seed
+
+    @property
+    def training(self) -> bool:
+        return self.parts[0].training
+
+    def floats(self) -> list[float]:
+        return self.parts[0].floats()
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(dataset, its clip position) of mixture position ``position``."""
+        slots = mix_slots(self.weights)
+        period, r = divmod(position, len(slots))
+        return slots[r], period * self.weights[slots[r]] + slots[:r].count(slots[r])
+
+    def items_per_epoch(self, num_videos: int | None = None) -> int:
+        periods = max(-(-p.items_per_epoch(n) // w) for p, n, w in zip(self.parts, self.counts, self.weights))
+        return periods * sum(self.weights)
+
+    def steps_per_epoch(self, num_videos: int | None, global_batch_size: int) -> int:
+        return -(-self.items_per_epoch() // global_batch_size)
+
+
+def concat_tables(tables) -> VideoTable:
+    """One table of several datasets' videos, dataset after dataset."""
+    first = np.cumsum([0] + [len(t.shards) for t in tables])[:-1]
+    return VideoTable(shards=sum((t.shards for t in tables), ()),
+                      shard=np.concatenate([t.shard + f for t, f in zip(tables, first)]),
+                      **{name: np.concatenate([getattr(t, name) for t in tables]) for name in
+                         ("frame_start", "num_frames", "height", "width", "label", "filename", "fps")})
+
+
+def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool) -> MixPlan:
+    """The MixPlan of ``mixture`` read with ``configs`` over ``counts`` usable videos per dataset; each
+    dataset's seed is drawn from ``seed`` and its index, so the datasets' draws are independent."""
+    parts = tuple(PlanSpec(c, seed=_hash(seed, i) >> 1, training=training) for i, c in enumerate(configs))
+    return MixPlan(parts, tuple(int(n) for n in counts), tuple(int(w) for *_, w in mixture.parts))
+
+
+def shared_labels(mixture: Mixture, tables) -> list:
+    """Per dataset, a function from its labels to the mixture's shared labels."""
+    if mixture.labels != "offset":
+        def lookup(mapping, i):
+            def shared(label):
+                if int(label) not in mapping:
+                    raise ValueError(f"Mixture labels: dataset {i} ({mixture.parts[i][0]}) has label {int(label)}, "
+                                     f"which its mapping lacks; map every label of the dataset")
+                return int(mapping[int(label)])
+            return shared
+        return [lookup(m, i) for i, m in enumerate(mixture.labels)]
+    offsets = np.cumsum([0] + [int(t.label.max(initial=-1)) + 1 for t in tables])[:-1]
+    return [lambda label, o=int(o): int(label) + o for o in offsets]

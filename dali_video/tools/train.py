@@ -45,6 +45,15 @@ def _int_or_range(text: str):
     return (int(low), int(high)) if high else int(low)
 
 
+def _mix_part(text: str, default):
+    """"DATA:RECIPE:WEIGHT" -> (DATA, recipe, weight); RECIPE "default" is the default clips."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise ValueError(f"--mix takes DATA:RECIPE:WEIGHT (a preset's name or 'default', an integer weight), "
+                         f"got {text!r}")
+    return parts[0], default if parts[1] == "default" else parts[1], int(parts[2])
+
+
 def main(argv=None) -> int:
     from ..loader.config import RECIPES, ClipConfig, resolve
 
@@ -56,6 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", choices=tuple(RECIPES), help="a published training recipe's clips (scale jitter, "
                    "random resized crop, colour and temporal jitter, repeated clips; see dali_video.loader.config); "
                    "the options below override it. Default: 16 frames, 112-pixel crops, flip")
+    p.add_argument("--mix", action="append", metavar="DATA:RECIPE:WEIGHT",
+                   help="instead of --data and --recipe, train on a mixture (dali_video.Mixture), one --mix per "
+                   "dataset: RECIPE a preset's name or 'default'; labels follow each other, dataset after dataset")
     p.add_argument("--clip-len", type=int)
     p.add_argument("--stride", type=_int_or_range, help="frame step, or LOW:HIGH drawn per clip")
     p.add_argument("--crop-size", type=int)
@@ -79,7 +91,7 @@ def main(argv=None) -> int:
     from ..loader.gpu import enable_memory_growth
     from ..loader.resume import ClipPosition, read_position
     from .sample_data import sample_dataset
-    from ..loader.sampling import load_table
+    from ..loader.sampling import Mixture, load_table
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
@@ -90,8 +102,14 @@ def main(argv=None) -> int:
     options = {k: v for k, v in (("clip_len", args.clip_len), ("stride", args.stride), ("crop_size", args.crop_size),
                                  ("resize_shorter", args.resize_shorter)) if v is not None}
     try:
-        config = resolve(args.recipe or ClipConfig(clip_len=16, crop_size=112), True, options)
-        kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
+        default = ClipConfig(clip_len=16, crop_size=112)
+        if args.mix:  # the recipes travel in the mixture; the options override each
+            data = Mixture([_mix_part(m, default) for m in args.mix])
+            config = resolve(data.parts[0][1], True, options)
+            kw = dict(batch_size=args.batch_size, split=args.split, **options)
+        else:
+            config = resolve(args.recipe or default, True, options)
+            kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
         position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
         if position and position["global_batch_size"] != args.batch_size:
             raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
@@ -103,7 +121,8 @@ def main(argv=None) -> int:
             ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
                             initial_clip=initial_clip, **kw)
             steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
-            num_classes = int(load_table(data, args.split).label.max()) + 1
+            num_classes = sum(int(load_table(f, args.split).label.max()) + 1
+                              for f, *_ in (data.parts if args.mix else [(data,)]))
         else:
             strategy = tf.distribute.get_strategy()
             ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)

@@ -63,6 +63,8 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
 // float32 bits (brightness, contrast, saturation, hue)
 constexpr int kMetaColumns = 14;
 
+void check_spec(const Spec &s);
+
 // The plan's options from the operator's arguments: ranges as (low, high) pairs, real values as the
 // float32 DALI passes (the Python reference plans with the same float32 values).
 Spec read_spec(const dali::OpSpec &spec) {
@@ -101,6 +103,12 @@ Spec read_spec(const dali::OpSpec &spec) {
   s.twice_sample = spec.GetArgument<bool>("twice_sample");
   s.test_views = spec.GetArgument<int>("test_views");
   s.target_fps = spec.GetArgument<float>("target_fps");
+  check_spec(s);
+  return s;
+}
+
+// A plan's options within the ranges ClipConfig checks (a Mixture's datasets arrive as Spec words).
+void check_spec(const Spec &s) {
   const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
   DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
                s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
@@ -110,7 +118,6 @@ Spec read_spec(const dali::OpSpec &spec) {
                s.sampling == kSegments) && (s.segment_rule == kSlowFastRule || s.segment_rule == kTsnRule) &&
                s.test_views >= kDefaultViews && s.test_views <= kMMAction && s.target_fps >= 0 && s.target_fps <= 1e4,
                "dali-video clip reader: a plan argument is out of range");
-  return s;
 }
 constexpr int64_t kMaxTries = 100;  // damaged clips in a row before on_corrupt="skip" gives up: not chance
 
@@ -133,8 +140,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       swap_[pairs[k]] = pairs[k + 1];
       swap_[pairs[k + 1]] = pairs[k];
     }
-    for (const Video &v : d_.videos)
-      DALI_ENFORCE(s_.target_fps == 0 || v.fps > 0, "dali-video clip reader: target_fps needs every video's fps");
+    read_parts(spec);
   }
 
  protected:
@@ -159,16 +165,21 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   }
 
  private:
-  // Reads clip i (at `position`); with skip_corrupt, a damaged clip gives way to the next ones.
+  // Reads clip i (at `position`: slot r of its period, clip q of that slot's dataset); with skip_corrupt,
+  // a damaged clip gives way to the next ones of its dataset's epoch.
   void fill(int i, int64_t position) {
     Clip &c = clips_[i];
-    const int64_t n = d_.videos.size(), items = items_per_epoch(s_, n);
-    const int64_t epoch_start = position - position % items;
+    const int64_t period = slot_.size(), r = position % period;
+    const Part &part = parts_[slot_[r]];
+    const int64_t q = position / period * weight_[slot_[r]] + rank_[r];
+    const int64_t items = items_per_epoch(part.spec, part.count), epoch_start = q - q % items;
     for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
-      c.plan = plan_clip(s_, d_.videos.data(), n, epoch_start + (position - epoch_start + tries) % items);
+      c.plan = plan_clip(part.spec, d_.videos.data() + part.first, part.count,
+                         epoch_start + (q - epoch_start + tries) % items);
+      c.plan.video += part.first;
       c.replaced = static_cast<int>(tries);
       try {
-        read_clip(d_, s_, c);
+        read_clip(d_, part.spec, c);
         errors_[i].clear();
         return;
       } catch (const ReadError &e) {
@@ -223,6 +234,40 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     pool.RunAll();
   }
 
+  // The datasets read: a Mixture's (Spec words, videos per dataset, the schedule's slots), or the one.
+  void read_parts(const dali::OpSpec &spec) {
+    const auto words = spec.GetRepeatedArgument<int64_t>("parts");
+    const auto counts = spec.GetRepeatedArgument<int64_t>("part_videos");
+    slot_ = spec.GetRepeatedArgument<int>("mix_slots");
+    if (words.empty()) {
+      parts_ = {{s_, 0, static_cast<int64_t>(d_.videos.size())}};
+      slot_ = {0};
+    }
+    constexpr size_t kWords = sizeof(Spec) / 8;
+    DALI_ENFORCE(parts_.size() == 1 || (words.size() == counts.size() * kWords && !slot_.empty()),
+                 "dali-video clip reader: the mixture arguments disagree in length");
+    for (size_t k = 0, first = 0; k < counts.size(); first += counts[k++]) {
+      Part part{{}, static_cast<int64_t>(first), counts[k]};
+      std::memcpy(&part.spec, words.data() + k * kWords, sizeof(Spec));
+      check_spec(part.spec);
+      DALI_ENFORCE(part.count >= 1 && first + part.count <= d_.videos.size() && part.spec.clip_len == s_.clip_len,
+                   "dali-video clip reader: a mixture's dataset is out of range");
+      parts_.push_back(part);
+    }
+    std::vector<int64_t> seen(parts_.size(), 0);
+    for (int d : slot_) {
+      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(), "dali-video clip reader: a mix slot is out of range");
+      rank_.push_back(seen[d]++);
+    }
+    weight_ = seen;
+    for (const Part &part : parts_) {
+      DALI_ENFORCE(weight_[&part - parts_.data()] >= 1, "dali-video clip reader: a mixture's dataset has no slot");
+      for (int64_t v = part.first; v < part.first + part.count; ++v)
+        DALI_ENFORCE(part.spec.target_fps == 0 || d_.videos[v].fps > 0,
+                     "dali-video clip reader: target_fps needs every video's fps");
+    }
+  }
+
   // A flipped clip's label, swapped when flip_label_pairs pairs it (left/right classes).
   int32_t label(const Plan &p) const {
     const int32_t l = d_.label[p.video];
@@ -230,8 +275,16 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     return it == swap_.end() ? l : it->second;
   }
 
+  struct Part {
+    Spec spec;
+    int64_t first, count;  // its videos: rows first..first+count-1
+  };
+
   Dataset d_;
   Spec s_{};
+  std::vector<Part> parts_;
+  std::vector<int> slot_;  // the dataset of each slot of the mixture's period
+  std::vector<int64_t> rank_, weight_;  // a slot's rank among its dataset's slots; slots per dataset
   std::unordered_map<int32_t, int32_t> swap_;
   bool per_clip_ = false, skip_ = false, pad_ = false;
   int shard_id_ = 0, num_shards_ = 1;
@@ -304,6 +357,9 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("test_views", "Evaluation views: 0 default, 1 slowfast, 2 slowfast_offset, 3 mmaction.", 0)
     .AddOptionalArg("target_fps", "Sample at this frame rate (each video's fps); 0: as stored.", 0.f)
     .AddOptionalArg("flip_label_pairs", "Label pairs (a, b, c, d, ...) that a flipped clip swaps.", std::vector<int>{})
+    .AddOptionalArg("parts", "A Mixture: each dataset's plan (struct Spec as int64 words).", std::vector<int64_t>{})
+    .AddOptionalArg("part_videos", "A Mixture: videos per dataset (in the videos' order).", std::vector<int64_t>{})
+    .AddOptionalArg("mix_slots", "A Mixture: the dataset of each slot of one period.", std::vector<int>{})
     .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
 
 }  // namespace dali
