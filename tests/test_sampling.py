@@ -525,3 +525,19 @@ def test_train_takes_a_mixture_and_the_new_presets(dataset):
     assert "clip 4x32x32, 4 classes" in proc.stdout  # two datasets of 2 classes, labels one after the other
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["epoch"] == 1 and line["clip"] == 6
+
+
+@pytest.mark.parametrize("damage", [dict(parts=[1, 2, 3]), dict(mix_slots=[0, 5]), dict(part_videos=[10, 3]),
+                                    dict(mix_slots=[0, 0])])
+def test_malformed_mixture_arguments_fail_cleanly(dataset, damage):
+    from dali_video.loader.dataset import _configs, _reader_args, _select
+    from dali_video.loader.pipeline import Graph, clip_pipeline
+    from dali_video.loader.sampling import Mixture
+
+    mixture = Mixture([(dataset, ClipConfig(clip_len=2, crop_size=16), 1)] * 2)
+    plan, table, videos = _select(mixture, _configs(mixture, None, True, {}), training=True, split=None, shard_id=0,
+                                  num_shards=1, seed=0)
+    reader = {**_reader_args(table, videos, plan, shard_id=0, num_shards=1, initial_clip=0, on_corrupt="raise"),
+              **damage}
+    with pytest.raises(RuntimeError, match="dali-video clip reader: "):
+        clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()

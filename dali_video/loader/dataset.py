@@ -222,7 +222,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  jpeg_fancy_upsampling: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
-    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
+    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder); or a
+        :class:`dali_video.Mixture` of datasets, each with its recipe and weight (then ``recipe=None``).
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"x3d_m"``, ``"tsm_ssv2"``, ...:
         see :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,

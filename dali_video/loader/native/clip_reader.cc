@@ -250,10 +250,13 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       Part part{{}, static_cast<int64_t>(first), counts[k]};
       std::memcpy(&part.spec, words.data() + k * kWords, sizeof(Spec));
       check_spec(part.spec);
-      DALI_ENFORCE(part.count >= 1 && first + part.count <= d_.videos.size() && part.spec.clip_len == s_.clip_len,
+      DALI_ENFORCE(part.count >= 1 && static_cast<int64_t>(first) + part.count <= static_cast<int64_t>(d_.videos.size())
+                   && part.spec.clip_len == s_.clip_len,
                    "dali-video clip reader: a mixture's dataset is out of range");
       parts_.push_back(part);
     }
+    DALI_ENFORCE(parts_.back().first + parts_.back().count == static_cast<int64_t>(d_.videos.size()),
+                 "dali-video clip reader: the mixture's datasets do not cover the videos");
     std::vector<int64_t> seen(parts_.size(), 0);
     for (int d : slot_) {
       DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(), "dali-video clip reader: a mix slot is out of range");
