@@ -456,8 +456,8 @@ def test_mixture_schedule_holds_exact_proportions_in_any_window_of_its_period(we
 
 def mixture_clips(mixture, batches, batch_size=6, **kw):
     """(dataset, label, filename, frames) of every clip of `batches` batches."""
-    ds = dali_video.clip_dataset(mixture, batch_size=batch_size, crop_size=16, device="cpu", dtype="uint8", std=(1, 1, 1),
-                                 seed=9, with_meta=True, **kw)
+    ds = dali_video.clip_dataset(mixture, batch_size=batch_size, crop_size=16, device="cpu", dtype="uint8",
+                                 std=(1, 1, 1), seed=9, with_meta=True, **kw)
     mixture_clips.loader = ds._dali_video_loader
     return [(int(d), int(lab), os.fsdecode(name), tuple(f)) for _, labels, meta in ds.take(batches)
             for d, lab, name, f in zip(meta["dataset"].numpy(), labels.numpy(), meta["filename"].numpy(),

@@ -276,8 +276,8 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
     # --input_size 224 --short_side_size 224 --test_num_segment 5 --test_num_crop 3; kinetics.py _aug_frame:
     # random resized crop scale [0.08, 1.0], ratio [0.75, 1.3333], flip, ImageNet mean/std. Its loader spreads
     # the 16 frames over 64 with linspace and, in testing, places views on the strided frames; here stride 4).
-    "videomae_k400": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0), crop_aspect=(0.75, 1.3333),
-                                 clips_per_video=2, **_IMAGENET_NORM),
+    "videomae_k400": (ClipConfig(clip_len=16, stride=4, crop_size=224, crop_area=(0.08, 1.0),
+                                 crop_aspect=(0.75, 1.3333), clips_per_video=2, **_IMAGENET_NORM),
                       ClipConfig(clip_len=16, stride=4, crop_size=224, resize_shorter=224, clips_per_video=5,
                                  num_crops=3, **_IMAGENET_NORM)),
     # VideoMAE ViT-B fine-tuning on SSv2 (MCG-NJU/VideoMAE: scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_

@@ -179,7 +179,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=any(c.resizes for c in configs),
-                  color=any(c.color_jitter is not None for c in configs), dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
+                  color=any(c.color_jitter is not None for c in configs), dtype=config.dtype, mean=config.mean,
+                  std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
     pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
@@ -244,7 +245,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
         reached by computation, without reading.
     with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
-        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), and :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
+        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), ``dataset`` (a Mixture's), and
+        :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
         predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
         ``color`` (the four factors drawn) and ``replaced`` (damaged clips skipped to give it).
     decode_crop: decode only the crop window of each JPEG where DALI can.

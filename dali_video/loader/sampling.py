@@ -367,8 +367,7 @@ def _frames(plan: PlanSpec, view: int, draws: int, start: int, stride: int, n: i
         room = max(n - span, 0.0)
         first = float(_uniform(_hash(draws, 1), int(room) + 1)) if train else _view_start(cfg, view, room)
         end = first + span - 1
-        at = [end if i == t - 1 and t > 1 else i * ((end - first) / (t - 1)) + first if t > 1 else first
-              for i in range(t)]
+        at = [first] if t == 1 else [i * ((end - first) / (t - 1)) + first for i in range(t - 1)] + [end]
         return np.clip(np.floor(at).astype(np.int64), 0, n - 1)
     if cfg.sampling == "segments":
         idx = np.array([_segment_frame(cfg, train, view, draws, n, i) for i in range(t)], np.int64)

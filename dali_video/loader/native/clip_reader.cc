@@ -259,7 +259,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
                  "dali-video clip reader: the mixture's datasets do not cover the videos");
     std::vector<int64_t> seen(parts_.size(), 0);
     for (int d : slot_) {
-      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(), "dali-video clip reader: a mix slot is out of range");
+      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(),
+                   "dali-video clip reader: a mix slot is out of range");
       rank_.push_back(seen[d]++);
     }
     weight_ = seen;

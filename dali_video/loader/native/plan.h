@@ -186,7 +186,8 @@ void color(const Spec &s, u64 draws, Plan &p) {
 // Frame t of the clip (stored frame number): see the specification.
 int64_t frame_number(const Spec &s, const Plan &p, const Video &v, int64_t t) {
   const int64_t n = v.num_frames;
-  if (s.sampling == kStride && s.target_fps > 0) {  // floor(linspace(start, start + span - 1, T))[t], as numpy computes it, clamped
+  if (s.sampling == kStride && s.target_fps > 0) {
+    // floor(linspace(start, start + span - 1, T))[t], as numpy computes it, clamped to the video
     const double span = fps_span(s, p.stride, v), room = std::max(static_cast<double>(n) - span, 0.0);
     const double start = s.training ? static_cast<double>(uniform(hash(p.draws, 1), static_cast<int64_t>(room) + 1))
                                     : view_start(s, p.view, room);
