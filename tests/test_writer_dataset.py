@@ -1,5 +1,6 @@
 """writer: one dataset per output folder (issue 17.1), and only video containers become videos (17.4)."""
 import json
+import wave
 
 import cv2
 import numpy as np
@@ -131,7 +132,8 @@ def test_images_and_text_in_a_class_folder_are_skipped_with_reasons_and_printed(
                        "MPEG-TS/PS, FLV, ASF/WMV, Ogg, Y4M)"}
     for name, reason in reasons.items():
         assert f"  skipped {name}: {reason}\n" in proc.stdout
-    written = {n for s in (tmp_path / "out").glob("*.tfrecord") for n in read_frame_index(fmt.fidx_path(s)).videos["filename"]}
+    written = {n for s in (tmp_path / "out").glob("*.tfrecord")
+               for n in read_frame_index(fmt.fidx_path(s)).videos["filename"]}
     assert written == {"a/clip.avi", "a/renamed.bin"}
 
 
@@ -149,3 +151,19 @@ def test_containers_written_by_ffmpeg_are_recognised(tmp_path, ext, fourcc, kind
     out.release()
     from dali_video.writer.containers import container_of
     assert container_of(path.read_bytes()[:512]) == kind
+
+
+def test_images_sound_and_empty_files_are_no_containers(tmp_path):
+    from dali_video.writer.containers import not_a_video
+    image = np.zeros((8, 8, 3), np.uint8)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(bytes(800))
+    heads = {cv2.imencode(".webp", image)[1].tobytes(): "a RIFF 'WEBP' file",
+             (tmp_path / "a.wav").read_bytes(): "a RIFF 'WAVE' file",
+             cv2.imencode(".bmp", image)[1].tobytes(): "a BMP image",
+             cv2.imencode(".tiff", image)[1].tobytes(): "a TIFF image",
+             b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic": "a HEIF/AVIF image (brand 'heic')",
+             bytes(range(40)): "unknown content (starts 00 01 02 03 04 05 06 07)", b"": "an empty file"}
+    for head, what in heads.items():
+        assert not_a_video(head[:512]) == f"not a video: {what}, not a video container (MP4/MOV, Matroska/WebM, " \
+                                          f"AVI, MPEG-TS/PS, FLV, ASF/WMV, Ogg, Y4M)"

@@ -3,6 +3,7 @@
   dali-video-write ROOT OUT                          ROOT/<class>/<video>
   dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
   dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+  dali-video-write --replace ROOT OUT                OUT holds another dataset: delete it (every split), write this
   dali-video-write --runner beam ROOT OUT [-- BEAM PIPELINE OPTIONS]
       the same, as an Apache Beam pipeline: by default --workers local processes; after "--",
       Beam's own options, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081

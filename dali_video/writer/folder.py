@@ -101,11 +101,12 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
     classes = {k: v for s in new.values() for k, v in s.classes.items()}
     lines = []
     for split, was in old.items():
-        here = [f"{split}: {k} was {was.options.get(k)!r}, now {options.get(k)!r}"
-                for k in sorted(was.options.keys() | options.keys()) if was.options.get(k) != options.get(k)] \
-            if was.options is not None else []
-        clash = _class_clash(was.classes, classes)
-        here += [f"{split}: {clash}"] if clash else []
+        here = []
+        if was.options is not None:
+            here += [f"{split}: {k} was {was.options.get(k)!r}, now {options.get(k)!r}"
+                     for k in sorted(was.options.keys() | options.keys()) if was.options.get(k) != options.get(k)]
+        if clash := _class_clash(was.classes, classes):
+            here.append(f"{split}: {clash}")
         now = new.get(split)
         if now and not here:  # the same split again: it must be the same plan (a resumed run)
             counts = sorted({fmt.parse_shard_name(n)[2] for n in was.shards})
