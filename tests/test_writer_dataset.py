@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dali_video.index_tools import read_frame_index
+from dali_video.index_tools import FormatError, read_frame_index
 from dali_video.index_tools import format as fmt
 from dali_video.tools.sample_data import make_folder_dataset, make_video
 from dali_video.writer import EncodeOptions, WriteError, from_folder, plan_dataset
@@ -107,6 +107,9 @@ def test_an_unfinished_run_of_other_options_is_refused_and_beam_plans_alike(tmp_
     specs, failures = from_folder(videos, "train")
     with pytest.raises(WriteError, match=r"train: resize_shorter was 0, now 24\n"):
         plan_dataset(specs, data, EncodeOptions(resize_shorter=24), num_shards=2)
+    (data / "val.manifest.json").write_text("{")
+    with pytest.raises(FormatError, match=r"val\.manifest\.json: not a dali-video manifest \(.*\); pass --replace"):
+        plan_dataset(specs, data, EncodeOptions(resize_shorter=0), num_shards=2)
     plan = plan_dataset(specs, data, EncodeOptions(resize_shorter=24), num_shards=2, replace=True)
     assert sorted(p.name for p in data.iterdir()) == []
     assert [s.name for s in plan.shards] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]

@@ -6,6 +6,7 @@ Beam runner (``writer.beam``) maps ``write_shard`` over the shards. Both give th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,7 +15,6 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -292,18 +292,24 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     if out.is_dir() and replace:
         remove_dataset(out)
     elif out.is_dir() and shards:
-        new = {sp: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == sp},
-                              {p.name: plan_digest(p, opts) for p in shards if p.split == sp}, seed) for sp in splits}
-        old = read_folder(out)
-        if lines := differences(old, new):
-            raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
-                             + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
-                             "and manifests of every split and write this dataset, or write to another folder")
+        _check_folder(out, specs, shards, opts, seed)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):
         if split_of(stale.name) is not None:
             stale.unlink()
     return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
+
+
+def _check_folder(out: Path, specs, shards, opts: EncodeOptions, seed: int) -> None:
+    """Refuse to write ``shards`` into a folder that holds another dataset."""
+    new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split},
+                             {p.name: plan_digest(p, opts) for p in shards if p.split == split}, seed)
+           for split in sorted({p.split for p in shards})}
+    old = read_folder(out)
+    if lines := differences(old, new):
+        raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
+                         + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
+                         "and manifests of every split and write this dataset, or write to another folder")
 
 
 def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
