@@ -1,0 +1,49 @@
+"""Evaluation passes (every view once, padding marked, per-video averages) and resuming only the same run."""
+import numpy as np
+
+import dali_video
+from dali_video import META_COLUMNS
+
+from .test_loader import CPU, reader_batches
+
+VIDEO, PADDING = META_COLUMNS.index("video"), META_COLUMNS.index("padding")
+CLIP, CROP = META_COLUMNS.index("frame"), META_COLUMNS.index("crop_x")
+
+
+def test_each_evaluation_pass_holds_every_view_once_and_averages_per_video(dataset):
+    """The issue's case: 10 clips x 3 crops of 10 videos, batch 8: 300 views in 38 batches (304 clips)."""
+    kw = dict(batch_size=8, clip_len=2, crop_size=16, training=False, clips_per_video=10, num_crops=3)
+    steps = dali_video.steps_per_epoch(dataset, **kw)
+    assert steps == 38
+    ds = dali_video.clip_dataset(dataset, with_meta=True, seed=0, **CPU, **kw)
+    passes = [[], []]
+    for k, (clips, labels, meta) in zip(range(2 * steps), ds):
+        passes[k // steps].append((clips.numpy().reshape(8, -1).astype(np.float64), labels.numpy(),
+                                   {name: v.numpy() for name, v in meta.items()}))
+    for batches in passes:
+        padding = np.concatenate([m["padding"] for _, _, m in batches])
+        assert list(padding) == [0] * 300 + [1] * 4  # the rest of the last batch, and only that, is padding
+        views = [(v, f, x) for _, _, m in batches for v, f, x, p in
+                 zip(m["video"], m["first_frame"], m["window"][:, 1], m["padding"]) if not p]
+        assert len(set(views)) == 300  # every view once (video x clip start x crop position)
+        averages = dali_video.average_per_video([p for p, _, _ in batches], [m for _, _, m in batches],
+                                                labels=[y for _, y, _ in batches])
+        assert list(averages.video) == list(range(10)) and list(averages.count) == [30] * 10
+        table = dali_video.load_table(dataset)
+        assert np.array_equal(averages.label, table.label)
+        for v in range(10):  # the plain mean of the video's own 30 clips, padding left out
+            own = np.concatenate([p[(m["video"] == v) & (m["padding"] == 0)] for p, _, m in batches])
+            np.testing.assert_allclose(averages.mean[v], own.mean(axis=0))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(*passes))  # the second pass starts again at view 0
+
+
+def test_evaluation_readers_take_disjoint_parts_of_each_padded_pass(dataset):
+    kw = dict(clip_len=2, crop_size=16, training=False, clips_per_video=2, num_crops=3, seed=0)  # 60 views
+    one = np.concatenate(reader_batches(dataset, 9, batch_size=7, **kw))  # ceil(60 / 7) = 9 batches
+    parts = [reader_batches(dataset, 9, batch_size=7 // 7, shard_id=r, num_shards=7, **kw) for r in range(7)]
+    shared = np.concatenate([np.concatenate([part[k] for part in parts]) for k in range(9)])
+    assert np.array_equal(one, shared)
+    assert list(one[:, PADDING]) == [0] * 60 + [1] * 3
+    views = {(row[VIDEO], row[CLIP], row[CROP]) for row in one[:60]}
+    assert len(views) == 60
+
