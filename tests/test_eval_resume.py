@@ -47,3 +47,31 @@ def test_evaluation_readers_take_disjoint_parts_of_each_padded_pass(dataset):
     views = {(row[VIDEO], row[CLIP], row[CROP]) for row in one[:60]}
     assert len(views) == 60
 
+
+def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_path, monkeypatch, capsys):
+    from dali_video.loader.resume import read_position
+    from dali_video.tools.train import main
+
+    args = ["--data", str(dataset), "--cpu", "--steps-per-epoch", "1", "--batch-size", "2", "--clip-len", "2",
+            "--crop-size", "16", "--seed", "5"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--epochs", "1", "--checkpoint-dir", "ckpt"]) == 0  # a path relative to the cwd
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ckpt = str(tmp_path / "ckpt")
+    assert main([*args, "--epochs", "2", "--checkpoint-dir", ckpt]) == 0
+    assert f"resuming from {ckpt}: epoch 1, clip 2" in capsys.readouterr().out
+    assert read_position(ckpt)["epoch"] == 2
+    one_shard = str(sorted(dataset.glob("*.tfrecord"))[0])
+    for change, field, way_out in ((["--seed", "6"], "seed was 5, this run's is 6", "--seed"),
+                                   (["--data", one_shard], "dataset was", "--data"),
+                                   (["--clip-len", "3"], "clips was", "clip options"),
+                                   (["--split", "train"], "split was None", "--split")):
+        assert main([*args, *change, "--epochs", "3", "--checkpoint-dir", ckpt]) == 1
+        err = capsys.readouterr().err
+        assert f"{ckpt} holds another run: its {field}" in err and f"with the same {way_out}" in err, err
+    assert main([*args, "--epochs", "2", "--checkpoint-dir", ckpt]) == 0
+    assert (f"nothing left to train: {ckpt} holds a run that finished epoch 2 and --epochs is 2; pass --epochs "
+            f"above 2") in capsys.readouterr().out
+    assert read_position(ckpt)["epoch"] == 2
