@@ -110,7 +110,8 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
         crop_size=c.crop_size, resize_shorter=list(c.resize_range), crop_area=reals[:2] if c.crop_area else [],
         crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:] if c.color_jitter is not None else [],
         short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
-        global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
+        global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
+        skip_corrupt=on_corrupt == "skip")
 
 
 def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,

@@ -79,7 +79,8 @@ class ClipPosition(_callback_base()):
     Across hosts (MultiWorkerMirroredStrategy) every worker must save the model (it is a collective
     step) and ``directory`` must be one that all of them see. Pass ``chief=False`` on all but the
     chief and a ``task`` name unique to each worker: they save into scratch folders and write no
-    position. ``run`` (JSON values) describes what the run reads, for :func:`check_run` on a restart. Steps are counted from the optimizer, so ``steps_per_execution`` does not matter.
+    position. ``run`` (JSON values) describes what the run reads, for :func:`check_run` on a restart.
+    Steps are counted from the optimizer, so ``steps_per_execution`` does not matter.
     """
 
     def __init__(self, directory, *, seed: int, global_batch_size: int, initial_clip: int = 0,
