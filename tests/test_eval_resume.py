@@ -1,5 +1,6 @@
 """Evaluation passes (every view once, padding marked, per-video averages) and resuming only the same run."""
 import numpy as np
+import pytest
 
 import dali_video
 from dali_video import META_COLUMNS
@@ -46,6 +47,12 @@ def test_evaluation_readers_take_disjoint_parts_of_each_padded_pass(dataset):
     assert list(one[:, PADDING]) == [0] * 60 + [1] * 3
     views = {(row[VIDEO], row[CLIP], row[CROP]) for row in one[:60]}
     assert len(views) == 60
+    # The GPU path's metadata, [B, 15] arrays: per video the mean of its 6 views' first frames.
+    batches = [b for part in parts for b in part]
+    averages = dali_video.average_per_video([b[:, [CLIP]] for b in batches], batches)
+    assert list(averages.count) == [6] * 10
+    expected = [np.mean([row[CLIP] for row in one[:60] if row[VIDEO] == v]) for v in range(10)]
+    np.testing.assert_allclose(averages.mean[:, 0], expected)
 
 
 def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_path, monkeypatch, capsys):
@@ -66,7 +73,7 @@ def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_
     one_shard = str(sorted(dataset.glob("*.tfrecord"))[0])
     for change, field, way_out in ((["--seed", "6"], "seed was 5, this run's is 6", "--seed"),
                                    (["--data", one_shard], "dataset was", "--data"),
-                                   (["--clip-len", "3"], "clips was", "clip options"),
+                                   (["--clip-len", "3"], "clips.clip_len was 2, this run's is 3", "clip options"),
                                    (["--split", "train"], "split was None", "--split")):
         assert main([*args, *change, "--epochs", "3", "--checkpoint-dir", ckpt]) == 1
         err = capsys.readouterr().err
@@ -75,3 +82,12 @@ def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_
     assert (f"nothing left to train: {ckpt} holds a run that finished epoch 2 and --epochs is 2; pass --epochs "
             f"above 2") in capsys.readouterr().out
     assert read_position(ckpt)["epoch"] == 2
+
+
+def test_average_per_video_refuses_metadata_it_cannot_read():
+    with pytest.raises(ValueError, match=r"meta must be clip_dataset's metadata dict or a \[B, 15\] array "
+                                         r"\(META_COLUMNS\), got shape \(3, 14\)"):
+        dali_video.average_per_video(np.zeros((3, 2)), np.zeros((3, 14), np.int32))
+    meta = np.zeros((3, len(META_COLUMNS)), np.int32)
+    with pytest.raises(ValueError, match=r"predictions \(\[2\] per batch\) and meta \(\[3\] per batch\) must match"):
+        dali_video.average_per_video(np.zeros((2, 2)), meta)

@@ -54,11 +54,16 @@ def check_run(directory, saved: dict | None, run: dict, flags: dict | None = Non
         return
     run = json.loads(json.dumps(run))  # tuples as lists, as the saved one came back from JSON
     for key in (k for k in run if k != "data"):
-        if saved.get(key) != run[key]:
-            read = f" (it read {saved.get('data')})" if key == "dataset" else ""
-            raise ValueError(f"{directory} holds another run: its {key} was {saved.get(key)!r}{read}, this run's "
-                             f"is {run[key]!r}; resume it with the same {(flags or {}).get(key, key)}, or pass "
-                             f"another checkpoint folder to start a new run")
+        old, new, name = saved.get(key), run[key], key
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # name the option inside, not the whole dict
+            inner = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+            old, new, name = old.get(inner), new.get(inner), f"{key}.{inner}"
+        read = f" (it read {saved.get('data')})" if key == "dataset" else ""
+        raise ValueError(f"{directory} holds another run: its {name} was {old!r}{read}, this run's is {new!r}; "
+                         f"resume it with the same {(flags or {}).get(key, key)}, or pass another checkpoint "
+                         f"folder to start a new run")
 
 
 def _callback_base():
