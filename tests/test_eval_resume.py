@@ -74,7 +74,8 @@ def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_
     for change, field, way_out in ((["--seed", "6"], "seed was 5, this run's is 6", "--seed"),
                                    (["--data", one_shard], "dataset was", "--data"),
                                    (["--clip-len", "3"], "clips.clip_len was 2, this run's is 3", "clip options"),
-                                   (["--split", "train"], "split was None", "--split")):
+                                   (["--split", "train"], "split was None", "--split"),
+                                   (["--recipe", "mvit"], "recipe was None, this run's is 'mvit'", "--recipe")):
         assert main([*args, *change, "--epochs", "3", "--checkpoint-dir", ckpt]) == 1
         err = capsys.readouterr().err
         assert f"{ckpt} holds another run: its {field}" in err and f"with the same {way_out}" in err, err
