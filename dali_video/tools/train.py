@@ -17,7 +17,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The options that set each field of a run's record, for the way out when a restart differs.
 RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
-             "recipe": "--recipe", "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
+             "recipe": "--recipe",
+             "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
 
 
 def small_video_model(num_classes: int, clip_len: int, crop_size: int):
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
         num_classes = int(table.label.max()) + 1
         # What the clip position means: a restart must read the same clips (see resume.check_run).
         run = {"data": os.path.abspath(data), "dataset": dataset_fingerprint(table), "split": args.split,
-               "recipe": args.recipe, "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size, "seed": seed}
+               "recipe": args.recipe, "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size,
+               "seed": seed}
         if position:
             check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)
     except (ValueError, OSError) as e:
