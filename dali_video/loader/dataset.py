@@ -17,9 +17,10 @@ from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_vide
 log = logging.getLogger(__name__)
 DEVICES = ("gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
-# with layout "clips"); the last four hold float32 bits (see meta_fields).
+# with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
+# only fill an evaluation pass's last batch.
 META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame", "replaced", "stride",
-                "brightness", "contrast", "saturation", "hue")
+                "brightness", "contrast", "saturation", "hue", "padding")
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (1 << 63))
 
 
-def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed):
+def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed, global_batch):
     _check_int("num_shards", num_shards, 1)
     if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
@@ -87,7 +88,7 @@ def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_s
     _check_int("seed", seed, 0)
     if seed >= 1 << 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
-    return PlanSpec(config, seed=int(seed), training=training), table, videos
+    return PlanSpec(config, seed=int(seed), training=training, global_batch=global_batch), table, videos
 
 
 def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard_id: int, num_shards: int,
@@ -109,7 +110,8 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
         crop_size=c.crop_size, resize_shorter=list(c.resize_range), crop_area=reals[:2] if c.crop_area else [],
         crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:] if c.color_jitter is not None else [],
         short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
-        shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
+        global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
+        skip_corrupt=on_corrupt == "skip")
 
 
 def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
@@ -120,8 +122,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
-    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 14])``;
-    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 14])`` (meta only
+    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 15])``;
+    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 15])`` (meta only
     ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"`` stops after the reader (JPEG bytes, and
     the metadata)."""
     from .pipeline import Graph
@@ -136,7 +138,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, config, training=training, split=split, shard_id=shard_id,
-                                  num_shards=num_shards, seed=seed)
+                                  num_shards=num_shards, seed=seed, global_batch=batch_size * num_shards)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
@@ -153,26 +155,28 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
 
 def steps_per_epoch(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
                     num_shards: int = 1, split: str | None = None, **options) -> int:
-    """Batches per reader that cover every clip of an epoch once (the last batch runs into the next
-    epoch); the same for every reader of ``num_shards``. Clip options as :func:`clip_dataset`."""
+    """Batches per reader that cover every clip of an epoch once (in training the last batch runs into the
+    next epoch; in evaluation its rest is padding, ``meta["padding"]``); the same for every reader of
+    ``num_shards``. Clip options as :func:`clip_dataset`."""
     plan, _, videos = _select(files, resolve(recipe, training, options), training=training, split=split,
-                              shard_id=0, num_shards=num_shards, seed=0)
+                              shard_id=0, num_shards=num_shards, seed=0, global_batch=batch_size * num_shards)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
 def meta_fields(meta) -> dict:
-    """The per-clip metadata ``[B, 14]`` (:data:`META_COLUMNS`, int32) as named tensors: ``window``
+    """The per-clip metadata ``[B, 15]`` (:data:`META_COLUMNS`, int32) as named tensors: ``window``
     ``[B, 4]`` (y, x, h, w in stored pixels), ``flip``, ``label``, ``video`` (row of ``load_table``),
-    ``first_frame``, ``replaced``, ``stride`` and ``color`` ``[B, 4]`` float32 (brightness, contrast,
-    saturation, hue as a fraction of the colour circle)."""
+    ``first_frame``, ``replaced``, ``stride``, ``color`` ``[B, 4]`` float32 (brightness, contrast,
+    saturation, hue as a fraction of the colour circle) and ``padding`` (1: a clip that only fills an
+    evaluation pass's last batch)."""
     import tensorflow as tf
 
     column = {name: i for i, name in enumerate(META_COLUMNS)}
     fields = {name: meta[:, column[key]] for name, key in (("flip", "flip"), ("label", "label"), ("video", "video"),
                                                            ("first_frame", "frame"), ("replaced", "replaced"),
-                                                           ("stride", "stride"))}
+                                                           ("stride", "stride"), ("padding", "padding"))}
     return {**fields, "window": meta[:, column["crop_y"]:column["crop_w"] + 1],
-            "color": tf.bitcast(meta[:, column["brightness"]:], tf.float32)}
+            "color": tf.bitcast(meta[:, column["brightness"]:column["hue"] + 1], tf.float32)}
 
 
 def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
@@ -195,7 +199,11 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn clips of
         each video, next to each other). Otherwise the config's fixed evaluation view
         (:meth:`ClipConfig.evaluation`): ``clips_per_video`` evenly spaced clips x ``num_crops`` crops
-        per video, in order (a preset's testing view when ``recipe`` names one).
+        per video, in order (a preset's testing view when ``recipe`` names one). Each pass of
+        :func:`steps_per_epoch` global batches holds every view exactly once; the rest of its last batch
+        is padding (``meta["padding"]`` 1, to be ignored: :func:`average_per_video`), and the next pass
+        starts again at the first view. The dataset stays endless (DALI's dataset is; on the GPU no
+        tf.data op may follow it): take one pass with ``steps=`` or ``.take(steps)``.
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
         ``/gpu:<device_id>``; "cpu" is the CPU fallback.
     seed: the clip plan's seed: the same seed gives the same clips on any machine.
@@ -207,7 +215,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, and
         :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
         predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
-        ``color`` (the four factors drawn) and ``replaced`` (damaged clips skipped to give it).
+        ``color`` (the four factors drawn), ``replaced`` (damaged clips skipped to give it) and
+        ``padding`` (1: the clip only fills an evaluation pass's last batch).
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
@@ -220,7 +229,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
-    the ``[B, 14]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
+    the ``[B, 15]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
@@ -264,7 +273,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
                                  device_id=device_id if device == "gpu" else None)
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 14]`` (META_COLUMNS)
+    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 15]`` (META_COLUMNS)
         return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
     label = META_COLUMNS.index("label")
@@ -297,7 +306,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,
                    with_bytes: bool = False, **kwargs):
     """The native reader alone through DALI's TF dataset, no decoding: the clips' frames are read and
-    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 14]`` (with
+    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 15]`` (with
     ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
     checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
     import tensorflow as tf

@@ -134,8 +134,13 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #
 # The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
 # videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
-# clips; clip p is item j = p % N of epoch e = p // N. Reader r of R with batch size B reads positions
-# initial_clip + k*B*R + r*B + i for its k-th batch, so any clip is found in O(1) from (seed, e, j).
+# clips. Reader r of R with batch size B reads positions initial_clip + k*B*R + r*B + i for its k-th
+# batch, so any clip is found in O(1) from (seed, e, j), where
+#   training:   clip p is item j = p % N of epoch e = p // N (an epoch's last batch runs into the next);
+#   evaluation: with G = B*R > 0 (global_batch), an epoch (a pass) is P = ceil(N / G) * G slots: slot
+#               q = p % P of epoch e = p // P is view j = q if q < N, else a padding clip (padding = 1)
+#               of view j = q % N; every pass thus holds every view once and starts a global batch.
+#               G = 0: P = N, no padding.
 #   training:   video = permute(j // K, n, hash(hash(seed, 1), e)); draws = hash(hash(hash(seed, 2), e), j);
 #               field f's random bits are hash(draws, f):
 #               stride = slo + uniform(f5, shi - slo + 1); scale R = rlo + uniform(f6, rhi - rlo + 1) (0: none)
@@ -239,13 +244,21 @@ class PlanSpec:
     config: ClipConfig
     seed: int
     training: bool
+    global_batch: int = 0  # evaluation: clips per global batch, to pad each pass to whole batches
 
     def items_per_epoch(self, num_videos: int) -> int:
+        """Clips (training) or views (evaluation) in an epoch, padding not counted."""
         c = self.config
         return num_videos * c.clips_per_video * (1 if self.training else c.num_crops)
 
+    def epoch_length(self, num_videos: int) -> int:
+        """Positions in an epoch: in evaluation, padded to whole global batches."""
+        items, g = self.items_per_epoch(num_videos), self.global_batch
+        return items if self.training or not g else -(-items // g) * g
+
     def steps_per_epoch(self, num_videos: int, global_batch_size: int) -> int:
-        """Global batches that cover an epoch once (the last one runs into the next epoch)."""
+        """Global batches that cover an epoch once (in training the last one runs into the next epoch; in
+        evaluation its rest is padding)."""
         return -(-self.items_per_epoch(num_videos) // global_batch_size)
 
     def floats(self) -> list[float]:
@@ -260,14 +273,15 @@ class PlanSpec:
         c = self.config
         ints = [self.seed, int(self.training), c.clip_len, *c.strides, c.crop_size, *c.resize_range,
                 SHORT_CODES[c.short_videos], c.clips_per_video, c.num_crops, int(c.flip),
-                int(c.crop_area is not None), int(c.color_jitter is not None)]
+                int(c.crop_area is not None), int(c.color_jitter is not None), self.global_batch]
         return ints + [int(np.float64(v).view(np.int64)) for v in self.floats()]
 
 
 @dataclass(frozen=True)
 class ClipPlan:
     """What one clip is: a row of the videos planned over, its first frame and stride, its frame numbers,
-    crop window (in stored pixels) and flip, and colour factors (brightness, contrast, saturation, hue)."""
+    crop window (in stored pixels) and flip, colour factors (brightness, contrast, saturation, hue), and
+    whether it only pads an evaluation pass to whole batches."""
 
     video: int
     start: int
@@ -275,6 +289,7 @@ class ClipPlan:
     frames: np.ndarray
     window: tuple[int, int, int, int, int]  # y, x, h, w, flip
     color: tuple[float, float, float, float]
+    padding: int = 0
 
 
 def _train_window(plan: PlanSpec, rh: int, rw: int, draws: int) -> tuple[int, int, int, int]:
@@ -304,7 +319,9 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> Cli
     """Clip ``position`` of the endless clip sequence over the videos whose sizes are given."""
     cfg, train, c = plan.config, plan.training, plan.config.crop_size
     n, k, crops = len(num_frames), cfg.clips_per_video, cfg.num_crops
-    epoch, j = divmod(position, plan.items_per_epoch(n))
+    epoch, j = divmod(position, plan.epoch_length(n))
+    padding = int(j >= plan.items_per_epoch(n))
+    j %= plan.items_per_epoch(n)
     seed = plan.seed & _M64
     if train:
         video, clip, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
@@ -342,4 +359,4 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int) -> Cli
         y, x = min(_rdiv(y * shorter, r), height - h), min(_rdiv(x * shorter, r), width - w)
     idx = start + np.arange(cfg.clip_len) * stride
     idx = idx % frames if cfg.short_videos == "loop" else np.minimum(idx, frames - 1)
-    return ClipPlan(video, start, stride, idx, (y, x, h, w, flip), color)
+    return ClipPlan(video, start, stride, idx, (y, x, h, w, flip), color, padding)

@@ -7,6 +7,7 @@ fit does not run under that strategy); every worker runs the same command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,10 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The options that set each field of a run's record, for the way out when a restart differs.
+RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
+             "recipe": "--recipe",
+             "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
 
 
 def small_video_model(num_classes: int, clip_len: int, crop_size: int):
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
 
     from ..loader.dataset import clip_dataset, distribute, steps_per_epoch
     from ..loader.gpu import enable_memory_growth
-    from ..loader.resume import ClipPosition, read_position
+    from ..loader.resume import ClipPosition, check_run, dataset_fingerprint, read_position
     from .sample_data import sample_dataset
     from ..loader.sampling import load_table
 
@@ -93,26 +98,35 @@ def main(argv=None) -> int:
         config = resolve(args.recipe or ClipConfig(clip_len=16, crop_size=112), True, options)
         kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
         position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
-        if position and position["global_batch_size"] != args.batch_size:
-            raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
-                             f"not {args.batch_size}: pass --batch-size {position['global_batch_size']}")
-        seed, initial_clip = (position["seed"], position["clip"]) if position else (args.seed, 0)
+        seed, initial_clip = args.seed, position["clip"] if position else 0
         if workers > 1:  # every worker reads its share of each global batch and runs the same steps
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
             batch = kw.pop("batch_size")
             ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
                             initial_clip=initial_clip, **kw)
             steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
-            num_classes = int(load_table(data, args.split).label.max()) + 1
+            table = load_table(data, args.split)
         else:
             strategy = tf.distribute.get_strategy()
             ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
             loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
             steps = args.steps_per_epoch or loader.steps_per_epoch
-            num_classes = int(loader.table.label.max()) + 1
+            table = loader.table
+        num_classes = int(table.label.max()) + 1
+        # What the clip position means: a restart must read the same clips (see resume.check_run).
+        run = {"data": os.path.abspath(data), "dataset": dataset_fingerprint(table), "split": args.split,
+               "recipe": args.recipe, "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size,
+               "seed": seed}
+        if position:
+            check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
+    if position and position["epoch"] >= args.epochs:
+        print(f"dali-video-train: nothing left to train: {args.checkpoint_dir} holds a run that finished epoch "
+              f"{position['epoch']} and --epochs is {args.epochs}; pass --epochs above {position['epoch']} to "
+              f"train further, or another --checkpoint-dir to start a new run", flush=True)
+        return 0
     tf.keras.utils.set_random_seed(args.seed)
     resolver = strategy.cluster_resolver  # across hosts: the chief writes the position, all save the model
     chief = getattr(strategy.extended, "should_checkpoint", True)
@@ -139,7 +153,7 @@ def main(argv=None) -> int:
     callbacks = [Speed()]
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
-                                      initial_clip=initial_clip, chief=chief, task=task))
+                                      initial_clip=initial_clip, chief=chief, task=task, run=run))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
           f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",

@@ -55,9 +55,10 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
                "dali-video clip reader: the per-video arguments disagree in length");
 }
 
-// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, then the colour factors as
-// float32 bits (brightness, contrast, saturation, hue)
-constexpr int kMetaColumns = 14;
+// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, the colour factors as
+// float32 bits (brightness, contrast, saturation, hue), then padding (1: a clip that only fills an
+// evaluation pass's last batch)
+constexpr int kMetaColumns = 15;
 
 // The plan's options from the operator's arguments: ranges as (low, high) pairs, real values as the
 // float32 DALI passes (the Python reference plans with the same float32 values).
@@ -84,6 +85,7 @@ Spec read_spec(const dali::OpSpec &spec) {
   s.clips_per_video = spec.GetArgument<int>("clips_per_video");
   s.num_crops = spec.GetArgument<int>("num_crops");
   s.flip = spec.GetArgument<bool>("flip");
+  s.global_batch = spec.GetArgument<int>("global_batch");
   const auto area = reals("crop_area", 2), aspect = reals("crop_aspect", 4), jitter = reals("color_jitter", 4);
   DALI_ENFORCE(aspect.size() == 4, "dali-video clip reader: crop_aspect needs low, high and their logarithms");
   s.random_area = !area.empty();
@@ -95,7 +97,7 @@ Spec read_spec(const dali::OpSpec &spec) {
   const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
   DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
                s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
-               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) &&
+               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) && s.global_batch >= 0 &&
                s.aspect_lo >= 0.0099 && s.aspect_hi <= 100 && s.area_lo > 0 && s.area_hi <= 1 &&
                std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5,
                "dali-video clip reader: a plan argument is out of range");
@@ -126,6 +128,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
     DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
                  "dali-video clip reader: the batch size must be a multiple of clip_len");
+    DALI_ENFORCE(s_.training || !s_.global_batch || s_.global_batch == int64_t{batch} * num_shards_,
+                 "dali-video clip reader: global_batch must be the batch size times num_shards");
     clips_.resize(batch);
     errors_.assign(batch, "");
     const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
@@ -143,7 +147,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   // Reads clip i (at `position`); with skip_corrupt, a damaged clip gives way to the next ones.
   void fill(int i, int64_t position) {
     Clip &c = clips_[i];
-    const int64_t n = d_.videos.size(), items = items_per_epoch(s_, n);
+    const int64_t n = d_.videos.size(), items = epoch_length(s_, n);
     const int64_t epoch_start = position - position % items;
     for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
       c.plan = plan_clip(s_, d_.videos.data(), n, epoch_start + (position - epoch_start + tries) % items);
@@ -197,6 +201,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
             const float factor = static_cast<float>(p.color[k]);
             std::memcpy(&values[10 + k], &factor, sizeof(factor));
           }
+          values[14] = int32_t(p.padding);
           std::memcpy(meta.mutable_tensor<int32_t>(sample(i, t)), values, sizeof(values));
         }
       }, -i);
@@ -233,7 +238,7 @@ DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
 DALI_SCHEMA(DaliVideoClips)
     .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
             "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
-            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): "
+            "video, frame, replaced, stride, the float32 bits of brightness, contrast, saturation, hue, and padding): "
             "per frame, or with per_clip one JPEG output per frame position and the metadata per clip.")
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
@@ -262,6 +267,8 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("short_videos", "0 repeat_last, 1 loop, 2 skip.", 0)
     .AddOptionalArg("clips_per_video", "Clips per video and epoch.", 1)
     .AddOptionalArg("num_crops", "Evaluation crops per clip (1 or 3).", 1)
+    .AddOptionalArg("global_batch", "Evaluation: clips per global batch (batch size x num_shards); each pass is "
+                    "padded to whole global batches with clips marked as padding. 0: no padding.", 0)
     .AddOptionalArg("shard_id", "This reader's share of each global batch.", 0)
     .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
     .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
