@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ...loader.gpu import quiet_tensorflow
 from ...loader.sampling import load_table
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 RECIPE_ROWS = ("slowfast", "mvit")
