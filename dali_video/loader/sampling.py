@@ -70,7 +70,7 @@ def shard_files(files, split: str | None = None) -> list[Path]:
         raise SplitError(files, groups)
     shards = groups.get(split, []) if split is not None else next(iter(groups.values()), [])
     if not shards:
-        raise FileNotFoundError(f"no shards of split {split!r} in {files}" + (
+        raise FileNotFoundError(f"no shards {f'of split {split!r} ' if split else ''}in {files}" + (
             f" (it holds {_describe_splits(groups)})" if groups else f" (no *{fmt.SHARD_SUFFIX} files)"))
     log.info("%s: reading %d file%s%s: %s", files, len(shards), "s" * (len(shards) > 1),
              f" of split {split!r}" if split else "", _names(shards))
