@@ -18,11 +18,11 @@ def usable_gpus() -> tuple[int, str]:
     except OSError:
         return 0, "no NVIDIA driver: libcuda.so.1 cannot be loaded"
     error = cuda.cuInit(0)
+    count = ctypes.c_int(0)
+    if error == 100 or not error and (cuda.cuDeviceGetCount(ctypes.byref(count)) or count.value < 1):
+        return 0, "the NVIDIA driver finds no GPU (is CUDA_VISIBLE_DEVICES empty or -1?)"  # 100: no device
     if error:
         return 0, f"the NVIDIA driver's cuInit failed with CUDA error {error}"
-    count = ctypes.c_int(0)
-    if cuda.cuDeviceGetCount(ctypes.byref(count)) or count.value < 1:
-        return 0, "the NVIDIA driver sees no GPU (is CUDA_VISIBLE_DEVICES empty?)"
     return count.value, ""
 
 
