@@ -78,6 +78,7 @@ def test_a_folder_of_user_named_splits_is_refused_whole_and_read_by_split(datase
     assert f"{tmp_path}: reading 1 file of split 'train': train.tfrecord" in caplog.text
     with pytest.raises(FileNotFoundError, match=r"no shards of split 'test' in .* \(it holds \['train', 'val'\]\)"):
         load_table(tmp_path, "test")
+    assert len(load_table(f"{tmp_path}/*.tfrecord", "val")) == len(load_table(shards[1]))  # globs too
 
 
 def test_files_of_different_class_spaces_are_refused_unless_asked(dataset, tmp_path):

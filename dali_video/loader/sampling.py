@@ -59,16 +59,18 @@ def _names(shards) -> str:
 
 
 def shard_files(files, split: str | None = None) -> list[Path]:
-    """Shards from a glob, a list of files, or a dataset folder (one split of it: ``split``, or the only
-    one there). A shard's split is read from its name (:func:`dali_video.index_tools.format.split_of`)."""
-    if not (isinstance(files, (str, Path)) and Path(files).is_dir()):
-        return expand([files] if isinstance(files, (str, Path)) else files)
+    """Shards from a glob, a list of files, or a dataset folder; ``split`` keeps the shards of one split
+    (read from their names: :func:`dali_video.index_tools.format.split_of`). A folder holding several
+    splits needs ``split``."""
+    folder = isinstance(files, (str, Path)) and Path(files).is_dir()
+    found = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}")) if folder else \
+        expand([files] if isinstance(files, (str, Path)) else files)
     groups: dict = {}
-    for shard in sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}")):
+    for shard in found:
         groups.setdefault(fmt.split_of(shard.name), []).append(shard)
-    if split is None and len(groups) > 1:
+    if split is None and folder and len(groups) > 1:
         raise SplitError(files, groups)
-    shards = groups.get(split, []) if split is not None else next(iter(groups.values()), [])
+    shards = found if split is None else groups.get(split, [])
     if not shards:
         raise FileNotFoundError(f"no shards {f'of split {split!r} ' if split else ''}in {files}" + (
             f" (it holds {_describe_splits(groups)})" if groups else f" (no *{fmt.SHARD_SUFFIX} files)"))
