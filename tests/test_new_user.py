@@ -28,7 +28,6 @@ from dali_video.tools import train
 from dali_video.tools.sample_data import frame_pixels
 
 from .conftest import ROOT
-from .test_faults import _write_corrupt_jpeg_shard
 
 SMALL = dict(clip_len=4, crop_size=16)
 
@@ -179,15 +178,15 @@ def test_verify_checks_jpegs_as_the_loader_does(cut, flips, size, tail):
 
 
 def test_a_corrupt_frame_reaches_the_user_as_its_message_alone(tmp_path, capfd):
-    shard = _write_corrupt_jpeg_shard(tmp_path / "c.tfrecord")
+    shard = _user_shard(tmp_path / "c.tfrecord", [(0, "a"), (1, "b"), (2, "c")], bad_frame=4)
     want = r"\S+c\.tfrecord: video 'v1' frame 4 at byte \d+: is not a valid JPEG \(JPEG marker expected at byte 2\)"
-    ds = dali_video.clip_dataset([shard], batch_size=3, clip_len=6, crop_size=16, training=False, device="cpu")
+    ds = dali_video.clip_dataset([shard], batch_size=3, clip_len=8, crop_size=16, training=False, device="cpu")
     with pytest.raises(dali_video.ReaderError) as error:
         with dali_video.reader_errors():
             next(iter(ds))
     assert re.fullmatch(want, str(error.value))
     capfd.readouterr()
-    assert train.main(["--data", str(tmp_path), "--cpu", "--epochs", "1", "--batch-size", "3", "--clip-len", "6",
+    assert train.main(["--data", str(tmp_path), "--cpu", "--epochs", "1", "--batch-size", "3", "--clip-len", "8",
                        "--crop-size", "16"]) == 1
     err = capfd.readouterr().err  # DALI's TF plugin also prints its whole error, to stdout (dali_dataset_op.cc)
     assert re.search(f"^dali-video-train: error: {want}$", err, re.M) and "Traceback" not in err
