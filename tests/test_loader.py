@@ -237,7 +237,7 @@ def test_corrupt_frame_names_shard_video_and_frame(dataset_copy):
 def test_arguments_are_validated_with_allowed_values(dataset):
     cases = [(dict(clip_len=0), r"clip_len must be an integer in \[1, 65535\], got 0"),
              (dict(stride=-1), r"stride must be an integer in \[1, 65535\]"),
-             (dict(device="tpu"), r"device must be one of \('gpu', 'cpu'\)"),
+             (dict(device="tpu"), r"device must be one of \('auto', 'gpu', 'cpu'\)"),
              (dict(dtype="int7"), "dtype must be one of"),
              (dict(short_videos="pad"), "short_videos must be one of"),
              (dict(crop_size=100), "smaller than crop_size \\(100\\); pass resize_shorter"),

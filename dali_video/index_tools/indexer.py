@@ -165,7 +165,20 @@ def verify(shard) -> int:
         raise FormatError(f"{stored.path}: frame row {bad[0]} (video {video}, record "
                           f"{stored.videos['record'][video]}) is {table[bad[0]]}, the shard has "
                           f"{rows[bad[0]]} (at byte {rows[bad[0]]['offset']})")
+    _check_jpegs(shard, stored, table)
     return len(fresh.records)
+
+
+def _check_jpegs(shard, index: fmt.FrameIndex, rows: np.ndarray) -> None:
+    """Every frame a JPEG of its video's size, as the loader checks it before decoding."""
+    with open(shard, "rb") as f:
+        for video, first in enumerate(index.frame_starts()):
+            v = {c: index.videos[c][video] for c in ("filename", "height", "width", "num_frames")}
+            for frame, row in enumerate(rows[first:first + v["num_frames"]]):
+                offset = int(row["offset"])
+                problem = fmt.jpeg_problem(os.pread(f.fileno(), int(row["length"]), offset), v["height"], v["width"])
+                if problem:
+                    raise FormatError(f"{shard}: video {v['filename']!r} frame {frame} at byte {offset}: {problem}")
 
 
 def expand(paths) -> list[Path]:
@@ -176,8 +189,10 @@ def expand(paths) -> list[Path]:
             found = sorted(Path(p).glob(f"*{fmt.SHARD_SUFFIX}"))
         elif any(c in p for c in "*?["):
             found = sorted(Path(x) for x in glob.glob(p))
-        else:
+        elif os.path.exists(p):
             found = [Path(p)]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
         if not found:
             raise FileNotFoundError(f"no TFRecord shards match {p!r}")
         out.extend(found)

@@ -4,6 +4,7 @@ Only this module imports DALI's TensorFlow plugin.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ from typing import Literal
 import numpy as np
 
 from .config import ClipConfig, resolve
+from .gpu import usable_gpus
 from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
 
 log = logging.getLogger(__name__)
-DEVICES = ("gpu", "cpu")
+DEVICES = ("auto", "gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
 # with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
 # only fill an evaluation pass's last batch.
@@ -69,15 +71,37 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _device(device: str) -> str:
+    """"gpu" or "cpu" for ``device``: "auto" takes the GPU when the driver offers one, else the CPU,
+    saying so once; "gpu" on a host without one is refused before DALI fails to load CUDA."""
+    _check_choice("device", device, DEVICES)
+    if device == "cpu":
+        return device
+    gpus, why = usable_gpus()
+    if gpus:
+        return "gpu"
+    if device == "gpu":
+        raise ValueError(f"device='gpu' but this host has no usable GPU ({why}); pass device='cpu' "
+                         f"(or device='auto', which picks the CPU there)")
+    _say_cpu(why)
+    return "cpu"
+
+
+@functools.cache
+def _say_cpu(why: str) -> None:
+    log.warning("device='auto': no usable GPU (%s); decoding on the CPU", why)
+
+
 def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (1 << 63))
 
 
-def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed, global_batch):
+def _select(files, config: ClipConfig, *, training: bool, split, shard_id, num_shards, seed, global_batch,
+            mixed_classes=False):
     _check_int("num_shards", num_shards, 1)
     if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
-    table = load_table(files, split)
+    table = load_table(files, split, mixed_classes=mixed_classes)
     videos = usable_videos(table, config)
     if len(videos) == 0:
         raise ValueError(f"no videos to read in {files} (all shards empty, or every video skipped)")
@@ -115,8 +139,9 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
 
 
 def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                  device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
-                  num_shards: int = 1, initial_clip: int = 0, split: str | None = None, decode_crop: bool = True,
+                  device: Literal["auto", "gpu", "cpu"] = "auto", seed: int | None = None, shard_id: int = 0,
+                  num_shards: int = 1, initial_clip: int = 0, split: str | None = None,
+                  mixed_classes: bool = False, decode_crop: bool = True,
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
@@ -130,7 +155,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     from .pipeline import clip_pipeline as build
 
     config = resolve(recipe, training, options)
-    _check_choice("device", device, DEVICES)
+    device = _device(device)
     _check_choice("layout", layout, ("auto", "frames", "clips"))
     if not 0 <= hw_decoder_load <= 1:
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
@@ -138,7 +163,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, config, training=training, split=split, shard_id=shard_id,
-                                  num_shards=num_shards, seed=seed, global_batch=batch_size * num_shards)
+                                  num_shards=num_shards, seed=seed, global_batch=batch_size * num_shards,
+                                  mixed_classes=mixed_classes)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
@@ -153,13 +179,27 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
 
 
-def steps_per_epoch(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                    num_shards: int = 1, split: str | None = None, **options) -> int:
+def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipConfig | None = None,
+                    training: bool = True, num_shards: int = 1, split: str | None = None, mixed_classes: bool = False,
+                    **options) -> int:
     """Batches per reader that cover every clip of an epoch once (in training the last batch runs into the
-    next epoch; in evaluation its rest is padding, ``meta["padding"]``); the same for every reader of
-    ``num_shards``. Clip options as :func:`clip_dataset`."""
+    next epoch; in evaluation its rest is padding, ``meta["padding"]``); the same for every reader of ``num_shards``. ``steps_per_epoch(ds)`` asks a dataset that
+    :func:`clip_dataset` made (or a :class:`ClipPipeline`), which knows its options; otherwise pass the
+    files and the dataset's options (as :func:`clip_dataset`)."""
+    loader = files if isinstance(files, ClipPipeline) else getattr(files, "_dali_video_loader", None)
+    if loader is not None:
+        if (batch_size, recipe, training, num_shards, split, mixed_classes, options) != (None, None, True, 1, None,
+                                                                                       False, {}):
+            raise TypeError("steps_per_epoch(dataset) takes no other arguments: the dataset knows its options")
+        return loader.steps_per_epoch
+    if hasattr(files, "element_spec"):
+        raise TypeError("steps_per_epoch: this dataset was not made by dali_video.clip_dataset, or was transformed "
+                        "after (map, prefetch, ...): pass the dataset clip_dataset returned, or the files and options")
+    if batch_size is None:
+        raise TypeError("steps_per_epoch(files) needs batch_size=... (or pass the dataset clip_dataset made)")
     plan, _, videos = _select(files, resolve(recipe, training, options), training=training, split=split,
-                              shard_id=0, num_shards=num_shards, seed=0, global_batch=batch_size * num_shards)
+                              shard_id=0, num_shards=num_shards, seed=0, global_batch=batch_size * num_shards,
+                              mixed_classes=mixed_classes)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
@@ -180,8 +220,9 @@ def meta_fields(meta) -> dict:
 
 
 def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                 device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
+                 device: Literal["auto", "gpu", "cpu"] = "auto", seed: int | None = None, shard_id: int = 0,
                  num_shards: int = 1, initial_clip: int = 0, with_meta: bool = False, split: str | None = None,
+                 mixed_classes: bool = False,
                  decode_crop: bool = True, device_id: int = 0, num_threads: int | None = None,
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
@@ -189,7 +230,12 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  jpeg_fancy_upsampling: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
-    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
+    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
+        shard's split is read from its name: ``train.tfrecord``, ``train-*``, ``train_*``, ``*-train-*``,
+        the writer's ``train-00000-of-00008``; a folder of several splits needs ``split``). The files
+        taken are logged (INFO).
+    mixed_classes: read files that give a label different class texts (their index headers say which);
+        by default that raises a ValueError naming the files and the label.
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"movinet"``: see
         :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
@@ -205,7 +251,9 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         starts again at the first view. The dataset stays endless (DALI's dataset is; on the GPU no
         tf.data op may follow it): take one pass with ``steps=`` or ``.take(steps)``.
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
-        ``/gpu:<device_id>``; "cpu" is the CPU fallback.
+        ``/gpu:<device_id>``; "cpu" is the CPU fallback; "auto" (default) the GPU when the NVIDIA driver
+        offers one, else the CPU, with one warning saying so. "gpu" on a host without a usable GPU raises
+        a ValueError saying so.
     seed: the clip plan's seed: the same seed gives the same clips on any machine.
     shard_id, num_shards: readers share each global batch of ``batch_size * num_shards`` clips: this
         reader takes part ``shard_id``. The clip sequence is the same whatever ``num_shards`` is, the
@@ -233,27 +281,31 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
-    Use :func:`steps_per_epoch` for ``model.fit(..., steps_per_epoch=...)``.
+    ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
     config = resolve(recipe, training, options)
+    _check_choice("device", device, DEVICES)
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
     if normalize_in == "auto":
         normalize_in = "dali"
-    if device == "gpu" and layout == "frames":
+    # Checked before the host decides "auto": the same call then works on every host, or on none.
+    if device != "cpu" and layout == "frames":
         raise ValueError("layout='frames' needs device='cpu': on the GPU, DALI's dataset must emit whole clips "
                          "(layout='clips', the default there), since no tf.data op may follow it")
-    if device == "gpu" and normalize_in == "tensorflow":
+    if device != "cpu" and normalize_in == "tensorflow":
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
+    device = _device(device)
     normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
     loader = clip_pipeline(files, batch_size=batch_size, recipe=config.replace(dtype="uint8") if normalise_in_tf
                            else config, training=training, device=device, seed=seed, shard_id=shard_id,
-                           num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
+                           num_shards=num_shards, initial_clip=initial_clip, split=split,
+                           mixed_classes=mixed_classes, decode_crop=decode_crop,
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
@@ -324,7 +376,7 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
     return ds
 
 
-def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu",
+def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto", "gpu", "cpu"] = "auto",
                per_worker: bool | None = None, **kwargs):
     """:func:`clip_dataset` for a ``tf.distribute`` strategy: every global batch is the same set of clips
     whatever the number of replicas, hosts or readers (one seed for all), each reader taking its share.

@@ -39,23 +39,71 @@ class VideoTable:
                                           "filename")))
 
 
+class SplitError(ValueError):
+    """A dataset folder holds several splits and none was picked; ``splits`` maps each to its files (None:
+    files whose names name no split), ``found`` says them in words."""
+
+    def __init__(self, folder, splits: dict):
+        self.folder, self.splits, self.found = folder, splits, _describe_splits(splits)
+        super().__init__(f"{folder} holds the splits {self.found}: pass split=... to pick one")
+
+
+def _describe_splits(groups: dict) -> str:
+    text = str(sorted(s for s in groups if s is not None))
+    return text + f" and files of no split name ({_names(groups[None])})" if None in groups else text
+
+
+def _names(shards) -> str:
+    names = [s.name for s in shards]
+    return ", ".join(names if len(names) <= 4 else [*names[:2], "...", *names[-1:]])
+
+
 def shard_files(files, split: str | None = None) -> list[Path]:
-    """Shards from a glob, a list of files, or a dataset folder (optionally one split of it)."""
-    if isinstance(files, (str, Path)) and Path(files).is_dir():
-        shards = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}"))
-        if split is not None:
-            shards = [s for s in shards if (p := fmt.parse_shard_name(s.name)) and p[0] == split]
-        splits = sorted({p[0] for s in shards if (p := fmt.parse_shard_name(s.name))})
-        if split is None and len(splits) > 1:
-            raise ValueError(f"{files} holds the splits {splits}: pass split=... to pick one")
-        if not shards:
-            raise FileNotFoundError(f"no {split or ''}*{fmt.SHARD_SUFFIX} shards in {files}")
-        return shards
-    return expand([files] if isinstance(files, (str, Path)) else files)
+    """Shards from a glob, a list of files, or a dataset folder; ``split`` keeps the shards of one split
+    (read from their names: :func:`dali_video.index_tools.format.split_of`). A folder holding several
+    splits needs ``split``."""
+    folder = isinstance(files, (str, Path)) and Path(files).is_dir()
+    found = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}")) if folder else \
+        expand([files] if isinstance(files, (str, Path)) else files)
+    groups: dict = {}
+    for shard in found:
+        groups.setdefault(fmt.split_of(shard.name), []).append(shard)
+    if split is None and folder and len(groups) > 1:
+        raise SplitError(files, groups)
+    shards = found if split is None else groups.get(split, [])
+    if not shards:
+        raise FileNotFoundError(f"no shards {f'of split {split!r} ' if split else ''}in {files}" + (
+            f" (it holds {_describe_splits(groups)})" if groups else f" (no *{fmt.SHARD_SUFFIX} files)"))
+    log.info("%s: reading %d file%s%s: %s", files, len(shards), "s" * (len(shards) > 1),
+             f" of split {split!r}" if split else "", _names(shards))
+    return shards
 
 
-def load_table(files, split: str | None = None) -> VideoTable:
-    """Read the frame index headers of every shard, checking that no index is missing or stale."""
+def _check_class_space(shards) -> None:
+    """Raise when files disagree on what a label means: a label with two class texts, or a class text
+    with two labels (files without class texts say nothing)."""
+    by_label: dict = {}  # label -> (class text, shard of its first video)
+    by_text: dict = {}  # class text -> (label, shard)
+    for ix in shards:
+        shard = str(ix.path)[: -len(fmt.FIDX_SUFFIX)]
+        for label, text in sorted(set(zip(ix.videos["label"], ix.videos["class_text"]))):
+            if not text:
+                continue
+            text0, where0 = by_label.setdefault(label, (text, shard))
+            label1, where1 = by_text.setdefault(text, (label, shard))
+            if text0 != text:
+                clash = f"label {label} is class {text0!r} in {where0} but {text!r} in {shard}"
+            elif label1 != label:
+                clash = f"class {text!r} is label {label1} in {where1} but label {label} in {shard}"
+            else:
+                continue
+            raise ValueError(f"{clash}: the files hold different class spaces; read one dataset at a time "
+                             f"(a folder or split each), or pass mixed_classes=True to read them together")
+
+
+def load_table(files, split: str | None = None, *, mixed_classes: bool = False) -> VideoTable:
+    """Read the frame index headers of every shard, checking that no index is missing or stale and
+    (unless ``mixed_classes``) that every file gives each label the same class text."""
     shards = []
     for shard in shard_files(files, split):
         for path in (idx_path(shard), fidx_path(shard)):
@@ -73,6 +121,8 @@ def load_table(files, split: str | None = None) -> VideoTable:
                               f"({index.num_records} records): stale index; rebuild it with: "
                               f"dali-video-index build {shard}")
         shards.append(index)
+    if not mixed_classes:
+        _check_class_space(shards)
 
     def column(name, dtype):
         return np.array([value for ix in shards for value in ix.videos[name]], dtype=dtype)
@@ -89,16 +139,26 @@ def load_table(files, split: str | None = None) -> VideoTable:
 
 # ---------------------------------------------------------------- clip plans
 
+_SHORT_DOES = {"repeat_last": "their clips repeat the last frame", "loop": "their clips loop back to the first frame",
+               "skip": "they are skipped"}
+
+
 def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
     """Rows of the videos a clip can be taken from; checks sizes against the crop."""
-    short = table.num_frames < spec.span
     empty = (table.num_frames < 1) | (np.minimum(table.height, table.width) < 1)
+    short = ~empty & (table.num_frames < spec.span)
     if empty.any():
         log.warning("%d videos have no frames, or no frame size in their index, and are skipped (check them "
                     "with: dali-video-index inspect)", int(empty.sum()))
-    if spec.short_videos == "skip" and short.any():
-        log.warning("short_videos='skip': %d of %d videos have fewer than %d frames and are skipped",
-                    int(short.sum()), len(table), spec.span)
+    span = f"the clip span ({spec.span} frames: clip_len {spec.clip_len}, stride {spec.strides[1]})"
+    if short.any():
+        log.warning("%d of %d videos are shorter than %s; short_videos=%r: %s", int(short.sum()), len(table), span,
+                    spec.short_videos, _SHORT_DOES[spec.short_videos])
+    if spec.short_videos == "skip" and short.any() and not (~empty & ~short).any():
+        i = int(np.argmax(table.num_frames))
+        raise ValueError(f"every video is shorter than {span}: the longest, {str(table.filename[i])!r}, has "
+                         f"{table.num_frames[i]} frames; pass a smaller clip_len or stride, or "
+                         f"short_videos='repeat_last' or 'loop'")
     huge = (table.height > MAX_INT) | (table.width > MAX_INT)
     if huge.any():
         i = int(np.flatnonzero(huge)[0])

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loader.gpu import enable_memory_growth
+from ..loader.gpu import enable_memory_growth, quiet_tensorflow
 from .sample_data import frame_number, make_folder_dataset
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Every check returns (name, ok, detail, fix); fix is "" when ok.
 Check = tuple[str, bool, str, str]
@@ -465,6 +463,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="time spent measuring rates (default 10)")
     args = p.parse_args(argv)
 
+    quiet_tensorflow()
     enable_memory_growth()  # before anything uses a GPU, as dali-video-train does
     with tempfile.TemporaryDirectory(prefix="dali-video-doctor-") as tmp:
         results = run_checks(_tiny_dataset(Path(tmp)), args.seconds)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The options that set each field of a run's record, for the way out when a restart differs.
 RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
              "recipe": "--recipe",
@@ -52,10 +52,16 @@ def _int_or_range(text: str):
 
 def main(argv=None) -> int:
     from ..loader.config import RECIPES, ClipConfig, resolve
+    from ..loader.errors import ReaderError, reader_errors
+    from ..loader.gpu import quiet_tensorflow
+    from ..loader.sampling import SplitError
 
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
     p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
-    p.add_argument("--split", help="split of a dataset folder that holds several")
+    p.add_argument("--split", help="split of a dataset folder that holds several (train.tfrecord, train-*, "
+                                   "train_*, *-train-*)")
+    p.add_argument("--mixed-classes", action="store_true", help="read files whose labels name different classes "
+                                                                "together (refused by default)")
     p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--recipe", choices=tuple(RECIPES), help="a published training recipe's clips (scale jitter, "
@@ -73,6 +79,13 @@ def main(argv=None) -> int:
                                             "resume from them when they exist (after a preemption, say); "
                                             "across hosts, a folder every worker sees")
     args = p.parse_args(argv)
+    quiet_tensorflow()
+    library = logging.getLogger("dali_video")
+    if not library.handlers:  # its log (the files taken, videos shorter than a clip, ...) is the user's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("dali-video-train: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
     workers = len(cluster.get("cluster", {}).get("worker", []))
     if workers > 1:  # before TensorFlow is imported: tf.keras is then tf-keras (Keras 2)
@@ -96,7 +109,7 @@ def main(argv=None) -> int:
                                  ("resize_shorter", args.resize_shorter)) if v is not None}
     try:
         config = resolve(args.recipe or ClipConfig(clip_len=16, crop_size=112), True, options)
-        kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
+        kw = dict(batch_size=args.batch_size, recipe=config, split=args.split, mixed_classes=args.mixed_classes)
         position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
         seed, initial_clip = args.seed, position["clip"] if position else 0
         if workers > 1:  # every worker reads its share of each global batch and runs the same steps
@@ -105,7 +118,7 @@ def main(argv=None) -> int:
             ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
                             initial_clip=initial_clip, **kw)
             steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
-            table = load_table(data, args.split)
+            table = load_table(data, args.split, mixed_classes=args.mixed_classes)
         else:
             strategy = tf.distribute.get_strategy()
             ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
@@ -119,6 +132,10 @@ def main(argv=None) -> int:
                "seed": seed}
         if position:
             check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)
+    except SplitError as e:
+        print(f"dali-video-train: error: {e.folder} holds the splits {e.found}: pass --split to pick one",
+              file=sys.stderr)
+        return 1
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
@@ -158,8 +175,13 @@ def main(argv=None) -> int:
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
           f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",
           flush=True)
-    model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=0, shuffle=False)
+    try:
+        with reader_errors():
+            model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0, shuffle=False)
+    except ReaderError as e:  # a damaged frame, say: its message alone, not DALI's and TensorFlow's context
+        print(f"dali-video-train: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -231,6 +231,16 @@ extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64
   return 0;
 }
 
+// The JPEG check alone, for the property test that holds it equal to index_tools' jpeg_problem (which
+// dali-video-index verify runs): the problem ("" when none), cut to cap - 1 bytes, NUL-terminated.
+extern "C" void dali_video_jpeg_problem(const uint8_t *p, size_t n, int64_t height, int64_t width, char *out,
+                                        size_t cap) {
+  const std::string problem = dali_video::jpeg_problem(p, n, height, width);
+  const size_t k = std::min(problem.size(), cap - 1);
+  std::memcpy(out, problem.data(), k);
+  out[k] = 0;
+}
+
 namespace dali {
 
 DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);

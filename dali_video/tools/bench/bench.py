@@ -48,8 +48,9 @@ from ...index_tools import format as fmt
 from ...index_tools.proto import walk
 from ...loader.config import ClipConfig
 from ...loader.sampling import load_table, shard_files, usable_videos
+from ...loader.gpu import quiet_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 RECIPE_ROWS = ("slowfast", "mvit")
