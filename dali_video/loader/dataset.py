@@ -145,7 +145,10 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling,
                   frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
-    pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
+    # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
+    # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
+    per_clip_reader = layout == "clips" and output != "frames"
+    pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
@@ -212,8 +215,9 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
         or "tensorflow" (after the uint8 pixels reach it; CPU only).
-    layout: "clips": DALI emits the final elements, one sample per clip (T decoders and ``fn.stack``);
-        "frames": one decoder over the batch's B*T frames, finished by a tf.data map on the CPU.
+    layout: both decode the batch's B*T frames with one decoder. "clips": DALI regroups them and emits
+        the final elements, one sample per clip; "frames": one sample per frame, finished by a tf.data
+        map on the CPU.
         "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
     hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
         rest go to the CUDA decoder). GPU only.
@@ -254,8 +258,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
     if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
-    else:  # the final elements: clips, labels (and metadata)
-        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B
+    else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
+        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
         if with_meta:
             dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
     with tf.device(f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"):

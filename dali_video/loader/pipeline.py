@@ -23,11 +23,12 @@ class Graph:
     """How the pipeline turns read frames into outputs.
 
     layout "frames": one sample per frame (batch B*T), one decoder over all of them; outputs frames and
-    per-frame metadata. layout "clips": one sample per clip (batch B): the reader emits one JPEG
-    output per frame position, T decoders each decode one position of every clip, ``fn.stack`` joins
-    them into ``[T, H, W, 3]`` clips, and the sequence-aware ops treat each clip as one sample
-    (NVIDIA/DALI#2855); outputs clips, labels and (``with_meta``) per-clip metadata, so that DALI
-    itself emits the final elements (on the GPU no tf.data op may follow: NVIDIA/DALI#2228).
+    per-frame metadata. layout "clips": the same decoder over the batch's B*T frames, then
+    :func:`regroup` turns them into one sample per clip, ``[T, H, W, 3]`` (B of them), and the
+    sequence-aware ops treat each clip as one sample (NVIDIA/DALI#2855); outputs clips, labels and
+    (``with_meta``) per-clip metadata, so that DALI itself emits the final elements (on the GPU no
+    tf.data op may follow: NVIDIA/DALI#2228). One decoder, not one per frame position: each mixed
+    decoder owns a thread pool and per-thread buffers (see ``resources``).
     """
 
     device: Device = "gpu"
@@ -60,20 +61,42 @@ def decode(jpegs, anchor, shape, g: Graph):
     return fn.slice(fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), anchor, shape, axis_names="HW")
 
 
+def regroup(frames, meta, positions, clip_len: int):
+    """Frames ``[B*T]`` (clip-major, ``positions`` their CPU int32 position t in the clip) regrouped into
+    ``[T, H, W, 3]`` clips ``[B]``, and the metadata of each clip's first frame.
+
+    DALI's conditional split sends the samples whose predicate holds to its first output and the rest
+    to its second, in order, sharing them (no copy): T-1 splits on ``t == k`` give T batches of B, the
+    frames at each position, and ``fn.stack`` joins them. Split and merge are the operators exempt from
+    DALI's check that every operator's outputs keep its input's batch size, so a pipeline of batch B*T
+    may emit B samples (DALI dali/pipeline/operator/operator.cc:48-52, OperatorBase::
+    EnforceUniformOutputBatchSize returns early for IsSplitOrMerge; the operators live in
+    dali/pipeline/operator/builtin/conditional/split_merge.h). Split is registered for CPU and GPU
+    (its docstring: "Supported backends: cpu, gpu"), so one mixed decoder decodes all B*T frames.
+    """
+    parts, first = [], None
+    for k in range(clip_len - 1):
+        at_k = positions == k
+        part, frames = fn._conditional.split(frames, predicate=at_k)
+        if first is None:
+            first, _ = fn._conditional.split(meta, predicate=at_k)
+        _, positions = fn._conditional.split(positions, predicate=at_k)
+        parts.append(part)
+    parts.append(frames)  # position T-1 (or the only one)
+    return fn.stack(*parts, axis_name="F"), (meta if first is None else first)
+
+
 @pipeline_def(enable_conditionals=False)
 def _clip_pipeline(reader: dict, g: Graph, output: str):
+    if output != "frames":  # the reader alone: per frame, or per clip (one JPEG output per frame position)
+        read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=g.layout == "clips")
+        return read[-1] if output == "meta" else tuple(read)
     per_clip = g.layout == "clips"
-    # "padded_jpegs": the reader alone, each frame's bytes zero-padded to the batch's longest (uniform
-    # shapes for TensorFlow; padding in the reader costs less than DALI's fn.pad after it).
-    read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=per_clip)
-    jpegs, meta = read[:-1], read[-1]
-    if output == "meta":  # the JPEGs stay in DALI, read and checked, as a decoder would get them
-        return meta
-    if output != "frames":
-        return (*jpegs, meta)
-    anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
-    frames = [decode(j, anchor, shape, g) for j in jpegs]
-    images = fn.stack(*frames, axis_name="F") if per_clip else frames[0]
+    jpegs, meta, *positions = fn.dali_video_clips(**reader, positions=per_clip)
+    images = decode(jpegs, meta[0:2], meta[2:4], g)  # one decoder over the batch's B*T frames
+    if per_clip:
+        images, meta = regroup(images, meta, positions[0], reader["clip_len"])
+    flip = meta[4]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
     if g.color:  # the clip's factors, drawn by the plan, travel as float32 bits in the metadata
