@@ -9,9 +9,10 @@ from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
 from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
                              reader_dataset, steps_per_epoch)
 from .loader.gpu import enable_memory_growth
+from .loader.resources import gpu_resources, usable_cores
 from .loader.sampling import load_table
 
 __version__ = "0.1.0"
 __all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "clip_dataset",
-           "clip_pipeline", "distribute", "enable_memory_growth", "load_table", "meta_fields", 
-           "reader_dataset", "recipe", "steps_per_epoch"]
+           "clip_pipeline", "distribute", "enable_memory_growth", "gpu_resources", "load_table",
+           "meta_fields", "reader_dataset", "recipe", "steps_per_epoch", "usable_cores"]

@@ -5,13 +5,13 @@ Only this module imports DALI's TensorFlow plugin.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from .config import ClipConfig, resolve
+from .resources import gpu_resources, pipeline_threads, usable_cores
 from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,13 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
                   color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling,
-                  frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
+                  frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())))
     # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
     # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
     per_clip_reader = layout == "clips" and output != "frames"
+    if num_threads is None:  # the cores this process may use; on the GPU within the thread budget
+        num_threads = usable_cores() if device == "cpu" else gpu_resources(
+            config.clip_len, graph.frame_hw, batch_size, crop_size=config.crop_size)["num_threads"]
     pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
@@ -349,7 +352,7 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
     pipelines = 1 if per_worker else len(devices)
-    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // pipelines))  # the host's cores, shared
+    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), pipelines))  # the host's cores, shared
 
     def dataset_fn(context):
         reader = context.input_pipeline_id

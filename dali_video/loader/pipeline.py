@@ -6,13 +6,13 @@ once when the pipeline is built.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 from nvidia.dali import fn, pipeline_def, types
 
 from . import native
+from .resources import usable_cores
 
 Device = Literal["gpu", "cpu"]
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
@@ -43,18 +43,22 @@ class Graph:
     with_meta: bool = True
     hw_decoder_load: float = 0.65
     jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
-    frame_bytes: int = 1 << 20  # the largest decoded frame: sizes each decoder's memory padding
+    frame_hw: tuple = (512, 683)  # the largest stored frame (height, width): sizes the decoder's buffers
 
 
 def decode(jpegs, anchor, shape, g: Graph):
     """JPEGs decoded to their windows as the loader does on ``g.device`` (the bench's decode bound uses it too)."""
     if g.device == "gpu":
         # Whole frames, sliced on the GPU: crop-window decoding in nvImageCodec 0.9 (the line DALI 2.4
-        # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
-        # frame, not nvJPEG's defaults (16 MB device, 8 MB pinned host): a clip has T decoders.
+        # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Per decoder thread one
+        # device and two pinned buffers of this padding (image_decoder.h, the "Forcing allocations"
+        # loop): one frame, not nvJPEG's 16 MB and 8 MB; the hardware decoder preallocates its batch
+        # at the hinted size, so that no frame makes it reallocate (see resources.gpu_resources).
+        (height, width), frame = g.frame_hw, g.frame_hw[0] * g.frame_hw[1] * 3
         images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=g.hw_decoder_load,
-                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling,
-                                   device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
+                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling, device_memory_padding=frame,
+                                   host_memory_padding=frame, preallocate_width_hint=width,
+                                   preallocate_height_hint=height)
         return fn.slice(images, anchor, shape, axis_names="HW")
     if g.decode_crop:  # on the CPU, decoding only the window is measured faster (README)
         return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device="cpu", output_type=types.RGB)
@@ -124,6 +128,6 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
     Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8. ``output="jpegs"``
     (or "padded_jpegs", or "meta" alone) stops after the reader."""
     native.load()
-    return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
+    return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or usable_cores(),
                           device_id=device_id if graph.device == "gpu" else None,
                           prefetch_queue_depth=prefetch_queue_depth)
