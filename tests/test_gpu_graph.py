@@ -90,3 +90,22 @@ def test_usable_cores_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, monkeyp
     assert dali_video.usable_cores(tiny) == 1  # half a core: still one thread
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert dali_video.usable_cores(v2) == 2 and dali_video.usable_cores(unlimited) == 3
+
+
+def test_a_worker_with_two_local_replicas_yields_their_shares_in_turn(dataset):
+    # Two workers x two local replicas (the strategy hands a worker's elements to its replicas in turn):
+    # at each step the four shares are disjoint and together the 1-reader global batch.
+    from dali_video.loader.dataset import worker_dataset
+
+    kw = dict(clip_len=3, crop_size=16, device="cpu", seed=3, with_meta=True, dtype="uint8", std=(1, 1, 1))
+    steps = 3
+    one = [b[2]["video"].numpy().tolist() + b[2]["first_frame"].numpy().tolist()
+           for b in dali_video.clip_dataset(dataset, batch_size=8, **kw).take(steps)]
+    shares = {w: [b[2] for b in worker_dataset(dataset, worker=w, num_workers=2, device_ids=[0, 1],
+                                               global_batch_size=8, **kw).take(2 * steps)] for w in range(2)}
+    for s in range(steps):
+        parts = [shares[w][2 * s + i] for w in range(2) for i in range(2)]
+        assert all(len(p["video"]) == 2 for p in parts)
+        clips = sorted((v, f) for p in parts for v, f in zip(p["video"].numpy(), p["first_frame"].numpy()))
+        want = sorted(zip(one[s][:8], one[s][8:]))
+        assert clips == want  # every clip of the global batch read once, by one replica

@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import dali_video
+
 from .conftest import ROOT
 
 READ = """
@@ -20,7 +22,7 @@ for _ in range(2):  # 8 clips of the first epoch (10 videos)
     clips, labels, meta = next(it)
     local = strategy.experimental_local_results
     assert local(clips)[0].shape == (2, 3, 16, 16, 3)  # this worker's half of each global batch
-    videos += local(meta["video"])[0].numpy().tolist()
+    videos += list(zip(local(meta["video"])[0].numpy().tolist(), local(meta["first_frame"])[0].numpy().tolist()))
 print("VIDEOS " + json.dumps(videos), flush=True)
 """
 
@@ -60,8 +62,14 @@ def test_two_workers_read_disjoint_shares_of_each_global_batch(dataset):
         lines = [line for line in out.splitlines() if line.startswith("VIDEOS ")]
         assert lines, err[-3000:]
         seen.append(json.loads(lines[0][len("VIDEOS "):]))
+    seen = [[tuple(clip) for clip in worker] for worker in seen]
     assert len(seen[0]) == len(seen[1]) == 4 and not set(seen[0]) & set(seen[1])
-    assert len(set(seen[0]) | set(seen[1])) == 8
+    # Step by step, the two shares are the global batch one reader reads alone.
+    one = [list(zip(m["video"].numpy().tolist(), m["first_frame"].numpy().tolist())) for _, _, m in
+           dali_video.clip_dataset(dataset, batch_size=4, clip_len=3, crop_size=16, device="cpu", seed=3,
+                                   with_meta=True, dtype="uint8", std=(1, 1, 1)).take(2)]
+    for step in range(2):
+        assert sorted(seen[0][2 * step:2 * step + 2] + seen[1][2 * step:2 * step + 2]) == sorted(one[step])
 
 
 def test_dali_video_train_reads_tf_config_and_trains_on_two_workers(dataset):

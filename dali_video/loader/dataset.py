@@ -118,6 +118,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
+                  host_output: bool = False,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 14])``;
@@ -143,7 +144,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
                   color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
-                  jpeg_fancy_upsampling=jpeg_fancy_upsampling,
+                  jpeg_fancy_upsampling=jpeg_fancy_upsampling, host_output=host_output and device == "gpu",
                   frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())))
     # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
     # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
@@ -188,7 +189,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
-                 jpeg_fancy_upsampling: bool = False, **options):
+                 jpeg_fancy_upsampling: bool = False, host_output: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
@@ -224,6 +225,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
     hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
         rest go to the CUDA decoder). GPU only.
+    host_output: GPU only: decode on the GPU, then hand the final elements to host memory (for
+        MultiWorkerMirroredStrategy, which takes its input on the host; :func:`distribute` sets it).
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
@@ -254,7 +257,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
+                           host_output=host_output)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
@@ -265,7 +269,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
         if with_meta:
             dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
-    with tf.device(f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"):
+    on_gpu = device == "gpu" and not host_output
+    with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
         ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
@@ -325,13 +330,17 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
 def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu",
                per_worker: bool | None = None, **kwargs):
     """:func:`clip_dataset` for a ``tf.distribute`` strategy: every global batch is the same set of clips
-    whatever the number of replicas, hosts or readers (one seed for all), each reader taking its share.
+    whatever the number of replicas, hosts or readers (one seed for all), each replica reading its own
+    share with its own pipeline on its own device.
 
-    Per replica (MirroredStrategy): one pipeline per replica, on the replica's own device
-    (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and 3). Per worker
-    (MultiWorkerMirroredStrategy, the default there, which takes no per-replica datasets): one
-    pipeline per worker process, reading its share of each global batch; run one worker per GPU.
-    Every worker then runs the same number of steps per epoch
+    Per replica (MirroredStrategy): each pipeline's dataset lives on its replica's GPU and TensorFlow
+    takes its elements where they are (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and
+    3). Per worker (MultiWorkerMirroredStrategy, the default there): one worker process per host may
+    drive all its GPUs; the worker's dataset yields its local replicas' batches in turn, which
+    TensorFlow hands round-robin to the local replicas. That strategy takes only per-worker datasets
+    on the host (TF 2.21 collective_all_reduce_strategy.py:669-680, 775-786), so on the GPU each
+    pipeline decodes on its replica's GPU, hands the clips to host memory and TensorFlow copies them
+    back to the GPU (README, "Several GPUs"). Every worker runs the same number of steps per epoch
     (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
     """
     import tensorflow as tf
@@ -341,28 +350,42 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
     if per_worker is None:
         per_worker = strategy.extended._in_multi_worker_mode()
-    local = len(strategy.extended.worker_devices)
-    if per_worker and local > 1:  # one element feeds each local replica: the host's share would repeat
-        raise ValueError(f"distribute(per_worker=True) takes one replica per worker, this one has {local}: run one "
-                         f"worker process per GPU (one TF_CONFIG task each)")
     if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
         if per_worker:
             raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
-    pipelines = 1 if per_worker else len(devices)
-    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), pipelines))  # the host's cores, shared
+    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), len(devices)))  # the host's cores, shared
 
-    def dataset_fn(context):
-        reader = context.input_pipeline_id
-        return clip_dataset(files, batch_size=global_batch_size // context.num_input_pipelines, device=device,
-                            device_id=(devices[0 if per_worker else reader].device_index or 0),
-                            shard_id=reader, num_shards=context.num_input_pipelines, **kwargs)
+    def replica_dataset(context):
+        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,
+                            device_id=devices[context.input_pipeline_id].device_index or 0,
+                            shard_id=context.input_pipeline_id, num_shards=context.num_input_pipelines, **kwargs)
 
-    if per_worker:
-        return strategy.distribute_datasets_from_function(dataset_fn)
-    options = tf.distribute.InputOptions(
-        experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
-        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-    return strategy.distribute_datasets_from_function(dataset_fn, options)
+    if not per_worker:
+        options = tf.distribute.InputOptions(
+            experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+        return strategy.distribute_datasets_from_function(replica_dataset, options)
+    return strategy.distribute_datasets_from_function(lambda c: worker_dataset(
+        files, worker=c.input_pipeline_id, num_workers=c.num_input_pipelines,
+        device_ids=[d.device_index or 0 for d in devices], global_batch_size=global_batch_size, device=device,
+        **kwargs))
+
+
+def worker_dataset(files, *, worker: int, num_workers: int, device_ids, global_batch_size: int,
+                   device: Literal["gpu", "cpu"] = "gpu", **kwargs):
+    """One worker's dataset under MultiWorkerMirroredStrategy: its local replicas' batches in turn (the
+    strategy hands a worker's elements round-robin to its local replicas), replica ``i`` of worker
+    ``w`` reading share ``w * L + i`` of each global batch with a pipeline on GPU ``device_ids[i]``
+    (``L = len(device_ids)``). On the GPU the clips reach host memory (``host_output``)."""
+    import tensorflow as tf
+
+    local = len(device_ids)
+    parts = [clip_dataset(files, batch_size=global_batch_size // (num_workers * local), device=device,
+                          device_id=device_ids[i], shard_id=worker * local + i, num_shards=num_workers * local,
+                          host_output=device == "gpu", **kwargs) for i in range(local)]
+    if local == 1:
+        return parts[0]
+    return tf.data.Dataset.choose_from_datasets(parts, tf.data.Dataset.range(local).repeat())

@@ -43,6 +43,7 @@ class Graph:
     with_meta: bool = True
     hw_decoder_load: float = 0.65
     jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
+    host_output: bool = False  # GPU: the final outputs copied to host memory (MultiWorkerMirroredStrategy)
     frame_hw: tuple = (512, 683)  # the largest stored frame (height, width): sizes the decoder's buffers
 
 
@@ -112,7 +113,9 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[g.dtype], mean=list(g.mean),
                                           std=list(g.std), output_layout="FHWC" if per_clip else "HWC")
-    if g.device == "gpu":
+    if g.host_output:  # the dynamic executor copies GPU outputs to the host (nvidia/dali/pipeline.py:148-155)
+        images = images.cpu()
+    elif g.device == "gpu":
         meta = meta.gpu()
     if not per_clip:
         return images, meta
