@@ -13,6 +13,14 @@ from .loader.resources import gpu_resources, usable_cores
 from .loader.sampling import load_table
 
 __version__ = "0.1.0"
-__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "clip_dataset",
+__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "InputMonitor", "clip_dataset",
            "clip_pipeline", "distribute", "enable_memory_growth", "gpu_resources", "load_table",
            "meta_fields", "reader_dataset", "recipe", "steps_per_epoch", "usable_cores"]
+
+
+def __getattr__(name):
+    if name == "InputMonitor":  # a Keras callback: TensorFlow is imported only when it is asked for
+        from .loader.monitor import InputMonitor
+
+        return InputMonitor
+    raise AttributeError(f"module 'dali_video' has no attribute {name!r}")

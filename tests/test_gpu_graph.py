@@ -1,5 +1,8 @@
 """The GPU graph's CPU twins: one decoder and the regroup into clips, the resources a GPU pipeline takes,
 the cores a process may use, and the input-wait monitor. Run here, without a GPU."""
+import logging
+import time
+
 import numpy as np
 import pytest
 
@@ -109,3 +112,36 @@ def test_a_worker_with_two_local_replicas_yields_their_shares_in_turn(dataset):
         clips = sorted((v, f) for p in parts for v, f in zip(p["video"].numpy(), p["first_frame"].numpy()))
         want = sorted(zip(one[s][:8], one[s][8:]))
         assert clips == want  # every clip of the global batch read once, by one replica
+
+
+def _fit_input_wait(dataset, steps=6):
+    import tensorflow as tf
+
+    monitor = dali_video.InputMonitor()
+    # A step of a few milliseconds: a cached batch then takes a small share of it.
+    model = tf.keras.Sequential([tf.keras.layers.Input((4, 16, 16, 3)), tf.keras.layers.Flatten(),
+                                 tf.keras.layers.Dense(1024), tf.keras.layers.Dense(2)])
+    model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(monitor.watch(dataset), epochs=2, steps_per_epoch=steps, callbacks=[monitor], verbose=0,
+                        shuffle=False)
+    return history.history["input_wait"]
+
+
+def test_input_monitor_sees_fit_wait_for_a_slow_dataset_and_not_for_a_cached_one(dataset, caplog):
+    import tensorflow as tf
+
+    ds = dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=16, device="cpu", seed=0)
+    cached = ds.take(1).cache().repeat()
+
+    def slow(clips, labels):
+        time.sleep(0.1)  # a batch every 100 ms, far slower than this model's step
+        return clips, labels
+
+    slowed = cached.map(lambda c, y: tf.numpy_function(slow, [c, y], (tf.float32, tf.int32)))
+    slowed = slowed.map(lambda c, y: (tf.ensure_shape(c, (2, 4, 16, 16, 3)), tf.ensure_shape(y, (2,))))
+    with caplog.at_level(logging.WARNING, logger="dali_video.loader.monitor"):
+        waits = _fit_input_wait(slowed)
+    assert waits[1] > 0.5, waits  # the first epoch also traces the step function
+    assert "waited for input" in caplog.text and "bottleneck" in caplog.text
+    fast = _fit_input_wait(cached.prefetch(8))
+    assert fast[1] < 0.2, fast
