@@ -348,11 +348,11 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
-    if per_worker is None:
-        per_worker = strategy.extended._in_multi_worker_mode()
+    if per_worker is None:  # MultiWorkerMirroredStrategy takes no per-replica datasets, even on one worker
+        per_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
-        if per_worker:
-            raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")
+        if strategy.extended._in_multi_worker_mode():
+            raise ValueError("distribute() across hosts needs seed=<int>: every host must plan the same clips")
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
