@@ -71,13 +71,13 @@ def regroup(frames, meta, positions, clip_len: int):
     ``[T, H, W, 3]`` clips ``[B]``, and the metadata of each clip's first frame.
 
     DALI's conditional split sends the samples whose predicate holds to its first output and the rest
-    to its second, in order, sharing them (no copy): T-1 splits on ``t == k`` give T batches of B, the
-    frames at each position, and ``fn.stack`` joins them. Split and merge are the operators exempt from
-    DALI's check that every operator's outputs keep its input's batch size, so a pipeline of batch B*T
-    may emit B samples (DALI dali/pipeline/operator/operator.cc:48-52, OperatorBase::
-    EnforceUniformOutputBatchSize returns early for IsSplitOrMerge; the operators live in
-    dali/pipeline/operator/builtin/conditional/split_merge.h). Split is registered for CPU and GPU
-    (its docstring: "Supported backends: cpu, gpu"), so one mixed decoder decodes all B*T frames.
+    to its second, in order, sharing them, not copying (dali/pipeline/operator/builtin/conditional/
+    split.cc:78, ``output.SetSample(..., input, ...)``): T-1 splits on ``t == k`` give T batches of B,
+    the frames at each position, and ``fn.stack`` joins them (the one copy). Split and merge are the
+    operators exempt from DALI's check that an operator's outputs keep its input's batch size, so a
+    pipeline of batch B*T may emit B samples (dali/pipeline/operator/operator.cc:48-52,
+    ``EnforceUniformOutputBatchSize`` returns early for ``IsSplitOrMerge``). Split is registered for
+    the CPU and the GPU (split.cc:111-112), so one mixed decoder decodes all B*T frames.
     """
     parts, first = [], None
     for k in range(clip_len - 1):
@@ -93,7 +93,10 @@ def regroup(frames, meta, positions, clip_len: int):
 
 @pipeline_def(enable_conditionals=False)
 def _clip_pipeline(reader: dict, g: Graph, output: str):
-    if output != "frames":  # the reader alone: per frame, or per clip (one JPEG output per frame position)
+    # output "jpegs" / "padded_jpegs" / "meta": the reader alone (per frame, or with layout "clips" one
+    # JPEG output per frame position); "padded_jpegs" zero-pads each frame's bytes to the batch's
+    # longest (uniform shapes for TensorFlow; cheaper in the reader than DALI's fn.pad after it).
+    if output != "frames":
         read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=g.layout == "clips")
         return read[-1] if output == "meta" else tuple(read)
     per_clip = g.layout == "clips"
