@@ -114,6 +114,7 @@ def test_entrypoint_trains_when_run_directly(dataset):
                       "2", "--batch-size", "2", "--clip-len", "4", "--crop-size", "32")
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["epoch"] == 1 and line["clips_per_s"] > 0 and 0 <= line["accuracy"] <= 1
+    assert 0 <= line["input_wait"] <= 1  # printed per epoch (InputMonitor)
 
 
 @pytest.mark.parametrize("recipe,shape", [("slowfast", "32x224x224"), ("mvit", "16x224x224"),

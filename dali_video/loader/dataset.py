@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from .config import ClipConfig, resolve
 from .gpu import usable_gpus
+from .resources import gpu_resources, pipeline_threads, usable_cores
 from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
+                  host_output: bool = False,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 15])``;
@@ -171,9 +172,15 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=config.resizes,
                   color=config.color_jitter is not None, dtype=config.dtype, mean=config.mean, std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
-                  jpeg_fancy_upsampling=jpeg_fancy_upsampling,
-                  frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
-    pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
+                  jpeg_fancy_upsampling=jpeg_fancy_upsampling, host_output=host_output and device == "gpu",
+                  frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())))
+    # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
+    # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
+    per_clip_reader = layout == "clips" and output != "frames"
+    if num_threads is None:  # the cores this process may use; on the GPU within the thread budget
+        num_threads = usable_cores() if device == "cpu" else gpu_resources(
+            config.clip_len, graph.frame_hw, batch_size, crop_size=config.crop_size)["num_threads"]
+    pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
@@ -227,7 +234,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
-                 jpeg_fancy_upsampling: bool = False, **options):
+                 jpeg_fancy_upsampling: bool = False, host_output: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
@@ -269,11 +276,14 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
         or "tensorflow" (after the uint8 pixels reach it; CPU only).
-    layout: "clips": DALI emits the final elements, one sample per clip (T decoders and ``fn.stack``);
-        "frames": one decoder over the batch's B*T frames, finished by a tf.data map on the CPU.
+    layout: both decode the batch's B*T frames with one decoder. "clips": DALI regroups them and emits
+        the final elements, one sample per clip; "frames": one sample per frame, finished by a tf.data
+        map on the CPU.
         "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
     hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
         rest go to the CUDA decoder). GPU only.
+    host_output: GPU only: decode on the GPU, then hand the final elements to host memory (for
+        MultiWorkerMirroredStrategy, which takes its input on the host; :func:`distribute` sets it).
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
@@ -308,18 +318,20 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            mixed_classes=mixed_classes, decode_crop=decode_crop,
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
+                           host_output=host_output)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
     meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
     if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
-    else:  # the final elements: clips, labels (and metadata)
-        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B
+    else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
+        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
         if with_meta:
             dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
-    with tf.device(f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"):
+    on_gpu = device == "gpu" and not host_output
+    with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
         ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
@@ -379,13 +391,17 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
 def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto", "gpu", "cpu"] = "auto",
                per_worker: bool | None = None, **kwargs):
     """:func:`clip_dataset` for a ``tf.distribute`` strategy: every global batch is the same set of clips
-    whatever the number of replicas, hosts or readers (one seed for all), each reader taking its share.
+    whatever the number of replicas, hosts or readers (one seed for all), each replica reading its own
+    share with its own pipeline on its own device.
 
-    Per replica (MirroredStrategy): one pipeline per replica, on the replica's own device
-    (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and 3). Per worker
-    (MultiWorkerMirroredStrategy, the default there, which takes no per-replica datasets): one
-    pipeline per worker process, reading its share of each global batch; run one worker per GPU.
-    Every worker then runs the same number of steps per epoch
+    Per replica (MirroredStrategy): each pipeline's dataset lives on its replica's GPU and TensorFlow
+    takes its elements where they are (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and
+    3). Per worker (MultiWorkerMirroredStrategy, the default there): one worker process per host may
+    drive all its GPUs; the worker's dataset yields its local replicas' batches in turn, which
+    TensorFlow hands round-robin to the local replicas. That strategy takes only per-worker datasets
+    on the host (TF 2.21 collective_all_reduce_strategy.py:669-680, 775-786), so on the GPU each
+    pipeline decodes on its replica's GPU, hands the clips to host memory and TensorFlow copies them
+    back to the GPU (README, "Several GPUs"). Every worker runs the same number of steps per epoch
     (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
     """
     import tensorflow as tf
@@ -393,30 +409,45 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
-    if per_worker is None:
-        per_worker = strategy.extended._in_multi_worker_mode()
-    local = len(strategy.extended.worker_devices)
-    if per_worker and local > 1:  # one element feeds each local replica: the host's share would repeat
-        raise ValueError(f"distribute(per_worker=True) takes one replica per worker, this one has {local}: run one "
-                         f"worker process per GPU (one TF_CONFIG task each)")
+    device = _device(device)  # "auto" decided once: worker_dataset hands GPU clips to the host
+    if per_worker is None:  # MultiWorkerMirroredStrategy takes no per-replica datasets, even on one worker
+        per_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
-        if per_worker:
-            raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")
+        if strategy.extended._in_multi_worker_mode():
+            raise ValueError("distribute() across hosts needs seed=<int>: every host must plan the same clips")
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
-    pipelines = 1 if per_worker else len(devices)
-    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // pipelines))  # the host's cores, shared
+    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), len(devices)))  # the host's cores, shared
 
-    def dataset_fn(context):
-        reader = context.input_pipeline_id
-        return clip_dataset(files, batch_size=global_batch_size // context.num_input_pipelines, device=device,
-                            device_id=(devices[0 if per_worker else reader].device_index or 0),
-                            shard_id=reader, num_shards=context.num_input_pipelines, **kwargs)
+    def replica_dataset(context):
+        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,
+                            device_id=devices[context.input_pipeline_id].device_index or 0,
+                            shard_id=context.input_pipeline_id, num_shards=context.num_input_pipelines, **kwargs)
 
-    if per_worker:
-        return strategy.distribute_datasets_from_function(dataset_fn)
-    options = tf.distribute.InputOptions(
-        experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
-        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-    return strategy.distribute_datasets_from_function(dataset_fn, options)
+    if not per_worker:
+        options = tf.distribute.InputOptions(
+            experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+        return strategy.distribute_datasets_from_function(replica_dataset, options)
+    return strategy.distribute_datasets_from_function(lambda c: worker_dataset(
+        files, worker=c.input_pipeline_id, num_workers=c.num_input_pipelines,
+        device_ids=[d.device_index or 0 for d in devices], global_batch_size=global_batch_size, device=device,
+        **kwargs))
+
+
+def worker_dataset(files, *, worker: int, num_workers: int, device_ids, global_batch_size: int,
+                   device: Literal["gpu", "cpu"] = "gpu", **kwargs):
+    """One worker's dataset under MultiWorkerMirroredStrategy: its local replicas' batches in turn (the
+    strategy hands a worker's elements round-robin to its local replicas), replica ``i`` of worker
+    ``w`` reading share ``w * L + i`` of each global batch with a pipeline on GPU ``device_ids[i]``
+    (``L = len(device_ids)``). On the GPU the clips reach host memory (``host_output``)."""
+    import tensorflow as tf
+
+    local = len(device_ids)
+    parts = [clip_dataset(files, batch_size=global_batch_size // (num_workers * local), device=device,
+                          device_id=device_ids[i], shard_id=worker * local + i, num_shards=num_workers * local,
+                          host_output=device == "gpu", **kwargs) for i in range(local)]
+    if local == 1:
+        return parts[0]
+    return tf.data.Dataset.choose_from_datasets(parts, tf.data.Dataset.range(local).repeat())

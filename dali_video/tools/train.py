@@ -95,6 +95,7 @@ def main(argv=None) -> int:
 
     from ..loader.dataset import clip_dataset, distribute, steps_per_epoch
     from ..loader.gpu import enable_memory_growth
+    from ..loader.monitor import InputMonitor
     from ..loader.resume import ClipPosition, check_run, dataset_fingerprint, read_position
     from .sample_data import sample_dataset
     from ..loader.sampling import load_table
@@ -165,9 +166,16 @@ def main(argv=None) -> int:
                               "accuracy": round(float(logs["accuracy"]), 4),
                               "clips_per_s": round(clips / seconds, 1),
                               "frames_per_s": round(clips * config.clip_len / seconds, 1),
-                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips}), flush=True)
+                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips,
+                              "input_wait": round(logs["input_wait"], 3) if "input_wait" in logs else None}),
+                  flush=True)
 
-    callbacks = [Speed()]
+    # The share of each epoch spent waiting for input (InputMonitor): timed where the batches reach
+    # the host (one process on the CPU); on the GPU no tf.data op may follow DALI's dataset.
+    monitor = InputMonitor()
+    if device == "cpu" and workers == 1:
+        ds = monitor.watch(ds)
+    callbacks = [monitor, Speed()]  # the monitor first: Speed prints its input_wait
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
                                       initial_clip=initial_clip, chief=chief, task=task, run=run))

@@ -115,6 +115,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
     pad_ = spec.GetArgument<bool>("pad");
+    positions_ = spec.GetArgument<bool>("positions");
+    DALI_ENFORCE(!(per_clip_ && positions_), "dali-video clip reader: positions needs per_clip=False");
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
@@ -184,6 +186,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       for (int64_t t = 0; t < T; ++t)
         shapes[output(t)].set_tensor_shape(sample(i, t), {pad_ ? longest : clips_[i].length[t]});
     for (size_t o = 0; o < shapes.size(); ++o) ws.Output<dali::CPUBackend>(o).Resize(shapes[o], DALI_UINT8);
+    if (positions_) {  // each frame's position t in its clip: the predicate that regroups frames into clips
+      auto &pos = ws.Output<dali::CPUBackend>(2);
+      pos.Resize(dali::uniform_list_shape(batch * T, dali::TensorShape<>{}), DALI_INT32);
+      for (int i = 0; i < batch; ++i)
+        for (int64_t t = 0; t < T; ++t) *pos.mutable_tensor<int32_t>(sample(i, t)) = static_cast<int32_t>(t);
+    }
     auto &pool = ws.GetThreadPool();
     for (int i = 0; i < batch; ++i) {
       pool.AddWork([&, i](int) {
@@ -211,7 +219,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
 
   Dataset d_;
   Spec s_{};
-  bool per_clip_ = false, skip_ = false, pad_ = false;
+  bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false;
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
   std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
@@ -252,7 +260,8 @@ DALI_SCHEMA(DaliVideoClips)
             "per frame, or with per_clip one JPEG output per frame position and the metadata per clip.")
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
-      return spec.GetArgument<bool>("per_clip") ? spec.GetArgument<int>("clip_len") + 1 : 2;
+      if (spec.GetArgument<bool>("per_clip")) return spec.GetArgument<int>("clip_len") + 1;
+      return spec.GetArgument<bool>("positions") ? 3 : 2;
     })
     .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
     .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
@@ -283,6 +292,8 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
     .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
+    .AddOptionalArg("positions", "A third output: each frame's position in its clip (int32 scalar), per frame.",
+                    false)
     .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
                     false)
     .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
