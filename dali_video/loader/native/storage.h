@@ -5,13 +5,14 @@
 //
 // Retries: the clients retry by themselves (the AWS SDK's default strategy: 5xx, throttling, network
 // errors, up to 10 times with backoff from 25 ms; google-cloud-cpp: 5xx/429 and transport errors for
-// at most DALI_GCS_REQUEST_TIMEOUT_SEC, 60 s). But DALI's S3 read lands the body in the caller's
-// buffer, and the SDK's retry reuses that buffer: after a 503 or 500 answer, or a body cut short, the
-// retried GET fails ("Failed to flush response stream"; tests/test_storage_reader.py shows it). So a
-// failed read is tried again here with a fresh buffer, a few times with exponential backoff, unless
-// its error is one that a retry cannot mend (a missing object or bucket, refused credentials, a range
-// past the object's end). What still fails reaches the caller as a ReadError naming the byte range;
-// the clients' messages carry no credentials.
+// at most DALI_GCS_REQUEST_TIMEOUT_SEC, 60 s, waiting 1 s, 2 s, ...). But DALI's S3 read lands the
+// body in the caller's buffer, and the SDK's retry reuses that buffer: after a 503 or 500 answer, or
+// a body cut short, the retried GET gets its 206 and still fails ("Failed to flush response stream";
+// a reset is retried fine). So a failed S3 read is tried again here with a fresh buffer, a few times
+// with exponential backoff, unless its error is one that a retry cannot mend (a missing object or
+// bucket, refused credentials, a range past the object's end); GCS reads are left to their client.
+// tests/test_storage_reader.py shows each case in the proxy's log. What still fails reaches the
+// caller as a ReadError naming the byte range; the clients' messages carry no credentials.
 // Included once, by clip_reader.cc (one translation unit).
 #pragma once
 
@@ -38,7 +39,7 @@ struct ReadError {
 
 bool is_url(const std::string &name) { return name.find("://") != std::string::npos; }
 
-constexpr int kAttempts = 5;  // reads of one range: waits of 0.1, 0.2, 0.4, 0.8 s between them
+constexpr int kAttempts = 5;  // reads of one S3 range: waits of 0.1, 0.2, 0.4, 0.8 s between them
 
 // Whether a client's error is one that trying again cannot mend (S3's error codes, GCS's status codes).
 bool permanent(const std::string &error) {
@@ -66,6 +67,7 @@ class Object {
       size_ = static_cast<u64>(st.st_size);
       return;
     }
+    attempts_ = name.rfind("s3://", 0) == 0 ? kAttempts : 1;
     try {
       stream_ = dali::FileStream::Open(name, {false, false, false}, size);
     } catch (const std::exception &e) {
@@ -88,7 +90,7 @@ class Object {
         stream_->SeekRead(static_cast<ptrdiff_t>(offset));
         return stream_->Read(buf, n);
       } catch (const std::exception &e) {
-        if (attempt == kAttempts || permanent(e.what()))
+        if (attempt >= attempts_ || permanent(e.what()))
           throw ReadError{"reading " + byte_range(offset, offset + n) + " failed" +
                           (attempt > 1 ? " " + std::to_string(attempt) + " times" : "") + ": " + e.what()};
       }
@@ -113,7 +115,7 @@ class Object {
 
   std::string name_;
   u64 size_;
-  int fd_ = -1;
+  int fd_ = -1, attempts_ = 1;
   std::unique_ptr<dali::FileStream> stream_;
 };
 
