@@ -21,7 +21,6 @@ import dali_video
 from dali_video.loader import dataset as dataset_module
 
 BUCKET = "clips"
-SECRET = "sEcReT-never-in-errors"
 KW = dict(batch_size=4, clip_len=4, crop_size=16, device="cpu", output="jpegs", seed=3, prefetch_queue_depth=1)
 
 
@@ -92,20 +91,31 @@ def s3_store(dataset):
     boto3 = pytest.importorskip("boto3")
     pytest.importorskip("moto")
     port = _free_port()
+    # Signatures checked (SigV4): after the first 3 requests, which make the user and its key.
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"})
     proxy, url = _proxy(port)
-    restore = _environ(dict(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET,
-                            AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true"))
+    restore = None
     try:
-        _wait(f"http://127.0.0.1:{port}/", moto)
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        _wait(f"http://127.0.0.1:{port}/moto-api/", moto)
+        iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        keys = dict(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+        restore = _environ(dict(AWS_ENDPOINT_URL=url, AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                                **keys))
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         store = Store("s3", url, lambda key, data: client.put_object(Bucket=BUCKET, Key=key, Body=data))
         store.upload(dataset, "ds")
         yield store
     finally:
-        restore()
+        if restore:
+            restore()
         _stop(proxy, moto)
 
 
@@ -217,7 +227,6 @@ def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3_store, dat
                                            r"(reading bytes \[\d+, \d+\) failed: InvalidRange|short read: bytes "
                                            r"\[\d+, \d+\) wanted, the shard ends at byte \d+)") as e:
         _batches(dataset, 6, training=False)
-    assert SECRET not in str(e.value)
     # Replaced while reading: the same size, other bytes.
     s3_store.upload(dataset, "swap")
     from_bucket("s3", "swap")
@@ -228,3 +237,13 @@ def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3_store, dat
                                                r"\d+: fails its CRC32C"):
             for _ in range(10):
                 p.pipeline.run()
+
+
+def test_wrong_credentials_fail_naming_the_object_not_the_secret(s3_store, dataset, from_bucket, monkeypatch):
+    wrong = "wrong-secret-never-in-errors"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    from_bucket("s3")
+    with pytest.raises(RuntimeError, match=rf"s3://{BUCKET}/ds/[^:]+\.fidx: cannot read the frame rows of video "
+                                           r"'[^']+': reading bytes \[\d+, \d+\) failed: SignatureDoesNotMatch") as e:
+        _batches(dataset, 1)
+    assert wrong not in str(e.value) and os.environ["AWS_ACCESS_KEY_ID"] not in str(e.value)
