@@ -81,7 +81,8 @@ class Proxy(BaseHTTPRequestHandler):
         for k, v in answer.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))  # a HEAD answer has no body
         self.end_headers()
         if fault == "truncate":
             self.wfile.write(data[:len(data) // 2])
