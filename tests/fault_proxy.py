@@ -3,7 +3,7 @@
 every request and logs it. ``POST /__faults__`` with JSON ``{"delay": seconds, "fault": KIND, "count":
 N, "match": substring}`` sets the added latency per request and makes the next N GETs whose path
 contains ``match`` fail as KIND: "503" (SlowDown), "500", "reset" (connection closed before an
-answer), "truncate" (half the body, then the connection closed). ``GET /__log__`` returns the
+answer), "truncate" (half the body, then the connection closed), "stall" (no answer for 6 s). ``GET /__log__`` returns the
 log (method, path, range, status, fault) and the most requests seen in flight at once;
 ``DELETE /__log__`` clears both."""
 import http.client
@@ -54,14 +54,17 @@ class Proxy(BaseHTTPRequestHandler):
             if self.command == "GET" and state["count"] > 0 and state["match"] in self.path:
                 fault, state["count"] = state["fault"], state["count"] - 1
             delay = state["delay"]
+            entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range"), "status": None,
+                     "fault": fault}
+            state["log"].append(entry)  # logged when it comes: a stalled request is in the log meanwhile
+        status = 0
         try:
             time.sleep(delay)
             status = self._answer(fault, body)
         finally:
             with lock:
                 state["in_flight"] -= 1
-                state["log"].append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
-                                     "status": status if fault is None else fault, "fault": fault})
+                entry["status"] = status if fault is None else fault
 
     def _answer(self, fault, body):
         if fault in ("503", "500"):
@@ -69,6 +72,10 @@ class Proxy(BaseHTTPRequestHandler):
             xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>fault</Message></Error>".encode()
             self._reply(int(fault), xml, [("Content-Type", "application/xml")])
             return int(fault)
+        if fault == "stall":  # longer than the clients' request timeouts (the AWS SDK's: 3 s)
+            time.sleep(6)
+            self.close_connection = True
+            return 0
         if fault == "reset":
             self.close_connection = True
             self.connection.shutdown(2)

@@ -191,9 +191,19 @@ def test_clips_from_a_bucket_are_the_local_clips_one_ranged_get_each(store, data
 
 @pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate"])
 def test_transient_faults_are_retried(store, dataset, from_bucket, fault):
+    _retried(store, dataset, from_bucket, fault)
+
+
+def test_a_stalled_request_times_out_and_is_retried(s3_store, dataset, from_bucket):
+    start = time.perf_counter()
+    _retried(s3_store, dataset, from_bucket, "stall", count=1)
+    assert time.perf_counter() - start < 30
+
+
+def _retried(store, dataset, from_bucket, fault, count=None):
     local = _batches(dataset, 2)
     from_bucket(store.scheme)
-    count = 3 if store.scheme == "s3" else 1  # google-cloud-cpp waits 1 s, then 2 s, ... between tries
+    count = count or (3 if store.scheme == "s3" else 1)  # google-cloud-cpp waits 1 s, then 2 s, ... between tries
     store.faults(fault=fault, count=count)
     store.clear_log()
     assert _batches(dataset, 2) == local
