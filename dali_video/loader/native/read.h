@@ -141,15 +141,15 @@ void read_clip(const Dataset &d, const Spec &s, Clip &c) {
   for (const Located::Run &run : l.runs) {
     const size_t base = c.data.size();
     c.data.resize(base + (run.end - run.start));
-    const std::string where = frame_where(d, p, l.wanted[run.first], run.start);
+    auto where = [&] { return frame_where(d, p, l.wanted[run.first], run.start); };
     size_t got;
     try {
       got = file.read(c.data.data() + base, run.end - run.start, run.start);
     } catch (const ReadError &e) {  // e.g. a range past the end of an object shorter than its index says
-      throw ReadError{where + e.message + "; check the shard with: dali-video-index verify"};
+      throw ReadError{where() + e.message + "; check the shard with: dali-video-index verify"};
     }
     if (got != run.end - run.start)
-      throw ReadError{where + "short read: " + byte_range(run.start, run.end) +
+      throw ReadError{where() + "short read: " + byte_range(run.start, run.end) +
                       " wanted, the shard ends at byte " + std::to_string(run.start + got) +
                       " (truncated, or replaced after indexing; check it with: dali-video-index verify)"};
     for (size_t k = run.first; k < run.last; ++k) at[k] = base + (l.row(k).offset - run.start);

@@ -59,7 +59,7 @@ class Object {
  public:
   // size: the object's size; for a local file 0 (then taken from the file). why: what a failure to
   // open means to the caller ("cannot read video 'a.mp4'").
-  Object(const std::string &name, u64 size, const std::string &why) : name_(name), size_(size) {
+  Object(const std::string &name, u64 size, const std::string &why) : size_(size) {
     if (!is_url(name)) {
       fd_ = open(name.c_str(), O_RDONLY | O_CLOEXEC);
       struct stat st{};
@@ -113,7 +113,6 @@ class Object {
     return done;
   }
 
-  std::string name_;
   u64 size_;
   int fd_ = -1, attempts_ = 1;
   std::unique_ptr<dali::FileStream> stream_;
