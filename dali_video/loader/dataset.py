@@ -127,6 +127,7 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
     return dict(
         shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
+        shard_sizes=[int(table.shards[s].shard_size) for s in used],  # an object's is known: no HEAD request
         videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
         filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
                             .replace("\n", "\\n") for v in videos),

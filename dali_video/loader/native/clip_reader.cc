@@ -51,8 +51,14 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
     d.filenames.push_back(names.substr(start, end - start));
     start = end + 1;
   }
-  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size(),
+  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size() &&
+               (d.shard_size.empty() || d.shard_size.size() == d.shards.size()),
                "dali-video clip reader: the per-video arguments disagree in length");
+  d.shard_size.resize(d.shards.size());  // 0: a local shard's size comes from the file
+  d.table_rows.assign(d.shards.size(), 0);
+  for (size_t v = 0; v < d.videos.size(); ++v)
+    d.table_rows[d.shard[v]] = std::max<u64>(d.table_rows[d.shard[v]], d.row[v] + d.videos[v].num_frames);
+  d.cache = std::make_unique<ShardRows[]>(d.shards.size());
 }
 
 // crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, the colour factors as
@@ -110,6 +116,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
     d_.shards = spec.GetRepeatedArgument<std::string>("shards");
     for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
+    for (int64_t size : spec.GetRepeatedArgument<int64_t>("shard_sizes")) d_.shard_size.push_back(size);
     parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
     s_ = read_spec(spec);
     per_clip_ = spec.GetArgument<bool>("per_clip");
@@ -263,7 +270,9 @@ DALI_SCHEMA(DaliVideoClips)
       if (spec.GetArgument<bool>("per_clip")) return spec.GetArgument<int>("clip_len") + 1;
       return spec.GetArgument<bool>("positions") ? 3 : 2;
     })
-    .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
+    .AddArg("shards", "Shard paths, or s3:// and gs:// URLs of shard objects.", DALI_STRING_VEC)
+    .AddOptionalArg("shard_sizes", "Each shard's size in bytes (needed for URLs: no HEAD request is sent); "
+                    "empty or 0: taken from the local file.", std::vector<int64_t>{})
     .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
     .AddArg("videos", "One line per video: its shard, the row of its first frame in the shard's frame table, "
             "frames, height, width, label and row in the dataset's video table.", DALI_STRING)
