@@ -383,6 +383,7 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
     assert made[0]["num_threads"] == max(1, dali_video.usable_cores() // 2) and made[0]["seed"] == made[1]["seed"] == 1
     # One worker process per host driving both GPUs, two such workers: replica 2w+i on GPU i of worker w.
     made.clear()
+    monkeypatch.setattr(module, "usable_gpus", lambda: (2, ""))  # as on a host with two GPUs
     dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1, per_worker=True)
     assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"], k["host_output"]) for k in made] == [
         (2, 0, 4, 2, True), (3, 1, 4, 2, True), (2, 2, 4, 2, True), (3, 3, 4, 2, True)]
