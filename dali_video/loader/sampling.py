@@ -11,6 +11,7 @@ import numpy as np
 
 from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .config import MAX_INT, ClipConfig
 
@@ -39,13 +40,18 @@ class VideoTable:
                                           "filename")))
 
 
-def shard_files(files, split: str | None = None) -> list[Path]:
-    """Shards from a glob, a list of files, or a dataset folder (optionally one split of it)."""
-    if isinstance(files, (str, Path)) and Path(files).is_dir():
-        shards = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}"))
+def shard_files(files, split: str | None = None) -> list[Path | str]:
+    """Shards from a glob, a list of files, or a dataset folder (optionally one split of it); local
+    paths, or ``s3://``/``gs://`` URLs (their bucket checked first)."""
+    folder = storage.check_path(files) if isinstance(files, (str, Path)) else None
+    if folder is not None and storage.is_url(folder):
+        storage.check_bucket(folder)
+    if folder is not None and storage.isdir(folder):
+        shards = storage.glob(folder, f"*{fmt.SHARD_SUFFIX}")
+        names = [fmt.parse_shard_name(storage.name(s)) for s in shards]
         if split is not None:
-            shards = [s for s in shards if (p := fmt.parse_shard_name(s.name)) and p[0] == split]
-        splits = sorted({p[0] for s in shards if (p := fmt.parse_shard_name(s.name))})
+            shards = [s for s, p in zip(shards, names) if p and p[0] == split]
+        splits = sorted({p[0] for p in names if p})
         if split is None and len(splits) > 1:
             raise ValueError(f"{files} holds the splits {splits}: pass split=... to pick one")
         if not shards:
@@ -59,11 +65,10 @@ def load_table(files, split: str | None = None) -> VideoTable:
     shards = []
     for shard in shard_files(files, split):
         for path in (idx_path(shard), fidx_path(shard)):
-            if not path.exists():
+            if not storage.exists(path):
                 raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                                   f"dali-video-index build {shard}")
-        with open(shard, "rb") as f:
-            fmt.check_not_gzip(shard, f.read(2))
+        fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
         index = read_frame_index(fidx_path(shard))
         check_fresh(shard, index)
         records = fmt.read_idx(idx_path(shard))

@@ -15,7 +15,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Callable, Literal
 
 import cv2
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..index_tools import FormatError, ShardIndex, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
 from .sources import Failure, VideoSpec
@@ -138,8 +138,8 @@ def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
     return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
 
 
-def _shard_done(path: Path, digest: str) -> bool:
-    if not (path.exists() and fmt.idx_path(path).exists() and fmt.fidx_path(path).exists()):
+def _shard_done(path, digest: str) -> bool:
+    if not all(map(storage.exists, (path, fmt.idx_path(path), fmt.fidx_path(path)))):
         return False
     try:
         index = read_frame_index(fmt.fidx_path(path))
@@ -199,41 +199,35 @@ class ShardResult:
     reused: bool = False  # complete before this run
 
 
-def _shard_result(path: Path, reused: bool = False) -> ShardResult:
+def _shard_result(path, reused: bool = False) -> ShardResult:
     ix = read_frame_index(fmt.fidx_path(path))
-    return ShardResult(file=path.name, videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
+    return ShardResult(file=storage.name(path), videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
                        num_frames=dict(zip(ix.videos["filename"], ix.videos["num_frames"])),
                        classes=dict(zip(ix.videos["label"], ix.videos["class_text"])),
                        failures=ix.notes.get("failures", []), warnings=ix.notes.get("warnings", []),
                        reused=reused)
 
 
-def _write_shard(path: Path, plan: ShardPlan, digest: str, results, on_error: str, progress) -> None:
+def _write_shard(path, plan: ShardPlan, digest: str, results, on_error: str, progress) -> None:
+    """The shard, then its .idx, then its .fidx, each appearing whole (renamed, or one upload)."""
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for spec in plan.videos:
-                result = next(results)
-                if isinstance(result, Failure):
-                    if on_error == "fail":
-                        raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
-                    log.warning("skipping %s: %s", spec.path, result.reason)
-                    failures.append({"filename": result.filename, "reason": result.reason})
-                    progress(0)
-                    continue
-                if result.warning:
-                    warnings.append({"filename": spec.filename, "reason": result.warning})
-                index.add(f.tell(), result.data, result.spans, result.meta)
-                f.write(fmt.encode_record(result.data))
-                progress(len(result.spans))
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.writing(path) as f:
+        for spec in plan.videos:
+            result = next(results)
+            if isinstance(result, Failure):
+                if on_error == "fail":
+                    raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
+                log.warning("skipping %s: %s", spec.path, result.reason)
+                failures.append({"filename": result.filename, "reason": result.reason})
+                progress(0)
+                continue
+            if result.warning:
+                warnings.append({"filename": spec.filename, "reason": result.warning})
+            index.add(f.tell(), result.data, result.spans, result.meta)
+            f.write(fmt.encode_record(result.data))
+            progress(len(result.spans))
+        size = f.tell()
     fmt.atomic_write(fmt.idx_path(path), index.idx_bytes())
     # The frame index goes last: its presence marks the shard complete.
     notes = {"plan": digest, "failures": failures, "warnings": warnings}
@@ -251,7 +245,7 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
     on a hostile file) becomes a reported failure instead of taking this process with it.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    path, digest = Path(out_dir) / shard.name, plan_digest(shard, opts)
+    path, digest = storage.join(out_dir, shard.name), plan_digest(shard, opts)
     if _shard_done(path, digest):
         return _shard_result(path, reused=True)
     tasks = [(spec, opts) for spec in shard.videos]
@@ -268,14 +262,17 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
                  on_error: Literal["skip", "fail"] = "skip", seed: int = 0) -> DatasetPlan:
     """Plan the shards of every split of ``specs`` in ``out_dir``, and ready the folder for them.
 
-    Creates the folder, removes the temp files of a killed run, and refuses a folder that holds
-    shards of another plan. Paths become absolute, for workers that run elsewhere.
+    Creates the folder (for ``s3://``/``gs://`` output: checks that the bucket exists and may be
+    listed), removes the temp files of a killed run, and refuses a folder that holds shards of
+    another plan. Paths become absolute, for workers that run elsewhere.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
+    out = storage.check_path(out_dir)
+    storage.makedirs(out)
+    if not storage.is_url(out):  # an upload leaves no partial object behind; a local write its temp file
+        out = out.absolute()
+        for stale in out.glob(".*.tmp"):
+            stale.unlink()
     input_failures = tuple(input_failures)
     if input_failures and on_error == "fail":
         raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason}")
@@ -289,8 +286,8 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
     shards = plan_shards(specs, counts, seed)
     planned = {p.name for p in shards}
-    foreign = sorted(f.name for f in out.glob(f"*{fmt.SHARD_SUFFIX}")
-                     if (parsed := fmt.parse_shard_name(f.name)) and parsed[0] in splits and f.name not in planned)
+    foreign = sorted(name for name in map(storage.name, storage.glob(out, f"*{fmt.SHARD_SUFFIX}"))
+                     if (parsed := fmt.parse_shard_name(name)) and parsed[0] in splits and name not in planned)
     if foreign:
         raise WriteError(f"{out} holds shards of another plan ({foreign[0]}, ...), which would mix with these "
                          f"{len(shards)}: remove them or write to another folder")
@@ -328,9 +325,9 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
 
 def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     """The shards in this process, the videos encoded by a pool of ``workers`` processes."""
-    out = Path(plan.out_dir)
+    paths = {p.name: storage.join(plan.out_dir, p.name) for p in plan.shards}
     digests = {p.name: plan_digest(p, plan.opts) for p in plan.shards}
-    done = {p.name for p in plan.shards if _shard_done(out / p.name, digests[p.name])}
+    done = {p.name for p in plan.shards if _shard_done(paths[p.name], digests[p.name])}
     if done:
         log.info("resuming: %d of %d shards already complete", len(done), len(plan.shards))
     todo = [p for p in plan.shards if p.name not in done]
@@ -340,10 +337,10 @@ def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
         for p in todo:
-            _write_shard(out / p.name, p, digests[p.name], encoded, plan.on_error, lambda frames: tick(1, frames))
+            _write_shard(paths[p.name], p, digests[p.name], encoded, plan.on_error, lambda frames: tick(1, frames))
     finally:
         encoded.close()
-    return [_shard_result(out / p.name, reused=p.name in done) for p in plan.shards]
+    return [_shard_result(paths[p.name], reused=p.name in done) for p in plan.shards]
 
 
 def write_manifests(plan: DatasetPlan, results) -> dict:
@@ -356,13 +353,13 @@ def write_manifests(plan: DatasetPlan, results) -> dict:
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
                          f"write every shard before the manifests")
-    return {split: _write_manifest(Path(plan.out_dir), split, [p for p in plan.shards if p.split == split],
+    return {split: _write_manifest(plan.out_dir, split, [p for p in plan.shards if p.split == split],
                                    [by_file[p.name] for p in plan.shards if p.split == split], plan,
                                    [f for f in plan.input_failures if f.split in ("", split)])
             for split in plan.splits}
 
 
-def _write_manifest(out: Path, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
+def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
     warnings, classes = [], {}
     for r in results:

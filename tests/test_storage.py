@@ -1,0 +1,110 @@
+"""Datasets in S3 and GCS (Python side): the writer (local and Beam) uploads shards, indexes and the
+manifest to a bucket on a real server in its own process (tests/storage.py), the index tools verify
+them there, and the loader's table of the bucket equals the local copy's. Unknown URL schemes,
+wrong credentials and missing buckets are refused with an error naming the URL."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dali_video.index_tools import storage
+from dali_video.index_tools.storage import StorageError, check_path
+from dali_video.loader.sampling import load_table
+
+from .conftest import run_module
+
+WRITE = ("--resize", "0", "--num-shards", "3", "--workers", "2")  # as the `dataset` fixture
+
+
+def _objects(url):
+    """name -> bytes of every object under ``url``."""
+    return {storage.name(p): storage.read(p) for p in storage.glob(url, "*")}
+
+
+def _same_table(a, b):
+    for column in ("shard", "frame_start", "num_frames", "height", "width", "label", "filename"):
+        assert np.array_equal(getattr(a, column), getattr(b, column)), column
+    assert [(s.shard_size, s.frame_table_offset, s.num_frame_rows, s.frame_table_crc) for s in a.shards] == \
+        [(s.shard_size, s.frame_table_offset, s.num_frame_rows, s.frame_table_crc) for s in b.shards]
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_writer_uploads_the_local_bytes_verify_and_load_table_read_them_there(bucket, videos, dataset, runner):
+    url = f"{bucket.url}/k400/"
+    extra = ("--runner", "beam") if runner == "beam" else ()
+    run_module("dali_video.writer", videos, url, *WRITE, *extra)
+    local = {p.name: p.read_bytes() for p in Path(dataset).iterdir()}
+    assert _objects(url) == local  # shards, .idx, .fidx and the manifest, byte for byte; no temp objects
+    proc = run_module("dali_video.index_tools", "verify", url)
+    assert proc.stdout.count(": OK, ") == 3 and bucket.url in proc.stdout
+    assert "train-00000-of-00003.tfrecord" in run_module("dali_video.index_tools", "inspect", url).stdout
+    table = load_table(url)
+    _same_table(table, load_table(dataset))
+    assert str(table.shards[0].path) == f"{bucket.url}/k400/train-00000-of-00003.tfrecord.fidx"
+    if runner == "local":  # a second run finds every shard complete and uploads nothing but the manifest
+        again = run_module("dali_video.writer", videos, url, *WRITE)
+        assert "resuming: 3 of 3 shards already complete" in again.stderr
+        assert _objects(url) == local
+
+
+def test_resume_rewrites_a_shard_whose_frame_index_never_arrived(s3, videos, dataset):
+    url = f"{s3.url}/ds"
+    run_module("dali_video.writer", videos, url, *WRITE)
+    fs = storage._filesystem(url)
+    fs.rm_file(f"{url}/train-00001-of-00003.tfrecord.fidx")  # as if killed between the uploads
+    fs.rm_file(f"{url}/train.manifest.json")
+    again = run_module("dali_video.writer", videos, url, *WRITE)
+    assert "resuming: 2 of 3 shards already complete" in again.stderr
+    assert _objects(url) == {p.name: p.read_bytes() for p in Path(dataset).iterdir()}
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("http://example.com/ds", "not http: URLs"),
+    ("hdfs://namenode/ds", "not hdfs: URLs"),
+    ("gcs://bucket/ds", "not gcs: URLs"),
+    ("s3:bucket/ds", "not a valid s3:// URL"),
+    ("s3:/bucket/ds", "not a valid s3:// URL"),
+    ("gs:///ds", "not a valid gs:// URL"),
+    ("S3://bucket/ds", "not a valid s3:// URL"),
+])
+def test_unknown_url_schemes_are_refused_never_taken_for_local_paths(path, problem, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        check_path(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path!r}")):
+        load_table(path)
+    monkeypatch.chdir(tmp_path)
+    assert check_path("./s3:bucket") == Path("s3:bucket")  # the way out for a local name with ':'
+
+
+def test_writer_refuses_an_unknown_scheme_and_writes_nothing(videos, tmp_path):
+    proc = run_module("dali_video.writer", videos, "s3:bucket/ds", *WRITE, check=False)
+    assert proc.returncode == 1
+    assert "dali-video-write: error: 's3:bucket/ds' is not a valid s3:// URL: write s3://BUCKET/PREFIX" in proc.stderr
+    assert not (Path(run_module.__globals__["ROOT"]) / "s3:bucket").exists()
+    proc = run_module("dali_video.index_tools", "verify", "hdfs://nn/ds", check=False)
+    assert proc.returncode == 1 and "not hdfs: URLs" in proc.stderr
+
+
+def test_wrong_credentials_fail_at_start_naming_the_url_never_the_keys(s3, videos, monkeypatch):
+    url = f"{s3.url}/ds"
+    secret = "wrong-secret-0123456789abcdef"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    with pytest.raises(StorageError, match=re.escape(f"{url}: cannot list its bucket: Forbidden; check the "
+                                                     "credentials (AWS_ACCESS_KEY_ID")) as e:
+        load_table(url)
+    assert secret not in str(e.value) and s3.env["AWS_ACCESS_KEY_ID"] not in str(e.value)
+    proc = run_module("dali_video.writer", videos, url, *WRITE, check=False)
+    assert proc.returncode == 1 and f"dali-video-write: error: {url}: cannot list its bucket: Forbidden" in proc.stderr
+    assert secret not in proc.stdout + proc.stderr and "frames/s" not in proc.stderr  # failed before encoding
+
+
+def test_a_missing_bucket_fails_at_start_naming_the_url(bucket, videos):
+    url = bucket.url.replace("://b-", "://missing-") + "/ds"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{url}: not found (")):
+        load_table(url)
+    proc = run_module("dali_video.writer", videos, url, *WRITE, check=False)
+    assert proc.returncode == 1 and f"dali-video-write: error: {url}: not found (" in proc.stderr
+    proc = run_module("dali_video.index_tools", "verify", url, check=False)
+    assert proc.returncode == 1 and f"{url}: not found (" in proc.stderr
