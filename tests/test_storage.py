@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from dali_video.index_tools import storage
+from dali_video.index_tools.__main__ import main as index_main
 from dali_video.index_tools.storage import StorageError, check_path
 from dali_video.loader.sampling import load_table
 
-from .conftest import run_module
+from .conftest import ROOT, run_module
 
 WRITE = ("--resize", "0", "--num-shards", "3", "--workers", "2")  # as the `dataset` fixture
 
@@ -30,23 +31,40 @@ def _same_table(a, b):
         [(s.shard_size, s.frame_table_offset, s.num_frame_rows, s.frame_table_crc) for s in b.shards]
 
 
-@pytest.mark.parametrize("runner", ["local", "beam"])
-def test_writer_uploads_the_local_bytes_verify_and_load_table_read_them_there(bucket, videos, dataset, runner):
-    url = f"{bucket.url}/k400/"
-    extra = ("--runner", "beam") if runner == "beam" else ()
-    run_module("dali_video.writer", videos, url, *WRITE, *extra)
+def _index_tool(capsys, *args):
+    """dali-video-index in this process (it imports neither TensorFlow nor DALI): (exit code, stdout, stderr)."""
+    code = index_main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _check_uploaded(url, dataset, capsys):
+    """The objects at ``url`` are the local dataset's files, byte for byte (no temp objects), verify
+    passes there and the loader's table of the bucket equals the local one's."""
     local = {p.name: p.read_bytes() for p in Path(dataset).iterdir()}
-    assert _objects(url) == local  # shards, .idx, .fidx and the manifest, byte for byte; no temp objects
-    proc = run_module("dali_video.index_tools", "verify", url)
-    assert proc.stdout.count(": OK, ") == 3 and bucket.url in proc.stdout
-    assert "train-00000-of-00003.tfrecord" in run_module("dali_video.index_tools", "inspect", url).stdout
+    assert _objects(url) == local
+    code, out, _ = _index_tool(capsys, "verify", url)
+    assert code == 0 and out.count(": OK, ") == 3 and f"{url}/train-00002-of-00003.tfrecord: OK" in out
+    assert "train-00000-of-00003.tfrecord" in _index_tool(capsys, "inspect", url)[1]
     table = load_table(url)
     _same_table(table, load_table(dataset))
-    assert str(table.shards[0].path) == f"{bucket.url}/k400/train-00000-of-00003.tfrecord.fidx"
-    if runner == "local":  # a second run finds every shard complete and uploads nothing but the manifest
-        again = run_module("dali_video.writer", videos, url, *WRITE)
-        assert "resuming: 3 of 3 shards already complete" in again.stderr
-        assert _objects(url) == local
+    assert str(table.shards[0].path) == f"{url}/train-00000-of-00003.tfrecord.fidx"
+    return local
+
+
+def test_writer_uploads_the_local_bytes_verify_and_load_table_read_them_there(bucket, videos, dataset, capsys):
+    url = f"{bucket.url}/k400"
+    run_module("dali_video.writer", videos, url + "/", *WRITE)
+    local = _check_uploaded(url, dataset, capsys)
+    again = run_module("dali_video.writer", videos, url, *WRITE)  # every shard complete: only the manifest again
+    assert "resuming: 3 of 3 shards already complete" in again.stderr
+    assert _objects(url) == local
+
+
+def test_beam_writer_uploads_the_local_bytes(s3, videos, dataset, capsys):
+    url = f"{s3.url}/k400"
+    run_module("dali_video.writer", videos, url, *WRITE, "--runner", "beam")
+    _check_uploaded(url, dataset, capsys)
 
 
 def test_resume_rewrites_a_shard_whose_frame_index_never_arrived(s3, videos, dataset):
@@ -78,13 +96,15 @@ def test_unknown_url_schemes_are_refused_never_taken_for_local_paths(path, probl
     assert check_path("./s3:bucket") == Path("s3:bucket")  # the way out for a local name with ':'
 
 
-def test_writer_refuses_an_unknown_scheme_and_writes_nothing(videos, tmp_path):
+def test_writer_refuses_an_unknown_scheme_and_writes_nothing(videos, capsys):
     proc = run_module("dali_video.writer", videos, "s3:bucket/ds", *WRITE, check=False)
     assert proc.returncode == 1
     assert "dali-video-write: error: 's3:bucket/ds' is not a valid s3:// URL: write s3://BUCKET/PREFIX" in proc.stderr
-    assert not (Path(run_module.__globals__["ROOT"]) / "s3:bucket").exists()
-    proc = run_module("dali_video.index_tools", "verify", "hdfs://nn/ds", check=False)
-    assert proc.returncode == 1 and "not hdfs: URLs" in proc.stderr
+    assert not (Path(ROOT) / "s3:bucket").exists()
+    proc = run_module("dali_video.writer", "s3://bucket/videos", "out", check=False)
+    assert proc.returncode == 1 and "s3://bucket/videos: the videos are read from a local folder" in proc.stderr
+    code, _, err = _index_tool(capsys, "verify", "hdfs://nn/ds")
+    assert code == 1 and "dali-video-index verify: error: 'hdfs://nn/ds': dali-video reads local paths" in err
 
 
 def test_wrong_credentials_fail_at_start_naming_the_url_never_the_keys(s3, videos, monkeypatch):
@@ -100,11 +120,11 @@ def test_wrong_credentials_fail_at_start_naming_the_url_never_the_keys(s3, video
     assert secret not in proc.stdout + proc.stderr and "frames/s" not in proc.stderr  # failed before encoding
 
 
-def test_a_missing_bucket_fails_at_start_naming_the_url(bucket, videos):
+def test_a_missing_bucket_fails_at_start_naming_the_url(bucket, videos, capsys):
     url = bucket.url.replace("://b-", "://missing-") + "/ds"
     with pytest.raises(FileNotFoundError, match=re.escape(f"{url}: not found (")):
         load_table(url)
     proc = run_module("dali_video.writer", videos, url, *WRITE, check=False)
     assert proc.returncode == 1 and f"dali-video-write: error: {url}: not found (" in proc.stderr
-    proc = run_module("dali_video.index_tools", "verify", url, check=False)
-    assert proc.returncode == 1 and f"{url}: not found (" in proc.stderr
+    code, _, err = _index_tool(capsys, "verify", url)
+    assert code == 1 and f"dali-video-index verify: error: {url}: not found (" in err

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from ..loader.config import RECIPES, ClipConfig, resolve
 
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
-    p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
+    p.add_argument("--data", help="shard glob or dataset folder, local or s3://, gs:// (default: a small sample dataset)")
     p.add_argument("--split", help="split of a dataset folder that holds several")
     p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
     p.add_argument("--batch-size", type=int, default=8)

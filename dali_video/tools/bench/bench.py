@@ -53,8 +53,12 @@ def _peak_rss_mb() -> float:
 
 def _evict(files) -> None:
     """Drop the files from the page cache, as if read from cold storage."""
+    from ...index_tools import storage
+
     os.sync()
     for f in files:
+        if storage.is_url(f):  # an object in a bucket: nothing of it is in this machine's cache
+            continue
         fd = os.open(f, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
