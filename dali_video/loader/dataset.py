@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..index_tools.format import shard_of
+from ..index_tools import format as fmt
 
 from .config import ClipConfig, resolve
 from .sampling import SHORT_CODES, PlanSpec, VideoTable, load_table, usable_videos
@@ -102,7 +102,7 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
                                                             table.width, table.label)), videos], axis=1)
     reals = plan.floats()  # float32 values, as the Python reference plans with them
     return dict(
-        shards=[shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
+        shards=[fmt.shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
         videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
         filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
