@@ -111,20 +111,21 @@ def test_wrong_credentials_fail_at_start_naming_the_url_never_the_keys(s3, video
     url = f"{s3.url}/ds"
     secret = "wrong-secret-0123456789abcdef"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    with pytest.raises(StorageError, match=re.escape(f"{url}: cannot list its bucket: Forbidden; check the "
+    with pytest.raises(StorageError, match=re.escape(f"{url}: cannot reach its bucket: Forbidden; check the "
                                                      "credentials (AWS_ACCESS_KEY_ID")) as e:
         load_table(url)
     assert secret not in str(e.value) and s3.env["AWS_ACCESS_KEY_ID"] not in str(e.value)
     proc = run_module("dali_video.writer", videos, url, *WRITE, check=False)
-    assert proc.returncode == 1 and f"dali-video-write: error: {url}: cannot list its bucket: Forbidden" in proc.stderr
+    assert proc.returncode == 1 and f"dali-video-write: error: {url}: cannot reach its bucket: Forbidden" in proc.stderr
     assert secret not in proc.stdout + proc.stderr and "frames/s" not in proc.stderr  # failed before encoding
 
 
 def test_a_missing_bucket_fails_at_start_naming_the_url(bucket, videos, capsys):
     url = bucket.url.replace("://b-", "://missing-") + "/ds"
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{url}: not found (")):
+    error = f"{url}: bucket '{url.split('/')[2]}' does not exist (or is not visible to these credentials)"
+    with pytest.raises(FileNotFoundError, match=re.escape(error)):
         load_table(url)
     proc = run_module("dali_video.writer", videos, url, *WRITE, check=False)
-    assert proc.returncode == 1 and f"dali-video-write: error: {url}: not found (" in proc.stderr
+    assert proc.returncode == 1 and f"dali-video-write: error: {error}" in proc.stderr
     code, _, err = _index_tool(capsys, "verify", url)
-    assert code == 1 and f"dali-video-index verify: error: {url}: not found (" in err
+    assert code == 1 and f"dali-video-index verify: error: {error}" in err

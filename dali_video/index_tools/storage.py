@@ -131,8 +131,12 @@ def _reason(e: Exception) -> str:
 def check_bucket(url: str) -> None:
     """Raise naming ``url`` when its bucket does not exist or these credentials may not list it."""
     fs, bucket = _filesystem(url), url.split("/")[2]
-    with _request(url, "list its bucket"):
-        fs.info(bucket)
+    try:
+        with _request(url, "reach its bucket"):
+            fs.info(bucket)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: bucket {bucket!r} does not exist (or is not visible to these "
+                                f"credentials); create it or correct the URL") from None
 
 
 def exists(path) -> bool:
