@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import math
@@ -60,24 +61,31 @@ def shard_files(files, split: str | None = None) -> list[Path | str]:
     return expand([files] if isinstance(files, (str, Path)) else files)
 
 
-def load_table(files, split: str | None = None) -> VideoTable:
-    """Read the frame index headers of every shard, checking that no index is missing or stale."""
-    shards = []
-    for shard in shard_files(files, split):
-        for path in (idx_path(shard), fidx_path(shard)):
-            if not storage.exists(path):
-                raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
-                                  f"dali-video-index build {shard}")
-        fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
-        index = read_frame_index(fidx_path(shard))
-        check_fresh(shard, index)
-        records = fmt.read_idx(idx_path(shard))
-        if len(records) != index.num_records or any(
-                records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
-            raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
-                              f"({index.num_records} records): stale index; rebuild it with: "
+def _shard_index(shard):
+    """The frame index header of one shard, checked against the shard and its .idx."""
+    for path in (idx_path(shard), fidx_path(shard)):
+        if not storage.exists(path):
+            raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                               f"dali-video-index build {shard}")
-        shards.append(index)
+    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
+    index = read_frame_index(fidx_path(shard))
+    check_fresh(shard, index)
+    records = fmt.read_idx(idx_path(shard))
+    if len(records) != index.num_records or any(
+            records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
+        raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
+                          f"({index.num_records} records): stale index; rebuild it with: "
+                          f"dali-video-index build {shard}")
+    return index
+
+
+def load_table(files, split: str | None = None) -> VideoTable:
+    """Read the frame index headers of every shard, checking that no index is missing or stale.
+
+    Shards in a bucket are read 16 at a time (3 requests each after one listing), so start-up
+    waits for the store's latency once per 16 shards, not once per request."""
+    with ThreadPoolExecutor(16) as pool:
+        shards = list(pool.map(_shard_index, shard_files(files, split)))
 
     def column(name, dtype):
         return np.array([value for ix in shards for value in ix.videos[name]], dtype=dtype)
