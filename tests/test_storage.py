@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_video.index_tools import storage
+from dali_video.index_tools import read_frame_index, storage
 from dali_video.index_tools.__main__ import main as index_main
 from dali_video.index_tools.storage import StorageError, check_path
 from dali_video.loader.sampling import load_table
@@ -129,3 +129,16 @@ def test_a_missing_bucket_fails_at_start_naming_the_url(bucket, videos, capsys):
     assert proc.returncode == 1 and f"dali-video-write: error: {error}" in proc.stderr
     code, _, err = _index_tool(capsys, "verify", url)
     assert code == 1 and f"dali-video-index verify: error: {error}" in err
+
+
+def test_index_build_in_a_bucket_writes_the_local_indexes(s3, dataset, capsys):
+    url = f"{s3.url}/other"
+    shard = "train-00001-of-00003.tfrecord"
+    storage._filesystem(url).put_file(str(Path(dataset) / shard), f"{url}/{shard}")
+    code, out, _ = _index_tool(capsys, "build", f"{url}/*.tfrecord")
+    assert code == 0 and out.startswith(f"{url}/{shard}: ")
+    assert storage.read(f"{url}/{shard}.idx") == (Path(dataset) / f"{shard}.idx").read_bytes()
+    built, written = (read_frame_index(f"{where}/{shard}.fidx") for where in (url, dataset))  # the writer's has notes
+    assert built.videos == written.videos and built.shard_size == written.shard_size
+    assert np.array_equal(built.read_rows(0, built.num_frame_rows), written.read_rows(0, written.num_frame_rows))
+    assert _index_tool(capsys, "verify", url)[0] == 0
