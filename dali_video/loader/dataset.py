@@ -187,7 +187,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  jpeg_fancy_upsampling: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
-    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder).
+    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder), local or
+        ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` (README, Datasets in S3 and GCS).
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"movinet"``: see
         :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
