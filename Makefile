@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
 EXTRAS := test,beam,cloud$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
-.PHONY: setup native demo test bench asan clean
+.PHONY: setup native demo test bench gpu-check asan clean
 
 setup: $(STAMP) native
 
@@ -31,6 +31,11 @@ test: setup
 bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
+
+# On a GPU host: the doctor, the GPU tests (DALI_VIDEO_REQUIRE_GPU=1) and a 60 s GPU read of the sample
+# data, in one report, gpu-check.json, to send back (README, GPU hosts). Under 10 minutes after setup.
+gpu-check: setup
+	$(BIN)/python -m dali_video.tools.gpu_check --out gpu-check.json
 
 # The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
 # TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).

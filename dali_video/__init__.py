@@ -8,10 +8,22 @@ bench, doctor) around them.
 from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
 from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
                              reader_dataset, steps_per_epoch)
+from .loader.errors import ReaderError, reader_errors
+from .loader.evaluation import VideoAverages, average_per_video
 from .loader.gpu import enable_memory_growth
+from .loader.resources import gpu_resources, usable_cores
 from .loader.sampling import load_table
 
 __version__ = "0.1.0"
-__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "clip_dataset",
-           "clip_pipeline", "distribute", "enable_memory_growth", "load_table", "meta_fields", 
-           "reader_dataset", "recipe", "steps_per_epoch"]
+__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "InputMonitor", "ReaderError",
+           "VideoAverages", "average_per_video", "clip_dataset", "clip_pipeline", "distribute", "enable_memory_growth",
+           "gpu_resources", "load_table", "meta_fields", "reader_dataset", "reader_errors", "recipe", "steps_per_epoch",
+           "usable_cores"]
+
+
+def __getattr__(name):
+    if name == "InputMonitor":  # a Keras callback: TensorFlow is imported only when it is asked for
+        from .loader.monitor import InputMonitor
+
+        return InputMonitor
+    raise AttributeError(f"module 'dali_video' has no attribute {name!r}")

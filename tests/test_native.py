@@ -22,9 +22,9 @@ def native_plan(plan: PlanSpec, videos, position: int) -> list:
     ints = plan.as_ints()
     spec = (ctypes.c_int64 * len(ints))(*ints)
     flat = (ctypes.c_int64 * (3 * len(videos)))(*[x for v in videos for x in v])
-    out = (ctypes.c_int64 * 12)()
+    out = (ctypes.c_int64 * 13)()
     plan_c(spec, flat, len(videos), position, out)
-    return list(out[:8]) + list(np.array(out[8:], np.int64).view(np.float64))
+    return list(out[:9]) + list(np.array(out[9:], np.int64).view(np.float64))
 
 
 def ranges(low, high):
@@ -53,7 +53,7 @@ def plans(draw):
                         short_videos=draw(st.sampled_from(["repeat_last", "loop", "skip"])),
                         clips_per_video=draw(st.integers(1, 5)), num_crops=draw(st.sampled_from([1, 3])))
     plan = PlanSpec(config if training else config.evaluation(), seed=draw(st.integers(0, 2**63 - 1)),
-                    training=training)
+                    training=training, global_batch=draw(st.integers(0, 300)))
     return plan, videos, draw(st.integers(0, 2**40))
 
 
@@ -63,7 +63,7 @@ def test_native_plan_equals_the_python_reference(case):
     plan, videos, position = case
     ref = plan_clip(plan, *zip(*videos), position)
     assert native_plan(plan, videos, position) == [ref.video, ref.start, ref.stride, *ref.window[:4],
-                                                   ref.window[4], *ref.color]
+                                                   ref.window[4], ref.padding, *ref.color]
     _, height, width = videos[ref.video]
     y, x, h, w, _ = ref.window  # a window of at least a pixel, inside the frame
     assert 1 <= h <= height and 1 <= w <= width and 0 <= y <= height - h and 0 <= x <= width - w
@@ -171,7 +171,7 @@ def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_p
 def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
     built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
-    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h"}
+    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h", "storage.h"}
     for i, source in enumerate(native.SOURCES):  # a changed source or header needs a new build
         copy = tmp_path / source.name
         copy.write_text(source.read_text() + "\n// changed\n")

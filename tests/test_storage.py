@@ -12,7 +12,8 @@ import pytest
 from dali_video.index_tools import read_frame_index, storage
 from dali_video.index_tools.__main__ import main as index_main
 from dali_video.index_tools.storage import StorageError, check_path
-from dali_video.loader.sampling import load_table
+from dali_video.loader.sampling import SplitError, load_table
+from dali_video.tools.sample_data import make_folder_dataset
 
 from .conftest import ROOT, run_module
 
@@ -142,3 +143,35 @@ def test_index_build_in_a_bucket_writes_the_local_indexes(s3, dataset, capsys):
     assert built.videos == written.videos and built.shard_size == written.shard_size
     assert np.array_equal(built.read_rows(0, built.num_frame_rows), written.read_rows(0, written.num_frame_rows))
     assert _index_tool(capsys, "verify", url)[0] == 0
+
+
+def test_a_bucket_holds_one_dataset_replace_deletes_it_there(bucket, videos, tmp_path):
+    """The writer's folder guard on a bucket prefix: another dataset is refused before an object is
+    touched, --replace deletes the writer's objects (and no other) and writes the new one."""
+    url = f"{bucket.url}/ds"
+    run_module("dali_video.writer", videos, url, *WRITE)
+    bucket.put("ds/notes.txt", b"the user's own object")
+    before = _objects(url)
+    others = make_folder_dataset(tmp_path / "others", videos_per_class=1, classes=("c0", "c1", "c2"), frames=(6, 6))
+    proc = run_module("dali_video.writer", others, url, "--resize", "0", "--num-shards", "1", check=False)
+    assert proc.returncode == 1
+    assert (f"dali-video-write: error: {url} holds another dataset (splits train); this run differs:\n"
+            "  train: class 0 was 'a', now 'c0' (2 class ids differ)\n") in proc.stderr
+    assert _objects(url) == before
+    run_module("dali_video.writer", others, url, "--resize", "0", "--num-shards", "1", "--replace")
+    assert sorted(_objects(url)) == ["notes.txt", "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.fidx",
+                                     "train-00000-of-00001.tfrecord.idx", "train.manifest.json"]
+    assert json.loads(storage.read(f"{url}/train.manifest.json"))["classes"] == ["c0", "c1", "c2"]
+
+
+def test_splits_of_a_bucket_are_read_from_its_listing(s3, dataset):
+    """Split names and the missing-path message hold for a bucket as for a folder."""
+    url = s3.upload(dataset, "ds")
+    for p in sorted(Path(dataset).glob("train-00000-*")):  # a val shard as another tool names it
+        s3.put(f"ds/{p.name.replace('train-00000-of-00003', 'kinetics-val-0')}", p.read_bytes())
+    with pytest.raises(SplitError, match=re.escape(f"{url} holds the splits ['train', 'val']: pass split=")):
+        load_table(url)
+    assert len(load_table(url, "val")) == len(load_table(f"{dataset}/train-00000-of-00003.tfrecord"))
+    _same_table(load_table(url, "train"), load_table(dataset))
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{url}/nothing.tfrecord: no such file or folder")):
+        load_table(f"{url}/nothing.tfrecord")

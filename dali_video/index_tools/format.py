@@ -89,6 +89,20 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
     return (m["split"], int(m["index"]), int(m["count"])) if m else None
 
 
+# Words that name a split in shard names other tools write (the writer's own names carry any split).
+SPLIT_WORDS = ("train", "training", "val", "valid", "validation", "eval", "test", "testing", "dev")
+
+
+def split_of(name: str) -> str | None:
+    """The split a shard's file name names, or None: the writer's ``SPLIT-00000-of-00008.tfrecord``,
+    else the first word of the name (words split at ``-``, ``_`` and ``.``) in :data:`SPLIT_WORDS`:
+    ``train.tfrecord``, ``train-3.tfrecord``, ``train_003.tfrecord``, ``kinetics-train-00001.tfrecord``."""
+    if parsed := parse_shard_name(name):
+        return parsed[0]
+    stem = name[: -len(SHARD_SUFFIX)] if name.endswith(SHARD_SUFFIX) else name
+    return next((w for w in re.split(r"[-_.]", stem) if w.lower() in SPLIT_WORDS), None)
+
+
 def idx_path(shard) -> Path | str:
     return storage.check_path(str(shard) + IDX_SUFFIX)
 
@@ -284,6 +298,21 @@ def check_fresh(shard, index: FrameIndex) -> None:
 
 
 # ---------------------------------------------------------------- JPEG
+
+def jpeg_problem(data, height: int = 0, width: int = 0) -> str:
+    """Why a frame's bytes are not a whole JPEG of ``height`` x ``width`` (0: any size), or "": the
+    loader's check (``jpeg_problem`` in loader/native/checks.h), the same markers and messages."""
+    data = memoryview(data)
+    if len(data) < 4 or bytes(data[:2]) != b"\xff\xd8":
+        return "is not a valid JPEG (not a JPEG (no SOI marker))"
+    if bytes(data[-2:]) != b"\xff\xd9":
+        return "is not a complete JPEG (no end-of-image marker)"
+    try:
+        h, w = jpeg_size(data)
+    except FormatError as e:
+        return f"is not a valid JPEG ({e})"
+    return f"is {w}x{h}, the video is {width}x{height}" if height and width and (h, w) != (height, width) else ""
+
 
 def jpeg_size(data) -> tuple[int, int]:
     """(height, width) from a JPEG's SOF marker, without decoding."""

@@ -165,24 +165,41 @@ def verify(shard) -> int:
         raise FormatError(f"{stored.path}: frame row {bad[0]} (video {video}, record "
                           f"{stored.videos['record'][video]}) is {table[bad[0]]}, the shard has "
                           f"{rows[bad[0]]} (at byte {rows[bad[0]]['offset']})")
+    _check_jpegs(shard, stored, table)
     return len(fresh.records)
+
+
+def _check_jpegs(shard, index: fmt.FrameIndex, rows: np.ndarray) -> None:
+    """Every frame a JPEG of its video's size, as the loader checks it before decoding."""
+    with storage.open_read(shard) as f:  # front to back: buffered ranged GETs for an object
+        for video, first in enumerate(index.frame_starts()):
+            v = {c: index.videos[c][video] for c in ("filename", "height", "width", "num_frames")}
+            for frame, row in enumerate(rows[first:first + v["num_frames"]]):
+                offset = int(row["offset"])
+                f.seek(offset)
+                problem = fmt.jpeg_problem(f.read(int(row["length"])), v["height"], v["width"])
+                if problem:
+                    raise FormatError(f"{shard}: video {v['filename']!r} frame {frame} at byte {offset}: {problem}")
 
 
 def expand(paths) -> list[Path | str]:
     """Shard paths from files, globs and folders (a folder means the ``*.tfrecord`` files in it),
     local or ``s3://``/``gs://`` URLs (kept as ``str``)."""
     out = []
-    for p in map(storage.check_path, paths):
+    for given in map(str, paths):  # named in errors as the user wrote it
+        p = storage.check_path(given)
         if storage.is_url(p):
             storage.check_bucket(p)
         if storage.isdir(p):
             found = storage.glob(p, f"*{fmt.SHARD_SUFFIX}")
         elif any(c in str(p) for c in "*?["):
             found = storage.glob_paths(p) if storage.is_url(p) else sorted(Path(x) for x in glob.glob(str(p)))
-        else:
+        elif storage.exists(p):
             found = [p]
+        else:
+            raise FileNotFoundError(f"{given}: no such file or folder")
         if not found:
-            raise FileNotFoundError(f"no TFRecord shards match {p!r}")
+            raise FileNotFoundError(f"no TFRecord shards match {given!r}")
         out.extend(found)
     return out
 

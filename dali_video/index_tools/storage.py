@@ -224,9 +224,10 @@ def write(path, data: bytes) -> None:
         f.write(data)
 
 
-def makedirs(folder) -> None:
-    """A local folder is created; a bucket prefix needs none, but its bucket must exist."""
-    if is_url(folder):
-        check_bucket(folder)
-    else:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+def remove(path) -> None:
+    """Delete a file or object."""
+    if not is_url(path):
+        Path(path).unlink()
+        return
+    with _request(path, "delete"):
+        _filesystem(path).rm_file(path)

@@ -3,6 +3,7 @@
   dali-video-write ROOT OUT                          ROOT/<class>/<video>
   dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
   dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+  dali-video-write --replace ROOT OUT                OUT holds another dataset: delete it (every split), write this
   dali-video-write --runner beam ROOT OUT [-- BEAM PIPELINE OPTIONS]
       the same, as an Apache Beam pipeline: by default --workers local processes; after "--",
       Beam's own options, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="a bad video: skip and report it (default) or stop")
     p.add_argument("--seed", type=int, default=0, help="seed of the video order in shards")
+    p.add_argument("--replace", action="store_true",
+                   help="OUT holds another dataset: delete its shards, indexes and manifests (every split) first")
     p.add_argument("--follow-symlinks", action="store_true", help="follow symlinks that leave ROOT")
     p.add_argument("--runner", choices=("local", "beam"), default="local",
                    help="local processes (default) or an Apache Beam pipeline (pip install 'dali-video[beam]')")
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
         manifests = write_dataset(specs, args.out, opts, input_failures=failures,
                                   shard_size_mb=args.shard_size, num_shards=args.num_shards,
                                   workers=args.workers, on_error=args.on_error, seed=args.seed,
-                                  progress=progress, runner=args.runner, beam_args=beam_args)
+                                  progress=progress, runner=args.runner, beam_args=beam_args, replace=args.replace)
         bar.close()
     except (InputError, WriteError, ValueError, OSError) as e:
         print(f"dali-video-write: error: {e}", file=sys.stderr)
@@ -100,6 +103,8 @@ def main(argv=None) -> int:
               f"{len(m['failures'])} skipped, {len(m['warnings'])} warnings")
         for f in m["failures"]:
             print(f"  skipped {f['filename']}: {f['reason']}")
+        for w in m["warnings"]:
+            print(f"  warning {w['filename']}: {w['reason']}")
     total_frames = sum(m["frames"] for m in manifests.values())
     total_videos = sum(m["videos"] for m in manifests.values())
     print(f"wrote {total_videos} videos, {total_frames} frames in {seconds:.1f} s "
