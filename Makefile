@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
-EXTRAS := test,beam$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+EXTRAS := test,beam,cloud$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
 .PHONY: setup native demo test bench gpu-check asan clean
 

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                       f"{sum(index.videos['num_frames'])} frames ({index.layout})")
             else:
                 print(f"{shard}: OK, {verify(shard)} records")
-    except (FormatError, OSError) as e:
+    except (FormatError, OSError, ValueError) as e:
         print(f"dali-video-index {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..index_tools import format as fmt
+
 from .config import ClipConfig, resolve
 from .gpu import usable_gpus
 from .resources import gpu_resources, pipeline_threads, usable_cores
@@ -125,7 +127,7 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec, *, shard
                                                             table.width, table.label)), videos], axis=1)
     reals = plan.floats()  # float32 values, as the Python reference plans with them
     return dict(
-        shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
+        shards=[fmt.shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
         shard_sizes=[int(table.shards[s].shard_size) for s in used],  # an object's is known: no HEAD request
         videos="\n".join(" ".join(map(str, row)) for row in columns.tolist()),
@@ -240,7 +242,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
         shard's split is read from its name: ``train.tfrecord``, ``train-*``, ``train_*``, ``*-train-*``,
-        the writer's ``train-00000-of-00008``; a folder of several splits needs ``split``). The files
+        the writer's ``train-00000-of-00008``; a folder of several splits needs ``split``), local or
+        ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` (README, Datasets in S3 and GCS). The files
         taken are logged (INFO).
     mixed_classes: read files that give a label different class texts (their index headers say which);
         by default that raises a ValueError naming the files and the label.

@@ -15,7 +15,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..index_tools.format import atomic_write
+from ..index_tools import format as fmt
+from ..index_tools import storage
 
 POSITION_FILE = "dali_video_position.json"
 
@@ -42,7 +43,7 @@ def read_position(directory) -> dict | None:
 
 def dataset_fingerprint(table) -> str:
     """A short hash of a video table's shards: their names and sizes (cheap: no shard is read)."""
-    shards = [(ix.path.with_suffix("").name, ix.path.with_suffix("").stat().st_size) for ix in table.shards]
+    shards = [(storage.name(fmt.shard_of(ix.path)), ix.shard_size) for ix in table.shards]  # sizes checked at load
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
 
 
@@ -114,7 +115,7 @@ class ClipPosition(_callback_base()):
                     "global_batch_size": self.global_batch_size, "model": model.name if model else None,
                     "run": self.run}
         if self.chief:
-            atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())
+            fmt.atomic_write(self.directory / POSITION_FILE, json.dumps(position).encode())
         for old in self.directory.glob("model-*.keras"):  # only after the position names the new one
             if old != model:
                 old.unlink()

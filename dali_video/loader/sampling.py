@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import math
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .config import MAX_INT, ClipConfig
 
@@ -54,20 +56,23 @@ def _describe_splits(groups: dict) -> str:
 
 
 def _names(shards) -> str:
-    names = [s.name for s in shards]
+    names = [storage.name(s) for s in shards]
     return ", ".join(names if len(names) <= 4 else [*names[:2], "...", *names[-1:]])
 
 
-def shard_files(files, split: str | None = None) -> list[Path]:
-    """Shards from a glob, a list of files, or a dataset folder; ``split`` keeps the shards of one split
-    (read from their names: :func:`dali_video.index_tools.format.split_of`). A folder holding several
-    splits needs ``split``."""
-    folder = isinstance(files, (str, Path)) and Path(files).is_dir()
-    found = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}")) if folder else \
-        expand([files] if isinstance(files, (str, Path)) else files)
+def shard_files(files, split: str | None = None) -> list[Path | str]:
+    """Shards from a glob, a list of files, or a dataset folder, local or ``s3://``/``gs://`` (a bucket
+    checked first); ``split`` keeps the shards of one split (read from their names:
+    :func:`dali_video.index_tools.format.split_of`). A folder holding several splits needs ``split``."""
+    path = storage.check_path(files) if isinstance(files, (str, Path)) else None
+    if path is not None and storage.is_url(path):
+        storage.check_bucket(path)
+    folder = path is not None and storage.isdir(path)
+    found = storage.glob(path, f"*{fmt.SHARD_SUFFIX}") if folder else \
+        expand([files] if path is not None else files)
     groups: dict = {}
     for shard in found:
-        groups.setdefault(fmt.split_of(shard.name), []).append(shard)
+        groups.setdefault(fmt.split_of(storage.name(shard)), []).append(shard)
     if split is None and folder and len(groups) > 1:
         raise SplitError(files, groups)
     shards = found if split is None else groups.get(split, [])
@@ -85,7 +90,7 @@ def _check_class_space(shards) -> None:
     by_label: dict = {}  # label -> (class text, shard of its first video)
     by_text: dict = {}  # class text -> (label, shard)
     for ix in shards:
-        shard = str(ix.path)[: -len(fmt.FIDX_SUFFIX)]
+        shard = fmt.shard_of(ix.path)
         for label, text in sorted(set(zip(ix.videos["label"], ix.videos["class_text"]))):
             if not text:
                 continue
@@ -101,26 +106,32 @@ def _check_class_space(shards) -> None:
                              f"(a folder or split each), or pass mixed_classes=True to read them together")
 
 
+def _shard_index(shard):
+    """The frame index header of one shard, checked against the shard and its .idx."""
+    for path in (idx_path(shard), fidx_path(shard)):
+        if not storage.exists(path):
+            raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
+                              f"dali-video-index build {shard}")
+    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
+    index = read_frame_index(fidx_path(shard))
+    check_fresh(shard, index)
+    records = fmt.read_idx(idx_path(shard))
+    if len(records) != index.num_records or any(
+            records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
+        raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
+                          f"({index.num_records} records): stale index; rebuild it with: "
+                          f"dali-video-index build {shard}")
+    return index
+
+
 def load_table(files, split: str | None = None, *, mixed_classes: bool = False) -> VideoTable:
     """Read the frame index headers of every shard, checking that no index is missing or stale and
-    (unless ``mixed_classes``) that every file gives each label the same class text."""
-    shards = []
-    for shard in shard_files(files, split):
-        for path in (idx_path(shard), fidx_path(shard)):
-            if not path.exists():
-                raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
-                                  f"dali-video-index build {shard}")
-        with open(shard, "rb") as f:
-            fmt.check_not_gzip(shard, f.read(2))
-        index = read_frame_index(fidx_path(shard))
-        check_fresh(shard, index)
-        records = fmt.read_idx(idx_path(shard))
-        if len(records) != index.num_records or any(
-                records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
-            raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
-                              f"({index.num_records} records): stale index; rebuild it with: "
-                              f"dali-video-index build {shard}")
-        shards.append(index)
+    (unless ``mixed_classes``) that every file gives each label the same class text.
+
+    Shards in a bucket are read 16 at a time (3 requests each after one listing), so start-up
+    waits for the store's latency once per 16 shards, not once per request."""
+    with ThreadPoolExecutor(16) as pool:
+        shards = list(pool.map(_shard_index, shard_files(files, split)))
     if not mixed_classes:
         _check_class_space(shards)
 

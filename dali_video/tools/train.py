@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     from ..loader.sampling import SplitError
 
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
-    p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
+    p.add_argument("--data", help="shard glob or dataset folder, local or s3://, gs:// (default: a small "
+                                  "sample dataset)")
     p.add_argument("--split", help="split of a dataset folder that holds several (train.tfrecord, train-*, "
                                    "train_*, *-train-*)")
     p.add_argument("--mixed-classes", action="store_true", help="read files whose labels name different classes "
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
     from ..loader.resume import ClipPosition, check_run, dataset_fingerprint, read_position
     from .sample_data import sample_dataset
     from ..loader.sampling import load_table
+    from ..index_tools import storage
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
@@ -128,9 +130,9 @@ def main(argv=None) -> int:
             table = loader.table
         num_classes = int(table.label.max()) + 1
         # What the clip position means: a restart must read the same clips (see resume.check_run).
-        run = {"data": os.path.abspath(data), "dataset": dataset_fingerprint(table), "split": args.split,
-               "recipe": args.recipe, "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size,
-               "seed": seed}
+        run = {"data": data if storage.is_url(data) else os.path.abspath(data),
+               "dataset": dataset_fingerprint(table), "split": args.split, "recipe": args.recipe,
+               "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size, "seed": seed}
         if position:
             check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)
     except SplitError as e:

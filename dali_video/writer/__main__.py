@@ -18,6 +18,8 @@ import time
 
 from tqdm import tqdm
 
+from ..index_tools import storage
+
 from .encode import EncodeOptions
 from .sources import InputError, from_csv, from_folder, from_kinetics
 from .write import WriteError, write_dataset
@@ -27,7 +29,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-write", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset folder (videos)")
-    p.add_argument("out", help="output folder for shards, indexes and manifests")
+    p.add_argument("out", help="output folder for shards, indexes and manifests "
+                   "(or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="CSV of path,label rows")
     src.add_argument("--kinetics", action="append", metavar="CSV",
@@ -57,6 +60,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
+        if storage.is_url(storage.check_path(args.root)):
+            raise InputError(f"{args.root}: the videos are read from a local folder (or one every Beam worker "
+                             f"mounts); only the output may be an s3:// or gs:// URL")
         opts = EncodeOptions(resize_shorter=args.resize, quality=args.quality, fps=args.fps,
                              max_frames=args.max_frames)
         classes = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..index_tools import FormatError, FrameIndex, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class SplitState:
     seed: int | None = None  # None: not recorded
 
 
-def complete_index(shard: Path) -> FrameIndex | None:
+def complete_index(shard: Path | str) -> FrameIndex | None:
     """The frame index of a complete shard (its index is there and fits it), else None."""
     try:
         index = read_frame_index(fmt.fidx_path(shard))
@@ -48,9 +49,9 @@ def split_of(name: str) -> str | None:
     return parsed[0] if parsed else None
 
 
-def _manifest(path: Path) -> dict:
+def _manifest(path: Path | str) -> dict:
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = json.loads(storage.read(path))
     except ValueError as e:
         raise FormatError(f"{path}: not a dali-video manifest ({e}); pass --replace (replace=True) to write "
                           f"the dataset anew, or write to another folder") from None
@@ -59,14 +60,15 @@ def _manifest(path: Path) -> dict:
     return manifest
 
 
-def read_folder(out: Path) -> dict[str, SplitState]:
-    """Every split that the writer's manifests and shards in ``out`` hold."""
+def read_folder(out: Path | str) -> dict[str, SplitState]:
+    """Every split that the writer's manifests and shards in ``out`` (a folder or a bucket prefix) hold."""
     manifests, shards = {}, collections.defaultdict(dict)
-    for path in sorted(out.iterdir()):
-        if path.name.endswith(fmt.MANIFEST_SUFFIX) and (split := split_of(path.name)):
+    for path in storage.glob(out, "*"):
+        name = storage.name(path)
+        if name.endswith(fmt.MANIFEST_SUFFIX) and (split := split_of(name)):
             manifests[split] = _manifest(path)
-        elif parsed := fmt.parse_shard_name(path.name):
-            shards[parsed[0]][path.name] = complete_index(path)
+        elif parsed := fmt.parse_shard_name(name):
+            shards[parsed[0]][name] = complete_index(path)
     states = {}
     for split in sorted(manifests.keys() | shards.keys()):
         manifest, indexes = manifests.get(split, {}), shards[split]
@@ -123,14 +125,14 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
     return lines
 
 
-def remove_dataset(out: Path) -> None:
+def remove_dataset(out: Path | str) -> None:
     """Delete every file of the writer in ``out``, and no other: the manifests first, then each shard's
     frame index (which marks it complete), its index and the shard, so that what is left at any
     moment reads as an unfinished run."""
     order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
-    names = sorted((p.name for p in out.iterdir() if split_of(p.name) is not None),
+    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if split_of(n) is not None),
                    key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))
     for name in names:
-        (out / name).unlink()
+        storage.remove(storage.join(out, name))
     if names:
         log.info("replacing the dataset in %s: removed %d files", out, len(names))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..index_tools import ShardIndex, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
 from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, split_of
@@ -140,8 +141,8 @@ def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
     return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
 
 
-def _shard_done(path: Path, digest: str) -> bool:
-    index = complete_index(path) if fmt.idx_path(path).exists() else None
+def _shard_done(path, digest: str) -> bool:
+    index = complete_index(path) if storage.exists(fmt.idx_path(path)) else None
     if index is None:
         return False
     if index.notes.get("plan") != digest:
@@ -197,42 +198,36 @@ class ShardResult:
     reused: bool = False  # complete before this run
 
 
-def _shard_result(path: Path, reused: bool = False) -> ShardResult:
+def _shard_result(path, reused: bool = False) -> ShardResult:
     ix = read_frame_index(fmt.fidx_path(path))
-    return ShardResult(file=path.name, videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
+    return ShardResult(file=storage.name(path), videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
                        num_frames=dict(zip(ix.videos["filename"], ix.videos["num_frames"])),
                        classes=dict(zip(ix.videos["label"], ix.videos["class_text"])),
                        failures=ix.notes.get("failures", []), warnings=ix.notes.get("warnings", []),
                        reused=reused)
 
 
-def _write_shard(path: Path, plan: ShardPlan, opts: EncodeOptions, digest: str, results, on_error: str,
+def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, results, on_error: str,
                  progress) -> None:
+    """The shard, then its .idx, then its .fidx, each appearing whole (renamed, or one upload)."""
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for spec in plan.videos:
-                result = next(results)
-                if isinstance(result, Failure):
-                    if on_error == "fail":
-                        raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
-                    log.warning("skipping %s: %s", spec.path, result.reason)
-                    failures.append({"filename": result.filename, "reason": result.reason})
-                    progress(0)
-                    continue
-                if result.warning:
-                    warnings.append({"filename": spec.filename, "reason": result.warning})
-                index.add(f.tell(), result.data, result.spans, result.meta)
-                f.write(fmt.encode_record(result.data))
-                progress(len(result.spans))
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.writing(path) as f:
+        for spec in plan.videos:
+            result = next(results)
+            if isinstance(result, Failure):
+                if on_error == "fail":
+                    raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
+                log.warning("skipping %s: %s", spec.path, result.reason)
+                failures.append({"filename": result.filename, "reason": result.reason})
+                progress(0)
+                continue
+            if result.warning:
+                warnings.append({"filename": spec.filename, "reason": result.warning})
+            index.add(f.tell(), result.data, result.spans, result.meta)
+            f.write(fmt.encode_record(result.data))
+            progress(len(result.spans))
+        size = f.tell()
     fmt.atomic_write(fmt.idx_path(path), index.idx_bytes())
     # The frame index goes last: its presence marks the shard complete.
     notes = {"plan": digest, "options": asdict(opts), "failures": failures, "warnings": warnings}
@@ -250,7 +245,7 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
     on a hostile file) becomes a reported failure instead of taking this process with it.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    path, digest = Path(out_dir) / shard.name, plan_digest(shard, opts)
+    path, digest = storage.join(out_dir, shard.name), plan_digest(shard, opts)
     if _shard_done(path, digest):
         return _shard_result(path, reused=True)
     tasks = [(spec, opts) for spec in shard.videos]
@@ -272,10 +267,16 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     WriteError naming each split and what differs (an option, a class id, the shard count, the
     seed, the videos). ``replace=True`` first deletes the dataset there: every shard, index and
     manifest of every split (and no other file). Creates the folder and removes the temp files of
-    a killed run. Paths become absolute, for workers that run elsewhere.
+    a killed run. For ``s3://``/``gs://`` output, the same holds of the objects under the prefix,
+    and the bucket is checked first (it must exist and be listable). Paths become absolute, for
+    workers that run elsewhere.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    out = Path(out_dir).absolute()
+    out = storage.check_path(out_dir)
+    if storage.is_url(out):
+        storage.check_bucket(out)
+    else:
+        out = out.absolute()
     input_failures = tuple(input_failures)
     if input_failures and on_error == "fail":
         raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason} "
@@ -289,18 +290,20 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
     shards = plan_shards(specs, counts, seed)
-    if out.is_dir() and replace:
+    there = storage.isdir(out)
+    if there and replace:
         remove_dataset(out)
-    elif out.is_dir() and shards:
+    elif there and shards:
         _check_folder(out, specs, shards, opts, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        if split_of(stale.name) is not None:
-            stale.unlink()
+    if not storage.is_url(out):  # an upload leaves no partial object behind; a local write its temp file
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):
+            if split_of(stale.name) is not None:
+                stale.unlink()
     return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
 
 
-def _check_folder(out: Path, specs, shards, opts: EncodeOptions, seed: int) -> None:
+def _check_folder(out: Path | str, specs, shards, opts: EncodeOptions, seed: int) -> None:
     """Refuse to write ``shards`` into a folder that holds another dataset."""
     new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split},
                              {p.name: plan_digest(p, opts) for p in shards if p.split == split}, seed)
@@ -344,9 +347,9 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
 
 def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     """The shards in this process, the videos encoded by a pool of ``workers`` processes."""
-    out = Path(plan.out_dir)
+    paths = {p.name: storage.join(plan.out_dir, p.name) for p in plan.shards}
     digests = {p.name: plan_digest(p, plan.opts) for p in plan.shards}
-    done = {p.name for p in plan.shards if _shard_done(out / p.name, digests[p.name])}
+    done = {p.name for p in plan.shards if _shard_done(paths[p.name], digests[p.name])}
     if done:
         log.info("resuming: %d of %d shards already complete", len(done), len(plan.shards))
     todo = [p for p in plan.shards if p.name not in done]
@@ -356,11 +359,11 @@ def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
         for p in todo:
-            _write_shard(out / p.name, p, plan.opts, digests[p.name], encoded, plan.on_error,
+            _write_shard(paths[p.name], p, plan.opts, digests[p.name], encoded, plan.on_error,
                          lambda frames: tick(1, frames))
     finally:
         encoded.close()
-    return [_shard_result(out / p.name, reused=p.name in done) for p in plan.shards]
+    return [_shard_result(paths[p.name], reused=p.name in done) for p in plan.shards]
 
 
 def write_manifests(plan: DatasetPlan, results) -> dict:
@@ -373,13 +376,13 @@ def write_manifests(plan: DatasetPlan, results) -> dict:
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
                          f"write every shard before the manifests")
-    return {split: _write_manifest(Path(plan.out_dir), split, [p for p in plan.shards if p.split == split],
+    return {split: _write_manifest(plan.out_dir, split, [p for p in plan.shards if p.split == split],
                                    [by_file[p.name] for p in plan.shards if p.split == split], plan,
                                    [f for f in plan.input_failures if f.split in ("", split)])
             for split in plan.splits}
 
 
-def _write_manifest(out: Path, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
+def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
     warnings, classes = [], {}
     for r in results:

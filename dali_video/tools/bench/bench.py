@@ -45,6 +45,7 @@ import numpy as np
 
 from ...index_tools import fidx_path, read_frame_index
 from ...index_tools import format as fmt
+from ...index_tools import storage
 from ...index_tools.proto import walk
 from ...loader.config import ClipConfig
 from ...loader.sampling import load_table, shard_files, usable_videos
@@ -68,6 +69,8 @@ def _evict(files) -> None:
     """Drop the files from the page cache, as if read from cold storage."""
     os.sync()
     for f in files:
+        if storage.is_url(f):  # an object in a bucket: nothing of it is in this machine's cache
+            continue
         fd = os.open(f, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -437,7 +440,8 @@ def grow(data, factor: int, into: Path) -> Path:
 def _shards(data, split, clip: ClipConfig) -> list[str]:
     """The shards the bench reads from ``data``, checked as the loader checks them at start-up (indexes
     present and fresh, one split, every usable frame large enough for the crop)."""
-    if not any(c in str(data) for c in "*?[") and not Path(data).exists():
+    path = storage.check_path(data)  # a bucket's prefix is checked by shard_files
+    if not storage.is_url(path) and not any(c in str(data) for c in "*?[") and not path.exists():
         raise FileNotFoundError(f"{data} does not exist")
     shards = [str(s) for s in shard_files(data, split)]
     usable_videos(load_table(shards), clip)
