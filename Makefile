@@ -4,9 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The one pin of DALI's TF plugin lives in pyproject.toml; it is built against the installed TF.
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
+# setup.py needs a newer setuptools than venv brings; the editable install builds without isolation
+# (an isolated build would first download DALI and TensorFlow, the wheel's build requirements).
+SETUPTOOLS := $(shell grep -o '"setuptools==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
-EXTRAS := test,beam,cloud$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+EXTRAS := test,beam,cloud,docs$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
 .PHONY: setup native demo test bench gpu-check asan clean
 
@@ -18,7 +21,8 @@ native: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --disable-pip-version-check "$(SETUPTOOLS)"
+	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation -e ".[$(EXTRAS)]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation "$(TF_PLUGIN)"
 	touch $(STAMP)
 
@@ -46,4 +50,4 @@ asan: setup
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/loader/native/_build
+	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/loader/native/_build build dist site

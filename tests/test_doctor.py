@@ -33,7 +33,7 @@ def test_doctor_runs_on_this_host_and_reports_everything(tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == CHECKS and report["ok"] and all(c["ok"] and not c["fix"] for c in checks.values())
     versions = report["host"]["versions"]
-    assert all(versions[k] for k in ("python", "tensorflow", "dali", "nvimgcodec"))
+    assert all(versions[k] for k in ("dali_video", "python", "tensorflow", "dali", "nvimgcodec"))
     assert {"driver", "tensorflow_gpus", "tensorflow_build", "loaded_cuda_libraries", "env"} <= set(report["host"])
     assert report["host"]["tensorflow_build"]["cuda_version"]
     assert "CPU: 2 clips of 8 frames, frame numbers consecutive" in checks["decode"]["detail"]

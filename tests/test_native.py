@@ -180,13 +180,6 @@ def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypat
         monkeypatch.undo()
 
 
-def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(native, "_loaded", None)
-    monkeypatch.setattr(native, "library_path", lambda sanitize=None: tmp_path / "libnone.so")
-    with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.loader.native"):
-        native.load()
-
-
 @pytest.mark.parametrize("rows, names", [("0 0 5 48 64 1", "a"), ("0 0 5 48 64 1 0 junk", "a"),
                                            ("7 0 5 48 64 1 0", "a"), ("0 0 5 48 64 1 0", "a\nb"), ("", "")])
 def test_malformed_reader_arguments_fail_cleanly(pristine, rows, names):

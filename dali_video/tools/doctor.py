@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..loader.gpu import enable_memory_growth, quiet_tensorflow
 from .sample_data import frame_number, make_folder_dataset
 
@@ -73,7 +74,7 @@ def _versions() -> dict:
     def starting(prefix):  # DALI's distribution names carry the CUDA flavour (nvidia-dali-cuda120)
         return next((d.version for d in metadata.distributions()
                      if (d.metadata["Name"] or "").lower().startswith(prefix)), None)
-    return {"python": platform.python_version(), "tensorflow": _installed("tensorflow"),
+    return {"dali_video": __version__, "python": platform.python_version(), "tensorflow": _installed("tensorflow"),
             "dali": starting("nvidia-dali-cuda"), "dali_tf_plugin": starting("nvidia-dali-tf-plugin"),
             "nvimgcodec": starting("nvidia-nvimgcodec")}
 
