@@ -4,11 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The one pin of DALI's TF plugin lives in pyproject.toml; it is built against the installed TF.
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
+# setup.py needs a newer setuptools than venv brings; the editable install builds without isolation
+# (an isolated build would first download DALI and TensorFlow, the wheel's build requirements).
+SETUPTOOLS := $(shell grep -o '"setuptools==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
-EXTRAS := test,beam$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+EXTRAS := test,beam,cloud,docs$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
-.PHONY: setup native demo test bench asan clean
+.PHONY: setup native demo test bench gpu-check asan clean
 
 setup: $(STAMP) native
 
@@ -18,7 +21,8 @@ native: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --disable-pip-version-check "$(SETUPTOOLS)"
+	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation -e ".[$(EXTRAS)]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation "$(TF_PLUGIN)"
 	touch $(STAMP)
 
@@ -32,6 +36,11 @@ bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
 
+# On a GPU host: the doctor, the GPU tests (DALI_VIDEO_REQUIRE_GPU=1) and a 60 s GPU read of the sample
+# data, in one report, gpu-check.json, to send back (README, GPU hosts). Under 10 minutes after setup.
+gpu-check: setup
+	$(BIN)/python -m dali_video.tools.gpu_check --out gpu-check.json
+
 # The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
 # TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).
 asan: setup
@@ -41,4 +50,4 @@ asan: setup
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/loader/native/_build
+	rm -rf $(VENV) *.egg-info .pytest_cache dali_video/loader/native/_build build dist site

@@ -5,13 +5,30 @@ names are re-exported here); ``dali_video.writer`` writes datasets and ``dali_vi
 the on-disk format (both usable alone); ``dali_video.tools`` holds the command-line tools (train,
 bench, doctor) around them.
 """
+from importlib import metadata
+
 from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
 from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
                              reader_dataset, steps_per_epoch)
+from .loader.errors import ReaderError, reader_errors
+from .loader.evaluation import VideoAverages, average_per_video
 from .loader.gpu import enable_memory_growth
+from .loader.resources import gpu_resources, usable_cores
 from .loader.sampling import Mixture, load_table
 
-__version__ = "0.1.0"
-__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "Mixture", "clip_dataset",
-           "clip_pipeline", "distribute", "enable_memory_growth", "load_table", "meta_fields", 
-           "reader_dataset", "recipe", "steps_per_epoch"]
+try:  # the one version is pyproject.toml's, as installed (pip install, or make setup's editable install)
+    __version__ = metadata.version("dali-video")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+__all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "InputMonitor", "Mixture",
+           "ReaderError", "VideoAverages", "average_per_video", "clip_dataset", "clip_pipeline", "distribute",
+           "enable_memory_growth", "gpu_resources", "load_table", "meta_fields", "reader_dataset", "reader_errors",
+           "recipe", "steps_per_epoch", "usable_cores"]
+
+
+def __getattr__(name):
+    if name == "InputMonitor":  # a Keras callback: TensorFlow is imported only when it is asked for
+        from .loader.monitor import InputMonitor
+
+        return InputMonitor
+    raise AttributeError(f"module 'dali_video' has no attribute {name!r}")

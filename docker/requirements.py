@@ -1,10 +1,13 @@
-"""requirements.py PYPROJECT [plugin]: print the pins the image installs, one a line, from
+"""requirements.py PYPROJECT [plugin|build]: print the pins the image installs, one a line, from
 pyproject.toml (the one list of versions): the dependencies and the `cuda` extra, or with `plugin`
-DALI's TF plugin, which is built against the installed TensorFlow. The image's build and its test
+DALI's TF plugin, which is built against the installed TensorFlow, or with `build` what building
+the package needs (setup.py compiles the native reader). The image's build and its test
 (tests/test_docker_and_cli.py) both use this."""
 import sys
 import tomllib
 
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+pyproject = tomllib.load(open(sys.argv[1], "rb"))
+project = pyproject["project"]
 extras = project["optional-dependencies"]
-print("\n".join(extras["tf-plugin"] if sys.argv[2:] == ["plugin"] else project["dependencies"] + extras["cuda"]))
+lists = {"plugin": extras["tf-plugin"], "build": pyproject["build-system"]["requires"]}
+print("\n".join(lists[sys.argv[2]] if sys.argv[2:] else project["dependencies"] + extras["cuda"]))

@@ -53,3 +53,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+from .storage import bucket, gcs, gcs_server, moto_server, s3  # noqa: E402,F401  (fixtures)

@@ -46,7 +46,8 @@ def test_beam_with_two_workers_writes_the_local_bytes_and_reports_the_bad_video(
     _assert_same_files(tmp_path, local)
     manifest = json.loads((tmp_path / "train.manifest.json").read_text())
     assert [f["filename"] for f in manifest["failures"]] == ["a/a_bad.mp4"]
-    assert "cannot open" in manifest["failures"][0]["reason"] and "skipped a/a_bad.mp4: cannot open" in proc.stdout
+    assert manifest["failures"][0]["reason"].startswith("not a video: text, not a video container (")
+    assert "skipped a/a_bad.mp4: not a video: text" in proc.stdout
     assert manifest["videos"] == 12 and len(manifest["shards"]) == 6
     assert "beam metrics: frames_written=%d, shards_written=6, videos_skipped=1, videos_written=12" \
         % manifest["frames"] in proc.stderr
@@ -76,7 +77,8 @@ def test_beam_on_error_fail_stops_with_the_videos_error(videos, tmp_path):
     proc = run_module("dali_video.writer", videos, tmp_path, *OPTIONS, *BEAM, "--on-error", "fail", check=False)
     assert proc.returncode == 1
     assert "dali-video-write: error: the Beam pipeline failed: " in proc.stderr
-    assert "a_bad.mp4: cannot open: unreadable or not a video (pass --on-error skip" in proc.stderr.splitlines()[-1]
+    assert "a_bad.mp4: not a video: text, not a video container (" in proc.stderr.splitlines()[-1]
+    assert "(pass --on-error skip to skip such videos)" in proc.stderr.splitlines()[-1]
     assert not (tmp_path / "train.manifest.json").exists()
 
 

@@ -114,6 +114,7 @@ def test_entrypoint_trains_when_run_directly(dataset):
                       "2", "--batch-size", "2", "--clip-len", "4", "--crop-size", "32")
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["epoch"] == 1 and line["clips_per_s"] > 0 and 0 <= line["accuracy"] <= 1
+    assert 0 <= line["input_wait"] <= 1  # printed per epoch (InputMonitor)
 
 
 @pytest.mark.parametrize("recipe,shape", [("slowfast", "32x224x224"), ("mvit", "16x224x224"),
@@ -133,8 +134,11 @@ def test_train_reports_bad_data_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
-    proc = run_module("dali_video.tools.bench", dataset, "--out", tmp_path, "--quick", "--batches", "2", "--crop-size",
-                      "32", "--batch-size", "2", "--clip-len", "8")
+    from .test_bench import train_and_val
+
+    data = train_and_val(dataset, tmp_path / "data")  # a normal train + val folder: --split picks one
+    proc = run_module("dali_video.tools.bench", data, "--split", "train", "--out", tmp_path, "--quick", "--batches",
+                      "2", "--crop-size", "32", "--batch-size", "2", "--clip-len", "8")
     results = json.loads((tmp_path / "bench.json").read_text())
     assert set(results["systems"]) == {"dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord",
                                        "decode_bound",
@@ -152,4 +156,4 @@ def test_bench_quick_writes_results_for_every_system(dataset, tmp_path):
         assert r["clips_per_s"] > 0 and r["bound_frames_per_s"] > 0 and r["vs_bound"] > 0, r
         assert f"recipe {name}" in proc.stdout
     assert (tmp_path / "bench.png").stat().st_size > 1000
-    assert "dali_video" in proc.stdout and "T sweep" in proc.stdout
+    assert "dali_video" in proc.stdout and "T sweep" in proc.stdout and "Columns: clips/s" in proc.stdout

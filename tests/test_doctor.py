@@ -1,6 +1,8 @@
 """dali-video-doctor on this host, and each of its checks failing when its condition is broken
 (simulated by replacing the facts the checks read), and memory growth in the CLI."""
 import json
+import re
+from functools import partial
 
 import pytest
 
@@ -13,7 +15,7 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "cc": "9.0"}
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "cc": "8.0"}
 T4 = {"name": "Tesla T4", "cc": "7.5"}
 CHECKS = {"versions", "gpus", "driver", "cuda-packages", "cudnn", "xla", "memory-growth", "video-capability",
-          "hw-jpeg", "decode", "placement", "rate"}
+          "hw-jpeg", "resources", "decode", "placement", "rate"}
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_doctor_runs_on_this_host_and_reports_everything(tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == CHECKS and report["ok"] and all(c["ok"] and not c["fix"] for c in checks.values())
     versions = report["host"]["versions"]
-    assert all(versions[k] for k in ("python", "tensorflow", "dali", "nvimgcodec"))
+    assert all(versions[k] for k in ("dali_video", "python", "tensorflow", "dali", "nvimgcodec"))
     assert {"driver", "tensorflow_gpus", "tensorflow_build", "loaded_cuda_libraries", "env"} <= set(report["host"])
     assert report["host"]["tensorflow_build"]["cuda_version"]
     assert "CPU: 2 clips of 8 frames, frame numbers consecutive" in checks["decode"]["detail"]
@@ -57,7 +59,7 @@ def test_without_a_gpu_every_host_check_passes(monkeypatch, gpus):
     monkeypatch.setattr(doctor, "_driver", lambda: (None, []))
     gpus()
     for check in (doctor.check_gpus, doctor.check_driver, doctor.check_cudnn, doctor.check_xla_tools,
-                  doctor.check_memory_growth, doctor.check_container_video, doctor.check_hw_jpeg):
+                  doctor.check_memory_growth, doctor.check_container_video, partial(doctor.check_hw_jpeg, None)):
         name, ok, detail, fix = check()
         assert ok and not fix, (name, detail)
 
@@ -149,12 +151,32 @@ def test_missing_ptxas_fails(monkeypatch, gpus):
     assert not ok and detail.startswith("no ptxas:") and "jit_compile=False" in fix
 
 
-@pytest.mark.parametrize("gpu_seen, status, ok", [(H100, 0, True), (H100, 7, False), (T4, 7, True)])
-def test_hardware_jpeg_decoder_missing_where_the_gpu_has_one_fails(monkeypatch, gpus, gpu_seen, status, ok):
-    gpus(gpu_seen)
-    monkeypatch.setattr(doctor, "_nvjpeg_hw_status", lambda: status)
-    name, passed, detail, fix = doctor.check_hw_jpeg()
+USED = ["[nvjpeg_hw_decoder] decode batch of 16 images"]
+UNUSED = ["[nvjpeg_hw_decoder] nvjpegGetHardwareDecoderInfo reported zero HW engines"]
+
+
+@pytest.mark.parametrize("seen, status, log, ok", [
+    ((H100, H100), (0, 0), USED, True), ((H100, H100), (0, 7), USED, False),  # every GPU checked, not only 0
+    ((H100,), (0,), UNUSED, False), ((H100,), (0,), [], False),  # usable, yet DALI did not use it
+    ((T4,), (7,), [], True)])
+def test_hardware_jpeg_decoder_missing_or_unused_where_the_gpu_has_one_fails(monkeypatch, gpus, seen, status, log,
+                                                                            ok):
+    gpus(*seen)
+    monkeypatch.setattr(doctor, "_nvjpeg_hw_status_on", lambda index: status[index])
+    monkeypatch.setattr(doctor, "_hw_decoder_log", lambda data, index: log)
+    name, passed, detail, fix = doctor.check_hw_jpeg(None)
     assert passed == ok and ("video" in fix) == (not ok)
+    assert [int(i) for i in re.findall(r"GPU (\d) \(", detail)] == list(range(len(seen)))
+
+
+def test_resources_at_the_users_clip_length_and_frame_size(monkeypatch, gpus):
+    gpus(*[H100] * 8)
+    monkeypatch.setattr("dali_video.loader.resources.usable_cores", lambda: 224)
+    name, ok, detail, fix = doctor.check_resources(64, (256, 340), 8)
+    assert ok and "T=64, 256x340 frames, batch 8, 8 pipeline(s) on 224 usable cores" in detail
+    assert "num_threads 28, 60 threads" in detail
+    name, ok, detail, fix = doctor.check_resources(64, (1080, 1920), 32)
+    assert not ok and "--batch-size" in fix
 
 
 def test_has_sass_follows_binary_compatibility():

@@ -119,9 +119,11 @@ class _FakeCapture:
         pass
 
 
-def test_resolution_change_mid_stream(monkeypatch):
+def test_resolution_change_mid_stream(monkeypatch, tmp_path):
     monkeypatch.setattr("dali_video.writer.encode.cv2.VideoCapture", _FakeCapture)
-    spec = VideoSpec("x.avi", "x.avi", 0, "c", "train")
+    path = tmp_path / "x.avi"  # an AVI container's first bytes: the writer takes only containers
+    path.write_bytes(b"RIFF" + (1000).to_bytes(4, "little") + b"AVI LIST" + bytes(100))
+    spec = VideoSpec(str(path), "x.avi", 0, "c", "train")
     out = encode_video(spec, EncodeOptions(resize_shorter=20))
     assert (out.meta.height, out.meta.width) == (20, 30) and len(out.spans) == 5
     with pytest.raises(VideoError, match="frame 3 is 120x80, earlier frames 60x40; pass a resize size"):

@@ -237,7 +237,7 @@ def test_corrupt_frame_names_shard_video_and_frame(dataset_copy):
 def test_arguments_are_validated_with_allowed_values(dataset):
     cases = [(dict(clip_len=0), r"clip_len must be an integer in \[1, 65535\], got 0"),
              (dict(stride=-1), r"stride must be an integer in \[1, 65535\]"),
-             (dict(device="tpu"), r"device must be one of \('gpu', 'cpu'\)"),
+             (dict(device="tpu"), r"device must be one of \('auto', 'gpu', 'cpu'\)"),
              (dict(dtype="int7"), "dtype must be one of"),
              (dict(short_videos="pad"), "short_videos must be one of"),
              (dict(crop_size=100), "smaller than crop_size \\(100\\); pass resize_shorter"),
@@ -363,7 +363,7 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
     import dali_video.loader.dataset as module
 
     made = []
-    monkeypatch.setattr(module, "clip_dataset", lambda files, **kw: made.append(kw) or kw)
+    monkeypatch.setattr(module, "clip_dataset", lambda files, **kw: made.append(kw) or tf.data.Dataset.range(1))
 
     class Strategy:  # MirroredStrategy(["/gpu:2", "/gpu:3"]) as far as distribute() looks
         num_replicas_in_sync = 2
@@ -376,14 +376,18 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
             def _in_multi_worker_mode():
                 return False
 
-        def distribute_datasets_from_function(self, fn, options):
+        def distribute_datasets_from_function(self, fn, options=None):
             return [fn(tf.distribute.InputContext(2, r, 2)) for r in range(2)]
 
     dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1)
     assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"]) for k in made] == [(2, 0, 2, 4), (3, 1, 2, 4)]
-    with pytest.raises(ValueError, match="takes one replica per worker, this one has 2: run one worker process per"):
-        dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1, per_worker=True)
-    assert made[0]["num_threads"] == max(1, os.cpu_count() // 2) and made[0]["seed"] == made[1]["seed"] == 1
+    assert made[0]["num_threads"] == max(1, dali_video.usable_cores() // 2) and made[0]["seed"] == made[1]["seed"] == 1
+    # One worker process per host driving both GPUs, two such workers: replica 2w+i on GPU i of worker w.
+    made.clear()
+    monkeypatch.setattr(module, "usable_gpus", lambda: (2, ""))  # as on a host with two GPUs
+    dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1, per_worker=True)
+    assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"], k["host_output"]) for k in made] == [
+        (2, 0, 4, 2, True), (3, 1, 4, 2, True), (2, 2, 4, 2, True), (3, 3, 4, 2, True)]
 
 
 def test_videos_without_a_frame_size_are_skipped_not_divided_by(dataset, caplog):

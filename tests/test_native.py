@@ -25,9 +25,9 @@ def native_plan(plan: PlanSpec, videos, position: int, with_frames: bool = False
     spec = (ctypes.c_int64 * len(ints))(*ints)
     rows = [(*v[:3], int(np.float64(v[3] if len(v) > 3 else 0.0).view(np.int64))) for v in videos]
     flat = (ctypes.c_int64 * (4 * len(videos)))(*[x for v in rows for x in v])
-    out, frames = (ctypes.c_int64 * 14)(), (ctypes.c_int64 * plan.config.clip_len)()
+    out, frames = (ctypes.c_int64 * 15)(), (ctypes.c_int64 * plan.config.clip_len)()
     plan_c(spec, flat, len(videos), position, out, frames)
-    fields = list(out[:8]) + list(np.array(out[8:12], np.int64).view(np.float64))
+    fields = list(out[:9]) + list(np.array(out[9:13], np.int64).view(np.float64))
     return (fields, list(frames)) if with_frames else fields
 
 
@@ -64,7 +64,7 @@ def plans(draw):
                         target_fps=draw(st.sampled_from([None, 30.0, 15.0, 29.97])) if sampling == "stride" else None,
                         test_views=draw(st.sampled_from(["default", "slowfast", "slowfast_offset", "mmaction"])))
     plan = PlanSpec(config if training else config.evaluation(), seed=draw(st.integers(0, 2**63 - 1)),
-                    training=training)
+                    training=training, global_batch=draw(st.integers(0, 300)))
     return plan, videos, draw(st.integers(0, 2**40))
 
 
@@ -75,7 +75,7 @@ def test_native_plan_equals_the_python_reference(case):
     num_frames, heights, widths, fps = zip(*videos)
     ref = plan_clip(plan, num_frames, heights, widths, position, fps)
     fields, frames = native_plan(plan, videos, position, with_frames=True)
-    assert fields == [ref.video, ref.start, ref.stride, *ref.window[:4], ref.window[4], *ref.color]
+    assert fields == [ref.video, ref.start, ref.stride, *ref.window[:4], ref.window[4], ref.padding, *ref.color]
     assert frames == ref.frames.tolist()
     n, height, width, _ = videos[ref.video]
     assert all(0 <= f < n for f in frames)
@@ -185,20 +185,13 @@ def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_p
 def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
     built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
-    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h"}
+    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h", "storage.h"}
     for i, source in enumerate(native.SOURCES):  # a changed source or header needs a new build
         copy = tmp_path / source.name
         copy.write_text(source.read_text() + "\n// changed\n")
         monkeypatch.setattr(native, "SOURCES", (*native.SOURCES[:i], copy, *native.SOURCES[i + 1:]))
         assert native.library_path(native._sanitize()) != built, source.name
         monkeypatch.undo()
-
-
-def test_a_missing_library_names_the_command_that_builds_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(native, "_loaded", None)
-    monkeypatch.setattr(native, "library_path", lambda sanitize=None: tmp_path / "libnone.so")
-    with pytest.raises(RuntimeError, match=r"native reader is not built .* build it with: .*-m dali_video.loader.native"):
-        native.load()
 
 
 @pytest.mark.parametrize("rows, names", [("0 0 5 48 64 1", "a"), ("0 0 5 48 64 1 0 junk", "a"),

@@ -42,7 +42,7 @@ def native_plans(config: ClipConfig, video, count: int, seed: int = 3, training:
     (video, start, stride, y, x, h, w, flip) and the colour factors."""
     plan = PlanSpec(config, seed=seed, training=training)
     rows = np.array([native_plan(plan, [video], position) for position in range(count)])
-    return rows[:, :8].astype(np.int64), rows[:, 8:]
+    return rows[:, :8].astype(np.int64), rows[:, 9:]  # column 8: padding
 
 
 def test_random_resized_crop_windows_fall_in_and_cover_the_ranges():
@@ -172,7 +172,7 @@ def reference_frame(table, meta_row, crop: int, resizes: bool) -> np.ndarray:
     image = _stored_frame(table, int(meta_row[col["video"]]), int(meta_row[col["frame"]]))[y:y + h, x:x + w]
     if resizes:
         image = cv2.resize(image, (crop, crop), interpolation=cv2.INTER_LINEAR if h < crop else cv2.INTER_AREA)
-    color = meta_row[col["brightness"]:].astype(np.int32).view(np.float32)
+    color = meta_row[col["brightness"]:col["hue"] + 1].astype(np.int32).view(np.float32)
     image = color_twist_reference(image, *color)
     return image[:, ::-1] if meta_row[col["flip"]] else image
 
@@ -226,7 +226,7 @@ def test_the_pixel_check_sees_a_shifted_window_a_missed_flip_or_colour(gradients
         x, w = row[col("crop_x")], row[col("crop_w")]
         shifted[col("crop_x")] = x + 2 if x + w + 2 <= 128 else x - 2  # 2 pixels sideways
         flipped[col("flip")] = 1 - row[col("flip")]
-        plain[col("brightness"):] = np.array([1, 1, 1, 0], np.float32).view(np.int32)
+        plain[col("brightness"):col("hue") + 1] = np.array([1, 1, 1, 0], np.float32).view(np.int32)
         for wrong in (shifted, flipped, plain):
             assert error(image, reference_frame(p.table, wrong, 48, True)) > TOLERANCE
 
@@ -248,4 +248,5 @@ def test_the_reader_reads_what_the_reference_plans(gradients, options):
                 assert row[col("video")] == v[ref.video] and row[col("frame")] == ref.frames[0]
                 assert list(row[col("crop_y"):col("flip") + 1]) == list(ref.window)
                 assert row[col("stride")] == ref.stride
-                assert list(row[col("brightness"):]) == list(np.array(ref.color, np.float32).view(np.int32))
+                assert list(row[col("brightness"):col("hue") + 1]) == list(np.array(ref.color, np.float32).view(np.int32))
+                assert row[col("padding")] == ref.padding

@@ -536,7 +536,7 @@ def test_malformed_mixture_arguments_fail_cleanly(dataset, damage):
 
     mixture = Mixture([(dataset, ClipConfig(clip_len=2, crop_size=16), 1)] * 2)
     plan, table, videos = _select(mixture, _configs(mixture, None, True, {}), training=True, split=None, shard_id=0,
-                                  num_shards=1, seed=0)
+                                  num_shards=1, seed=0, global_batch=0)
     reader = {**_reader_args(table, videos, plan, shard_id=0, num_shards=1, initial_clip=0, on_corrupt="raise"),
               **damage}
     with pytest.raises(RuntimeError, match="dali-video clip reader: "):

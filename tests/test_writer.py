@@ -130,12 +130,15 @@ def test_csv_paths_may_not_escape_the_root(tmp_path):
     assert reasons == {"../outside.avi"}
 
 
-def test_rerun_with_other_options_rewrites_and_other_shard_count_is_refused(videos, tmp_path):
+def test_rerun_with_other_options_is_refused_and_replace_rewrites(videos, tmp_path):
     run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2")
     first = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
-    run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50")
+    proc = run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50",
+                      check=False)
+    assert proc.returncode == 1 and "train: quality was 90, now 50\npass --replace" in proc.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")} == first
+    run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "2", "--quality", "50",
+               "--replace")
     second = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
     assert first.keys() == second.keys() and all(first[k] != second[k] for k in first)
     assert all(verify(s) for s in tmp_path.glob("*.tfrecord"))
-    proc = run_module("dali_video.writer", videos, tmp_path, "--resize", "0", "--num-shards", "3", check=False)
-    assert proc.returncode == 1 and "holds shards of another plan (train-00000-of-00002.tfrecord" in proc.stderr

@@ -22,12 +22,13 @@ import json
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import crc32c as _crc32c
 import numpy as np
+
+from . import storage
 
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)  # version 1: no fps column (read as 0.0, unknown)
@@ -62,6 +63,7 @@ _HEADER_KEYS = ("version", "shard_size", "num_records", "layout", "frames_key", 
                 "num_frame_rows", "frame_table_crc", "videos")
 VIDEO_COLUMNS = ("record", "record_offset", "record_length", "num_frames", "height", "width",
                  "label", "filename", "class_text", "fps")
+_HEAD_READ = 1 << 16  # bytes of a frame index read first: its header, in one request mostly
 MAX_RECORD_BYTES = 1 << 34  # 16 GiB: a larger length field is corruption, never an allocation
 
 
@@ -89,36 +91,39 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
     return (m["split"], int(m["index"]), int(m["count"])) if m else None
 
 
-def idx_path(shard) -> Path:
-    return Path(str(shard) + IDX_SUFFIX)
+# Words that name a split in shard names other tools write (the writer's own names carry any split).
+SPLIT_WORDS = ("train", "training", "val", "valid", "validation", "eval", "test", "testing", "dev")
 
 
-def fidx_path(shard) -> Path:
-    return Path(str(shard) + FIDX_SUFFIX)
+def split_of(name: str) -> str | None:
+    """The split a shard's file name names, or None: the writer's ``SPLIT-00000-of-00008.tfrecord``,
+    else the first word of the name (words split at ``-``, ``_`` and ``.``) in :data:`SPLIT_WORDS`:
+    ``train.tfrecord``, ``train-3.tfrecord``, ``train_003.tfrecord``, ``kinetics-train-00001.tfrecord``."""
+    if parsed := parse_shard_name(name):
+        return parsed[0]
+    stem = name[: -len(SHARD_SUFFIX)] if name.endswith(SHARD_SUFFIX) else name
+    return next((w for w in re.split(r"[-_.]", stem) if w.lower() in SPLIT_WORDS), None)
 
 
-def manifest_path(folder, split: str) -> Path:
-    return Path(folder) / f"{split}{MANIFEST_SUFFIX}"
+def idx_path(shard) -> Path | str:
+    return storage.check_path(str(shard) + IDX_SUFFIX)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def fidx_path(shard) -> Path | str:
+    return storage.check_path(str(shard) + FIDX_SUFFIX)
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that the file appears only complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def shard_of(fidx) -> str:
+    """The shard of a frame index path (``NAME.tfrecord.fidx`` -> ``NAME.tfrecord``)."""
+    s = str(fidx)
+    return s[: -len(FIDX_SUFFIX)] if s.endswith(FIDX_SUFFIX) else s
+
+
+def manifest_path(folder, split: str) -> Path | str:
+    return storage.join(folder, f"{split}{MANIFEST_SUFFIX}")
+
+
+atomic_write = storage.write  # the file or object appears only complete
 
 
 # ---------------------------------------------------------------- TFRecord framing
@@ -133,9 +138,10 @@ RECORD_OVERHEAD = 16  # u64 length, u32 length CRC, ..., u32 data CRC
 
 def check_not_gzip(path, head: bytes) -> None:
     if head[:2] == b"\x1f\x8b":
+        name = storage.name(path)
         raise FormatError(f"{path}: the file is GZIP-compressed; DALI and dali-video read only "
-                          f"uncompressed TFRecords. Decompress it (gunzip -c {Path(path).name} > "
-                          f"{Path(path).stem}.tfrecord) and index that.")
+                          f"uncompressed TFRecords. Decompress it (gunzip -c {name} > "
+                          f"{name.rsplit('.', 1)[0]}.tfrecord) and index that.")
 
 
 def scan_records(path, *, check_data_crc: bool = True):
@@ -143,8 +149,8 @@ def scan_records(path, *, check_data_crc: bool = True):
 
     Raises FormatError naming the file, the record number and the byte offset of the first problem.
     """
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    file_size = storage.size(path)
+    with storage.open_read(path) as f:
         check_not_gzip(path, f.read(2))
         f.seek(0)
         offset, number = 0, 0
@@ -177,12 +183,11 @@ def format_idx(entries) -> bytes:
 
 def read_idx(path) -> list[tuple[int, int]]:
     entries = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f):
-            parts = line.split()
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise FormatError(f"{path}: line {number + 1} is not '<offset> <size>': {line[:80]!r}")
-            entries.append((int(parts[0]), int(parts[1])))
+    for number, line in enumerate(storage.read(path).splitlines()):
+        parts = line.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise FormatError(f"{path}: line {number + 1} is not '<offset> <size>': {line[:80]!r}")
+        entries.append((int(parts[0]), int(parts[1])))
     return entries
 
 
@@ -192,7 +197,7 @@ def read_idx(path) -> list[tuple[int, int]]:
 class FrameIndex:
     """The header of a ``.fidx`` file; frame rows are read on demand with :meth:`read_rows`."""
 
-    path: Path
+    path: Path | str  # a local path, or an s3:// or gs:// URL
     shard_size: int
     num_records: int
     layout: str
@@ -219,11 +224,7 @@ class FrameIndex:
                               f"of {self.num_frame_rows} rows")
         start = self.frame_table_offset + first * FRAME_ROW.itemsize
         size = count * FRAME_ROW.itemsize
-        if fd is None:
-            with open(self.path, "rb") as f:
-                data = os.pread(f.fileno(), size, start)
-        else:
-            data = os.pread(fd, size, start)
+        data = storage.read(self.path, start, size) if fd is None else os.pread(fd, size, start)
         if len(data) != size:
             raise FormatError(f"{self.path}: frame table truncated (wanted {size} bytes at {start})")
         return np.frombuffer(data, dtype=FRAME_ROW)
@@ -258,25 +259,26 @@ def _align(n: int, k: int) -> int:
 
 
 def read_frame_index(path) -> FrameIndex:
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:8] != FIDX_MAGIC:
-            raise FormatError(f"{path}: not a dali-video frame index (bad magic {head[:8]!r}); "
-                              f"rebuild it with: dali-video-index build {_shard_of(path)}")
-        (size,) = struct.unpack_from("<I", head, 8)
-        file_size = os.fstat(f.fileno()).st_size
-        if size > file_size - 12:
-            raise FormatError(f"{path}: header length {size} runs past the end of the file ({file_size} bytes)")
-        try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{path}: header is not valid JSON ({e})") from None
+    path = storage.check_path(path)
+    file_size = storage.size(path)
+    head = storage.read(path, 0, min(file_size, _HEAD_READ))  # one request for most headers
+    if len(head) < 12 or head[:8] != FIDX_MAGIC:
+        raise FormatError(f"{path}: not a dali-video frame index (bad magic {head[:8]!r}); "
+                          f"rebuild it with: dali-video-index build {shard_of(path)}")
+    (size,) = struct.unpack_from("<I", head, 8)
+    if size > file_size - 12:
+        raise FormatError(f"{path}: header length {size} runs past the end of the file ({file_size} bytes)")
+    if 12 + size > len(head):
+        head += storage.read(path, len(head), 12 + size - len(head))
+    try:
+        header = json.loads(head[12:12 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
         raise FormatError(f"{path}: header lacks fields {[k for k in _HEADER_KEYS if k not in header]}")
     if header["version"] not in READ_VERSIONS:
         raise FormatError(f"{path}: frame index version {header['version']}, this dali-video reads "
-                          f"versions {READ_VERSIONS}; rebuild: dali-video-index build {_shard_of(path)}")
+                          f"versions {READ_VERSIONS}; rebuild: dali-video-index build {shard_of(path)}")
     videos = header["videos"]
     if header["version"] == 1 and isinstance(videos, dict) and isinstance(videos.get("record"), list):
         videos["fps"] = [0.0] * len(videos["record"])
@@ -291,20 +293,30 @@ def read_frame_index(path) -> FrameIndex:
                       **{k: header[k] for k in _HEADER_KEYS if k != "version"})
 
 
-def _shard_of(fidx) -> str:
-    s = str(fidx)
-    return s[: -len(FIDX_SUFFIX)] if s.endswith(FIDX_SUFFIX) else s
-
-
 def check_fresh(shard, index: FrameIndex) -> None:
     """Raise FormatError when the shard changed after its frame index was written."""
-    size = os.path.getsize(shard)
+    size = storage.size(shard)
     if size != index.shard_size:
         raise FormatError(f"{index.path}: stale frame index: the shard is {size} bytes, the index was "
                           f"built for {index.shard_size}. Rebuild it: dali-video-index build {shard}")
 
 
 # ---------------------------------------------------------------- JPEG
+
+def jpeg_problem(data, height: int = 0, width: int = 0) -> str:
+    """Why a frame's bytes are not a whole JPEG of ``height`` x ``width`` (0: any size), or "": the
+    loader's check (``jpeg_problem`` in loader/native/checks.h), the same markers and messages."""
+    data = memoryview(data)
+    if len(data) < 4 or bytes(data[:2]) != b"\xff\xd8":
+        return "is not a valid JPEG (not a JPEG (no SOI marker))"
+    if bytes(data[-2:]) != b"\xff\xd9":
+        return "is not a complete JPEG (no end-of-image marker)"
+    try:
+        h, w = jpeg_size(data)
+    except FormatError as e:
+        return f"is not a valid JPEG ({e})"
+    return f"is {w}x{h}, the video is {width}x{height}" if height and width and (h, w) != (height, width) else ""
+
 
 def jpeg_size(data) -> tuple[int, int]:
     """(height, width) from a JPEG's SOF marker, without decoding."""

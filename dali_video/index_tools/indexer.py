@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import format as fmt
+from . import storage
 from .format import FormatError
 from .proto import walk
 
@@ -131,7 +131,7 @@ def build(shard, frames_key: str | None = None, fps: float | None = None) -> Sha
                           f"{frames_key or fmt.FRAMES!r}, features 'frames/NNNN', or a feature list "
                           f"{list(fmt.SEQUENCE_FRAME_KEYS)}); pass --frames-key")
     fmt.atomic_write(fmt.idx_path(shard), index.idx_bytes())
-    fmt.atomic_write(fmt.fidx_path(shard), index.fidx_bytes(os.path.getsize(shard)))
+    fmt.atomic_write(fmt.fidx_path(shard), index.fidx_bytes(storage.size(shard)))
     return index
 
 
@@ -141,7 +141,7 @@ def verify(shard) -> int:
     Raises FormatError naming the file, record number and byte offset of the first problem.
     """
     for path in (fmt.idx_path(shard), fmt.fidx_path(shard)):
-        if not path.exists():
+        if not storage.exists(path):
             raise FormatError(f"{path}: missing; build it with: dali-video-index build {shard}")
     stored = fmt.read_frame_index(fmt.fidx_path(shard))
     fmt.check_fresh(shard, stored)
@@ -172,21 +172,41 @@ def verify(shard) -> int:
         raise FormatError(f"{stored.path}: frame row {bad[0]} (video {video}, record "
                           f"{stored.videos['record'][video]}) is {table[bad[0]]}, the shard has "
                           f"{rows[bad[0]]} (at byte {rows[bad[0]]['offset']})")
+    _check_jpegs(shard, stored, table)
     return len(fresh.records)
 
 
-def expand(paths) -> list[Path]:
-    """Shard paths from files, globs and folders (a folder means the ``*.tfrecord`` files in it)."""
+def _check_jpegs(shard, index: fmt.FrameIndex, rows: np.ndarray) -> None:
+    """Every frame a JPEG of its video's size, as the loader checks it before decoding."""
+    with storage.open_read(shard) as f:  # front to back: buffered ranged GETs for an object
+        for video, first in enumerate(index.frame_starts()):
+            v = {c: index.videos[c][video] for c in ("filename", "height", "width", "num_frames")}
+            for frame, row in enumerate(rows[first:first + v["num_frames"]]):
+                offset = int(row["offset"])
+                f.seek(offset)
+                problem = fmt.jpeg_problem(f.read(int(row["length"])), v["height"], v["width"])
+                if problem:
+                    raise FormatError(f"{shard}: video {v['filename']!r} frame {frame} at byte {offset}: {problem}")
+
+
+def expand(paths) -> list[Path | str]:
+    """Shard paths from files, globs and folders (a folder means the ``*.tfrecord`` files in it),
+    local or ``s3://``/``gs://`` URLs (kept as ``str``)."""
     out = []
-    for p in map(str, paths):
-        if os.path.isdir(p):
-            found = sorted(Path(p).glob(f"*{fmt.SHARD_SUFFIX}"))
-        elif any(c in p for c in "*?["):
-            found = sorted(Path(x) for x in glob.glob(p))
+    for given in map(str, paths):  # named in errors as the user wrote it
+        p = storage.check_path(given)
+        if storage.is_url(p):
+            storage.check_bucket(p)
+        if storage.isdir(p):
+            found = storage.glob(p, f"*{fmt.SHARD_SUFFIX}")
+        elif any(c in str(p) for c in "*?["):
+            found = storage.glob_paths(p) if storage.is_url(p) else sorted(Path(x) for x in glob.glob(str(p)))
+        elif storage.exists(p):
+            found = [p]
         else:
-            found = [Path(p)]
+            raise FileNotFoundError(f"{given}: no such file or folder")
         if not found:
-            raise FileNotFoundError(f"no TFRecord shards match {p!r}")
+            raise FileNotFoundError(f"no TFRecord shards match {given!r}")
         out.extend(found)
     return out
 
@@ -200,7 +220,7 @@ def inspect(paths) -> str:
     """A readable table per shard and for the whole dataset, from the frame indexes."""
     indexes = []
     for shard in expand(paths):
-        if not fmt.fidx_path(shard).exists():
+        if not storage.exists(fmt.fidx_path(shard)):
             raise FormatError(f"{fmt.fidx_path(shard)}: missing; build it with: dali-video-index build {shard}")
         indexes.append((shard, fmt.read_frame_index(fmt.fidx_path(shard))))
     lines = [f"{'shard':40} {'videos':>7} {'frames':>8} {'frames/video min/med/max':>25} "
@@ -216,7 +236,7 @@ def inspect(paths) -> str:
         res = {}
         for h, w in zip(videos["height"], videos["width"]):
             res[f"{h}x{w}"] = res.get(f"{h}x{w}", 0) + 1
-        lines.append(f"{Path(str(shard)).name:40} {len(videos['record']):>7} {frames:>8} "
+        lines.append(f"{storage.name(shard):40} {len(videos['record']):>7} {frames:>8} "
                      f"{_stats(videos['num_frames']):>25} {nbytes / max(frames, 1) / 1024:>9.1f} "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(res.items())))
     labels = {}

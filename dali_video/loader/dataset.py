@@ -5,23 +5,28 @@ Only this module imports DALI's TensorFlow plugin.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from ..index_tools import format as fmt
+
 from .config import ClipConfig, resolve
-from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec, VideoTable,
-                       concat_tables, load_table, mix_plan, mix_slots, shared_labels, usable_videos)
+from .gpu import usable_gpus
+from .resources import gpu_resources, pipeline_threads, usable_cores
+from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
+                       VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_labels, usable_videos)
 
 log = logging.getLogger(__name__)
-DEVICES = ("gpu", "cpu")
+DEVICES = ("auto", "gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
-# with layout "clips"); the last four hold float32 bits (see meta_fields).
+# with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
+# only fill an evaluation pass's last batch; dataset is a Mixture's dataset (0 otherwise).
 META_COLUMNS = ("crop_y", "crop_x", "crop_h", "crop_w", "flip", "label", "video", "frame", "replaced", "stride",
-                "brightness", "contrast", "saturation", "hue")
+                "brightness", "contrast", "saturation", "hue", "padding", "dataset")
 
 
 @dataclass
@@ -70,6 +75,27 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _device(device: str) -> str:
+    """"gpu" or "cpu" for ``device``: "auto" takes the GPU when the driver offers one, else the CPU,
+    saying so once; "gpu" on a host without one is refused before DALI fails to load CUDA."""
+    _check_choice("device", device, DEVICES)
+    if device == "cpu":
+        return device
+    gpus, why = usable_gpus()
+    if gpus:
+        return "gpu"
+    if device == "gpu":
+        raise ValueError(f"device='gpu' but this host has no usable GPU ({why}); pass device='cpu' "
+                         f"(or device='auto', which picks the CPU there)")
+    _say_cpu(why)
+    return "cpu"
+
+
+@functools.cache
+def _say_cpu(why: str) -> None:
+    log.warning("device='auto': no usable GPU (%s); decoding on the CPU", why)
+
+
 def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (1 << 63))
 
@@ -90,7 +116,8 @@ def _configs(files, recipe, training: bool, options: dict) -> list[ClipConfig]:
     return configs
 
 
-def _select(files, configs: list, *, training: bool, split, shard_id, num_shards, seed):
+def _select(files, configs: list, *, training: bool, split, shard_id, num_shards, seed, global_batch,
+            mixed_classes=False):
     """The plan, the video table and the rows of it to read (a Mixture's: its usable videos, dataset after
     dataset, labels in the shared label space)."""
     _check_int("num_shards", num_shards, 1)
@@ -98,7 +125,7 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
         raise ValueError(f"shard_id must be in 0..num_shards-1 ({num_shards - 1}), got {shard_id!r}")
     tables, rows = [], []
     for part, config in zip(files.parts if isinstance(files, Mixture) else [(files,)], configs):
-        tables.append(load_table(part[0], split))
+        tables.append(load_table(part[0], split, mixed_classes=mixed_classes))
         rows.append(usable_videos(tables[-1], config))
         if len(rows[-1]) == 0:
             raise ValueError(f"no videos to read in {part[0]} (all shards empty, or every video skipped)")
@@ -110,18 +137,16 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
     if seed >= 1 << 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
     if not isinstance(files, Mixture):
-        return PlanSpec(configs[0], seed=int(seed), training=training), tables[0], rows[0]
-    maps = shared_labels(files, tables)
-    taken = [t.take(r) for t, r in zip(tables, rows)]
-    taken = [dataclasses.replace(t, label=np.array([m(x) for x in t.label], np.int64)) for t, m in zip(taken, maps)]
+        return PlanSpec(configs[0], seed=int(seed), training=training, global_batch=global_batch), tables[0], rows[0]
     plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training)
-    table = concat_tables(taken)
+    table = mixture_table(files, tables, rows)
+    maps = shared_labels(files, tables)
     pairs = ClipConfig(flip_label_pairs=[(m(a), m(b)) for c, m in zip(configs, maps) for a, b in c.flip_label_pairs])
     return dataclasses.replace(plan, flip_label_pairs=pairs.flip_label_pairs), table, np.arange(len(table))
 
 
-def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan, *, shard_id: int, num_shards: int,
-                 initial_clip: int, on_corrupt: str) -> dict:
+def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan, *, shard_id: int,
+                 num_shards: int, initial_clip: int, on_corrupt: str) -> dict:
     """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
     c, mixed = plan.config, isinstance(plan, MixPlan)
     used = np.unique(table.shard[videos])  # shards that hold a planned video
@@ -130,8 +155,9 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan
                                                             table.width, table.label)), videos], axis=1)
     reals = plan.floats()  # float32 values, as the Python reference plans with them
     return dict(
-        shards=[str(table.shards[s].path.with_suffix("")) for s in used],  # NAME.tfrecord.fidx -> NAME.tfrecord
+        shards=[fmt.shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
+        shard_sizes=[int(table.shards[s].shard_size) for s in used],  # an object's is known: no HEAD request
         videos="\n".join(" ".join(map(str, row)) + f" {fps!r}" for row, fps in zip(columns.tolist(),
                                                                                  table.fps[videos].tolist())),
         filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
@@ -145,19 +171,22 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan
         flip_label_pairs=[v for pair in (plan.flip_label_pairs if mixed else c.flip_label_pairs) for v in pair],
         parts=[v for p in plan.parts for v in p.as_ints()] if mixed else [],
         part_videos=list(plan.counts) if mixed else [], mix_slots=mix_slots(plan.weights) if mixed else [],
-        shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, skip_corrupt=on_corrupt == "skip")
+        global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
+        skip_corrupt=on_corrupt == "skip")
 
 
 def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                  device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
-                  num_shards: int = 1, initial_clip: int = 0, split: str | None = None, decode_crop: bool = True,
+                  device: Literal["auto", "gpu", "cpu"] = "auto", seed: int | None = None, shard_id: int = 0,
+                  num_shards: int = 1, initial_clip: int = 0, split: str | None = None,
+                  mixed_classes: bool = False, decode_crop: bool = True,
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
+                  host_output: bool = False,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
-    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 14])``;
-    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 14])`` (meta only
+    ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
+    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 16])`` (meta only
     ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"`` stops after the reader (JPEG bytes, and
     the metadata)."""
     from .pipeline import Graph
@@ -165,7 +194,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
 
     configs = _configs(files, recipe, training, options)
     config = configs[0]
-    _check_choice("device", device, DEVICES)
+    device = _device(device)
     _check_choice("layout", layout, ("auto", "frames", "clips"))
     if not 0 <= hw_decoder_load <= 1:
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
@@ -173,7 +202,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
-                                  num_shards=num_shards, seed=seed)
+                                  num_shards=num_shards, seed=seed, global_batch=batch_size * num_shards,
+                                  mixed_classes=mixed_classes)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
@@ -181,50 +211,82 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=any(c.resizes for c in configs),
                   color=any(c.color_jitter is not None for c in configs), dtype=config.dtype, mean=config.mean,
                   std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
-                  jpeg_fancy_upsampling=jpeg_fancy_upsampling,
-                  frame_bytes=int((table.height[videos] * table.width[videos]).max()) * 3)
-    pipe = build(reader, graph, batch_size=batch_size * (config.clip_len if layout == "frames" else 1),
+                  jpeg_fancy_upsampling=jpeg_fancy_upsampling, host_output=host_output and device == "gpu",
+                  frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())))
+    # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
+    # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
+    per_clip_reader = layout == "clips" and output != "frames"
+    if num_threads is None:  # the cores this process may use; on the GPU within the thread budget
+        num_threads = usable_cores() if device == "cpu" else gpu_resources(
+            config.clip_len, graph.frame_hw, batch_size, crop_size=config.crop_size)["num_threads"]
+    pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
 
 
-def steps_per_epoch(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                    num_shards: int = 1, split: str | None = None, **options) -> int:
-    """Batches per reader that cover every clip of an epoch once (the last batch runs into the next
-    epoch); the same for every reader of ``num_shards``. Clip options as :func:`clip_dataset`."""
+def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipConfig | None = None,
+                    training: bool = True, num_shards: int = 1, split: str | None = None, mixed_classes: bool = False,
+                    **options) -> int:
+    """Batches per reader that cover every clip of an epoch once (in training the last batch runs into the
+    next epoch; in evaluation its rest is padding, ``meta["padding"]``); the same for every reader of
+    ``num_shards``. ``steps_per_epoch(ds)`` asks a dataset that
+    :func:`clip_dataset` made (or a :class:`ClipPipeline`), which knows its options; otherwise pass the
+    files and the dataset's options (as :func:`clip_dataset`)."""
+    loader = files if isinstance(files, ClipPipeline) else getattr(files, "_dali_video_loader", None)
+    if loader is not None:
+        if (batch_size, recipe, training, num_shards, split, mixed_classes, options) != (None, None, True, 1, None,
+                                                                                       False, {}):
+            raise TypeError("steps_per_epoch(dataset) takes no other arguments: the dataset knows its options")
+        return loader.steps_per_epoch
+    if hasattr(files, "element_spec"):
+        raise TypeError("steps_per_epoch: this dataset was not made by dali_video.clip_dataset, or was transformed "
+                        "after (map, prefetch, ...): pass the dataset clip_dataset returned, or the files and options")
+    if batch_size is None:
+        raise TypeError("steps_per_epoch(files) needs batch_size=... (or pass the dataset clip_dataset made)")
     plan, _, videos = _select(files, _configs(files, recipe, training, options), training=training, split=split,
-                              shard_id=0, num_shards=num_shards, seed=0)
+                              shard_id=0, num_shards=num_shards, seed=0, global_batch=batch_size * num_shards,
+                              mixed_classes=mixed_classes)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
 def meta_fields(meta) -> dict:
-    """The per-clip metadata ``[B, 14]`` (:data:`META_COLUMNS`, int32) as named tensors: ``window``
+    """The per-clip metadata ``[B, 16]`` (:data:`META_COLUMNS`, int32) as named tensors: ``window``
     ``[B, 4]`` (y, x, h, w in stored pixels), ``flip``, ``label``, ``video`` (row of ``load_table``),
-    ``first_frame``, ``replaced``, ``stride`` and ``color`` ``[B, 4]`` float32 (brightness, contrast,
-    saturation, hue as a fraction of the colour circle)."""
+    ``first_frame``, ``replaced``, ``stride``, ``color`` ``[B, 4]`` float32 (brightness, contrast,
+    saturation, hue as a fraction of the colour circle), ``padding`` (1: a clip that only fills an
+    evaluation pass's last batch) and ``dataset`` (a :class:`Mixture`'s dataset the clip is drawn from; 0
+    otherwise)."""
     import tensorflow as tf
 
     column = {name: i for i, name in enumerate(META_COLUMNS)}
     fields = {name: meta[:, column[key]] for name, key in (("flip", "flip"), ("label", "label"), ("video", "video"),
                                                            ("first_frame", "frame"), ("replaced", "replaced"),
-                                                           ("stride", "stride"))}
+                                                           ("stride", "stride"), ("padding", "padding"),
+                                                           ("dataset", "dataset"))}
     return {**fields, "window": meta[:, column["crop_y"]:column["crop_w"] + 1],
-            "color": tf.bitcast(meta[:, column["brightness"]:], tf.float32)}
+            "color": tf.bitcast(meta[:, column["brightness"]:column["hue"] + 1], tf.float32)}
 
 
 def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
-                 device: Literal["gpu", "cpu"] = "gpu", seed: int | None = None, shard_id: int = 0,
+                 device: Literal["auto", "gpu", "cpu"] = "auto", seed: int | None = None, shard_id: int = 0,
                  num_shards: int = 1, initial_clip: int = 0, with_meta: bool = False, split: str | None = None,
+                 mixed_classes: bool = False,
                  decode_crop: bool = True, device_id: int = 0, num_threads: int | None = None,
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
-                 jpeg_fancy_upsampling: bool = False, **options):
+                 jpeg_fancy_upsampling: bool = False, host_output: bool = False, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
-    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder); or a
-        :class:`dali_video.Mixture` of datasets, each with its recipe and weight (then ``recipe=None``).
+    files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
+        shard's split is read from its name: ``train.tfrecord``, ``train-*``, ``train_*``, ``*-train-*``,
+        the writer's ``train-00000-of-00008``; a folder of several splits needs ``split``), local or
+        ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` (README, Datasets in S3 and GCS). The files
+        taken are logged (INFO).
+    mixed_classes: read files that give a label different class texts (their index headers say which);
+        by default that raises a ValueError naming the files and the label.
+        Or a :class:`dali_video.Mixture` of datasets, each with its recipe and weight (then ``recipe=None``).
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"x3d_m"``, ``"tsm_ssv2"``, ...:
         see :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
@@ -235,9 +297,15 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         once per epoch in a seeded random order (``clips_per_video=K``: K differently drawn clips of
         each video, next to each other). Otherwise the config's fixed evaluation view
         (:meth:`ClipConfig.evaluation`): ``clips_per_video`` evenly spaced clips x ``num_crops`` crops
-        per video, in order (a preset's testing view when ``recipe`` names one).
+        per video, in order (a preset's testing view when ``recipe`` names one). Each pass of
+        :func:`steps_per_epoch` global batches holds every view exactly once; the rest of its last batch
+        is padding (``meta["padding"]`` 1, to be ignored: :func:`average_per_video`), and the next pass
+        starts again at the first view. The dataset stays endless (DALI's dataset is; on the GPU no
+        tf.data op may follow it): take one pass with ``steps=`` or ``.take(steps)``.
     device: "gpu" decodes with nvJPEG (``device="mixed"``) and places the dataset on
-        ``/gpu:<device_id>``; "cpu" is the CPU fallback.
+        ``/gpu:<device_id>``; "cpu" is the CPU fallback; "auto" (default) the GPU when the NVIDIA driver
+        offers one, else the CPU, with one warning saying so. "gpu" on a host without a usable GPU raises
+        a ValueError saying so.
     seed: the clip plan's seed: the same seed gives the same clips on any machine.
     shard_id, num_shards: readers share each global batch of ``batch_size * num_shards`` clips: this
         reader takes part ``shard_id``. The clip sequence is the same whatever ``num_shards`` is, the
@@ -245,71 +313,82 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
         reached by computation, without reading.
     with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
-        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), ``dataset`` (a Mixture's), and
+        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), and
         :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
         predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
-        ``color`` (the four factors drawn) and ``replaced`` (damaged clips skipped to give it).
+        ``color`` (the four factors drawn), ``replaced`` (damaged clips skipped to give it) and
+        ``padding`` (1: the clip only fills an evaluation pass's last batch) and ``dataset`` (a Mixture's
+        dataset the clip is drawn from; 0 otherwise).
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
         or "tensorflow" (after the uint8 pixels reach it; CPU only).
-    layout: "clips": DALI emits the final elements, one sample per clip (T decoders and ``fn.stack``);
-        "frames": one decoder over the batch's B*T frames, finished by a tf.data map on the CPU.
+    layout: both decode the batch's B*T frames with one decoder. "clips": DALI regroups them and emits
+        the final elements, one sample per clip; "frames": one sample per frame, finished by a tf.data
+        map on the CPU.
         "auto" (default): "clips" on the GPU (required there), "frames" on the CPU (measured faster).
     hw_decoder_load: the share of JPEGs the GPU's hardware decoder takes (DALI's default, 0.65; the
         rest go to the CUDA decoder). GPU only.
+    host_output: GPU only: decode on the GPU, then hand the final elements to host memory (for
+        MultiWorkerMirroredStrategy, which takes its input on the host; :func:`distribute` sets it).
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
     On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
-    the ``[B, 14]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
+    the ``[B, 16]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
-    Use :func:`steps_per_epoch` for ``model.fit(..., steps_per_epoch=...)``.
+    ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
     import tensorflow as tf
     from nvidia.dali.plugin import tf as dali_tf
 
     config = _configs(files, recipe, training, options)[0]
+    _check_choice("device", device, DEVICES)
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
     if normalize_in == "auto":
         normalize_in = "dali"
-    if device == "gpu" and layout == "frames":
+    # Checked before the host decides "auto": the same call then works on every host, or on none.
+    if device != "cpu" and layout == "frames":
         raise ValueError("layout='frames' needs device='cpu': on the GPU, DALI's dataset must emit whole clips "
                          "(layout='clips', the default there), since no tf.data op may follow it")
-    if device == "gpu" and normalize_in == "tensorflow":
+    if device != "cpu" and normalize_in == "tensorflow":
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
+    device = _device(device)
     normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
-    uint8 = {"dtype": "uint8"} if normalise_in_tf else {}
-    loader = clip_pipeline(files, batch_size=batch_size, recipe=recipe, **{**options, **uint8}, training=training,
-                           device=device, seed=seed, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip, split=split, decode_crop=decode_crop,
+    uint8 = {"dtype": "uint8"} if normalise_in_tf else {}  # a Mixture's options override each recipe
+    clips = {"recipe": None, **options, **uint8} if isinstance(files, Mixture) else {"recipe": config.replace(**uint8)}
+    loader = clip_pipeline(files, batch_size=batch_size, **clips, training=training, device=device, seed=seed,
+                           shard_id=shard_id,
+                           num_shards=num_shards, initial_clip=initial_clip, split=split,
+                           mixed_classes=mixed_classes, decode_crop=decode_crop,
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta)
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
+                           host_output=host_output)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
     meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
     if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
-    else:  # the final elements: clips, labels (and metadata)
-        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B
+    else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
+        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
         if with_meta:
             dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
-    with tf.device(f"/gpu:{device_id}" if device == "gpu" else "/cpu:0"):
+    on_gpu = device == "gpu" and not host_output
+    with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
         ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
                                  device_id=device_id if device == "gpu" else None)
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 14]`` (META_COLUMNS)
+    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 16]`` (META_COLUMNS)
         return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
-    mixed = isinstance(loader.plan, MixPlan)  # meta["dataset"]: the dataset a row of the combined table is in
-    firsts = tf.constant(np.cumsum([0, *loader.plan.counts])[:-1] if mixed else [0], tf.int32)
     label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
@@ -332,8 +411,6 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         fields = meta_fields(first)
         del fields["label"]
         extra = {} if frames is None else {"frames": frames}
-        if mixed:
-            extra["dataset"] = tf.searchsorted(firsts, fields["video"], side="right") - 1
         return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, **extra}
 
     with tf.device("/cpu:0"):
@@ -345,7 +422,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,
                    with_bytes: bool = False, **kwargs):
     """The native reader alone through DALI's TF dataset, no decoding: the clips' frames are read and
-    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 14]`` (with
+    checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 16]`` (with
     ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
     checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
     import tensorflow as tf
@@ -363,16 +440,20 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
     return ds
 
 
-def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu", "cpu"] = "gpu",
+def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto", "gpu", "cpu"] = "auto",
                per_worker: bool | None = None, **kwargs):
     """:func:`clip_dataset` for a ``tf.distribute`` strategy: every global batch is the same set of clips
-    whatever the number of replicas, hosts or readers (one seed for all), each reader taking its share.
+    whatever the number of replicas, hosts or readers (one seed for all), each replica reading its own
+    share with its own pipeline on its own device.
 
-    Per replica (MirroredStrategy): one pipeline per replica, on the replica's own device
-    (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and 3). Per worker
-    (MultiWorkerMirroredStrategy, the default there, which takes no per-replica datasets): one
-    pipeline per worker process, reading its share of each global batch; run one worker per GPU.
-    Every worker then runs the same number of steps per epoch
+    Per replica (MirroredStrategy): each pipeline's dataset lives on its replica's GPU and TensorFlow
+    takes its elements where they are (``MirroredStrategy(["/gpu:2", "/gpu:3"])`` reads on GPUs 2 and
+    3). Per worker (MultiWorkerMirroredStrategy, the default there): one worker process per host may
+    drive all its GPUs; the worker's dataset yields its local replicas' batches in turn, which
+    TensorFlow hands round-robin to the local replicas. That strategy takes only per-worker datasets
+    on the host (TF 2.21 collective_all_reduce_strategy.py:669-680, 775-786), so on the GPU each
+    pipeline decodes on its replica's GPU, hands the clips to host memory and TensorFlow copies them
+    back to the GPU (README, "Several GPUs"). Every worker runs the same number of steps per epoch
     (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
     """
     import tensorflow as tf
@@ -380,30 +461,45 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["gpu"
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size ({global_batch_size}) must divide evenly among {replicas} replicas")
-    if per_worker is None:
-        per_worker = strategy.extended._in_multi_worker_mode()
-    local = len(strategy.extended.worker_devices)
-    if per_worker and local > 1:  # one element feeds each local replica: the host's share would repeat
-        raise ValueError(f"distribute(per_worker=True) takes one replica per worker, this one has {local}: run one "
-                         f"worker process per GPU (one TF_CONFIG task each)")
+    device = _device(device)  # "auto" decided once: worker_dataset hands GPU clips to the host
+    if per_worker is None:  # MultiWorkerMirroredStrategy takes no per-replica datasets, even on one worker
+        per_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if kwargs.get("seed") is None:  # every reader must plan the same clip sequence
-        if per_worker:
-            raise ValueError("distribute(per_worker=True) needs seed=<int>: every host must plan the same clips")
+        if strategy.extended._in_multi_worker_mode():
+            raise ValueError("distribute() across hosts needs seed=<int>: every host must plan the same clips")
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
-    pipelines = 1 if per_worker else len(devices)
-    kwargs.setdefault("num_threads", max(1, (os.cpu_count() or 1) // pipelines))  # the host's cores, shared
+    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), len(devices)))  # the host's cores, shared
 
-    def dataset_fn(context):
-        reader = context.input_pipeline_id
-        return clip_dataset(files, batch_size=global_batch_size // context.num_input_pipelines, device=device,
-                            device_id=(devices[0 if per_worker else reader].device_index or 0),
-                            shard_id=reader, num_shards=context.num_input_pipelines, **kwargs)
+    def replica_dataset(context):
+        return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,
+                            device_id=devices[context.input_pipeline_id].device_index or 0,
+                            shard_id=context.input_pipeline_id, num_shards=context.num_input_pipelines, **kwargs)
 
-    if per_worker:
-        return strategy.distribute_datasets_from_function(dataset_fn)
-    options = tf.distribute.InputOptions(
-        experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
-        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-    return strategy.distribute_datasets_from_function(dataset_fn, options)
+    if not per_worker:
+        options = tf.distribute.InputOptions(
+            experimental_place_dataset_on_device=True, experimental_fetch_to_device=False,
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+        return strategy.distribute_datasets_from_function(replica_dataset, options)
+    return strategy.distribute_datasets_from_function(lambda c: worker_dataset(
+        files, worker=c.input_pipeline_id, num_workers=c.num_input_pipelines,
+        device_ids=[d.device_index or 0 for d in devices], global_batch_size=global_batch_size, device=device,
+        **kwargs))
+
+
+def worker_dataset(files, *, worker: int, num_workers: int, device_ids, global_batch_size: int,
+                   device: Literal["gpu", "cpu"] = "gpu", **kwargs):
+    """One worker's dataset under MultiWorkerMirroredStrategy: its local replicas' batches in turn (the
+    strategy hands a worker's elements round-robin to its local replicas), replica ``i`` of worker
+    ``w`` reading share ``w * L + i`` of each global batch with a pipeline on GPU ``device_ids[i]``
+    (``L = len(device_ids)``). On the GPU the clips reach host memory (``host_output``)."""
+    import tensorflow as tf
+
+    local = len(device_ids)
+    parts = [clip_dataset(files, batch_size=global_batch_size // (num_workers * local), device=device,
+                          device_id=device_ids[i], shard_id=worker * local + i, num_shards=num_workers * local,
+                          host_output=device == "gpu", **kwargs) for i in range(local)]
+    if local == 1:
+        return parts[0]
+    return tf.data.Dataset.choose_from_datasets(parts, tf.data.Dataset.range(local).repeat())

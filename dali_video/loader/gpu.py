@@ -1,9 +1,36 @@
-"""TensorFlow and DALI sharing one GPU."""
+"""TensorFlow and DALI sharing one GPU, and whether this host has one."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def usable_gpus() -> tuple[int, str]:
+    """How many GPUs this process can use, asked of the NVIDIA driver (libcuda) as DALI asks it, without
+    TensorFlow; with none, why (the text is "" when there are some). Honours CUDA_VISIBLE_DEVICES."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver: libcuda.so.1 cannot be loaded"
+    error = cuda.cuInit(0)
+    count = ctypes.c_int(0)
+    if error == 100 or not error and (cuda.cuDeviceGetCount(ctypes.byref(count)) or count.value < 1):
+        return 0, "the NVIDIA driver finds no GPU (is CUDA_VISIBLE_DEVICES empty or -1?)"  # 100: no device
+    if error:
+        return 0, f"the NVIDIA driver's cuInit failed with CUDA error {error}"
+    return count.value, ""
+
+
+def quiet_tensorflow() -> None:
+    """Call before TensorFlow is imported: its C++ log keeps errors only, and on a host without a usable
+    GPU not even those, since there every start prints "failed call to cuInit", which says only that
+    there is no GPU. A TF_CPP_MIN_LOG_LEVEL already set is kept."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if usable_gpus()[0] else "3")
 
 
 def enable_memory_growth() -> int:

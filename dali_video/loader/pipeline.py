@@ -6,13 +6,13 @@ once when the pipeline is built.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 from nvidia.dali import fn, pipeline_def, types
 
 from . import native
+from .resources import usable_cores
 
 Device = Literal["gpu", "cpu"]
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
@@ -23,11 +23,12 @@ class Graph:
     """How the pipeline turns read frames into outputs.
 
     layout "frames": one sample per frame (batch B*T), one decoder over all of them; outputs frames and
-    per-frame metadata. layout "clips": one sample per clip (batch B): the reader emits one JPEG
-    output per frame position, T decoders each decode one position of every clip, ``fn.stack`` joins
-    them into ``[T, H, W, 3]`` clips, and the sequence-aware ops treat each clip as one sample
-    (NVIDIA/DALI#2855); outputs clips, labels and (``with_meta``) per-clip metadata, so that DALI
-    itself emits the final elements (on the GPU no tf.data op may follow: NVIDIA/DALI#2228).
+    per-frame metadata. layout "clips": the same decoder over the batch's B*T frames, then
+    :func:`regroup` turns them into one sample per clip, ``[T, H, W, 3]`` (B of them), and the
+    sequence-aware ops treat each clip as one sample (NVIDIA/DALI#2855); outputs clips, labels and
+    (``with_meta``) per-clip metadata, so that DALI itself emits the final elements (on the GPU no
+    tf.data op may follow: NVIDIA/DALI#2228). One decoder, not one per frame position: each mixed
+    decoder owns a thread pool and per-thread buffers (see ``resources``).
     """
 
     device: Device = "gpu"
@@ -42,38 +43,68 @@ class Graph:
     with_meta: bool = True
     hw_decoder_load: float = 0.65
     jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
-    frame_bytes: int = 1 << 20  # the largest decoded frame: sizes each decoder's memory padding
+    host_output: bool = False  # GPU: the final outputs copied to host memory (MultiWorkerMirroredStrategy)
+    frame_hw: tuple = (512, 683)  # the largest stored frame (height, width): sizes the decoder's buffers
 
 
 def decode(jpegs, anchor, shape, g: Graph):
     """JPEGs decoded to their windows as the loader does on ``g.device`` (the bench's decode bound uses it too)."""
     if g.device == "gpu":
         # Whole frames, sliced on the GPU: crop-window decoding in nvImageCodec 0.9 (the line DALI 2.4
-        # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Paddings sized for one
-        # frame, not nvJPEG's defaults (16 MB device, 8 MB pinned host): a clip has T decoders.
+        # takes) crashes on H100 and fails on A100 (NVIDIA/nvImageCodec#55). Per decoder thread one
+        # device and two pinned buffers of this padding (image_decoder.h, the "Forcing allocations"
+        # loop): one frame, not nvJPEG's 16 MB and 8 MB; the hardware decoder preallocates its batch
+        # at the hinted size, so that no frame makes it reallocate (see resources.gpu_resources).
+        (height, width), frame = g.frame_hw, g.frame_hw[0] * g.frame_hw[1] * 3
         images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=g.hw_decoder_load,
-                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling,
-                                   device_memory_padding=g.frame_bytes, host_memory_padding=g.frame_bytes)
+                                   jpeg_fancy_upsampling=g.jpeg_fancy_upsampling, device_memory_padding=frame,
+                                   host_memory_padding=frame, preallocate_width_hint=width,
+                                   preallocate_height_hint=height)
         return fn.slice(images, anchor, shape, axis_names="HW")
     if g.decode_crop:  # on the CPU, decoding only the window is measured faster (README)
         return fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", device="cpu", output_type=types.RGB)
     return fn.slice(fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), anchor, shape, axis_names="HW")
 
 
+def regroup(frames, meta, positions, clip_len: int):
+    """Frames ``[B*T]`` (clip-major, ``positions`` their CPU int32 position t in the clip) regrouped into
+    ``[T, H, W, 3]`` clips ``[B]``, and the metadata of each clip's first frame.
+
+    DALI's conditional split sends the samples whose predicate holds to its first output and the rest
+    to its second, in order, sharing them, not copying (dali/pipeline/operator/builtin/conditional/
+    split.cc:78, ``output.SetSample(..., input, ...)``): T-1 splits on ``t == k`` give T batches of B,
+    the frames at each position, and ``fn.stack`` joins them (the one copy). Split and merge are the
+    operators exempt from DALI's check that an operator's outputs keep its input's batch size, so a
+    pipeline of batch B*T may emit B samples (dali/pipeline/operator/operator.cc:48-52,
+    ``EnforceUniformOutputBatchSize`` returns early for ``IsSplitOrMerge``). Split is registered for
+    the CPU and the GPU (split.cc:111-112), so one mixed decoder decodes all B*T frames.
+    """
+    parts, first = [], None
+    for k in range(clip_len - 1):
+        at_k = positions == k
+        part, frames = fn._conditional.split(frames, predicate=at_k)
+        if first is None:
+            first, _ = fn._conditional.split(meta, predicate=at_k)
+        _, positions = fn._conditional.split(positions, predicate=at_k)
+        parts.append(part)
+    parts.append(frames)  # position T-1 (or the only one)
+    return fn.stack(*parts, axis_name="F"), (meta if first is None else first)
+
+
 @pipeline_def(enable_conditionals=False)
 def _clip_pipeline(reader: dict, g: Graph, output: str):
-    per_clip = g.layout == "clips"
-    # "padded_jpegs": the reader alone, each frame's bytes zero-padded to the batch's longest (uniform
-    # shapes for TensorFlow; padding in the reader costs less than DALI's fn.pad after it).
-    read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=per_clip)
-    jpegs, meta = read[:-1], read[-1]
-    if output == "meta":  # the JPEGs stay in DALI, read and checked, as a decoder would get them
-        return meta
+    # output "jpegs" / "padded_jpegs" / "meta": the reader alone (per frame, or with layout "clips" one
+    # JPEG output per frame position); "padded_jpegs" zero-pads each frame's bytes to the batch's
+    # longest (uniform shapes for TensorFlow; cheaper in the reader than DALI's fn.pad after it).
     if output != "frames":
-        return (*jpegs, meta)
-    anchor, shape, flip = meta[0:2], meta[2:4], meta[4]
-    frames = [decode(j, anchor, shape, g) for j in jpegs]
-    images = fn.stack(*frames, axis_name="F") if per_clip else frames[0]
+        read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=g.layout == "clips")
+        return read[-1] if output == "meta" else tuple(read)
+    per_clip = g.layout == "clips"
+    jpegs, meta, *positions = fn.dali_video_clips(**reader, positions=per_clip)
+    images = decode(jpegs, meta[0:2], meta[2:4], g)  # one decoder over the batch's B*T frames
+    if per_clip:
+        images, meta = regroup(images, meta, positions[0], reader["clip_len"])
+    flip = meta[4]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
     if g.color:  # the clip's factors, drawn by the plan, travel as float32 bits in the metadata
@@ -85,7 +116,9 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[g.dtype], mean=list(g.mean),
                                           std=list(g.std), output_layout="FHWC" if per_clip else "HWC")
-    if g.device == "gpu":
+    if g.host_output:  # the dynamic executor copies GPU outputs to the host (nvidia/dali/pipeline.py:148-155)
+        images = images.cpu()
+    elif g.device == "gpu":
         meta = meta.gpu()
     if not per_clip:
         return images, meta
@@ -101,6 +134,6 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
     Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8. ``output="jpegs"``
     (or "padded_jpegs", or "meta" alone) stops after the reader."""
     native.load()
-    return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or os.cpu_count(),
+    return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or usable_cores(),
                           device_id=device_id if graph.device == "gpu" else None,
                           prefetch_queue_depth=prefetch_queue_depth)

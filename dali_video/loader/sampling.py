@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import math
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .config import MAX_INT, ClipConfig
 
@@ -40,40 +42,99 @@ class VideoTable:
                                           "filename", "fps")))
 
 
-def shard_files(files, split: str | None = None) -> list[Path]:
-    """Shards from a glob, a list of files, or a dataset folder (optionally one split of it)."""
-    if isinstance(files, (str, Path)) and Path(files).is_dir():
-        shards = sorted(Path(files).glob(f"*{fmt.SHARD_SUFFIX}"))
-        if split is not None:
-            shards = [s for s in shards if (p := fmt.parse_shard_name(s.name)) and p[0] == split]
-        splits = sorted({p[0] for s in shards if (p := fmt.parse_shard_name(s.name))})
-        if split is None and len(splits) > 1:
-            raise ValueError(f"{files} holds the splits {splits}: pass split=... to pick one")
-        if not shards:
-            raise FileNotFoundError(f"no {split or ''}*{fmt.SHARD_SUFFIX} shards in {files}")
-        return shards
-    return expand([files] if isinstance(files, (str, Path)) else files)
+class SplitError(ValueError):
+    """A dataset folder holds several splits and none was picked; ``splits`` maps each to its files (None:
+    files whose names name no split), ``found`` says them in words."""
+
+    def __init__(self, folder, splits: dict):
+        self.folder, self.splits, self.found = folder, splits, _describe_splits(splits)
+        super().__init__(f"{folder} holds the splits {self.found}: pass split=... to pick one")
 
 
-def load_table(files, split: str | None = None) -> VideoTable:
-    """Read the frame index headers of every shard, checking that no index is missing or stale."""
-    shards = []
-    for shard in shard_files(files, split):
-        for path in (idx_path(shard), fidx_path(shard)):
-            if not path.exists():
-                raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
-                                  f"dali-video-index build {shard}")
-        with open(shard, "rb") as f:
-            fmt.check_not_gzip(shard, f.read(2))
-        index = read_frame_index(fidx_path(shard))
-        check_fresh(shard, index)
-        records = fmt.read_idx(idx_path(shard))
-        if len(records) != index.num_records or any(
-                records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
-            raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
-                              f"({index.num_records} records): stale index; rebuild it with: "
+def _describe_splits(groups: dict) -> str:
+    text = str(sorted(s for s in groups if s is not None))
+    return text + f" and files of no split name ({_names(groups[None])})" if None in groups else text
+
+
+def _names(shards) -> str:
+    names = [storage.name(s) for s in shards]
+    return ", ".join(names if len(names) <= 4 else [*names[:2], "...", *names[-1:]])
+
+
+def shard_files(files, split: str | None = None) -> list[Path | str]:
+    """Shards from a glob, a list of files, or a dataset folder, local or ``s3://``/``gs://`` (a bucket
+    checked first); ``split`` keeps the shards of one split (read from their names:
+    :func:`dali_video.index_tools.format.split_of`). A folder holding several splits needs ``split``."""
+    path = storage.check_path(files) if isinstance(files, (str, Path)) else None
+    if path is not None and storage.is_url(path):
+        storage.check_bucket(path)
+    folder = path is not None and storage.isdir(path)
+    found = storage.glob(path, f"*{fmt.SHARD_SUFFIX}") if folder else \
+        expand([files] if path is not None else files)
+    groups: dict = {}
+    for shard in found:
+        groups.setdefault(fmt.split_of(storage.name(shard)), []).append(shard)
+    if split is None and folder and len(groups) > 1:
+        raise SplitError(files, groups)
+    shards = found if split is None else groups.get(split, [])
+    if not shards:
+        raise FileNotFoundError(f"no shards {f'of split {split!r} ' if split else ''}in {files}" + (
+            f" (it holds {_describe_splits(groups)})" if groups else f" (no *{fmt.SHARD_SUFFIX} files)"))
+    log.info("%s: reading %d file%s%s: %s", files, len(shards), "s" * (len(shards) > 1),
+             f" of split {split!r}" if split else "", _names(shards))
+    return shards
+
+
+def _check_class_space(shards) -> None:
+    """Raise when files disagree on what a label means: a label with two class texts, or a class text
+    with two labels (files without class texts say nothing)."""
+    by_label: dict = {}  # label -> (class text, shard of its first video)
+    by_text: dict = {}  # class text -> (label, shard)
+    for ix in shards:
+        shard = fmt.shard_of(ix.path)
+        for label, text in sorted(set(zip(ix.videos["label"], ix.videos["class_text"]))):
+            if not text:
+                continue
+            text0, where0 = by_label.setdefault(label, (text, shard))
+            label1, where1 = by_text.setdefault(text, (label, shard))
+            if text0 != text:
+                clash = f"label {label} is class {text0!r} in {where0} but {text!r} in {shard}"
+            elif label1 != label:
+                clash = f"class {text!r} is label {label1} in {where1} but label {label} in {shard}"
+            else:
+                continue
+            raise ValueError(f"{clash}: the files hold different class spaces; read one dataset at a time "
+                             f"(a folder or split each), or pass mixed_classes=True to read them together")
+
+
+def _shard_index(shard):
+    """The frame index header of one shard, checked against the shard and its .idx."""
+    for path in (idx_path(shard), fidx_path(shard)):
+        if not storage.exists(path):
+            raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                               f"dali-video-index build {shard}")
-        shards.append(index)
+    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
+    index = read_frame_index(fidx_path(shard))
+    check_fresh(shard, index)
+    records = fmt.read_idx(idx_path(shard))
+    if len(records) != index.num_records or any(
+            records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
+        raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
+                          f"({index.num_records} records): stale index; rebuild it with: "
+                          f"dali-video-index build {shard}")
+    return index
+
+
+def load_table(files, split: str | None = None, *, mixed_classes: bool = False) -> VideoTable:
+    """Read the frame index headers of every shard, checking that no index is missing or stale and
+    (unless ``mixed_classes``) that every file gives each label the same class text.
+
+    Shards in a bucket are read 16 at a time (3 requests each after one listing), so start-up
+    waits for the store's latency once per 16 shards, not once per request."""
+    with ThreadPoolExecutor(16) as pool:
+        shards = list(pool.map(_shard_index, shard_files(files, split)))
+    if not mixed_classes:
+        _check_class_space(shards)
 
     def column(name, dtype):
         return np.array([value for ix in shards for value in ix.videos[name]], dtype=dtype)
@@ -91,16 +152,26 @@ def load_table(files, split: str | None = None) -> VideoTable:
 
 # ---------------------------------------------------------------- clip plans
 
+_SHORT_DOES = {"repeat_last": "their clips repeat the last frame", "loop": "their clips loop back to the first frame",
+               "skip": "they are skipped"}
+
+
 def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
     """Rows of the videos a clip can be taken from; checks sizes against the crop."""
-    short = table.num_frames < spec.span
     empty = (table.num_frames < 1) | (np.minimum(table.height, table.width) < 1)
+    short = ~empty & (table.num_frames < spec.span)
     if empty.any():
         log.warning("%d videos have no frames, or no frame size in their index, and are skipped (check them "
                     "with: dali-video-index inspect)", int(empty.sum()))
-    if spec.short_videos == "skip" and short.any():
-        log.warning("short_videos='skip': %d of %d videos have fewer than %d frames and are skipped",
-                    int(short.sum()), len(table), spec.span)
+    span = f"the clip span ({spec.span} frames: clip_len {spec.clip_len}, stride {spec.strides[1]})"
+    if short.any():
+        log.warning("%d of %d videos are shorter than %s; short_videos=%r: %s", int(short.sum()), len(table), span,
+                    spec.short_videos, _SHORT_DOES[spec.short_videos])
+    if spec.short_videos == "skip" and short.any() and not (~empty & ~short).any():
+        i = int(np.argmax(table.num_frames))
+        raise ValueError(f"every video is shorter than {span}: the longest, {str(table.filename[i])!r}, has "
+                         f"{table.num_frames[i]} frames; pass a smaller clip_len or stride, or "
+                         f"short_videos='repeat_last' or 'loop'")
     huge = (table.height > MAX_INT) | (table.width > MAX_INT)
     if huge.any():
         i = int(np.flatnonzero(huge)[0])
@@ -142,8 +213,13 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #
 # The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
 # videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
-# clips; clip p is item j = p % N of epoch e = p // N. Reader r of R with batch size B reads positions
-# initial_clip + k*B*R + r*B + i for its k-th batch, so any clip is found in O(1) from (seed, e, j).
+# clips. Reader r of R with batch size B reads positions initial_clip + k*B*R + r*B + i for its k-th
+# batch, so any clip is found in O(1) from (seed, e, j), where
+#   training:   clip p is item j = p % N of epoch e = p // N (an epoch's last batch runs into the next);
+#   evaluation: with G = B*R > 0 (global_batch), an epoch (a pass) is P = ceil(N / G) * G slots: slot
+#               q = p % P of epoch e = p // P is view j = q if q < N, else a padding clip (padding = 1)
+#               of view j = q % N; every pass thus holds every view once and starts a global batch.
+#               G = 0: P = N, no padding.
 #   training:   video = permute(j // K, n, hash(hash(seed, 1), e)); draws = hash(hash(hash(seed, 2), e), j);
 #               field f's random bits are hash(draws, f):
 #               stride = slo + uniform(f5, shi - slo + 1); scale R = rlo + uniform(f6, rhi - rlo + 1) (0: none)
@@ -272,13 +348,21 @@ class PlanSpec:
     config: ClipConfig
     seed: int
     training: bool
+    global_batch: int = 0  # evaluation: clips per global batch, to pad each pass to whole batches
 
     def items_per_epoch(self, num_videos: int) -> int:
+        """Clips (training) or views (evaluation) in an epoch, padding not counted."""
         c = self.config
         return num_videos * c.clips_per_video * (1 if self.training else c.num_crops)
 
+    def epoch_length(self, num_videos: int) -> int:
+        """Positions in an epoch: in evaluation, padded to whole global batches."""
+        items, g = self.items_per_epoch(num_videos), self.global_batch
+        return items if self.training or not g else -(-items // g) * g
+
     def steps_per_epoch(self, num_videos: int, global_batch_size: int) -> int:
-        """Global batches that cover an epoch once (the last one runs into the next epoch)."""
+        """Global batches that cover an epoch once (in training the last one runs into the next epoch; in
+        evaluation its rest is padding)."""
         return -(-self.items_per_epoch(num_videos) // global_batch_size)
 
     def floats(self) -> list[float]:
@@ -294,15 +378,16 @@ class PlanSpec:
         c = self.config
         ints = [self.seed, int(self.training), c.clip_len, *c.strides, c.crop_size, *c.resize_range,
                 SHORT_CODES[c.short_videos], c.clips_per_video, c.num_crops, int(c.flip),
-                int(c.crop_area is not None), int(c.color_jitter is not None), SAMPLING_CODES[c.sampling],
-                RULE_CODES[c.segment_rule], int(c.twice_sample), VIEW_CODES[c.test_views]]
+                int(c.crop_area is not None), int(c.color_jitter is not None), self.global_batch,
+                SAMPLING_CODES[c.sampling], RULE_CODES[c.segment_rule], int(c.twice_sample), VIEW_CODES[c.test_views]]
         return ints + [int(np.float64(v).view(np.int64)) for v in self.floats()]
 
 
 @dataclass(frozen=True)
 class ClipPlan:
     """What one clip is: a row of the videos planned over, its first frame and stride, its frame numbers,
-    crop window (in stored pixels) and flip, and colour factors (brightness, contrast, saturation, hue)."""
+    crop window (in stored pixels) and flip, colour factors (brightness, contrast, saturation, hue), and
+    whether it only pads an evaluation pass to whole batches."""
 
     video: int
     start: int
@@ -310,6 +395,7 @@ class ClipPlan:
     frames: np.ndarray
     window: tuple[int, int, int, int, int]  # y, x, h, w, flip
     color: tuple[float, float, float, float]
+    padding: int = 0
 
 
 def _train_window(plan: PlanSpec, rh: int, rw: int, draws: int) -> tuple[int, int, int, int]:
@@ -381,7 +467,9 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int, fps=No
     ``target_fps``) are given."""
     cfg, train, c = plan.config, plan.training, plan.config.crop_size
     n, k, crops = len(num_frames), cfg.clips_per_video, cfg.num_crops
-    epoch, j = divmod(position, plan.items_per_epoch(n))
+    epoch, j = divmod(position, plan.epoch_length(n))
+    padding = int(j >= plan.items_per_epoch(n))
+    j %= plan.items_per_epoch(n)
     seed = plan.seed & _M64
     if train:
         video, view, crop = permute(j // k, n, _hash(_hash(seed, 1), epoch)), 0, 0
@@ -421,7 +509,7 @@ def plan_clip(plan: PlanSpec, num_frames, heights, widths, position: int, fps=No
     idx = _frames(plan, view, draws, start, stride, frames, float(fps[video]) if fps is not None else 0.0)
     if cfg.sampling == "segments":
         stride = 0
-    return ClipPlan(video, int(idx[0]), stride, idx, (y, x, h, w, flip), color)
+    return ClipPlan(video, int(idx[0]), stride, idx, (y, x, h, w, flip), color, padding)
 
 
 # ---------------------------------------------------------------- mixtures of datasets
@@ -495,6 +583,10 @@ class MixPlan:
     def training(self) -> bool:
         return self.parts[0].training
 
+    @property
+    def global_batch(self) -> int:
+        return 0  # no evaluation padding: a mixture's epoch is whole periods of its schedule
+
     def floats(self) -> list[float]:
         return self.parts[0].floats()
 
@@ -526,6 +618,14 @@ def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool) ->
     dataset's seed is drawn from ``seed`` and its index, so the datasets' draws are independent."""
     parts = tuple(PlanSpec(c, seed=_hash(seed, i) >> 1, training=training) for i, c in enumerate(configs))
     return MixPlan(parts, tuple(int(n) for n in counts), tuple(int(w) for *_, w in mixture.parts))
+
+
+def mixture_table(mixture: Mixture, tables, rows=None) -> VideoTable:
+    """One table of a Mixture's datasets (of their ``rows``, default all), labels in the shared space."""
+    maps = shared_labels(mixture, tables)
+    taken = tables if rows is None else [t.take(r) for t, r in zip(tables, rows)]
+    return concat_tables([dataclasses.replace(t, label=np.array([m(x) for x in t.label], np.int64))
+                          for t, m in zip(taken, maps)])
 
 
 def shared_labels(mixture: Mixture, tables) -> list:

@@ -1,9 +1,10 @@
 """dali-video-doctor: check that this host can run dali-video, and name the fix for what is broken.
 
 Prints (and with --json writes) what a user and a bug report need: versions, GPUs, driver, the CUDA
-libraries TensorFlow loaded, whether the hardware JPEG decoder is usable, a small clip decoded on
-the CPU and on each GPU and compared, where the dataset's tensors land, and the decode and feed
-rates. Exit status 0 when the host is usable (the CPU fallback counts, and says so), 1 otherwise.
+libraries TensorFlow loaded, whether each GPU's hardware JPEG decoder is usable and used, the threads
+and memory a GPU pipeline takes at your clip length and frame size (``gpu_resources``), a small clip
+decoded on the CPU and on each GPU and compared, where the dataset's tensors land on each GPU, and the
+decode and feed rates. Exit status 0 when the host is usable (the CPU fallback counts, and says so), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loader.gpu import enable_memory_growth
+from .. import __version__
+from ..loader.gpu import enable_memory_growth, quiet_tensorflow
 from .sample_data import frame_number, make_folder_dataset
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Every check returns (name, ok, detail, fix); fix is "" when ok.
 Check = tuple[str, bool, str, str]
@@ -74,7 +74,7 @@ def _versions() -> dict:
     def starting(prefix):  # DALI's distribution names carry the CUDA flavour (nvidia-dali-cuda120)
         return next((d.version for d in metadata.distributions()
                      if (d.metadata["Name"] or "").lower().startswith(prefix)), None)
-    return {"python": platform.python_version(), "tensorflow": _installed("tensorflow"),
+    return {"dali_video": __version__, "python": platform.python_version(), "tensorflow": _installed("tensorflow"),
             "dali": starting("nvidia-dali-cuda"), "dali_tf_plugin": starting("nvidia-dali-tf-plugin"),
             "nvimgcodec": starting("nvidia-nvimgcodec")}
 
@@ -211,6 +211,48 @@ def _nvjpeg_hw_status() -> int | None:
     if status == 0:
         lib.nvjpegDestroy(handle)
     return status
+
+
+def _on_gpu(index: int, code: str, data="", env=None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a Python that sees only TensorFlow's GPU ``index`` (as CUDA numbers it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    device = visible.split(",")[index] if visible else str(index)
+    return subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": device})
+
+
+def _nvjpeg_hw_status_on(index: int) -> int | None:
+    proc = _on_gpu(index, "from dali_video.tools.doctor import _nvjpeg_hw_status as s; print(s())")
+    last = proc.stdout.strip().splitlines()[-1:] or ["None"]
+    return None if last[0] == "None" else int(last[0])
+
+
+# nvImageCodec's log at DALI_NVIMGCODEC_LOG_LEVEL=4 (debug; DALI 2.4's libdali_operators.so reads the
+# variable) names the codec that decodes: the hardware one is "nvjpeg_hw_decoder" (nvImageCodec 0.9,
+# extensions/nvjpeg/hw_decoder.cpp), which logs "zero HW engines" on a GPU without JPEG engines.
+HW_PROBE = """
+import sys
+from dali_video import clip_pipeline
+p = clip_pipeline(sys.argv[1], device="gpu", device_id=0, hw_decoder_load=1.0, batch_size=2, clip_len=8,
+                  crop_size=32, training=False, seed=0)
+p.pipeline.run()
+print("decoded", flush=True)
+"""
+
+
+def _hw_decoder_log(data, index: int) -> list[str]:
+    """The lines of nvImageCodec's debug log about its hardware decoder while GPU ``index`` decodes a
+    batch with ``hw_decoder_load=1``."""
+    proc = _on_gpu(index, HW_PROBE, data, env={"DALI_NVIMGCODEC_LOG_LEVEL": "4"})
+    if "decoded" not in proc.stdout:
+        raise RuntimeError(f"a decode on GPU {index} failed: {proc.stderr.strip()[-1500:]}")
+    return [line.strip() for line in (proc.stdout + proc.stderr).splitlines()
+            if "hw_decoder" in line.lower() or "HW engines" in line]
+
+
+def hw_decoder_used(log: list[str]) -> bool:
+    """Whether nvImageCodec's log shows its hardware decoder at work (see HW_PROBE)."""
+    return any("nvjpeg_hw_decoder" in line for line in log) and not any("zero HW engines" in line for line in log)
 
 
 # The checks.
@@ -350,19 +392,44 @@ def check_container_video() -> Check:
             "docker/Dockerfile sets it)")
 
 
-def check_hw_jpeg() -> Check:
+def check_hw_jpeg(data) -> Check:
     gpus = _tf_gpus()
     if not gpus:
         return "hw-jpeg", True, "no GPU: libjpeg-turbo decodes on the CPU", ""
-    status, name = _nvjpeg_hw_status(), gpus[0]["name"]
-    if status == 0:
-        return "hw-jpeg", True, f"usable on GPU 0 ({name}): DALI's mixed decoder hands it most JPEGs", ""
-    detail = f"not usable on GPU 0 ({name}; nvjpegCreateEx status {status}): nvJPEG decodes on CUDA cores"
-    if HW_JPEG_GPUS.search(name):
-        return ("hw-jpeg", False, detail + ", though this GPU has JPEG engines",
+    details, broken = [], []
+    for i, gpu in enumerate(gpus):
+        status, name, engines = _nvjpeg_hw_status_on(i), gpu["name"], HW_JPEG_GPUS.search(gpu["name"])
+        if status == 0:
+            used = hw_decoder_used(_hw_decoder_log(data, i))
+            details.append(f"GPU {i} ({name}): usable, {'used' if used else 'NOT used'} by DALI's decoder")
+            if engines and not used:
+                broken.append(i)
+            continue
+        details.append(f"GPU {i} ({name}): not usable (nvjpegCreateEx status {status}): nvJPEG decodes on CUDA cores"
+                       + (", though this GPU has JPEG engines" if engines else " (this GPU has no JPEG engine)"))
+        if engines:
+            broken.append(i)
+    if broken:
+        return ("hw-jpeg", False, "; ".join(details),
                 "in a container add the `video` driver capability "
                 "(-e NVIDIA_DRIVER_CAPABILITIES=compute,utility,video); otherwise update the NVIDIA driver")
-    return "hw-jpeg", True, detail + " (this GPU has no JPEG engine)", ""
+    return "hw-jpeg", True, "; ".join(details), ""
+
+
+def check_resources(clip_len: int, frame_hw, batch_size: int) -> Check:
+    """What each GPU pipeline of this clip length and frame size starts and allocates (gpu_resources)."""
+    from ..loader import resources
+
+    cores, pipelines = resources.usable_cores(), max(1, len(_tf_gpus()))
+    r = resources.gpu_resources(clip_len, frame_hw, batch_size, num_pipelines=pipelines, cores=cores)
+    detail = (f"T={clip_len}, {frame_hw[0]}x{frame_hw[1]} frames, batch {batch_size}, {pipelines} pipeline(s) on "
+              f"{cores} usable cores (os.cpu_count() {os.cpu_count()}): per pipeline num_threads "
+              f"{r['num_threads']}, {r['threads']} threads, {r['pinned_bytes'] / 2**20:.0f} MiB pinned, "
+              f"{r['device_bytes'] / 2**20:.0f} MiB on its GPU")
+    if r["threads"] > resources.MAX_THREADS or r["pinned_bytes"] > 1 << 30:
+        return ("resources", False, detail, "lower --batch-size or --clip-len, or store smaller frames "
+                "(dali-video-write --resize)")
+    return "resources", True, detail, ""
 
 
 def _decode(data, device: str, device_id: int) -> np.ndarray:
@@ -395,12 +462,14 @@ def check_decode(data) -> Check:
 def check_placement(data) -> Check:
     from .. import clip_dataset
 
-    gpu = bool(_tf_gpus())
-    clips, _ = next(iter(clip_dataset(str(data), device="gpu" if gpu else "cpu", **FEED)))
-    detail = f"clips {clips.shape.as_list()} {clips.dtype.name} on {clips.device}"
-    if gpu and "GPU:0" not in clips.device:
-        return "placement", False, detail + ", not on GPU 0", REPORT
-    return "placement", True, detail + ("" if gpu else " (CPU fallback)"), ""
+    gpus = len(_tf_gpus())
+    details = []
+    for i in range(max(gpus, 1)):  # every GPU: its elements must land on it
+        clips, _ = next(iter(clip_dataset(str(data), device="gpu" if gpus else "cpu", device_id=i, **FEED)))
+        details.append(f"clips {clips.shape.as_list()} {clips.dtype.name} on {clips.device}")
+        if gpus and f"GPU:{i}" not in clips.device:
+            return "placement", False, "; ".join(details) + f", not on GPU {i}", REPORT
+    return "placement", True, "; ".join(details) + ("" if gpus else " (CPU fallback)"), ""
 
 
 def _per_second(step, seconds: float) -> float:
@@ -437,9 +506,10 @@ def _tiny_dataset(root: Path) -> Path:
     return root / "data"
 
 
-def run_checks(data, seconds: float) -> list[Check]:
+def run_checks(data, seconds: float, clip_len: int = 32, frame_hw=(256, 340), batch_size: int = 8) -> list[Check]:
     checks = [check_versions, check_gpus, check_driver, check_cuda_packages, check_cudnn, check_xla_tools,
-              check_memory_growth, check_container_video, check_hw_jpeg, partial(check_decode, data),
+              check_memory_growth, check_container_video, partial(check_hw_jpeg, data),
+              partial(check_resources, clip_len, frame_hw, batch_size), partial(check_decode, data),
               partial(check_placement, data), partial(check_rate, data, seconds)]
     results = []
     for check in checks:
@@ -463,11 +533,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-doctor", description=__doc__)
     p.add_argument("--json", metavar="PATH", help="also write the report to PATH as JSON")
     p.add_argument("--seconds", type=float, default=10.0, help="time spent measuring rates (default 10)")
+    p.add_argument("--clip-len", type=int, default=32, help="your clip length, for the resources check (default 32)")
+    p.add_argument("--frame-size", default="256x340", help="your largest stored frame HxW (default 256x340)")
+    p.add_argument("--batch-size", type=int, default=8, help="your clips per GPU and step (default 8)")
     args = p.parse_args(argv)
+    frame_hw = tuple(int(v) for v in args.frame_size.lower().split("x"))
 
+    quiet_tensorflow()
     enable_memory_growth()  # before anything uses a GPU, as dali-video-train does
     with tempfile.TemporaryDirectory(prefix="dali-video-doctor-") as tmp:
-        results = run_checks(_tiny_dataset(Path(tmp)), args.seconds)
+        results = run_checks(_tiny_dataset(Path(tmp)), args.seconds, args.clip_len, frame_hw, args.batch_size)
     ok = all(r[1] for r in results)
     gpus = len(_tf_gpus())
     report = {"ok": ok, "mode": "gpu" if gpus else "cpu-fallback", "host": host(),

@@ -7,13 +7,18 @@ fit does not run under that strategy); every worker runs the same command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import math
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The options that set each field of a run's record, for the way out when a restart differs.
+RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
+             "recipe": "--recipe",
+             "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
 
 
 def small_video_model(num_classes: int, clip_len: int, crop_size: int):
@@ -45,6 +50,12 @@ def _int_or_range(text: str):
     return (int(low), int(high)) if high else int(low)
 
 
+def _where(data: str) -> str:
+    from ..index_tools import storage
+
+    return data if storage.is_url(data) else os.path.abspath(data)
+
+
 def _mix_part(text: str, default):
     """"DATA:RECIPE:WEIGHT" -> (DATA, recipe, weight); RECIPE "default" is the default clips."""
     parts = text.rsplit(":", 2)
@@ -56,10 +67,17 @@ def _mix_part(text: str, default):
 
 def main(argv=None) -> int:
     from ..loader.config import RECIPES, ClipConfig, resolve
+    from ..loader.errors import ReaderError, reader_errors
+    from ..loader.gpu import quiet_tensorflow
+    from ..loader.sampling import SplitError
 
     p = argparse.ArgumentParser(prog="dali-video-train", description=__doc__)
-    p.add_argument("--data", help="shard glob or dataset folder (default: a small sample dataset)")
-    p.add_argument("--split", help="split of a dataset folder that holds several")
+    p.add_argument("--data", help="shard glob or dataset folder, local or s3://, gs:// (default: a small "
+                                  "sample dataset)")
+    p.add_argument("--split", help="split of a dataset folder that holds several (train.tfrecord, train-*, "
+                                   "train_*, *-train-*)")
+    p.add_argument("--mixed-classes", action="store_true", help="read files whose labels name different classes "
+                                                                "together (refused by default)")
     p.add_argument("--cpu", action="store_true", help="CPU fallback: decode on the CPU, no GPU needed")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--recipe", choices=tuple(RECIPES), help="a published training recipe's clips (scale jitter, "
@@ -80,6 +98,13 @@ def main(argv=None) -> int:
                                             "resume from them when they exist (after a preemption, say); "
                                             "across hosts, a folder every worker sees")
     args = p.parse_args(argv)
+    quiet_tensorflow()
+    library = logging.getLogger("dali_video")
+    if not library.handlers:  # its log (the files taken, videos shorter than a clip, ...) is the user's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("dali-video-train: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
     workers = len(cluster.get("cluster", {}).get("worker", []))
     if workers > 1:  # before TensorFlow is imported: tf.keras is then tf-keras (Keras 2)
@@ -89,9 +114,10 @@ def main(argv=None) -> int:
 
     from ..loader.dataset import clip_dataset, distribute, steps_per_epoch
     from ..loader.gpu import enable_memory_growth
-    from ..loader.resume import ClipPosition, read_position
+    from ..loader.monitor import InputMonitor
+    from ..loader.resume import ClipPosition, check_run, dataset_fingerprint, read_position
     from .sample_data import sample_dataset
-    from ..loader.sampling import Mixture, load_table
+    from ..loader.sampling import Mixture, load_table, mixture_table
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
@@ -106,32 +132,48 @@ def main(argv=None) -> int:
         if args.mix:  # the recipes travel in the mixture; the options override each
             data = Mixture([_mix_part(m, default) for m in args.mix])
             config = resolve(data.parts[0][1], True, options)
-            kw = dict(batch_size=args.batch_size, split=args.split, **options)
+            kw = dict(batch_size=args.batch_size, split=args.split, mixed_classes=args.mixed_classes, **options)
         else:
             config = resolve(args.recipe or default, True, options)
-            kw = dict(batch_size=args.batch_size, recipe=config, split=args.split)
+            kw = dict(batch_size=args.batch_size, recipe=config, split=args.split,
+                      mixed_classes=args.mixed_classes)
         position = read_position(args.checkpoint_dir) if args.checkpoint_dir else None
-        if position and position["global_batch_size"] != args.batch_size:
-            raise ValueError(f"{args.checkpoint_dir} holds a run with global batch {position['global_batch_size']}, "
-                             f"not {args.batch_size}: pass --batch-size {position['global_batch_size']}")
-        seed, initial_clip = (position["seed"], position["clip"]) if position else (args.seed, 0)
+        seed, initial_clip = args.seed, position["clip"] if position else 0
         if workers > 1:  # every worker reads its share of each global batch and runs the same steps
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
             batch = kw.pop("batch_size")
             ds = distribute(strategy, data, global_batch_size=batch, device=device, seed=seed,
                             initial_clip=initial_clip, **kw)
             steps = args.steps_per_epoch or steps_per_epoch(data, batch_size=batch, **kw)
-            num_classes = sum(int(load_table(f, args.split).label.max()) + 1
-                              for f, *_ in (data.parts if args.mix else [(data,)]))
+            tables = [load_table(f, args.split, mixed_classes=args.mixed_classes)
+                      for f, *_ in (data.parts if args.mix else [(data,)])]
+            table = mixture_table(data, tables) if args.mix else tables[0]
         else:
             strategy = tf.distribute.get_strategy()
             ds = clip_dataset(data, device=device, seed=seed, initial_clip=initial_clip, **kw)
             loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
             steps = args.steps_per_epoch or loader.steps_per_epoch
-            num_classes = int(loader.table.label.max()) + 1
+            table = loader.table
+        num_classes = int(table.label.max()) + 1
+        # What the clip position means: a restart must read the same clips (see resume.check_run).
+        where = [[_where(f), str(r), w] for f, r, w in data.parts] if args.mix else _where(data)
+        run = {"data": where,
+               "dataset": dataset_fingerprint(table), "split": args.split, "recipe": args.recipe,
+               "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size, "seed": seed}
+        if position:
+            check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)
+    except SplitError as e:
+        print(f"dali-video-train: error: {e.folder} holds the splits {e.found}: pass --split to pick one",
+              file=sys.stderr)
+        return 1
     except (ValueError, OSError) as e:
         print(f"dali-video-train: error: {e}", file=sys.stderr)
         return 1
+    if position and position["epoch"] >= args.epochs:
+        print(f"dali-video-train: nothing left to train: {args.checkpoint_dir} holds a run that finished epoch "
+              f"{position['epoch']} and --epochs is {args.epochs}; pass --epochs above {position['epoch']} to "
+              f"train further, or another --checkpoint-dir to start a new run", flush=True)
+        return 0
     tf.keras.utils.set_random_seed(args.seed)
     resolver = strategy.cluster_resolver  # across hosts: the chief writes the position, all save the model
     chief = getattr(strategy.extended, "should_checkpoint", True)
@@ -153,18 +195,30 @@ def main(argv=None) -> int:
                               "accuracy": round(float(logs["accuracy"]), 4),
                               "clips_per_s": round(clips / seconds, 1),
                               "frames_per_s": round(clips * config.clip_len / seconds, 1),
-                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips}), flush=True)
+                              "clip": initial_clip + (epoch + 1 - first_epoch) * clips,
+                              "input_wait": round(logs["input_wait"], 3) if "input_wait" in logs else None}),
+                  flush=True)
 
-    callbacks = [Speed()]
+    # The share of each epoch spent waiting for input (InputMonitor): timed where the batches reach
+    # the host (one process on the CPU); on the GPU no tf.data op may follow DALI's dataset.
+    monitor = InputMonitor()
+    if device == "cpu" and workers == 1:
+        ds = monitor.watch(ds)
+    callbacks = [monitor, Speed()]  # the monitor first: Speed prints its input_wait
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
-                                      initial_clip=initial_clip, chief=chief, task=task))
+                                      initial_clip=initial_clip, chief=chief, task=task, run=run))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
           f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",
           flush=True)
-    model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=0, shuffle=False)
+    try:
+        with reader_errors():
+            model.fit(ds, epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0, shuffle=False)
+    except ReaderError as e:  # a damaged frame, say: its message alone, not DALI's and TensorFlow's context
+        print(f"dali-video-train: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@
   dali-video-write ROOT OUT                          ROOT/<class>/<video>
   dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
   dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+  dali-video-write --replace ROOT OUT                OUT holds another dataset: delete it (every split), write this
   dali-video-write --runner beam ROOT OUT [-- BEAM PIPELINE OPTIONS]
       the same, as an Apache Beam pipeline: by default --workers local processes; after "--",
       Beam's own options, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081
@@ -17,6 +18,8 @@ import time
 
 from tqdm import tqdm
 
+from ..index_tools import storage
+
 from .encode import EncodeOptions
 from .sources import InputError, from_csv, from_folder, from_kinetics
 from .write import WriteError, write_dataset
@@ -26,7 +29,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-write", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset folder (videos)")
-    p.add_argument("out", help="output folder for shards, indexes and manifests")
+    p.add_argument("out", help="output folder for shards, indexes and manifests "
+                   "(or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="CSV of path,label rows")
     src.add_argument("--kinetics", action="append", metavar="CSV",
@@ -43,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="a bad video: skip and report it (default) or stop")
     p.add_argument("--seed", type=int, default=0, help="seed of the video order in shards")
+    p.add_argument("--replace", action="store_true",
+                   help="OUT holds another dataset: delete its shards, indexes and manifests (every split) first")
     p.add_argument("--follow-symlinks", action="store_true", help="follow symlinks that leave ROOT")
     p.add_argument("--runner", choices=("local", "beam"), default="local",
                    help="local processes (default) or an Apache Beam pipeline (pip install 'dali-video[beam]')")
@@ -54,6 +60,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
+        if storage.is_url(storage.check_path(args.root)):
+            raise InputError(f"{args.root}: the videos are read from a local folder (or one every Beam worker "
+                             f"mounts); only the output may be an s3:// or gs:// URL")
         opts = EncodeOptions(resize_shorter=args.resize, quality=args.quality, fps=args.fps,
                              max_frames=args.max_frames)
         classes = None
@@ -83,7 +92,7 @@ def main(argv=None) -> int:
         manifests = write_dataset(specs, args.out, opts, input_failures=failures,
                                   shard_size_mb=args.shard_size, num_shards=args.num_shards,
                                   workers=args.workers, on_error=args.on_error, seed=args.seed,
-                                  progress=progress, runner=args.runner, beam_args=beam_args)
+                                  progress=progress, runner=args.runner, beam_args=beam_args, replace=args.replace)
         bar.close()
     except (InputError, WriteError, ValueError, OSError) as e:
         print(f"dali-video-write: error: {e}", file=sys.stderr)
@@ -94,6 +103,8 @@ def main(argv=None) -> int:
               f"{len(m['failures'])} skipped, {len(m['warnings'])} warnings")
         for f in m["failures"]:
             print(f"  skipped {f['filename']}: {f['reason']}")
+        for w in m["warnings"]:
+            print(f"  warning {w['filename']}: {w['reason']}")
     total_frames = sum(m["frames"] for m in manifests.values())
     total_videos = sum(m["videos"] for m in manifests.values())
     print(f"wrote {total_videos} videos, {total_frames} frames in {seconds:.1f} s "

@@ -5,8 +5,8 @@
 One element per shard: a PCollection holds shard plans and small results, never video bytes (a
 worker encodes and writes its shard's videos one at a time). Every shard is written by the same
 ``write_shard`` as the local writer, so the output is the same bytes whatever the runner and the
-number of workers. Inputs and outputs must lie on a filesystem that every worker and the machine
-that starts the job see at the same paths.
+number of workers. The videos must lie on a filesystem that every worker and the machine that
+starts the job see at the same paths; the output may also be an ``s3://`` or ``gs://`` URL.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineState
 
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .write import DatasetPlan, ShardResult, WriteError, write_manifests, write_shard
 
@@ -93,7 +94,7 @@ def write_with_beam(plan: DatasetPlan, *, workers: int, beam_args=()) -> dict:
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     log.info("beam metrics: %s", ", ".join(f"{c.key.metric.name}={c.committed}" for c in
                                            sorted(counters, key=lambda c: c.key.metric.name)))
-    return {split: json.loads(fmt.manifest_path(plan.out_dir, split).read_text()) for split in plan.splits}
+    return {split: json.loads(storage.read(fmt.manifest_path(plan.out_dir, split))) for split in plan.splits}
 
 
 def _last_line(e: Exception) -> str:

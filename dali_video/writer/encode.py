@@ -17,6 +17,7 @@ from ..index_tools import VideoMeta
 from ..index_tools import format as fmt
 from ..index_tools.proto import encode_example
 
+from .containers import HEAD_BYTES, not_a_video
 from .sources import VideoSpec
 
 
@@ -121,7 +122,18 @@ def _encode_frames(frames, opts: EncodeOptions):
     return jpegs, size
 
 
+def _check_container(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as e:
+        raise VideoError(f"cannot open: {e.strerror}") from None
+    if reason := not_a_video(head):
+        raise VideoError(reason)
+
+
 def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
+    _check_container(spec.path)
     with open_video(spec.path) as cap:
         if not cap.isOpened():
             raise VideoError("cannot open: unreadable or not a video")

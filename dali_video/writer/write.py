@@ -6,6 +6,7 @@ Beam runner (``writer.beam``) maps ``write_shard`` over the shards. Both give th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,17 +15,19 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import cv2
 import numpy as np
 
-from ..index_tools import FormatError, ShardIndex, read_frame_index
+from ..index_tools import ShardIndex, read_frame_index
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
+from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, split_of
 from .sources import Failure, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -138,13 +141,9 @@ def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
     return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
 
 
-def _shard_done(path: Path, digest: str) -> bool:
-    if not (path.exists() and fmt.idx_path(path).exists() and fmt.fidx_path(path).exists()):
-        return False
-    try:
-        index = read_frame_index(fmt.fidx_path(path))
-        fmt.check_fresh(path, index)
-    except FormatError:
+def _shard_done(path, digest: str) -> bool:
+    index = complete_index(path) if storage.exists(fmt.idx_path(path)) else None
+    if index is None:
         return False
     if index.notes.get("plan") != digest:
         log.info("%s was written from other videos or options: writing it again", path)
@@ -199,44 +198,39 @@ class ShardResult:
     reused: bool = False  # complete before this run
 
 
-def _shard_result(path: Path, reused: bool = False) -> ShardResult:
+def _shard_result(path, reused: bool = False) -> ShardResult:
     ix = read_frame_index(fmt.fidx_path(path))
-    return ShardResult(file=path.name, videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
+    return ShardResult(file=storage.name(path), videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
                        num_frames=dict(zip(ix.videos["filename"], ix.videos["num_frames"])),
                        classes=dict(zip(ix.videos["label"], ix.videos["class_text"])),
                        failures=ix.notes.get("failures", []), warnings=ix.notes.get("warnings", []),
                        reused=reused)
 
 
-def _write_shard(path: Path, plan: ShardPlan, digest: str, results, on_error: str, progress) -> None:
+def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, results, on_error: str,
+                 progress) -> None:
+    """The shard, then its .idx, then its .fidx, each appearing whole (renamed, or one upload)."""
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for spec in plan.videos:
-                result = next(results)
-                if isinstance(result, Failure):
-                    if on_error == "fail":
-                        raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
-                    log.warning("skipping %s: %s", spec.path, result.reason)
-                    failures.append({"filename": result.filename, "reason": result.reason})
-                    progress(0)
-                    continue
-                if result.warning:
-                    warnings.append({"filename": spec.filename, "reason": result.warning})
-                index.add(f.tell(), result.data, result.spans, result.meta)
-                f.write(fmt.encode_record(result.data))
-                progress(len(result.spans))
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.writing(path) as f:
+        for spec in plan.videos:
+            result = next(results)
+            if isinstance(result, Failure):
+                if on_error == "fail":
+                    raise WriteError(f"{spec.path}: {result.reason} (pass --on-error skip to skip such videos)")
+                log.warning("skipping %s: %s", spec.path, result.reason)
+                failures.append({"filename": result.filename, "reason": result.reason})
+                progress(0)
+                continue
+            if result.warning:
+                warnings.append({"filename": spec.filename, "reason": result.warning})
+            index.add(f.tell(), result.data, result.spans, result.meta)
+            f.write(fmt.encode_record(result.data))
+            progress(len(result.spans))
+        size = f.tell()
     fmt.atomic_write(fmt.idx_path(path), index.idx_bytes())
     # The frame index goes last: its presence marks the shard complete.
-    notes = {"plan": digest, "failures": failures, "warnings": warnings}
+    notes = {"plan": digest, "options": asdict(opts), "failures": failures, "warnings": warnings}
     fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, notes))
 
 
@@ -251,13 +245,13 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
     on a hostile file) becomes a reported failure instead of taking this process with it.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    path, digest = Path(out_dir) / shard.name, plan_digest(shard, opts)
+    path, digest = storage.join(out_dir, shard.name), plan_digest(shard, opts)
     if _shard_done(path, digest):
         return _shard_result(path, reused=True)
     tasks = [(spec, opts) for spec in shard.videos]
     encoded = encode_all(tasks, workers=1) if isolate else (_encode(t) for t in tasks)
     try:
-        _write_shard(path, shard, digest, encoded, on_error, lambda frames: None)
+        _write_shard(path, shard, opts, digest, encoded, on_error, lambda frames: None)
     finally:
         encoded.close()
     return _shard_result(path)
@@ -265,21 +259,29 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
 
 def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
                  shard_size_mb: float = 256, num_shards: int | None = None,
-                 on_error: Literal["skip", "fail"] = "skip", seed: int = 0) -> DatasetPlan:
+                 on_error: Literal["skip", "fail"] = "skip", seed: int = 0, replace: bool = False) -> DatasetPlan:
     """Plan the shards of every split of ``specs`` in ``out_dir``, and ready the folder for them.
 
-    Creates the folder, removes the temp files of a killed run, and refuses a folder that holds
-    shards of another plan. Paths become absolute, for workers that run elsewhere.
+    The folder holds one dataset. A plan that resumes the dataset there, or adds a split to it
+    with the same options and class ids, proceeds; any other stops before a file is touched, with a
+    WriteError naming each split and what differs (an option, a class id, the shard count, the
+    seed, the videos). ``replace=True`` first deletes the dataset there: every shard, index and
+    manifest of every split (and no other file). Creates the folder and removes the temp files of
+    a killed run. For ``s3://``/``gs://`` output, the same holds of the objects under the prefix,
+    and the bucket is checked first (it must exist and be listable). Paths become absolute, for
+    workers that run elsewhere.
     """
     _check_choice("on_error", on_error, ON_ERROR)
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
+    out = storage.check_path(out_dir)
+    if storage.is_url(out):
+        storage.check_bucket(out)
+    else:
+        out = out.absolute()
     input_failures = tuple(input_failures)
     if input_failures and on_error == "fail":
-        raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason}")
-    specs = [replace(s, path=os.path.abspath(s.path)) for s in specs]
+        raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason} "
+                         f"(pass --on-error skip to skip such videos)")
+    specs = [dataclasses.replace(s, path=os.path.abspath(s.path)) for s in specs]
     splits = sorted({s.split for s in specs})
     if num_shards is None:
         per_video = estimate_bytes_per_video(specs, opts) if specs else 0
@@ -288,23 +290,40 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
     shards = plan_shards(specs, counts, seed)
-    planned = {p.name for p in shards}
-    foreign = sorted(f.name for f in out.glob(f"*{fmt.SHARD_SUFFIX}")
-                     if (parsed := fmt.parse_shard_name(f.name)) and parsed[0] in splits and f.name not in planned)
-    if foreign:
-        raise WriteError(f"{out} holds shards of another plan ({foreign[0]}, ...), which would mix with these "
-                         f"{len(shards)}: remove them or write to another folder")
+    there = storage.isdir(out)
+    if there and replace:
+        remove_dataset(out)
+    elif there and shards:
+        _check_folder(out, specs, shards, opts, seed)
+    if not storage.is_url(out):  # an upload leaves no partial object behind; a local write its temp file
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):
+            if split_of(stale.name) is not None:
+                stale.unlink()
     return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
+
+
+def _check_folder(out: Path | str, specs, shards, opts: EncodeOptions, seed: int) -> None:
+    """Refuse to write ``shards`` into a folder that holds another dataset."""
+    new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split},
+                             {p.name: plan_digest(p, opts) for p in shards if p.split == split}, seed)
+           for split in sorted({p.split for p in shards})}
+    old = read_folder(out)
+    if lines := differences(old, new):
+        raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
+                         + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
+                         "and manifests of every split and write this dataset, or write to another folder")
 
 
 def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
                   shard_size_mb: float = 256, num_shards: int | None = None, workers: int | None = None,
                   on_error: Literal["skip", "fail"] = "skip", seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
-                  runner: Literal["local", "beam"] = "local", beam_args=()) -> dict:
+                  runner: Literal["local", "beam"] = "local", beam_args=(), replace: bool = False) -> dict:
     """Write every split of ``specs`` to ``out_dir``; return the manifests by split.
 
-    Re-running after a crash skips the complete shards and gives the same bytes.
+    Re-running after a crash skips the complete shards and gives the same bytes. A folder holds
+    one dataset: see ``plan_dataset`` for the runs it refuses and ``replace=True``.
     ``progress(videos, frames)`` is called once per video done (local runner only).
     ``runner="beam"`` runs the same plan as an Apache Beam pipeline (``writer.beam``), with
     ``beam_args`` as its pipeline options; the output is the same bytes.
@@ -313,7 +332,7 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     if beam_args and runner != "beam":
         raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
     plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
-                        num_shards=num_shards, on_error=on_error, seed=seed)
+                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
     workers = workers or os.cpu_count()
     if runner == "beam":
         try:
@@ -328,9 +347,9 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
 
 def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     """The shards in this process, the videos encoded by a pool of ``workers`` processes."""
-    out = Path(plan.out_dir)
+    paths = {p.name: storage.join(plan.out_dir, p.name) for p in plan.shards}
     digests = {p.name: plan_digest(p, plan.opts) for p in plan.shards}
-    done = {p.name for p in plan.shards if _shard_done(out / p.name, digests[p.name])}
+    done = {p.name for p in plan.shards if _shard_done(paths[p.name], digests[p.name])}
     if done:
         log.info("resuming: %d of %d shards already complete", len(done), len(plan.shards))
     todo = [p for p in plan.shards if p.name not in done]
@@ -340,10 +359,11 @@ def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
         for p in todo:
-            _write_shard(out / p.name, p, digests[p.name], encoded, plan.on_error, lambda frames: tick(1, frames))
+            _write_shard(paths[p.name], p, plan.opts, digests[p.name], encoded, plan.on_error,
+                         lambda frames: tick(1, frames))
     finally:
         encoded.close()
-    return [_shard_result(out / p.name, reused=p.name in done) for p in plan.shards]
+    return [_shard_result(paths[p.name], reused=p.name in done) for p in plan.shards]
 
 
 def write_manifests(plan: DatasetPlan, results) -> dict:
@@ -356,13 +376,13 @@ def write_manifests(plan: DatasetPlan, results) -> dict:
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
                          f"write every shard before the manifests")
-    return {split: _write_manifest(Path(plan.out_dir), split, [p for p in plan.shards if p.split == split],
+    return {split: _write_manifest(plan.out_dir, split, [p for p in plan.shards if p.split == split],
                                    [by_file[p.name] for p in plan.shards if p.split == split], plan,
                                    [f for f in plan.input_failures if f.split in ("", split)])
             for split in plan.splits}
 
 
-def _write_manifest(out: Path, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
+def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
     warnings, classes = [], {}
     for r in results:

@@ -1,17 +1,26 @@
-"""dali-video's native DALI operator (``clip_reader.cc``): build it, load it once per process.
+"""dali-video's native DALI operator (``clip_reader.cc``): find or build it, load it once per process.
 
-The library's name carries a hash of its source, the DALI version and the flags, so a changed
-source or DALI gets a new build and a stale library is never loaded. ``make setup`` (and the
-Docker image's build stage) build it with ``python -m dali_video.loader.native``.
+The library's name carries a hash of its source, the DALI version and the compiler flags (without
+their paths), so a changed source or DALI gets a new build and a stale library is never loaded. It
+is looked for in two places:
+
+- ``_build/`` beside this file: the wheel carries it there, built for the DALI it pins; ``make
+  setup`` (and the Docker image's build stage) build it there with ``python -m dali_video.loader.native``;
+- the user cache, ``$DALI_VIDEO_CACHE/native`` (default ``~/.cache/dali-video/native``): where the
+  installed DALI differs from the wheel's, or the package has no library (an sdist installed without
+  a compiler), the first use builds it there, under a file lock so that many processes starting at
+  once build it once, and renames it into place complete. The package folder may be read-only.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import importlib.util
+import logging
 import os
+import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +28,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("clip_reader.cc")  # includes the headers beside it
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
 BUILD_DIR = Path(__file__).with_name("_build")
-BUILD_COMMAND = f"{Path(sys.executable).name} -m dali_video.loader.native"
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: Path | None = None
 
@@ -54,31 +63,71 @@ def _dali_version() -> str:
     return nvidia.dali.__version__
 
 
-def library_path(sanitize: str | None = None) -> Path:
+def cache_dir() -> Path:
+    """Where the first use builds the library: ``$DALI_VIDEO_CACHE/native`` or ``~/.cache/dali-video/native``."""
+    return Path(os.environ.get("DALI_VIDEO_CACHE") or Path.home() / ".cache" / "dali-video") / "native"
+
+
+def library_name(sanitize: str | None = None) -> str:
+    # Include and library paths differ between the wheel's build environment and the user's venv
+    # while naming the same DALI and headers, so they stay out of the key.
+    flags = [f for f in _flags(sanitize) if not f.startswith(("-I", "-L"))]
     key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + _dali_version().encode()
-                         + " ".join(_flags(sanitize)).encode()).hexdigest()[:16]
-    return BUILD_DIR / f"libdali_video_ops-{key}{'-' + sanitize if sanitize else ''}.so"
+                         + " ".join(flags).encode()).hexdigest()[:16]
+    return f"libdali_video_ops-{key}{'-' + sanitize if sanitize else ''}.so"
 
 
-def build(sanitize: str | None = None) -> Path:
-    """Compile the operator if this source and DALI have no library yet; return its path."""
-    path = library_path(sanitize)
-    if path.exists():
-        return path
-    BUILD_DIR.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=BUILD_DIR, suffix=".so.tmp")
+def library_path(sanitize: str | None = None) -> Path:
+    """The library in the package (the wheel's, or ``make setup``'s)."""
+    return BUILD_DIR / library_name(sanitize)
+
+
+def _compile(path: Path, sanitize: str | None) -> None:
+    """Compile the operator to ``path``, atomically: a temp file in the same folder, then a rename."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(
+            f"dali-video's native reader is not built for DALI {_dali_version()} and building it needs a "
+            f"C++ compiler, but '{cxx}' is not on PATH: install g++ (Debian/Ubuntu: apt-get install g++; "
+            f"RHEL: dnf install gcc-c++) or set CXX, or install the DALI version that dali-video's wheel "
+            f"was built for (the nvidia-dali pin in `pip show dali-video`)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".so.tmp")
     os.close(fd)
-    cmd = [os.environ.get("CXX", "g++"), str(SOURCE), "-o", tmp, *_flags(sanitize)]
+    cmd = [cxx, str(SOURCE), "-o", tmp, *_flags(sanitize)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} failed:\n{' '.join(cmd)}\n{proc.stderr}")
         os.replace(tmp, path)
-        for old in BUILD_DIR.glob(f"libdali_video_ops-*{'-' + sanitize if sanitize else ''}.so"):
-            if old != path and (sanitize or old.name.count("-") == 1):
-                old.unlink()  # built from another source or DALI: never loaded again
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def build(sanitize: str | None = None, folder: Path = BUILD_DIR) -> Path:
+    """Compile the operator into ``folder`` if this source and DALI have no library there; return its path."""
+    path = Path(folder) / library_name(sanitize)
+    if path.exists():
+        return path
+    _compile(path, sanitize)
+    for old in path.parent.glob(f"libdali_video_ops-*{'-' + sanitize if sanitize else ''}.so"):
+        if old != path and (sanitize or old.name.count("-") == 1):
+            old.unlink()  # built from another source or DALI: never loaded again
+    return path
+
+
+def cached_build(sanitize: str | None = None) -> Path:
+    """The library in the user cache, built there on first use: once, whoever else starts at the same time."""
+    path = cache_dir() / library_name(sanitize)
+    if path.exists():  # appears only complete (renamed into place)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not path.exists():  # another process may have built it while this one waited
+            log.warning("building dali-video's native reader for DALI %s into %s (once for this cache)",
+                        _dali_version(), path)
+            _compile(path, sanitize)
     return path
 
 
@@ -89,9 +138,7 @@ def load() -> Path:
         if _loaded is None:
             path = library_path(_sanitize())
             if not path.exists():
-                raise RuntimeError(f"dali-video's native reader is not built for this source and DALI "
-                                   f"{_dali_version()} (no {path}); build it with: "
-                                   f"{BUILD_COMMAND}  (or: make setup)")
+                path = cached_build(_sanitize())
             from nvidia.dali import plugin_manager
 
             plugin_manager.load_library(str(path))

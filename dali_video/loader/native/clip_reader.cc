@@ -55,13 +55,20 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
     d.filenames.push_back(names.substr(start, end - start));
     start = end + 1;
   }
-  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size(),
+  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size() &&
+               (d.shard_size.empty() || d.shard_size.size() == d.shards.size()),
                "dali-video clip reader: the per-video arguments disagree in length");
+  d.shard_size.resize(d.shards.size());  // 0: a local shard's size comes from the file
+  d.table_rows.assign(d.shards.size(), 0);
+  for (size_t v = 0; v < d.videos.size(); ++v)
+    d.table_rows[d.shard[v]] = std::max<u64>(d.table_rows[d.shard[v]], d.row[v] + d.videos[v].num_frames);
+  d.cache = std::make_unique<ShardRows[]>(d.shards.size());
 }
 
-// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, then the colour factors as
-// float32 bits (brightness, contrast, saturation, hue)
-constexpr int kMetaColumns = 14;
+// crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, the colour factors as
+// float32 bits (brightness, contrast, saturation, hue), then padding (1: a clip that only fills an
+// evaluation pass's last batch), then dataset (a Mixture's, else 0)
+constexpr int kMetaColumns = 16;
 
 void check_spec(const Spec &s);
 
@@ -90,6 +97,7 @@ Spec read_spec(const dali::OpSpec &spec) {
   s.clips_per_video = spec.GetArgument<int>("clips_per_video");
   s.num_crops = spec.GetArgument<int>("num_crops");
   s.flip = spec.GetArgument<bool>("flip");
+  s.global_batch = spec.GetArgument<int>("global_batch");
   const auto area = reals("crop_area", 2), aspect = reals("crop_aspect", 4), jitter = reals("color_jitter", 4);
   DALI_ENFORCE(aspect.size() == 4, "dali-video clip reader: crop_aspect needs low, high and their logarithms");
   s.random_area = !area.empty();
@@ -112,7 +120,7 @@ void check_spec(const Spec &s) {
   const int64_t most = 65535;  // as ClipConfig checks; 0.0099 below: 0.01 in float32 is a little less
   DALI_ENFORCE(s.clip_len >= 1 && s.clip_len <= most && s.stride_lo >= 1 && s.stride_hi <= most && s.crop >= 1 &&
                s.crop <= most && s.resize_lo >= 0 && s.resize_hi <= most && s.clips_per_video >= 1 &&
-               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) &&
+               s.clips_per_video <= most && (s.num_crops == 1 || s.num_crops == 3) && s.global_batch >= 0 &&
                s.aspect_lo >= 0.0099 && s.aspect_hi <= 100 && s.area_lo > 0 && s.area_hi <= 1 &&
                std::fabs(s.log_aspect_lo) <= 5 && std::fabs(s.log_aspect_hi) <= 5 && (s.sampling == kStride ||
                s.sampling == kSegments) && (s.segment_rule == kSlowFastRule || s.segment_rule == kTsnRule) &&
@@ -126,11 +134,14 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
     d_.shards = spec.GetRepeatedArgument<std::string>("shards");
     for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
+    for (int64_t size : spec.GetRepeatedArgument<int64_t>("shard_sizes")) d_.shard_size.push_back(size);
     parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
     s_ = read_spec(spec);
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
     pad_ = spec.GetArgument<bool>("pad");
+    positions_ = spec.GetArgument<bool>("positions");
+    DALI_ENFORCE(!(per_clip_ && positions_), "dali-video clip reader: positions needs per_clip=False");
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
@@ -151,6 +162,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
     DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
                  "dali-video clip reader: the batch size must be a multiple of clip_len");
+    DALI_ENFORCE(s_.training || !s_.global_batch || s_.global_batch == int64_t{batch} * num_shards_,
+                 "dali-video clip reader: global_batch must be the batch size times num_shards");
     clips_.resize(batch);
     errors_.assign(batch, "");
     const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
@@ -172,7 +185,10 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     const int64_t period = slot_.size(), r = position % period;
     const Part &part = parts_[slot_[r]];
     const int64_t q = position / period * weight_[slot_[r]] + rank_[r];
-    const int64_t items = items_per_epoch(part.spec, part.count), epoch_start = q - q % items;
+    // epoch_length: one dataset's evaluation passes are padded to whole global batches (a Mixture's
+    // datasets carry global_batch 0: its epoch is whole periods of the schedule)
+    const int64_t items = epoch_length(part.spec, part.count), epoch_start = q - q % items;
+    c.dataset = slot_[r];
     for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
       c.plan = plan_clip(part.spec, d_.videos.data() + part.first, part.count,
                          epoch_start + (q - epoch_start + tries) % items);
@@ -210,6 +226,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       for (int64_t t = 0; t < T; ++t)
         shapes[output(t)].set_tensor_shape(sample(i, t), {pad_ ? longest : clips_[i].length[t]});
     for (size_t o = 0; o < shapes.size(); ++o) ws.Output<dali::CPUBackend>(o).Resize(shapes[o], DALI_UINT8);
+    if (positions_) {  // each frame's position t in its clip: the predicate that regroups frames into clips
+      auto &pos = ws.Output<dali::CPUBackend>(2);
+      pos.Resize(dali::uniform_list_shape(batch * T, dali::TensorShape<>{}), DALI_INT32);
+      for (int i = 0; i < batch; ++i)
+        for (int64_t t = 0; t < T; ++t) *pos.mutable_tensor<int32_t>(sample(i, t)) = static_cast<int32_t>(t);
+    }
     auto &pool = ws.GetThreadPool();
     for (int i = 0; i < batch; ++i) {
       pool.AddWork([&, i](int) {
@@ -227,6 +249,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
             const float factor = static_cast<float>(p.color[k]);
             std::memcpy(&values[10 + k], &factor, sizeof(factor));
           }
+          values[14] = int32_t(p.padding);
+          values[15] = c.dataset;
           std::memcpy(meta.mutable_tensor<int32_t>(sample(i, t)), values, sizeof(values));
         }
       }, -i);
@@ -290,7 +314,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   std::vector<int> slot_;  // the dataset of each slot of the mixture's period
   std::vector<int64_t> rank_, weight_;  // a slot's rank among its dataset's slots; slots per dataset
   std::unordered_map<int32_t, int32_t> swap_;
-  bool per_clip_ = false, skip_ = false, pad_ = false;
+  bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false;
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
   std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
@@ -313,6 +337,16 @@ extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64
   return 0;
 }
 
+// The JPEG check alone, for the property test that holds it equal to index_tools' jpeg_problem (which
+// dali-video-index verify runs): the problem ("" when none), cut to cap - 1 bytes, NUL-terminated.
+extern "C" void dali_video_jpeg_problem(const uint8_t *p, size_t n, int64_t height, int64_t width, char *out,
+                                        size_t cap) {
+  const std::string problem = dali_video::jpeg_problem(p, n, height, width);
+  const size_t k = std::min(problem.size(), cap - 1);
+  std::memcpy(out, problem.data(), k);
+  out[k] = 0;
+}
+
 namespace dali {
 
 DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
@@ -320,13 +354,17 @@ DALI_REGISTER_OPERATOR(DaliVideoClips, dali_video::ClipReader, CPU);
 DALI_SCHEMA(DaliVideoClips)
     .DocStr("Reads planned clips of JPEG frames from indexed TFRecord shards (dali-video's reader). "
             "Outputs the exact JPEG bytes per frame and int32 metadata (crop y, x, h, w, flip, label, "
-            "video, frame, replaced, stride, and the float32 bits of brightness, contrast, saturation, hue): "
+            "video, frame, replaced, stride, the float32 bits of brightness, contrast, saturation, hue, padding and "
+            "dataset): "
             "per frame, or with per_clip one JPEG output per frame position and the metadata per clip.")
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
-      return spec.GetArgument<bool>("per_clip") ? spec.GetArgument<int>("clip_len") + 1 : 2;
+      if (spec.GetArgument<bool>("per_clip")) return spec.GetArgument<int>("clip_len") + 1;
+      return spec.GetArgument<bool>("positions") ? 3 : 2;
     })
-    .AddArg("shards", "Shard paths.", DALI_STRING_VEC)
+    .AddArg("shards", "Shard paths, or s3:// and gs:// URLs of shard objects.", DALI_STRING_VEC)
+    .AddOptionalArg("shard_sizes", "Each shard's size in bytes (needed for URLs: no HEAD request is sent); "
+                    "empty or 0: taken from the local file.", std::vector<int64_t>{})
     .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
     .AddArg("videos", "One line per video: its shard, the row of its first frame in the shard's frame table, "
             "frames, height, width, label and row in the dataset's video table.", DALI_STRING)
@@ -349,10 +387,14 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("short_videos", "0 repeat_last, 1 loop, 2 skip.", 0)
     .AddOptionalArg("clips_per_video", "Clips per video and epoch.", 1)
     .AddOptionalArg("num_crops", "Evaluation crops per clip (1 or 3).", 1)
+    .AddOptionalArg("global_batch", "Evaluation: clips per global batch (batch size x num_shards); each pass is "
+                    "padded to whole global batches with clips marked as padding. 0: no padding.", 0)
     .AddOptionalArg("shard_id", "This reader's share of each global batch.", 0)
     .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
     .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
+    .AddOptionalArg("positions", "A third output: each frame's position in its clip (int32 scalar), per frame.",
+                    false)
     .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
                     false)
     .AddOptionalArg("sampling", "0: T frames a stride apart; 1: one frame from each of T segments.", 0)

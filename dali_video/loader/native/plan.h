@@ -70,10 +70,11 @@ enum TestViews : int64_t { kDefaultViews = 0, kSlowFastViews = 1, kSlowFastOffse
 
 struct Spec {  // the order of fields is the order of the spec array dali_video_plan takes
   int64_t seed, training, clip_len, stride_lo, stride_hi, crop, resize_lo, resize_hi, short_videos,
-      clips_per_video, num_crops, flip, random_area, color, sampling, segment_rule, twice_sample, test_views;
+      clips_per_video, num_crops, flip, random_area, color, global_batch, sampling, segment_rule, twice_sample,
+      test_views;
   double area_lo, area_hi, aspect_lo, aspect_hi, log_aspect_lo, log_aspect_hi, jitter[4], target_fps;  // 0: off
 };
-static_assert(sizeof(Spec) == 29 * 8);
+static_assert(sizeof(Spec) == 30 * 8);
 
 struct Video {
   int64_t num_frames, height, width;
@@ -81,7 +82,7 @@ struct Video {
 };
 
 struct Plan {
-  int64_t video, start, stride, y, x, h, w, flip;
+  int64_t video, start, stride, y, x, h, w, flip, padding;
   double color[4];  // brightness, contrast, saturation, hue (a fraction of the colour circle)
   int64_t view;  // evaluation: the clip's temporal view (0..clips_per_video-1)
   u64 draws;  // the clip's random bits, for its frame numbers
@@ -89,6 +90,12 @@ struct Plan {
 
 int64_t items_per_epoch(const Spec &s, int64_t n) {
   return n * s.clips_per_video * (s.training ? 1 : s.num_crops);
+}
+
+// Positions in an epoch: in evaluation, padded to whole global batches.
+int64_t epoch_length(const Spec &s, int64_t n) {
+  const int64_t items = items_per_epoch(s, n), g = s.global_batch;
+  return s.training || !g ? items : (items + g - 1) / g * g;
 }
 
 // A training window (y, x, h, w) in the resized rh x rw frame: c x c at a random spot, or a random
@@ -203,10 +210,10 @@ int64_t frame_number(const Spec &s, const Plan &p, const Video &v, int64_t t) {
 
 // Clip `position` of the endless sequence over `n` videos (epoch after epoch).
 Plan plan_clip(const Spec &s, const Video *videos, int64_t n, int64_t position) {
-  const int64_t items = items_per_epoch(s, n);
-  const int64_t epoch = position / items, j = position % items;
+  const int64_t items = items_per_epoch(s, n), length = epoch_length(s, n);
+  const int64_t epoch = position / length, j = position % length % items;
   const u64 seed = static_cast<u64>(s.seed);
-  Plan p{0, 0, 0, 0, 0, 0, 0, 0, {1.0, 1.0, 1.0, 0.0}, 0, 0};
+  Plan p{0, 0, 0, 0, 0, 0, 0, 0, position % length >= items, {1.0, 1.0, 1.0, 0.0}, 0, 0};
   int64_t crop = 0;
   if (s.training) {
     p.video = permute(j / s.clips_per_video, n, hash(hash(seed, 1), epoch));

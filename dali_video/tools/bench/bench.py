@@ -1,12 +1,16 @@
 """dali-video-bench: dali-video side by side with the loaders users would pick instead, in one run.
 
-  dali-video-bench DATA_DIR --out RESULTS_DIR [--quick]
+  dali-video-bench DATA_DIR --out RESULTS_DIR [--split train] [--quick]
+
+The inputs are checked first (shards, their indexes, the split, the clip against the frames); the
+exit status is 1 when any system failed, each failure named at the end.
 
 Systems (each measured in a fresh child process, warm and with the shards evicted from the page cache):
   dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback);
                  _uint8: raw pixels; _tf_norm: float32 normalised in TensorFlow rather than DALI
-  tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example + VarLenFeature,
-                 random contiguous offset, decode_and_crop_jpeg of the T frames, batch, prefetch
+  tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example (or, per the shards'
+                 layout, one feature per frame or a SequenceExample's feature list), random contiguous
+                 offset, decode_and_crop_jpeg of the T frames, batch, prefetch
   dali_tfrecord  DALI's own TFRecord reader over whole records (it can deliver only a record's
                  first frame, so only its read volume and shuffle-buffer memory are measured)
   decode_bound   the same frames and crop windows decoded from memory by DALI's CPU decoder on all
@@ -40,12 +44,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ...loader.sampling import load_table
+from ...index_tools import fidx_path, read_frame_index
+from ...index_tools import format as fmt
+from ...index_tools import storage
+from ...index_tools.proto import walk
+from ...loader.config import ClipConfig
+from ...loader.sampling import load_table, shard_files, usable_videos
+from ...loader.gpu import quiet_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
 RECIPE_ROWS = ("slowfast", "mvit", "tsm_ssv2")  # tsm_ssv2: segment sampling (one frame from each of 8 segments)
+COLUMNS = """Columns: clips/s, frames/s: timed batches after the first; /bound: frames/s over the decode bound's
+(the same frames decoded from memory); /dali-v: clips/s over dali_video's; readamp: bytes read per clip
+over the bytes of its T frames (1 = only the clip's frames); RSS MB: the child process's peak memory;
+1st s: seconds to the first batch (start-up). (cold): with the shards evicted from the page cache."""
 
 
 def _peak_rss_mb() -> float:
@@ -56,6 +70,8 @@ def _evict(files) -> None:
     """Drop the files from the page cache, as if read from cold storage."""
     os.sync()
     for f in files:
+        if storage.is_url(f):  # an object in a bucket: nothing of it is in this machine's cache
+            continue
         fd = os.open(f, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -64,9 +80,7 @@ def _evict(files) -> None:
 
 
 def _dataset_files(data):
-    from ...index_tools import fidx_path, idx_path
-
-    from ...loader.sampling import shard_files
+    from ...index_tools import idx_path
 
     shards = shard_files(data)
     return shards, [p for s in shards for p in (s, idx_path(s), fidx_path(s))]
@@ -74,8 +88,6 @@ def _dataset_files(data):
 
 def _sizes(data, clip_len):
     """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
-    from ...index_tools import fidx_path, read_frame_index
-
     indexes = [read_frame_index(fidx_path(s)) for s in _dataset_files(data)[0]]  # each header read once
     videos = sum(ix.num_videos for ix in indexes)
     records = sum(sum(ix.videos["record_length"]) for ix in indexes)
@@ -176,31 +188,74 @@ def run_feed_python(data, batch_size, clip_len, crop, batches, device):
         stream.close()
 
 
+def _layout(shard) -> tuple[str, tuple, str | None]:
+    """How a shard stores a video, for a tf.data parser: its layout (from the frame index), the frames'
+    feature keys and the label's key (from its first record)."""
+    index = read_frame_index(fidx_path(shard))
+    features, _ = walk(next(fmt.scan_records(shard))[2])
+    label = next((k for k in fmt.LABEL_KEYS if k in features), None)
+    if index.layout != "frame_features":
+        return index.layout, (index.frames_key,), label
+    # One feature per frame: parse_single_example needs every key; their numbers' width is the first's.
+    width = min(len(m[1]) for k in features if (m := fmt.FRAME_FEATURE_RE.match(k)))
+    return index.layout, tuple(f"frames/{k:0{width}d}" for k in range(max(index.videos["num_frames"]))), label
+
+
+def _parser(layout: str, keys: tuple, label: str | None):
+    """record -> (frames [n] JPEG strings, label (-1 without one)) for one layout."""
+    import tensorflow as tf
+
+    labels = {label: tf.io.FixedLenFeature([], tf.int64, -1)} if label else {}
+
+    def parse(record):
+        if layout == "sequence_example":
+            context, lists = tf.io.parse_single_sequence_example(
+                record, context_features=labels,
+                sequence_features={keys[0]: tf.io.FixedLenSequenceFeature([], tf.string)})
+            frames = lists[keys[0]]
+        elif layout == "frame_features":  # every numbered key, "" past the record's last frame
+            context = tf.io.parse_single_example(record, {**labels, **{k: tf.io.FixedLenFeature([], tf.string, "")
+                                                                        for k in keys}})
+            frames = tf.stack([context[k] for k in keys])
+            frames = frames[:tf.reduce_sum(tf.cast(frames != "", tf.int32))]
+        else:
+            context = tf.io.parse_single_example(record, {**labels, keys[0]: tf.io.VarLenFeature(tf.string)})
+            frames = context[keys[0]].values
+        return frames, context[label] if label else tf.constant(-1, tf.int64)
+
+    return parse
+
+
 def tfdata_dataset(shards, batch_size, clip_len, crop):
-    """What a good TF user writes: interleave, parse, random offset, decode-and-crop, batch, prefetch."""
+    """What a good TF user writes: interleave, parse, random offset, decode-and-crop, batch, prefetch.
+    Reads every layout the loader reads (shards of several layouts: one stream per layout, mixed)."""
     import tensorflow as tf
 
     auto = tf.data.AUTOTUNE
-    spec = {"frames": tf.io.VarLenFeature(tf.string), "class_label": tf.io.FixedLenFeature([], tf.int64),
-            "height": tf.io.FixedLenFeature([], tf.int64), "width": tf.io.FixedLenFeature([], tf.int64)}
+    groups = {}
+    for shard in shards:
+        groups.setdefault(_layout(shard), []).append(shard)
 
-    def clip(record):
-        ex = tf.io.parse_single_example(record, spec)
-        frames = ex["frames"].values
+    def clip(frames, label):
         n = tf.shape(frames)[0]
         start = tf.random.uniform([], 0, tf.maximum(n - clip_len, 0) + 1, dtype=tf.int32)
         picked = tf.gather(frames, tf.minimum(start + tf.range(clip_len), n - 1))
-        h, w = tf.cast(ex["height"], tf.int32), tf.cast(ex["width"], tf.int32)
+        size = tf.image.extract_jpeg_shape(frames[0])
+        h, w = size[0], size[1]
         y = tf.random.uniform([], 0, h - crop + 1, dtype=tf.int32)
         x = tf.random.uniform([], 0, w - crop + 1, dtype=tf.int32)
         images = tf.map_fn(lambda j: tf.image.decode_and_crop_jpeg(j, [y, x, crop, crop], channels=3), picked,
                            fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
         images = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(images, [2]), lambda: images)
-        return tf.cast(images, tf.float32) / 255.0, ex["class_label"]
+        return tf.cast(images, tf.float32) / 255.0, label
 
-    files = tf.data.Dataset.from_tensor_slices([str(s) for s in shards]).shuffle(len(shards)).repeat()
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)), num_parallel_calls=auto,
-                          deterministic=False)
+    streams = []
+    for layout, group in groups.items():
+        files = tf.data.Dataset.from_tensor_slices([str(s) for s in group]).shuffle(len(group)).repeat()
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(group)), num_parallel_calls=auto,
+                                   deterministic=False)
+        streams.append(records.map(_parser(*layout), num_parallel_calls=auto, deterministic=False))
+    ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams)
     return ds.shuffle(16).map(clip, num_parallel_calls=auto, deterministic=False).batch(batch_size).prefetch(auto)
 
 
@@ -343,7 +398,7 @@ def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=F
     """Run one system in a fresh process (clean memory figures, own page-cache state)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=((str(data), system, batch_size, clip_len, crop, batches, device,
+    proc = ctx.Process(target=_child, args=((data, system, batch_size, clip_len, crop, batches, device,
                                              cold, queue),))
     proc.start()
     try:
@@ -381,6 +436,45 @@ def grow(data, factor: int, into: Path) -> Path:
             for src, dst in ((s, name), (idx_path(s), idx_path(name)), (fidx_path(s), fidx_path(name))):
                 shutil.copyfile(src, dst)
     return into
+
+
+def _shards(data, split, clip: ClipConfig) -> list[str]:
+    """The shards the bench reads from ``data``, checked as the loader checks them at start-up (indexes
+    present and fresh, one split, every usable frame large enough for the crop)."""
+    path = storage.check_path(data)  # a bucket's prefix is checked by shard_files
+    if not storage.is_url(path) and not any(c in str(data) for c in "*?[") and not path.exists():
+        raise FileNotFoundError(f"{data} does not exist")
+    shards = [str(s) for s in shard_files(data, split)]
+    usable_videos(load_table(shards), clip)
+    return shards
+
+
+def check_inputs(args) -> tuple[list[str], list[list[str]]]:
+    """Everything a run needs, before any system runs: the shards of ``data`` and of ``--longer``."""
+    clip = ClipConfig(clip_len=args.clip_len, crop_size=args.crop_size)  # validates both
+    if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
+        raise ValueError(f"--batch-size ({args.batch_size}) and --batches ({args.batches}) must be at least 1")
+    for path in args.writer or ():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--writer: {path} does not exist")
+    return _shards(args.data, args.split, clip), [_shards(d, args.split, clip) for d in args.longer or ()]
+
+
+def failures(results) -> list[str]:
+    """``"name: error"`` for every measurement that failed, wherever it is in ``results``."""
+    found = []
+
+    def visit(name, value):
+        if isinstance(value, dict):
+            for key in ("error", "bound_error"):
+                if key in value:
+                    found.append(f"{name}: {value[key]}")
+            for key, sub in value.items():
+                visit(f"{name} {key}".strip(), sub)
+
+    for section in ("systems", "recipes", "t_sweep", "growth", "longer"):
+        visit(section, results.get(section, {}))
+    return found
 
 
 def fmt_row(name, r) -> str:
@@ -427,6 +521,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dali-video-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="a dataset folder (or shard glob) written by dali-video-write")
+    p.add_argument("--split", help="the split to read from a folder that holds several (train, val, ...)")
     p.add_argument("--out", required=True, help="results folder: bench.json and bench.png")
     p.add_argument("--quick", action="store_true", help="fewer batches and sweeps (under 3 minutes here)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -440,6 +535,11 @@ def main(argv=None) -> int:
     p.add_argument("--writer", nargs=2, metavar=("KINETICS_CSV", "VIDEO_ROOT"),
                    help="also time the writer on these full videos against a plain transcode loop")
     args = p.parse_args(argv)
+    try:
+        data, longer = check_inputs(args)
+    except (ValueError, OSError) as e:
+        print(f"dali-video-bench: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -447,23 +547,24 @@ def main(argv=None) -> int:
     batches = args.batches or (6 if args.quick else 20)
     kw = dict(batch_size=args.batch_size, crop=args.crop_size, device=device)
     results = {"machine": info, "device": device, "batch_size": args.batch_size, "clip_len": args.clip_len,
-               "crop": args.crop_size, "batches": batches, "data": str(args.data), "systems": {}, "t_sweep": {}}
+               "crop": args.crop_size, "batches": batches, "data": str(args.data), "split": args.split, "systems": {},
+               "t_sweep": {}}
     for system in SYSTEMS:
-        warm = measure(args.data, system, clip_len=args.clip_len, batches=batches, **kw)
+        warm = measure(data, system, clip_len=args.clip_len, batches=batches, **kw)
         if system != "decode_bound":
-            warm["cold"] = measure(args.data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
+            warm["cold"] = measure(data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
         results["systems"][system] = warm
         print(f"measured {system}", file=sys.stderr, flush=True)
     results["recipes"] = {}
     for name in RECIPE_ROWS:
-        row = measure(args.data, f"recipe_{name}", clip_len=args.clip_len, batches=batches, **kw)
-        bound = measure(args.data, f"recipe_{name}_bound", clip_len=args.clip_len, batches=batches, **kw)
+        row = measure(data, f"recipe_{name}", clip_len=args.clip_len, batches=batches, **kw)
+        bound = measure(data, f"recipe_{name}_bound", clip_len=args.clip_len, batches=batches, **kw)
         if row.get("frames_per_s") and bound.get("frames_per_s"):
             row.update(bound_frames_per_s=bound["frames_per_s"], vs_bound=row["frames_per_s"] / bound["frames_per_s"])
         results["recipes"][name] = {**row, **({"bound_error": bound["error"]} if "error" in bound else {})}
         print(f"measured recipe {name}", file=sys.stderr, flush=True)
     for system in FEEDS:  # from the page cache; reading is fast, so more batches
-        results["systems"][system] = measure(args.data, system, clip_len=args.clip_len, batches=batches * 10, **kw)
+        results["systems"][system] = measure(data, system, clip_len=args.clip_len, batches=batches * 10, **kw)
     sysr = results["systems"]
     for r in [sysr[s] for s in SYSTEMS] + [sysr[s].get("cold") or {} for s in SYSTEMS]:
         if r.get("frames_per_s"):
@@ -474,28 +575,31 @@ def main(argv=None) -> int:
             r["clips_per_s_at_200MBps"] = 200e6 / r["bytes_per_clip"]
             r["clips_per_s_at_1GBps"] = 1e9 / r["bytes_per_clip"]
     for t in ((8, 32) if args.quick else (8, 16, 32, 64)):
-        results["t_sweep"][str(t)] = {s: measure(args.data, s, clip_len=t, batches=batches, **kw)
+        results["t_sweep"][str(t)] = {s: measure(data, s, clip_len=t, batches=batches, **kw)
                                       for s in ("dali_video", "tfdata", "decode_bound")}
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
-            big = grow(args.data, 4, Path(tmp) / "x4")
+            big = grow(data, 4, Path(tmp) / "x4")
             results["growth"] = {"x1_peak_rss_mb": sysr["dali_video"]["peak_rss_mb"],
                                  "x4": measure(big, "dali_video", clip_len=args.clip_len, batches=batches, **kw)}
     if args.longer:
         results["longer"] = {}
-        for data in [args.data] + args.longer:
-            frames = float(np.mean(load_table(data).num_frames))
-            results["longer"][str(data)] = {"frames_per_video": frames, **{
-                s: measure(data, s, clip_len=args.clip_len, batches=batches, **kw) for s in ("dali_video", "tfdata")}}
+        for name, shards in zip([args.data] + args.longer, [data] + longer):
+            frames = float(np.mean(load_table(shards).num_frames))
+            results["longer"][str(name)] = {"frames_per_video": frames, **{
+                s: measure(shards, s, clip_len=args.clip_len, batches=batches, **kw) for s in ("dali_video", "tfdata")}}
     if args.writer:
         results["writer"] = bench_writer(*args.writer)
     (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
+    failed = failures(results)
     try:
-        chart(results, out / "bench.png")
+        if any(results["systems"][s].get("clips_per_s") for s in SYSTEMS):
+            chart(results, out / "bench.png")
     except ImportError:
         print("matplotlib is not installed: no chart (pip install 'dali-video[bench]')", file=sys.stderr)
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, GPU: {info['gpu']}; device {device}; "
           f"B={args.batch_size} T={args.clip_len} crop {args.crop_size}")
+    print(COLUMNS)
     print(f"{'system':22} {'clips/s':>9} {'frames/s':>10} {'/bound':>8} {'/dali-v':>8} {'readamp':>7} "
           f"{'RSS MB':>8} {'1st s':>7}")
     for s in SYSTEMS:
@@ -538,6 +642,9 @@ def main(argv=None) -> int:
               f"loop on all cores: {w['bound_videos_per_s']:.2f} videos/s, {w['bound_frames_per_s']:.0f} frames/s "
               f"({w['vs_bound']:.2f} of the bound)")
     print(f"wrote {out / 'bench.json'}")
+    if failed:
+        print(f"dali-video-bench: {len(failed)} measurements failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

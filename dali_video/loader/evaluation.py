@@ -1,0 +1,63 @@
+"""Evaluation: predictions averaged per video over its views, the padding of a pass's last batch left out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import META_COLUMNS
+
+
+@dataclass(frozen=True)
+class VideoAverages:
+    """Per video (ascending rows of ``load_table``): the mean prediction, the views averaged and, when
+    labels were given, its label."""
+
+    video: np.ndarray  # [V]
+    mean: np.ndarray  # [V, ...] float64
+    count: np.ndarray  # [V]
+    label: np.ndarray | None = None  # [V]
+
+
+def _batches(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _video_and_padding(meta) -> tuple[np.ndarray, np.ndarray]:
+    """The ``video`` and ``padding`` columns of per-clip metadata: a dict of :func:`clip_dataset`
+    (``with_meta=True``) or a ``[B, len(META_COLUMNS)]`` array (the GPU path's)."""
+    if isinstance(meta, dict):
+        return np.asarray(meta["video"]), np.asarray(meta["padding"])
+    meta = np.asarray(meta)
+    if meta.ndim != 2 or meta.shape[1] != len(META_COLUMNS):
+        raise ValueError(f"meta must be clip_dataset's metadata dict or a [B, {len(META_COLUMNS)}] array "
+                         f"(META_COLUMNS), got shape {meta.shape}")
+    return meta[:, META_COLUMNS.index("video")], meta[:, META_COLUMNS.index("padding")]
+
+
+def average_per_video(predictions, meta, labels=None) -> VideoAverages:
+    """Averages predictions per video over one evaluation pass (``training=False``, ``with_meta=True``,
+    :func:`steps_per_epoch` batches), leaving out the padding clips (``meta["padding"]``) that fill the
+    last batch, so that each video's views count once each.
+
+    predictions: ``[N, ...]`` per clip (a model's outputs), or a list of such batches; meta: the
+    matching metadata (dicts, or ``[B, 16]`` arrays on the GPU), one per batch; labels: optionally the
+    matching labels. Takes NumPy arrays or eager tensors."""
+    preds = [np.asarray(p) for p in _batches(predictions)]
+    columns = [_video_and_padding(m) for m in _batches(meta)]
+    if len(preds) != len(columns) or any(len(p) != len(v) for p, (v, _) in zip(preds, columns)):
+        raise ValueError(f"predictions ({[len(p) for p in preds]} per batch) and meta "
+                         f"({[len(v) for v, _ in columns]} per batch) must match batch for batch")
+    keep = np.concatenate([pad == 0 for _, pad in columns])
+    video = np.concatenate([v for v, _ in columns])[keep]
+    values = np.concatenate(preds)[keep].astype(np.float64)
+    videos, row, count = np.unique(video, return_inverse=True, return_counts=True)
+    total = np.zeros((len(videos),) + values.shape[1:])
+    np.add.at(total, row, values)
+    mean = total / count.reshape((-1,) + (1,) * (values.ndim - 1))
+    label = None
+    if labels is not None:
+        given = np.concatenate([np.asarray(x) for x in _batches(labels)])[keep]
+        label = np.zeros(len(videos), given.dtype)
+        label[row] = given
+    return VideoAverages(videos, mean, count, label)

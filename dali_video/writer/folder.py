@@ -1,0 +1,138 @@
+"""The dataset an output folder holds: what it was written from, how a new run differs, its removal.
+
+A folder holds one dataset. A run may resume it (the same plan) or add a split to it (the same
+options, class ids that agree); any other run would leave splits of two datasets side by side, label
+0 naming two classes, so it stops before touching a file unless it asks to replace the dataset.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..index_tools import FormatError, FrameIndex, read_frame_index
+from ..index_tools import format as fmt
+from ..index_tools import storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitState:
+    """One split of a dataset, as a folder holds it or as a run plans it."""
+
+    options: dict | None  # EncodeOptions as a dict; None: not recorded
+    classes: dict  # label -> class text
+    shards: dict  # shard file name -> plan digest ("": not the writer's; None: not complete)
+    seed: int | None = None  # None: not recorded
+
+
+def complete_index(shard: Path | str) -> FrameIndex | None:
+    """The frame index of a complete shard (its index is there and fits it), else None."""
+    try:
+        index = read_frame_index(fmt.fidx_path(shard))
+        fmt.check_fresh(shard, index)
+    except (FormatError, OSError):
+        return None
+    return index
+
+
+def split_of(name: str) -> str | None:
+    """The split of a file the writer names (shard, index, manifest, or a temp file of one), else None."""
+    if name.startswith(".") and name.endswith(".tmp"):  # ".<name>.<pid or random>.tmp"
+        name = name[1:-4].rpartition(".")[0]
+    if name.endswith(fmt.MANIFEST_SUFFIX):
+        return name[:-len(fmt.MANIFEST_SUFFIX)] or None
+    parsed = fmt.parse_shard_name(name.removesuffix(fmt.IDX_SUFFIX).removesuffix(fmt.FIDX_SUFFIX))
+    return parsed[0] if parsed else None
+
+
+def _manifest(path: Path | str) -> dict:
+    try:
+        manifest = json.loads(storage.read(path))
+    except ValueError as e:
+        raise FormatError(f"{path}: not a dali-video manifest ({e}); pass --replace (replace=True) to write "
+                          f"the dataset anew, or write to another folder") from None
+    classes = manifest.get("classes") or {}
+    manifest["classes"] = {int(k): v for k, v in (enumerate(classes) if isinstance(classes, list) else classes.items())}
+    return manifest
+
+
+def read_folder(out: Path | str) -> dict[str, SplitState]:
+    """Every split that the writer's manifests and shards in ``out`` (a folder or a bucket prefix) hold."""
+    manifests, shards = {}, collections.defaultdict(dict)
+    for path in storage.glob(out, "*"):
+        name = storage.name(path)
+        if name.endswith(fmt.MANIFEST_SUFFIX) and (split := split_of(name)):
+            manifests[split] = _manifest(path)
+        elif parsed := fmt.parse_shard_name(name):
+            shards[parsed[0]][name] = complete_index(path)
+    states = {}
+    for split in sorted(manifests.keys() | shards.keys()):
+        manifest, indexes = manifests.get(split, {}), shards[split]
+        complete = [ix for ix in indexes.values() if ix is not None]
+        classes = dict(manifest.get("classes", {}))
+        for ix in complete:
+            classes.update(zip(ix.videos["label"], ix.videos["class_text"]))
+        options = manifest.get("options") or next((ix.notes["options"] for ix in complete if "options" in ix.notes),
+                                                  None)
+        states[split] = SplitState(options, classes, {name: ix.notes.get("plan", "") if ix else None
+                                                      for name, ix in indexes.items()}, manifest.get("seed"))
+    return states
+
+
+def _class_clash(was: dict, now: dict) -> str | None:
+    """The first class id or name that ``was`` and ``now`` map differently, and how many do."""
+    ids = [k for k in sorted(was.keys() & now.keys()) if was[k] != now[k]]
+    if ids:
+        more = f" ({len(ids)} class ids differ)" if len(ids) > 1 else ""
+        return f"class {ids[0]} was {was[ids[0]]!r}, now {now[ids[0]]!r}{more}"
+    was_id, now_id = ({v: k for k, v in m.items()} for m in (was, now))
+    names = [n for n in sorted(was_id.keys() & now_id.keys()) if was_id[n] != now_id[n]]
+    if names:
+        return f"class {names[0]!r} was id {was_id[names[0]]}, now {now_id[names[0]]}"
+    return None
+
+
+def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[str]:
+    """What keeps the run that plans ``new`` from joining the dataset ``old``, a line per split and
+    matter; empty when it resumes ``old`` or adds splits of the same options and class ids."""
+    options = next(iter(new.values())).options
+    classes = {k: v for s in new.values() for k, v in s.classes.items()}
+    lines = []
+    for split, was in old.items():
+        here = []
+        if was.options is not None:
+            here += [f"{split}: {k} was {was.options.get(k)!r}, now {options.get(k)!r}"
+                     for k in sorted(was.options.keys() | options.keys()) if was.options.get(k) != options.get(k)]
+        if clash := _class_clash(was.classes, classes):
+            here.append(f"{split}: {clash}")
+        now = new.get(split)
+        if now and not here:  # the same split again: it must be the same plan (a resumed run)
+            counts = sorted({fmt.parse_shard_name(n)[2] for n in was.shards})
+            other = [n for n, digest in was.shards.items() if digest is not None and digest != now.shards.get(n)]
+            if set(was.shards) - set(now.shards):
+                here.append(f"{split}: num_shards was {'/'.join(map(str, counts))}, now {len(now.shards)} "
+                            f"({min(was.shards)}, ...)")
+            elif was.seed is not None and was.seed != now.seed:
+                here.append(f"{split}: seed was {was.seed}, now {now.seed}")
+            elif other:
+                here.append(f"{split}: {len(other)} of its {len(was.shards)} shards were written from other videos "
+                            f"than this run plans ({other[0]}, ...)")
+        lines += here
+    return lines
+
+
+def remove_dataset(out: Path | str) -> None:
+    """Delete every file of the writer in ``out``, and no other: the manifests first, then each shard's
+    frame index (which marks it complete), its index and the shard, so that what is left at any
+    moment reads as an unfinished run."""
+    order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
+    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if split_of(n) is not None),
+                   key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))
+    for name in names:
+        storage.remove(storage.join(out, name))
+    if names:
+        log.info("replacing the dataset in %s: removed %d files", out, len(names))

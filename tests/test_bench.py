@@ -1,0 +1,64 @@
+"""dali-video-bench: inputs checked before anything runs, failures in the exit status, every layout in tf.data."""
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from dali_video.index_tools import build
+from dali_video.index_tools import format as fmt
+from dali_video.tools.bench import bench
+from dali_video.tools.sample_data import frame_number
+
+from .test_index_tools import _write_tf_layout
+
+
+def train_and_val(dataset, folder):
+    """The dataset's shards as the train split, and a copy of its first shard as the val split."""
+    folder.mkdir()
+    for path in dataset.glob("*.tfrecord*"):
+        shutil.copy(path, folder)
+    first = sorted(dataset.glob("*.tfrecord"))[0]
+    val = folder / fmt.shard_name("val", 0, 1)
+    for path in (fmt.idx_path, fmt.fidx_path, lambda p: p):
+        shutil.copy(path(first), path(val))
+    return folder
+
+
+def test_bad_inputs_stop_the_bench_before_anything_runs(dataset, tmp_path, capsys):
+    data = train_and_val(dataset, tmp_path / "data")
+    out = tmp_path / "out"
+    cases = [([str(data)], "holds the splits"),
+             ([str(tmp_path / "dat")], f"{tmp_path / 'dat'} does not exist"),
+             ([str(data), "--split", "test"], "no shards of split 'test'"),
+             ([str(data), "--split", "train", "--crop-size", "100"], "smaller than crop_size \\(100\\)"),
+             ([str(data), "--split", "train", "--crop-size", "32", "--longer", str(tmp_path)],
+              f"no shards of split .train. in {tmp_path}")]
+    for args, message in cases:
+        assert bench.main([*args, "--out", str(out), "--quick"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(f"dali-video-bench: error: .*{message}", err), err
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_a_failed_system_makes_the_bench_fail_naming_it(dataset, tmp_path, monkeypatch, capsys):
+    def measure(data, system, **kw):  # every system fails, as on a folder no loader can read
+        return {"error": f"ValueError: {system} cannot read {data[0]}"}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    assert bench.main([str(dataset), "--out", str(tmp_path), "--quick", "--batches", "2", "--crop-size", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "measurements failed" in err and "dali_video: ValueError: dali_video cannot read" in err
+    assert "tfdata: ValueError: tfdata cannot read" in err
+    assert not (tmp_path / "bench.png").exists()  # no blank chart
+
+
+@pytest.mark.parametrize("layout", ["example", "frame_features", "sequence_example"])
+def test_the_tfdata_baseline_reads_every_layout_the_loader_reads(tmp_path, layout):
+    shard = _write_tf_layout(tmp_path / fmt.shard_name("train", 0, 1), layout)  # videos of 12, 13, 14 frames
+    build(shard)
+    clips, labels = next(iter(bench.tfdata_dataset([shard], 6, 5, 16)))
+    assert clips.shape == (6, 5, 16, 16, 3) and set(labels.numpy()) <= {0, 1, 2}
+    for clip in clips.numpy():
+        got = [frame_number(np.round(np.asarray(f) * 255)) for f in clip]
+        assert got == list(range(got[0], got[0] + 5)), got  # contiguous frames of one video

@@ -1,0 +1,94 @@
+"""Evaluation passes (every view once, padding marked, per-video averages) and resuming only the same run."""
+import numpy as np
+import pytest
+
+import dali_video
+from dali_video import META_COLUMNS
+
+from .test_loader import CPU, reader_batches
+
+VIDEO, PADDING = META_COLUMNS.index("video"), META_COLUMNS.index("padding")
+CLIP, CROP = META_COLUMNS.index("frame"), META_COLUMNS.index("crop_x")
+
+
+def test_each_evaluation_pass_holds_every_view_once_and_averages_per_video(dataset):
+    """The issue's case: 10 clips x 3 crops of 10 videos, batch 8: 300 views in 38 batches (304 clips)."""
+    kw = dict(batch_size=8, clip_len=2, crop_size=16, training=False, clips_per_video=10, num_crops=3)
+    steps = dali_video.steps_per_epoch(dataset, **kw)
+    assert steps == 38
+    ds = dali_video.clip_dataset(dataset, with_meta=True, seed=0, **CPU, **kw)
+    passes = [[], []]
+    for k, (clips, labels, meta) in zip(range(2 * steps), ds):
+        passes[k // steps].append((clips.numpy().reshape(8, -1).astype(np.float64), labels.numpy(),
+                                   {name: v.numpy() for name, v in meta.items()}))
+    for batches in passes:
+        padding = np.concatenate([m["padding"] for _, _, m in batches])
+        assert list(padding) == [0] * 300 + [1] * 4  # the rest of the last batch, and only that, is padding
+        views = [(v, f, x) for _, _, m in batches for v, f, x, p in
+                 zip(m["video"], m["first_frame"], m["window"][:, 1], m["padding"]) if not p]
+        assert len(set(views)) == 300  # every view once (video x clip start x crop position)
+        averages = dali_video.average_per_video([p for p, _, _ in batches], [m for _, _, m in batches],
+                                                labels=[y for _, y, _ in batches])
+        assert list(averages.video) == list(range(10)) and list(averages.count) == [30] * 10
+        table = dali_video.load_table(dataset)
+        assert np.array_equal(averages.label, table.label)
+        for v in range(10):  # the plain mean of the video's own 30 clips, padding left out
+            own = np.concatenate([p[(m["video"] == v) & (m["padding"] == 0)] for p, _, m in batches])
+            np.testing.assert_allclose(averages.mean[v], own.mean(axis=0))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(*passes))  # the second pass starts again at view 0
+
+
+def test_evaluation_readers_take_disjoint_parts_of_each_padded_pass(dataset):
+    kw = dict(clip_len=2, crop_size=16, training=False, clips_per_video=2, num_crops=3, seed=0)  # 60 views
+    one = np.concatenate(reader_batches(dataset, 9, batch_size=7, **kw))  # ceil(60 / 7) = 9 batches
+    parts = [reader_batches(dataset, 9, batch_size=7 // 7, shard_id=r, num_shards=7, **kw) for r in range(7)]
+    shared = np.concatenate([np.concatenate([part[k] for part in parts]) for k in range(9)])
+    assert np.array_equal(one, shared)
+    assert list(one[:, PADDING]) == [0] * 60 + [1] * 3
+    views = {(row[VIDEO], row[CLIP], row[CROP]) for row in one[:60]}
+    assert len(views) == 60
+    # The GPU path's metadata, [B, 16] arrays: per video the mean of its 6 views' first frames.
+    batches = [b for part in parts for b in part]
+    averages = dali_video.average_per_video([b[:, [CLIP]] for b in batches], batches)
+    assert list(averages.count) == [6] * 10
+    expected = [np.mean([row[CLIP] for row in one[:60] if row[VIDEO] == v]) for v in range(10)]
+    np.testing.assert_allclose(averages.mean[:, 0], expected)
+
+
+def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_path, monkeypatch, capsys):
+    from dali_video.loader.resume import read_position
+    from dali_video.tools.train import main
+
+    args = ["--data", str(dataset), "--cpu", "--steps-per-epoch", "1", "--batch-size", "2", "--clip-len", "2",
+            "--crop-size", "16", "--seed", "5"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--epochs", "1", "--checkpoint-dir", "ckpt"]) == 0  # a path relative to the cwd
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ckpt = str(tmp_path / "ckpt")
+    assert main([*args, "--epochs", "2", "--checkpoint-dir", ckpt]) == 0
+    assert f"resuming from {ckpt}: epoch 1, clip 2" in capsys.readouterr().out
+    assert read_position(ckpt)["epoch"] == 2
+    one_shard = str(sorted(dataset.glob("*.tfrecord"))[0])
+    for change, field, way_out in ((["--seed", "6"], "seed was 5, this run's is 6", "--seed"),
+                                   (["--data", one_shard], "dataset was", "--data"),
+                                   (["--clip-len", "3"], "clips.clip_len was 2, this run's is 3", "clip options"),
+                                   (["--split", "train"], "split was None", "--split"),
+                                   (["--recipe", "mvit"], "recipe was None, this run's is 'mvit'", "--recipe")):
+        assert main([*args, *change, "--epochs", "3", "--checkpoint-dir", ckpt]) == 1
+        err = capsys.readouterr().err
+        assert f"{ckpt} holds another run: its {field}" in err and f"with the same {way_out}" in err, err
+    assert main([*args, "--epochs", "2", "--checkpoint-dir", ckpt]) == 0
+    assert (f"nothing left to train: {ckpt} holds a run that finished epoch 2 and --epochs is 2; pass --epochs "
+            f"above 2") in capsys.readouterr().out
+    assert read_position(ckpt)["epoch"] == 2
+
+
+def test_average_per_video_refuses_metadata_it_cannot_read():
+    with pytest.raises(ValueError, match=r"meta must be clip_dataset's metadata dict or a \[B, 16\] array "
+                                         r"\(META_COLUMNS\), got shape \(3, 14\)"):
+        dali_video.average_per_video(np.zeros((3, 2)), np.zeros((3, 14), np.int32))
+    meta = np.zeros((3, len(META_COLUMNS)), np.int32)
+    with pytest.raises(ValueError, match=r"predictions \(\[2\] per batch\) and meta \(\[3\] per batch\) must match"):
+        dali_video.average_per_video(np.zeros((2, 2)), meta)

@@ -1,0 +1,134 @@
+"""The native reader on shards in S3 and GCS: moto and fake-gcs-server in their own processes, each
+behind tests/fault_proxy.py (own process too) that logs every request and injects faults
+(tests/storage.py). The local dataset is uploaded to a bucket once per module and read by its URL;
+the proxy's log is cleared (and faults set) once the pipeline is built, so that it holds the reader's
+requests alone. DALI makes each client once per process, so every test of a pytest process shares one
+endpoint per store: the proxy's."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dali_video
+
+from .storage import new_bucket
+
+KW = dict(batch_size=4, clip_len=4, crop_size=16, device="cpu", output="jpegs", seed=3, prefetch_queue_depth=1)
+
+
+def _store(server, dataset):
+    """A bucket on ``server`` holding the dataset's files under ds/, for the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        bucket = new_bucket(server, mp)
+        bucket.upload(dataset, "ds")
+        yield bucket
+
+
+@pytest.fixture(scope="module")
+def s3_store(moto_server, dataset):
+    yield from _store(moto_server, dataset)
+
+
+@pytest.fixture(scope="module")
+def gs_store(gcs_server, dataset):
+    yield from _store(gcs_server, dataset)
+
+
+@pytest.fixture(params=["s3", "gs"])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def _batches(files, n, started=None, **kw):
+    """``n`` batches of JPEG bytes; ``started()`` is called once the pipeline is built (the table loaded)."""
+    with dali_video.clip_pipeline(files, **{**KW, **kw}) as p:
+        if started:
+            started()
+        return [[[np.array(x).tobytes() for x in t] for t in p.pipeline.run()] for _ in range(n)]
+
+
+def _shard_gets(log):
+    return [r for r in log if r["method"] == "GET" and ".fidx" not in r["path"]]
+
+
+def _reader_only(server, **faults):
+    """What to call once the pipeline is built: faults set from now on, the log cleared."""
+    return lambda: (server.faults(**faults), server.clear_log())
+
+
+def test_clips_from_a_bucket_are_the_local_clips_one_ranged_get_each(store, dataset):
+    local = _batches(dataset, 3)
+    assert _batches(f"{store.url}/ds", 3, _reader_only(store.server)) == local
+    log = store.server.requests()["log"]
+    assert not [r for r in log if r["method"] != "GET"]  # no HEAD: the sizes came with the arguments
+    fidx = [r for r in log if ".fidx" in r["path"]]
+    assert len(fidx) == len({r["path"] for r in fidx}) <= 3  # each shard's frame index read once
+    gets = _shard_gets(log)
+    assert all(r["range"] and r["status"] == 206 for r in gets)
+    # One GET per clip: 3 batches of 4 clips, and the batches DALI read ahead.
+    assert len(gets) % 4 == 0 and 3 <= len(gets) // 4 <= 6, len(gets)
+
+
+@pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate"])
+def test_transient_faults_are_retried(store, dataset, fault):
+    _retried(store, dataset, fault)
+
+
+def test_a_stalled_request_times_out_and_is_retried(s3_store, dataset):
+    start = time.perf_counter()
+    _retried(s3_store, dataset, "stall", count=1)
+    assert time.perf_counter() - start < 30
+
+
+def _retried(store, dataset, fault, count=None):
+    local = _batches(dataset, 2)
+    count = count or (3 if store.server.scheme == "s3" else 1)  # google-cloud-cpp waits 1 s, 2 s, ... between tries
+    assert _batches(f"{store.url}/ds", 2, _reader_only(store.server, fault=fault, count=count)) == local
+    log = store.server.requests()["log"]
+    assert sum(r["fault"] == fault for r in log) == count, log
+
+
+def test_added_latency_is_hidden_by_requests_in_flight(s3_store):
+    server = s3_store.server
+    start = time.perf_counter()
+    _batches(f"{s3_store.url}/ds", 4, _reader_only(server, delay=0.03), batch_size=32, num_threads=32)
+    took = time.perf_counter() - start
+    figures = server.requests()
+    server.faults()
+    gets = len(_shard_gets(figures["log"]))
+    print(f"{gets} GETs at 30 ms each in {took:.2f} s; most in flight: {figures['most_in_flight']}")
+    assert figures["most_in_flight"] >= 16
+
+
+def test_object_shorter_than_its_index_or_replaced_fails_naming_it(s3_store, dataset):
+    """The table is loaded from complete objects, then an object changes under the reader."""
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    data = shard.read_bytes()
+    s3_store.server.faults()
+    # A range past the end is refused (InvalidRange, not retried); one running past it comes back short.
+    url = s3_store.upload(dataset, "short")
+    with pytest.raises(RuntimeError, match=rf"{url}/{shard.name}: video '[^']+' frame \d+ at byte \d+: "
+                                           r"(reading bytes \[\d+, \d+\) failed: InvalidRange|short read: bytes "
+                                           r"\[\d+, \d+\) wanted, the shard ends at byte \d+)"):
+        _batches(url, 6, lambda: s3_store.put(f"short/{shard.name}", data[:len(data) // 3]), training=False)
+    # Replaced while reading: the same size, other bytes.
+    url = s3_store.upload(dataset, "swap")
+    with dali_video.clip_pipeline(url, **{**KW, "training": False}) as p:
+        p.pipeline.run()
+        s3_store.put(f"swap/{shard.name}", bytes(b ^ 0x5A for b in data))
+        with pytest.raises(RuntimeError, match=rf"{url}/{shard.name}: video '[^']+' frame \d+ at byte "
+                                               r"\d+: fails its CRC32C"):
+            for _ in range(10):
+                p.pipeline.run()
+
+
+def test_wrong_credentials_fail_naming_the_object_not_the_secret(s3_store, monkeypatch):
+    """Keys the store refuses after start-up (say, revoked): the reader's first request fails."""
+    wrong = "wrong-secret-never-in-errors"
+    url = f"{s3_store.url}/ds"
+    with pytest.raises(RuntimeError, match=rf"{url}/[^:]+\.fidx: cannot read the frame rows of video "
+                                           r"'[^']+': reading bytes \[\d+, \d+\) failed: SignatureDoesNotMatch") as e:
+        _batches(url, 1, lambda: monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong))
+    assert wrong not in str(e.value) and os.environ["AWS_ACCESS_KEY_ID"] not in str(e.value)
