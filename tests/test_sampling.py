@@ -541,3 +541,17 @@ def test_malformed_mixture_arguments_fail_cleanly(dataset, damage):
               **damage}
     with pytest.raises(RuntimeError, match="dali-video clip reader: "):
         clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()
+
+
+def test_mixture_dataset_is_a_metadata_column_in_the_per_clip_layout_too(dataset):
+    # layout "clips" (the GPU path's graph, run on the CPU) emits per-clip metadata rows, no TensorFlow map:
+    # meta["dataset"] must come from the reader's own column there.
+    from dali_video.loader.sampling import Mixture, mix_slots
+
+    config = ClipConfig(clip_len=2, crop_size=16)
+    mixture = Mixture([(dataset, config, 2), (dataset, config.replace(stride=2), 1)])
+    with dali_video.clip_pipeline(mixture, batch_size=6, device="cpu", layout="clips", seed=0) as p:
+        for _ in range(2):
+            _, labels, meta = (np.asarray(o.as_tensor()) for o in p.pipeline.run())
+            assert meta[:, dali_video.META_COLUMNS.index("dataset")].tolist() == mix_slots((2, 1)) * 2
+            assert meta[:, dali_video.META_COLUMNS.index("padding")].tolist() == [0] * 6
