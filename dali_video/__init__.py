@@ -7,6 +7,14 @@ bench, doctor) around them.
 """
 from importlib import metadata
 
+# First, before anything can import TensorFlow: TensorFlow's framework library exports BoringSSL's
+# OpenSSL symbols (EVP_*, SSL_*, OpenSSL_version_num) globally, and DALI's s2n, binding its embedded
+# libcrypto lazily, would take them, fail s2n_init()'s libcrypto version check and abort the process
+# at the first s3:// read. Binding s2n now prevents that (see loader/native preload_s2n).
+from .loader.native import preload_s2n
+
+preload_s2n()
+
 from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
 from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,
                              reader_dataset, steps_per_epoch)

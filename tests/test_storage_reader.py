@@ -5,6 +5,9 @@ the proxy's log is cleared (and faults set) once the pipeline is built, so that 
 requests alone. DALI makes each client once per process, so every test of a pytest process shares one
 endpoint per store: the proxy's."""
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +135,48 @@ def test_wrong_credentials_fail_naming_the_object_not_the_secret(s3_store, monke
                                            r"'[^']+': reading bytes \[\d+, \d+\) failed: SignatureDoesNotMatch") as e:
         _batches(url, 1, lambda: monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong))
     assert wrong not in str(e.value) and os.environ["AWS_ACCESS_KEY_ID"] not in str(e.value)
+
+
+# A fresh process imports the modules named after its arguments, in that order (the order is the point),
+# then reads 2 batches of clips from the bucket through DALI's TensorFlow dataset, and from the local copy.
+_IN_ORDER = """
+import importlib, sys
+import numpy as np
+url, local, *modules = sys.argv[1:]
+for name in modules:
+    importlib.import_module(name)
+import dali_video
+
+def clips(files):
+    return [x.numpy() for x, _ in dali_video.clip_dataset(files, batch_size=2, clip_len=4, crop_size=16,
+                                                         device="cpu", seed=3).take(2)]
+try:
+    remote = clips(url)
+except RuntimeError as e:
+    sys.exit(f"refused: {e}")
+print("same clips" if all(np.array_equal(a, b) for a, b in zip(remote, clips(local), strict=True)) else "differ")
+"""
+
+
+def _read_in_order(s3_store, dataset, *modules):
+    from .conftest import ROOT
+
+    return subprocess.run([sys.executable, "-c", _IN_ORDER, f"{s3_store.url}/ds", str(dataset), *modules], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **s3_store.env}, timeout=300)
+
+
+def test_s3_clips_through_tensorflow_when_dali_video_is_imported_first(s3_store, dataset):
+    """dali_video binds DALI's s2n to its own libcrypto on import, so TensorFlow's BoringSSL, loaded
+    after, cannot take its place."""
+    proc = _read_in_order(s3_store, dataset, "dali_video", "tensorflow")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "same clips"), proc.stderr[-3000:]
+
+
+def test_s3_after_tensorflow_imported_first_is_refused_not_aborted(s3_store, dataset):
+    proc = _read_in_order(s3_store, dataset, "tensorflow", "dali_video")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # not 134 (DALI's S3 client aborting the process)
+    assert re.fullmatch(
+        rf"refused: cannot read {s3_store.url}/ds/[^/ ]+\.tfrecord in this process: TensorFlow was imported "
+        r"before dali_video, so DALI's S3 client \(s2n\) would bind TensorFlow's BoringSSL instead of its own "
+        r"libcrypto and abort the process; import dali_video before tensorflow \(dali-video-train does\)",
+        proc.stderr.strip().splitlines()[-1]), proc.stderr[-3000:]

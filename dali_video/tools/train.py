@@ -21,6 +21,19 @@ RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--ba
              "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment, not the one of the first ``main()`` (tests and
+    notebooks run it more than once in a process, with stderr replaced in between)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def small_video_model(num_classes: int, clip_len: int, crop_size: int):
     import tensorflow as tf
 
@@ -101,7 +114,7 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     library = logging.getLogger("dali_video")
     if not library.handlers:  # its log (the files taken, videos shorter than a clip, ...) is the user's
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("dali-video-train: %(message)s"))
         library.addHandler(handler)
         library.setLevel(logging.INFO)

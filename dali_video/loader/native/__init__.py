@@ -31,6 +31,56 @@ BUILD_DIR = Path(__file__).with_name("_build")
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: Path | None = None
+_s2n_done = False
+_s2n_problem: str | None = None  # why DALI's S3 client would abort this process (see preload_s2n), or None
+
+
+def _tensorflow_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libtensorflow_framework" in maps.read()
+    except OSError:  # no /proc: what Python has imported is all there is to go by
+        return "tensorflow" in sys.modules
+
+
+def preload_s2n() -> None:
+    """Bind DALI's s2n (its S3 client's TLS library) to the libcrypto it embeds, before TensorFlow loads.
+
+    TensorFlow's libtensorflow_framework.so.2, loaded RTLD_GLOBAL, exports BoringSSL's OpenSSL symbols
+    (``EVP_*``, ``SSL_*``, ``OpenSSL_version_num``); DALI's ``.libs/libs2n-*.so.1`` calls its embedded
+    libcrypto through lazily bound PLT entries, so once TensorFlow is loaded they bind to BoringSSL,
+    ``s2n_init()``'s libcrypto version check fails and aws-c-io exits the process at the first s3:// read.
+    Loaded here with RTLD_NOW (and RTLD_LOCAL) they are bound now, to s2n's own, for good. Cheap: the
+    wheel is found without importing DALI. Once per process; nothing to do without DALI or its s2n."""
+    global _s2n_done, _s2n_problem
+    if _s2n_done:
+        return
+    _s2n_done = True
+    try:
+        spec = importlib.util.find_spec("nvidia.dali")  # imports only the namespace package nvidia
+    except (ImportError, ValueError):
+        return
+    locations = spec.submodule_search_locations if spec else None
+    found = [p for d in locations or () for p in sorted(Path(d, ".libs").glob("libs2n*.so*"))]
+    if not found:
+        return
+    if _tensorflow_loaded():  # too late: binding now would find TensorFlow's symbols first
+        _s2n_problem = "TensorFlow was imported before dali_video"
+        return
+    try:
+        ctypes.CDLL(str(found[0]), mode=os.RTLD_NOW)  # ctypes' default is RTLD_LOCAL
+    except OSError as e:
+        _s2n_problem = f"loading DALI's {found[0].name} failed ({e})"
+
+
+def check_s3(shards) -> None:
+    """Raise, rather than let DALI abort the process, if s3:// ``shards`` would be read by an S3 client
+    bound to TensorFlow's BoringSSL (see :func:`preload_s2n`)."""
+    url = next((s for s in map(str, shards) if s.startswith("s3://")), None)
+    if url is not None and _s2n_problem:
+        raise RuntimeError(f"cannot read {url} in this process: {_s2n_problem}, so DALI's S3 client (s2n) "
+                           f"would bind TensorFlow's BoringSSL instead of its own libcrypto and abort the "
+                           f"process; import dali_video before tensorflow (dali-video-train does)")
 
 
 def _flags(sanitize: str | None) -> list[str]:

@@ -7,6 +7,7 @@ import os
 
 from nvidia.dali import fn, pipeline_def, types
 
+from ...loader.native import check_s3
 from ...loader.pipeline import Device, Graph, decode
 
 
@@ -47,6 +48,7 @@ def _tfrecord_pipeline(paths, index_paths):
 def tfrecord_pipeline(paths, index_paths, *, batch_size: int):
     """DALI's own TFRecord reader over whole records, shuffled through its default 1024-record buffer.
     It yields only the first value of the ``frames`` bytes list: DALI cannot return a list of strings."""
+    check_s3(paths)
     return _tfrecord_pipeline([str(p) for p in paths], [str(p) for p in index_paths], batch_size=batch_size,
                               num_threads=os.cpu_count(), device_id=None)
 
