@@ -71,8 +71,9 @@ def test_recipes_on_the_gpu_match_the_cpu(dataset, recipe):
     kw = dict(batch_size=2, recipe=recipe, clip_len=4, crop_size=32, dtype="uint8", mean=(0, 0, 0), std=(1, 1, 1),
               with_meta=True, seed=3, layout="clips")
     cpu_clips, _, cpu_meta = next(iter(dali_video.clip_dataset(dataset, device="cpu", **kw)))
-    gpu_clips, _, gpu_meta = next(iter(dali_video.clip_dataset(dataset, device="gpu", jpeg_fancy_upsampling=True,
-                                                               hw_decoder_load=0.0, **kw)))
+    gpu_clips, _, gpu_meta, gpu_frames = next(iter(dali_video.clip_dataset(
+        dataset, device="gpu", jpeg_fancy_upsampling=True, hw_decoder_load=0.0, **kw)))
+    assert np.array_equal(cpu_meta["frames"].numpy(), gpu_frames.numpy())
     cpu_meta = dali_video.meta_fields(cpu_meta) if isinstance(cpu_meta, tf.Tensor) else cpu_meta
     gpu_fields = dali_video.meta_fields(gpu_meta)
     for name in ("window", "flip", "stride", "color", "first_frame"):
@@ -83,9 +84,11 @@ def test_recipes_on_the_gpu_match_the_cpu(dataset, recipe):
 def test_dataset_emits_final_elements_on_the_gpu_with_static_shapes(dataset):
     ds = dali_video.clip_dataset(dataset, device="gpu", batch_size=2, clip_len=4, crop_size=32, with_meta=True, seed=0)
     assert ds.element_spec[0].shape == (2, 4, 32, 32, 3) and ds.element_spec[1].shape == (2,)
-    clips, labels, meta = next(iter(ds))
+    clips, labels, meta, frames = next(iter(ds))
     assert "GPU:0" in clips.device and clips.shape == (2, 4, 32, 32, 3) and clips.dtype == tf.float32
     assert labels.shape == (2,) and meta.shape == (2, len(dali_video.META_COLUMNS))
+    assert frames.shape == (2, 4) and frames.dtype == tf.int32
+    assert np.array_equal(frames.numpy()[:, 0], meta.numpy()[:, dali_video.META_COLUMNS.index("frame")])
     assert np.array_equal(labels.numpy(), meta.numpy()[:, dali_video.META_COLUMNS.index("label")])
 
 
@@ -95,7 +98,8 @@ def test_one_decoder_regroups_on_the_gpu_as_on_the_cpu(dataset):
             dali_video.clip_pipeline(dataset, device="cpu", **kw) as c:
         assert g.pipeline.serialize().count(b"decoders__Image") == 1
         gpu, cpu = g.pipeline.run(), c.pipeline.run()
-        assert np.array_equal(np.asarray(gpu[2].as_cpu().as_tensor()), np.asarray(cpu[2].as_tensor()))
+        for i in (2, 3):  # metadata and frame numbers
+            assert np.array_equal(np.asarray(gpu[i].as_cpu().as_tensor()), np.asarray(cpu[i].as_tensor()))
         clips = np.asarray(gpu[0].as_cpu().as_tensor())
         assert clips.shape == (2, 8, 32, 32, 3)
         assert [[frame_number(f) for f in c] for c in clips] == [[frame_number(f) for f in c] for c in

@@ -19,10 +19,32 @@ def test_one_decoder_regrouped_into_clips_gives_the_frame_layouts_pixels(dataset
         assert c.pipeline.serialize().count(b"decoders__Image") == 1  # not one per frame position
         for _ in range(2):
             frames, frame_meta = (np.asarray(o.as_tensor()) for o in f.pipeline.run())
-            clips, labels, meta = (np.asarray(o.as_tensor()) for o in c.pipeline.run())
+            clips, labels, meta, numbers = (np.asarray(o.as_tensor()) for o in c.pipeline.run())
             assert clips.shape == (2, clip_len, 32, 32, 3)
             assert np.array_equal(clips.reshape(frames.shape), frames)
             assert np.array_equal(meta, frame_meta[::clip_len]) and np.array_equal(labels, meta[:, 5])
+            assert np.array_equal(numbers, frame_meta[:, 7].reshape(2, clip_len))  # META_COLUMNS "frame"
+
+
+@pytest.mark.parametrize("options", [dict(sampling="segments"), dict(stride=(1, 3))])
+def test_the_clip_layout_gives_each_clips_planned_frame_numbers(dataset, options):
+    # The per-clip layout (the GPU path's graph) regroups the per-frame numbers inside DALI: they must be
+    # the frame layout's meta["frames"], the frames the reference plans and the frames the pixels show.
+    from dali_video.loader.sampling import plan_clip
+    from dali_video.tools.sample_data import frame_number
+
+    kw = dict(batch_size=3, clip_len=6, crop_size=16, device="cpu", seed=5, with_meta=True, dtype="uint8",
+              std=(1, 1, 1), **options)
+    frames = dali_video.clip_dataset(dataset, layout="frames", **kw)
+    clips = dali_video.clip_dataset(dataset, layout="clips", **kw)
+    assert clips.element_spec[2]["frames"].shape == (3, 6)
+    loader = clips._dali_video_loader
+    t, v = loader.table, loader.videos
+    for step, (a, b) in enumerate(zip(frames.take(2), clips.take(2))):
+        assert np.array_equal(a[2]["frames"], b[2]["frames"])
+        for i, (clip, numbers) in enumerate(zip(b[0].numpy(), b[2]["frames"].numpy())):
+            ref = plan_clip(loader.plan, t.num_frames[v], t.height[v], t.width[v], step * 3 + i)
+            assert numbers.tolist() == ref.frames.tolist() == [frame_number(f) for f in clip]
 
 
 def _dali_threads() -> set:

@@ -194,12 +194,11 @@ def test_every_frame_is_its_source_window_resized_flipped_and_coloured_as_meta_s
         config, T = p.plan.config, p.plan.config.clip_len
         errors, flips, colored = [], 0, 0
         for _ in range(3):
-            out = p.pipeline.run()
-            images, meta = np.asarray(out[0].as_tensor()), np.asarray(out[-1].as_tensor())
-            if layout == "clips":  # one meta row per clip: frame t is the first frame + t * stride
-                col = dali_video.META_COLUMNS.index
-                meta = np.repeat(meta, T, axis=0)
-                meta[:, col("frame")] += np.tile(np.arange(T), len(meta) // T) * meta[:, col("stride")]
+            out = [np.asarray(o.as_tensor()) for o in p.pipeline.run()]
+            images, meta = out[0], out[1]
+            if layout == "clips":  # one meta row per clip, and each clip's frame numbers
+                meta = np.repeat(out[2], T, axis=0)
+                meta[:, dali_video.META_COLUMNS.index("frame")] = out[3].reshape(-1)
                 images = images.reshape(-1, *images.shape[2:])
             for image, row in zip(images, meta):
                 want = reference_frame(p.table, row, config.crop_size, config.resizes)

@@ -552,6 +552,6 @@ def test_mixture_dataset_is_a_metadata_column_in_the_per_clip_layout_too(dataset
     mixture = Mixture([(dataset, config, 2), (dataset, config.replace(stride=2), 1)])
     with dali_video.clip_pipeline(mixture, batch_size=6, device="cpu", layout="clips", seed=0) as p:
         for _ in range(2):
-            _, labels, meta = (np.asarray(o.as_tensor()) for o in p.pipeline.run())
+            _, labels, meta, _ = (np.asarray(o.as_tensor()) for o in p.pipeline.run())
             assert meta[:, dali_video.META_COLUMNS.index("dataset")].tolist() == mix_slots((2, 1)) * 2
             assert meta[:, dali_video.META_COLUMNS.index("padding")].tolist() == [0] * 6

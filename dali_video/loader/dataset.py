@@ -186,9 +186,9 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
-    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 16])`` (meta only
-    ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"`` stops after the reader (JPEG bytes, and
-    the metadata)."""
+    with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 16], frames [B, T])`` (meta
+    and each clip's stored frame numbers only ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"``
+    stops after the reader (JPEG bytes, and the metadata)."""
     from .pipeline import Graph
     from .pipeline import clip_pipeline as build
 
@@ -313,7 +313,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     initial_clip: start at this clip of the global sequence (steps done x global batch size, to resume);
         reached by computation, without reading.
     with_meta: elements become ``(clips, labels, meta)``; meta holds per clip the ``filename``, the
-        clip's stored frame numbers ``frames`` ``[B, T]`` (layout "frames"), and
+        clip's stored frame numbers ``frames`` ``[B, T]``, and
         :func:`meta_fields`: ``first_frame``, ``video`` (row of ``load_table(files)``, to group
         predictions per video), ``window`` ``[y, x, h, w]`` in stored pixels, ``flip``, ``stride``,
         ``color`` (the four factors drawn), ``replaced`` (damaged clips skipped to give it) and
@@ -333,8 +333,9 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         MultiWorkerMirroredStrategy, which takes its input on the host; :func:`distribute` sets it).
     jpeg_fancy_upsampling: GPU only: upsample chroma as libjpeg-turbo (the CPU decoder) does, so both
         devices give the same pixels up to IDCT rounding (nvJPEG's faster default differs more).
-    On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` the third element is
-    the ``[B, 16]`` int32 metadata (:data:`META_COLUMNS`; :func:`meta_fields` names its columns).
+    On the GPU the dataset lives on ``/gpu:<device_id>`` and with ``with_meta`` its elements are
+    ``(clips, labels, meta, frames)``: the ``[B, 16]`` int32 metadata (:data:`META_COLUMNS`;
+    :func:`meta_fields` names its columns) and the clips' stored frame numbers ``[B, T]`` int32.
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip").
@@ -377,8 +378,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
     else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
         dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
-        if with_meta:
-            dtypes, shapes = dtypes + (tf.int32,), shapes + (meta_shape,)
+        if with_meta:  # and each clip's T frame numbers
+            dtypes, shapes = dtypes + (tf.int32, tf.int32), shapes + (meta_shape, (B, T))
     on_gpu = device == "gpu" and not host_output
     with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
@@ -386,20 +387,20 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
                                  device_id=device_id if device == "gpu" else None)
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    if device == "gpu":  # elements are final; with_meta gives the metadata as ``[B, 16]`` (META_COLUMNS)
+    if device == "gpu":  # elements are final; with_meta adds meta [B, 16] (META_COLUMNS) and frames [B, T]
         return ds
     filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
     label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
     def finish(images, *rest):
-        frames = None  # [B, T] frame numbers, from the per-frame metadata
-        if loader.layout == "frames":
+        if loader.layout == "frames":  # [B, T] frame numbers from the per-frame metadata
             clips, first = tf.reshape(images, (B, T, c, c, 3)), rest[0][::T]
             labels = first[:, label]
             frames = tf.reshape(rest[0][:, META_COLUMNS.index("frame")], (B, T))
-        else:
-            clips, labels, first = images, rest[0], (rest[1] if with_meta else None)
+        else:  # DALI regrouped them (pipeline.regroup)
+            clips, labels, *meta = images, *rest
+            first, frames = meta if with_meta else (None, None)
         if normalise_in_tf:
             # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
             scale = tf.constant([1.0 / d for d in std] * c, tf.float32)
@@ -410,8 +411,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
             return clips, labels
         fields = meta_fields(first)
         del fields["label"]
-        extra = {} if frames is None else {"frames": frames}
-        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, **extra}
+        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, "frames": frames}
 
     with tf.device("/cpu:0"):
         mapped = ds.map(finish)

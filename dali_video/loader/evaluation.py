@@ -41,8 +41,8 @@ def average_per_video(predictions, meta, labels=None) -> VideoAverages:
     last batch, so that each video's views count once each.
 
     predictions: ``[N, ...]`` per clip (a model's outputs), or a list of such batches; meta: the
-    matching metadata (dicts, or ``[B, 16]`` arrays on the GPU), one per batch; labels: optionally the
-    matching labels. Takes NumPy arrays or eager tensors."""
+    matching metadata (dicts, or on the GPU the elements' ``[B, 16]`` arrays, their third entry), one
+    per batch; labels: optionally the matching labels. Takes NumPy arrays or eager tensors."""
     preds = [np.asarray(p) for p in _batches(predictions)]
     columns = [_video_and_padding(m) for m in _batches(meta)]
     if len(preds) != len(columns) or any(len(p) != len(v) for p, (v, _) in zip(preds, columns)):

@@ -26,9 +26,9 @@ class Graph:
     per-frame metadata. layout "clips": the same decoder over the batch's B*T frames, then
     :func:`regroup` turns them into one sample per clip, ``[T, H, W, 3]`` (B of them), and the
     sequence-aware ops treat each clip as one sample (NVIDIA/DALI#2855); outputs clips, labels and
-    (``with_meta``) per-clip metadata, so that DALI itself emits the final elements (on the GPU no
-    tf.data op may follow: NVIDIA/DALI#2228). One decoder, not one per frame position: each mixed
-    decoder owns a thread pool and per-thread buffers (see ``resources``).
+    (``with_meta``) per-clip metadata and each clip's T frame numbers, so that DALI itself emits the
+    final elements (on the GPU no tf.data op may follow: NVIDIA/DALI#2228). One decoder, not one per
+    frame position: each mixed decoder owns a thread pool and per-thread buffers (see ``resources``).
     """
 
     device: Device = "gpu"
@@ -68,7 +68,8 @@ def decode(jpegs, anchor, shape, g: Graph):
 
 def regroup(frames, meta, positions, clip_len: int):
     """Frames ``[B*T]`` (clip-major, ``positions`` their CPU int32 position t in the clip) regrouped into
-    ``[T, H, W, 3]`` clips ``[B]``, and the metadata of each clip's first frame.
+    ``[T, H, W, 3]`` clips ``[B]``, the metadata of each clip's first frame, and each clip's T stored
+    frame numbers ``[T]`` (the per-frame metadata's frame column, regrouped the same way).
 
     DALI's conditional split sends the samples whose predicate holds to its first output and the rest
     to its second, in order, sharing them, not copying (dali/pipeline/operator/builtin/conditional/
@@ -79,16 +80,20 @@ def regroup(frames, meta, positions, clip_len: int):
     ``EnforceUniformOutputBatchSize`` returns early for ``IsSplitOrMerge``). Split is registered for
     the CPU and the GPU (split.cc:111-112), so one mixed decoder decodes all B*T frames.
     """
-    parts, first = [], None
+    parts, numbers, first = [], [], None
+    number = meta[7]  # META_COLUMNS "frame": each frame's stored number
     for k in range(clip_len - 1):
         at_k = positions == k
         part, frames = fn._conditional.split(frames, predicate=at_k)
+        at, number = fn._conditional.split(number, predicate=at_k)
         if first is None:
             first, _ = fn._conditional.split(meta, predicate=at_k)
         _, positions = fn._conditional.split(positions, predicate=at_k)
         parts.append(part)
+        numbers.append(at)
     parts.append(frames)  # position T-1 (or the only one)
-    return fn.stack(*parts, axis_name="F"), (meta if first is None else first)
+    numbers.append(number)
+    return fn.stack(*parts, axis_name="F"), (meta if first is None else first), fn.stack(*numbers)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -103,7 +108,7 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     jpegs, meta, *positions = fn.dali_video_clips(**reader, positions=per_clip)
     images = decode(jpegs, meta[0:2], meta[2:4], g)  # one decoder over the batch's B*T frames
     if per_clip:
-        images, meta = regroup(images, meta, positions[0], reader["clip_len"])
+        images, meta, numbers = regroup(images, meta, positions[0], reader["clip_len"])
     flip = meta[4]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
@@ -120,10 +125,11 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
         images = images.cpu()
     elif g.device == "gpu":
         meta = meta.gpu()
+        numbers = numbers.gpu() if per_clip else None
     if not per_clip:
         return images, meta
     labels = meta[5]
-    return (images, labels, meta) if g.with_meta else (images, labels)
+    return (images, labels, meta, numbers) if g.with_meta else (images, labels)
 
 
 def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int | None = 0,
