@@ -92,3 +92,16 @@ def test_average_per_video_refuses_metadata_it_cannot_read():
     meta = np.zeros((3, len(META_COLUMNS)), np.int32)
     with pytest.raises(ValueError, match=r"predictions \(\[2\] per batch\) and meta \(\[3\] per batch\) must match"):
         dali_video.average_per_video(np.zeros((2, 2)), meta)
+
+
+def test_average_per_video_leaves_out_padding_and_clips_that_replaced_damaged_ones():
+    # on_corrupt="skip" fills a damaged view's place with another view: counting it would weigh that
+    # view twice, so, like padding, it is left out (GPU arrays and CPU dicts alike).
+    meta = np.zeros((4, len(META_COLUMNS)), np.int32)
+    meta[:, VIDEO] = [0, 1, 1, 0]
+    meta[2, META_COLUMNS.index("replaced")] = 1  # in video 1's place: a repeat of video 0's view
+    meta[3, PADDING] = 1
+    preds = np.array([[1.0], [2.0], [9.0], [7.0]])
+    for m in (meta, {name: meta[:, i] for i, name in enumerate(META_COLUMNS)}):
+        got = dali_video.average_per_video(preds, m)
+        assert got.video.tolist() == [0, 1] and got.count.tolist() == [1, 1] and got.mean[:, 0].tolist() == [1, 2]

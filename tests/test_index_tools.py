@@ -265,3 +265,13 @@ def test_encode_then_walk_round_trips_and_tensorflow_agrees(features):
         else:
             assert kind == "int64" and got == values
             assert list(ex.features.feature[key].int64_list.value) == values
+
+
+@pytest.mark.parametrize("rate", [b"NaN ", b"-1.0", b"1e99"])
+def test_a_frame_rate_out_of_range_is_a_corrupt_index_naming_the_file(dataset_copy, rate):
+    fidx = sorted(Path(dataset_copy).glob("*.fidx"))[0]
+    data = fidx.read_bytes()
+    at = data.index(b'"fps": [') + len(b'"fps": [')
+    fidx.write_bytes(data[:at] + rate + data[at + 4:])  # the same length: offsets stay right
+    with pytest.raises(FormatError, match=rf"{fidx}: video .* has frame rate .*, not in \[0, 1e6\]: corrupt index"):
+        read_frame_index(fidx)

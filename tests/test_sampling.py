@@ -555,3 +555,31 @@ def test_mixture_dataset_is_a_metadata_column_in_the_per_clip_layout_too(dataset
             _, labels, meta, _ = (np.asarray(o.as_tensor()) for o in p.pipeline.run())
             assert meta[:, dali_video.META_COLUMNS.index("dataset")].tolist() == mix_slots((2, 1)) * 2
             assert meta[:, dali_video.META_COLUMNS.index("padding")].tolist() == [0] * 6
+
+
+def test_mixture_arguments_without_a_mixture_fail_cleanly(dataset):
+    # part_videos without parts once made the reader copy from an empty vector (a segfault at build).
+    from dali_video.loader.dataset import _configs, _reader_args, _select
+    from dali_video.loader.pipeline import Graph, clip_pipeline
+
+    configs = _configs(dataset, None, True, dict(clip_len=2, crop_size=16))
+    plan, table, videos = _select(dataset, configs, training=True, split=None, shard_id=0, num_shards=1, seed=0,
+                                  global_batch=0)
+    reader = {**_reader_args(table, videos, plan, shard_id=0, num_shards=1, initial_clip=0, on_corrupt="raise"),
+              "part_videos": [1]}
+    with pytest.raises(RuntimeError, match="dali-video clip reader: the mixture arguments disagree in length"):
+        clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()
+
+
+def test_target_fps_without_rates_names_a_shard_in_a_bucket_too(dataset):
+    import dataclasses
+
+    from dali_video.loader.sampling import usable_videos
+
+    table = load_table(dataset)
+    url = "s3://bucket/ds/" + os.path.basename(str(table.shards[0].path))  # as the storage layer gives it
+    table = dataclasses.replace(table, fps=np.zeros_like(table.fps),
+                                shards=(dataclasses.replace(table.shards[0], path=url), *table.shards[1:]))
+    shard = url[:-len(".fidx")]
+    with pytest.raises(ValueError, match=f"in {shard} has none in its index .* build --fps <rate> {shard}"):
+        usable_videos(table, ClipConfig(clip_len=2, crop_size=16, target_fps=30.0))

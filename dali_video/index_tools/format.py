@@ -285,6 +285,10 @@ def read_frame_index(path) -> FrameIndex:
     if not isinstance(videos, dict) or any(not isinstance(videos.get(c), list) for c in VIDEO_COLUMNS) \
             or len({len(videos[c]) for c in VIDEO_COLUMNS}) != 1:
         raise FormatError(f"{path}: video columns malformed")
+    bad = [i for i, r in enumerate(videos["fps"]) if not (isinstance(r, (int, float)) and 0 <= r <= 1e6)]
+    if bad:  # NaN and infinities fail the comparison too
+        raise FormatError(f"{path}: video {videos['filename'][bad[0]]!r} has frame rate {videos['fps'][bad[0]]!r}, "
+                          f"not in [0, 1e6]: corrupt index; rebuild it with: dali-video-index build {shard_of(path)}")
     end = header["frame_table_offset"] + header["num_frame_rows"] * FRAME_ROW.itemsize
     if end != file_size or sum(videos["num_frames"]) != header["num_frame_rows"]:
         raise FormatError(f"{path}: frame table holds {(file_size - header['frame_table_offset']) // 16} "

@@ -199,6 +199,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     if not 0 <= hw_decoder_load <= 1:
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
+    _check_choice("output", output, ("frames", "jpegs", "padded_jpegs", "meta"))
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
@@ -283,10 +284,10 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         shard's split is read from its name: ``train.tfrecord``, ``train-*``, ``train_*``, ``*-train-*``,
         the writer's ``train-00000-of-00008``; a folder of several splits needs ``split``), local or
         ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` (README, Datasets in S3 and GCS). The files
-        taken are logged (INFO).
+        taken are logged (INFO). Or a :class:`dali_video.Mixture` of datasets, each with its recipe and
+        weight (then ``recipe=None``).
     mixed_classes: read files that give a label different class texts (their index headers say which);
         by default that raises a ValueError naming the files and the label.
-        Or a :class:`dali_video.Mixture` of datasets, each with its recipe and weight (then ``recipe=None``).
     recipe: what each clip is: a preset's name (``"slowfast"``, ``"mvit"``, ``"x3d_m"``, ``"tsm_ssv2"``, ...:
         see :data:`dali_video.RECIPES`) or a :class:`ClipConfig`; default ``ClipConfig()``.
     **options: :class:`ClipConfig` fields (``clip_len``, ``stride``, ``crop_size``, ``resize_shorter``,
@@ -496,7 +497,8 @@ def worker_dataset(files, *, worker: int, num_workers: int, device_ids, global_b
     (``L = len(device_ids)``). On the GPU the clips reach host memory (``host_output``)."""
     import tensorflow as tf
 
-    local = len(device_ids)
+    device, local = _device(device), len(device_ids)
+    kwargs.pop("host_output", None)  # decided here: the strategy takes per-worker input on the host only
     parts = [clip_dataset(files, batch_size=global_batch_size // (num_workers * local), device=device,
                           device_id=device_ids[i], shard_id=worker * local + i, num_shards=num_workers * local,
                           host_output=device == "gpu", **kwargs) for i in range(local)]

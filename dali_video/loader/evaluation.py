@@ -1,4 +1,5 @@
-"""Evaluation: predictions averaged per video over its views, the padding of a pass's last batch left out."""
+"""Evaluation: predictions averaged per video over its views, the padding of a pass's last batch and the
+clips that replaced damaged ones left out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,21 +25,24 @@ def _batches(value) -> list:
 
 
 def _video_and_padding(meta) -> tuple[np.ndarray, np.ndarray]:
-    """The ``video`` and ``padding`` columns of per-clip metadata: a dict of :func:`clip_dataset`
-    (``with_meta=True``) or a ``[B, len(META_COLUMNS)]`` array (the GPU path's)."""
+    """The ``video`` column of per-clip metadata and whether each clip is left out (padding, or a clip
+    that replaced a damaged one with ``on_corrupt="skip"``: it repeats another view): a dict of
+    :func:`clip_dataset` (``with_meta=True``) or a ``[B, len(META_COLUMNS)]`` array (the GPU path's)."""
     if isinstance(meta, dict):
-        return np.asarray(meta["video"]), np.asarray(meta["padding"])
+        return np.asarray(meta["video"]), (np.asarray(meta["padding"]) != 0) | (np.asarray(meta["replaced"]) > 0)
     meta = np.asarray(meta)
     if meta.ndim != 2 or meta.shape[1] != len(META_COLUMNS):
         raise ValueError(f"meta must be clip_dataset's metadata dict or a [B, {len(META_COLUMNS)}] array "
                          f"(META_COLUMNS), got shape {meta.shape}")
-    return meta[:, META_COLUMNS.index("video")], meta[:, META_COLUMNS.index("padding")]
+    column = META_COLUMNS.index
+    return meta[:, column("video")], (meta[:, column("padding")] != 0) | (meta[:, column("replaced")] > 0)
 
 
 def average_per_video(predictions, meta, labels=None) -> VideoAverages:
     """Averages predictions per video over one evaluation pass (``training=False``, ``with_meta=True``,
     :func:`steps_per_epoch` batches), leaving out the padding clips (``meta["padding"]``) that fill the
-    last batch, so that each video's views count once each.
+    last batch and the clips that replaced damaged ones (``meta["replaced"] > 0``, with
+    ``on_corrupt="skip"``: each repeats another view), so that each video's views count once each.
 
     predictions: ``[N, ...]`` per clip (a model's outputs), or a list of such batches; meta: the
     matching metadata (dicts, or on the GPU the elements' ``[B, 16]`` arrays, their third entry), one
@@ -48,7 +52,7 @@ def average_per_video(predictions, meta, labels=None) -> VideoAverages:
     if len(preds) != len(columns) or any(len(p) != len(v) for p, (v, _) in zip(preds, columns)):
         raise ValueError(f"predictions ({[len(p) for p in preds]} per batch) and meta "
                          f"({[len(v) for v, _ in columns]} per batch) must match batch for batch")
-    keep = np.concatenate([pad == 0 for _, pad in columns])
+    keep = ~np.concatenate([out for _, out in columns])
     video = np.concatenate([v for v, _ in columns])[keep]
     values = np.concatenate(preds)[keep].astype(np.float64)
     videos, row, count = np.unique(video, return_inverse=True, return_counts=True)

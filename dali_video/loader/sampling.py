@@ -180,7 +180,7 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
                           f"index; rebuild it with: dali-video-index build")
     if spec.target_fps is not None and (unknown := ~empty & (table.fps <= 0)).any():
         i = int(np.flatnonzero(unknown)[0])
-        shard = table.shards[table.shard[i]].path.with_suffix("")
+        shard = fmt.shard_of(table.shards[table.shard[i]].path)
         raise ValueError(f"target_fps ({spec.target_fps:g}) needs each video's frame rate: video "
                          f"{str(table.filename[i])!r} in {shard} has none in its index ({int(unknown.sum())} "
                          f"videos); give their rate with: dali-video-index build --fps <rate> {shard}")

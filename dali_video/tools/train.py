@@ -17,7 +17,7 @@ import time
 
 # The options that set each field of a run's record, for the way out when a restart differs.
 RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
-             "recipe": "--recipe",
+             "recipe": "--recipe", "mix": "--mix (datasets, recipes and weights)",
              "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
 
 
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
                                             "resume from them when they exist (after a preemption, say); "
                                             "across hosts, a folder every worker sees")
     args = p.parse_args(argv)
+    if args.mix and (args.data or args.recipe):
+        p.error("--mix names every dataset and its recipe: pass it without --data and --recipe")
     quiet_tensorflow()
     library = logging.getLogger("dali_video")
     if not library.handlers:  # its log (the files taken, videos shorter than a clip, ...) is the user's
@@ -172,6 +174,7 @@ def main(argv=None) -> int:
         where = [[_where(f), str(r), w] for f, r, w in data.parts] if args.mix else _where(data)
         run = {"data": where,
                "dataset": dataset_fingerprint(table), "split": args.split, "recipe": args.recipe,
+               "mix": [[str(r), w] for _, r, w in data.parts] if args.mix else None,
                "clips": dataclasses.asdict(config), "global_batch_size": args.batch_size, "seed": seed}
         if position:
             check_run(args.checkpoint_dir, position.get("run"), run, RUN_FLAGS)

@@ -193,6 +193,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       c.plan = plan_clip(part.spec, d_.videos.data() + part.first, part.count,
                          epoch_start + (q - epoch_start + tries) % items);
       c.plan.video += part.first;
+      // A replacement fills this position: it is padding as this position is, not as its source was.
+      c.plan.padding = q % items >= items_per_epoch(part.spec, part.count);
       c.replaced = static_cast<int>(tries);
       try {
         read_clip(d_, part.spec, c);
@@ -268,7 +270,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       slot_ = {0};
     }
     constexpr size_t kWords = sizeof(Spec) / 8;
-    DALI_ENFORCE(parts_.size() == 1 || (words.size() == counts.size() * kWords && !slot_.empty()),
+    DALI_ENFORCE(words.size() == counts.size() * kWords && (words.empty() || !slot_.empty()),
                  "dali-video clip reader: the mixture arguments disagree in length");
     for (size_t k = 0, first = 0; k < counts.size(); first += counts[k++]) {
       Part part{{}, static_cast<int64_t>(first), counts[k]};
@@ -391,7 +393,7 @@ DALI_SCHEMA(DaliVideoClips)
                     "padded to whole global batches with clips marked as padding. 0: no padding.", 0)
     .AddOptionalArg("shard_id", "This reader's share of each global batch.", 0)
     .AddOptionalArg("num_shards", "Readers sharing each global batch.", 1)
-    .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", 0)
+    .AddOptionalArg<int64_t>("initial_clip", "Position of the first clip in the global sequence.", int64_t{0})
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
     .AddOptionalArg("positions", "A third output: each frame's position in its clip (int32 scalar), per frame.",
                     false)
