@@ -514,6 +514,82 @@ def test_mixture_recipes_must_agree_on_the_output():
         Mixture([("a", None, 0.5)])
 
 
+def test_mixture_swaps_flipped_labels_by_each_datasets_own_pairs(dataset):
+    # Shared labels overlap (both datasets map 0->0, 1->1); only dataset 0's recipe pairs them, so a
+    # flipped clip of dataset 1 keeps its label (one global map once swapped it too).
+    from dali_video.loader.sampling import Mixture
+
+    table = load_table(dataset)
+    label = dict(zip(table.filename, table.label))
+    config = ClipConfig(clip_len=2, crop_size=16)
+    mixture = Mixture([(dataset, config.replace(flip_label_pairs=[(0, 1)]), 1), (dataset, config, 1)],
+                      labels=[{0: 0, 1: 1}, {0: 0, 1: 1}])
+    ds = dali_video.clip_dataset(mixture, batch_size=6, device="cpu", seed=3, with_meta=True)
+    loader = ds._dali_video_loader
+    first, flips = np.cumsum([0, *loader.plan.counts]), {0: [], 1: []}
+    for b, (_, labels, meta) in enumerate(ds.take(4)):
+        for i, (got, flip, d, name) in enumerate(zip(labels.numpy(), meta["flip"].numpy(), meta["dataset"].numpy(),
+                                                     meta["filename"].numpy())):
+            part, q = loader.plan.locate(6 * b + i)  # the Python reference plan of this clip
+            rows = slice(first[part], first[part + 1])
+            ref = plan_clip(loader.plan.parts[part], loader.table.num_frames[rows], loader.table.height[rows],
+                            loader.table.width[rows], q)
+            assert (d, flip) == (part, ref.window[4])
+            own = label[os.fsdecode(name)]
+            assert got == (1 - own if flip and d == 0 else own)
+            flips[int(d)].append(flip)
+    assert all(0 < sum(f) < len(f) for f in flips.values())  # both datasets flip some clips, not all
+
+
+def mixture_select(mixture, **options):
+    from dali_video.loader.dataset import _configs, _select
+
+    return _select(mixture, _configs(mixture, None, True, dict(clip_len=2, crop_size=16, **options)), training=True,
+                   split=None, shard_id=0, num_shards=1, seed=0, global_batch=0)
+
+
+def test_mixture_flip_pairs_that_the_labels_cannot_map_are_refused(dataset):
+    from dali_video.loader.sampling import Mixture
+
+    pairs = ClipConfig(flip_label_pairs=[(1, 2)])
+    with pytest.raises(ValueError, match=r"Mixture labels: dataset 0 \(.*\) has flip_label_pairs label 2, which its "
+                                         r"mapping lacks; map it too or drop the pair"):
+        mixture_select(Mixture([(dataset, pairs, 1), (dataset, None, 1)], labels=[{0: 0, 1: 1}, {0: 2, 1: 3}]))
+    with pytest.raises(ValueError, match=r"Mixture labels: dataset 0 \(.*\) has flip_label_pairs label 2, which is "
+                                         r"beyond its largest label 1 and would become another dataset's label"):
+        mixture_select(Mixture([(dataset, pairs, 1), (dataset, None, 1)]))
+    with pytest.raises(ValueError, match=r"Mixture labels: dataset 1 \(.*\): in the shared labels, flip_label_pairs "
+                                         r"must be \(a, b\) pairs"):  # the mapping joins two pairs
+        mixture_select(Mixture([(dataset, None, 1), (dataset, ClipConfig(flip_label_pairs=[(0, 5), (1, 6)]), 1)],
+                               labels=[{0: 0, 1: 1}, {0: 0, 1: 0, 5: 2, 6: 3}]))
+
+
+@pytest.mark.parametrize("shared", [2**31, -2**31 - 1, 1.5])
+def test_mixture_shared_labels_must_fit_the_readers_int32(dataset, shared):
+    from dali_video.loader.sampling import Mixture
+
+    mixture = Mixture([(dataset, None, 1), (dataset, None, 1)], labels=[{0: 0, 1: 1}, {0: 2, 1: shared}])
+    with pytest.raises(ValueError, match=rf"Mixture labels: dataset 1 \(.*\) label 1 maps to shared label "
+                                         rf"{shared}, not an integer in the reader's int32 range \[-2\*\*31, 2\*\*31\)"):
+        mixture_select(mixture)
+    mixture_select(Mixture(mixture.parts, labels=[{0: 0, 1: 1}, {0: 2, 1: 2**31 - 1}]))  # the largest fits
+
+
+def test_a_label_beyond_int32_is_refused_naming_the_video(dataset):
+    import dataclasses
+
+    from dali_video.loader.dataset import _configs, _reader_args, _select
+
+    plan, table, videos = _select(dataset, _configs(dataset, None, True, dict(clip_len=2, crop_size=16)),
+                                  training=True, split=None, shard_id=0, num_shards=1, seed=0, global_batch=0)
+    label = table.label.copy()
+    label[videos[1]] = 2**31
+    with pytest.raises(ValueError, match=rf"video '{table.filename[videos[1]]}' in .* has label 2147483648, beyond "
+                                         r"the reader's int32 range \[-2\*\*31, 2\*\*31\)"):
+        _reader_args(dataclasses.replace(table, label=label), videos, plan, shard_id=0, num_shards=1, initial_clip=0,
+                     on_corrupt="raise")
+
+
 def test_train_takes_a_mixture_and_the_new_presets(dataset):
     import json
 
@@ -528,7 +604,8 @@ def test_train_takes_a_mixture_and_the_new_presets(dataset):
 
 
 @pytest.mark.parametrize("damage", [dict(parts=[1, 2, 3]), dict(mix_slots=[0, 5]), dict(part_videos=[10, 3]),
-                                    dict(mix_slots=[0, 0])])
+                                    dict(mix_slots=[0, 0]), dict(flip_label_pairs=[0, 1], flip_pair_datasets=[2]),
+                                    dict(flip_label_pairs=[0, 1], flip_pair_datasets=[0, 1])])
 def test_malformed_mixture_arguments_fail_cleanly(dataset, damage):
     from dali_video.loader.dataset import _configs, _reader_args, _select
     from dali_video.loader.pipeline import Graph, clip_pipeline

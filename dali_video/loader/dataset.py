@@ -18,7 +18,7 @@ from .config import ClipConfig, resolve
 from .gpu import usable_gpus
 from .resources import gpu_resources, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
-                       VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_labels, usable_videos)
+                       VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "gpu", "cpu")
@@ -140,20 +140,26 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
         return PlanSpec(configs[0], seed=int(seed), training=training, global_batch=global_batch), tables[0], rows[0]
     plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training)
     table = mixture_table(files, tables, rows)
-    maps = shared_labels(files, tables)
-    pairs = ClipConfig(flip_label_pairs=[(m(a), m(b)) for c, m in zip(configs, maps) for a, b in c.flip_label_pairs])
-    return dataclasses.replace(plan, flip_label_pairs=pairs.flip_label_pairs), table, np.arange(len(table))
+    pairs = shared_flip_pairs(files, tables, configs)
+    return dataclasses.replace(plan, flip_label_pairs=pairs), table, np.arange(len(table))
 
 
 def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan, *, shard_id: int,
                  num_shards: int, initial_clip: int, on_corrupt: str) -> dict:
     """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
     c, mixed = plan.config, isinstance(plan, MixPlan)
+    wide = videos[(table.label[videos] < -2**31) | (table.label[videos] >= 2**31)]
+    if len(wide):  # the reader carries labels as int32
+        v = wide[0]
+        raise ValueError(f"video {table.filename[v]!r} in {table.shards[table.shard[v]].path} has label "
+                         f"{table.label[v]}, beyond the reader's int32 range [-2**31, 2**31); re-index it with a "
+                         f"smaller label")
     used = np.unique(table.shard[videos])  # shards that hold a planned video
     shard_of = np.searchsorted(used, table.shard[videos])
     columns = np.stack([shard_of, *(col[videos] for col in (table.frame_start, table.num_frames, table.height,
                                                             table.width, table.label)), videos], axis=1)
     reals = plan.floats()  # float32 values, as the Python reference plans with them
+    pairs_of = plan.flip_label_pairs if mixed else (c.flip_label_pairs,)  # per dataset
     return dict(
         shards=[fmt.shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
         table_offset=[int(table.shards[s].frame_table_offset) for s in used],
@@ -168,7 +174,8 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan
         short_videos=SHORT_CODES[c.short_videos], clips_per_video=c.clips_per_video, num_crops=c.num_crops,
         sampling=SAMPLING_CODES[c.sampling], segment_rule=RULE_CODES[c.segment_rule], twice_sample=c.twice_sample,
         test_views=VIEW_CODES[c.test_views], target_fps=reals[10],
-        flip_label_pairs=[v for pair in (plan.flip_label_pairs if mixed else c.flip_label_pairs) for v in pair],
+        flip_label_pairs=[v for pairs in pairs_of for pair in pairs for v in pair],
+        flip_pair_datasets=[d for d, pairs in enumerate(pairs_of) for _ in pairs],
         parts=[v for p in plan.parts for v in p.as_ints()] if mixed else [],
         part_videos=list(plan.counts) if mixed else [], mix_slots=mix_slots(plan.weights) if mixed else [],
         global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,

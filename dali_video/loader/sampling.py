@@ -14,7 +14,7 @@ from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path,
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
-from .config import MAX_INT, ClipConfig
+from .config import MAX_INT, ClipConfig, _is_int
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +569,7 @@ class MixPlan:
     parts: tuple
     counts: tuple
     weights: tuple
-    flip_label_pairs: tuple = ()  # in the shared label space
+    flip_label_pairs: tuple = ()  # per dataset, its pairs in the shared label space (shared_flip_pairs)
 
     @property
     def config(self) -> ClipConfig:
@@ -629,15 +629,45 @@ def mixture_table(mixture: Mixture, tables, rows=None) -> VideoTable:
 
 
 def shared_labels(mixture: Mixture, tables) -> list:
-    """Per dataset, a function from its labels to the mixture's shared labels."""
+    """Per dataset, a function from its labels to the mixture's shared labels, each checked to fit the
+    reader's int32 labels."""
+    def checked(i, label, shared):
+        if not _is_int(shared) or not -2**31 <= shared < 2**31:
+            raise ValueError(f"Mixture labels: dataset {i} ({mixture.parts[i][0]}) label {int(label)} maps to shared "
+                             f"label {shared!r}, not an integer in the reader's int32 range [-2**31, 2**31); "
+                             f"map it to a smaller integer")
+        return int(shared)
+
     if mixture.labels != "offset":
         def lookup(mapping, i):
             def shared(label):
                 if int(label) not in mapping:
                     raise ValueError(f"Mixture labels: dataset {i} ({mixture.parts[i][0]}) has label {int(label)}, "
                                      f"which its mapping lacks; map every label of the dataset")
-                return int(mapping[int(label)])
+                return checked(i, label, mapping[int(label)])
             return shared
         return [lookup(m, i) for i, m in enumerate(mixture.labels)]
     offsets = np.cumsum([0] + [int(t.label.max(initial=-1)) + 1 for t in tables])[:-1]
-    return [lambda label, o=int(o): int(label) + o for o in offsets]
+    return [lambda label, i=i, o=int(o): checked(i, label, int(label) + o) for i, o in enumerate(offsets)]
+
+
+def shared_flip_pairs(mixture: Mixture, tables, configs) -> tuple:
+    """Per dataset, its recipe's flip_label_pairs (in the dataset's own labels) in the shared label space:
+    the reader swaps a flipped clip's label by its own dataset's pairs only."""
+    maps, per_dataset = shared_labels(mixture, tables), []
+    for i, (table, config, shared) in enumerate(zip(tables, configs, maps)):
+        largest = int(table.label.max(initial=-1))
+        for label in {v for pair in config.flip_label_pairs for v in pair}:
+            unmapped = (label not in mixture.labels[i] if mixture.labels != "offset" else label > largest)
+            if unmapped:
+                raise ValueError(
+                    f"Mixture labels: dataset {i} ({mixture.parts[i][0]}) has flip_label_pairs label {label}, which "
+                    + ("its mapping lacks; map it too or drop the pair" if mixture.labels != "offset" else
+                       f"is beyond its largest label {largest} and would become another dataset's label with "
+                       f"labels='offset'; drop the pair or pass labels as dicts"))
+        pairs = tuple((shared(a), shared(b)) for a, b in config.flip_label_pairs)
+        try:
+            per_dataset.append(ClipConfig(flip_label_pairs=pairs).flip_label_pairs)
+        except ValueError as e:  # two pairs that the mapping joins
+            raise ValueError(f"Mixture labels: dataset {i} ({mixture.parts[i][0]}): in the shared labels, {e}") from None
+    return tuple(per_dataset)

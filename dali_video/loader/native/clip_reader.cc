@@ -41,8 +41,8 @@ void parse_videos(const std::string &text, const std::string &names, Dataset &d)
     p = end;
     // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
     DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
-                 v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535,
-                 "dali-video clip reader: a video's shard, row or size is out of range");
+                 v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535 && v[5] >= INT32_MIN && v[5] <= INT32_MAX,
+                 "dali-video clip reader: a video's shard, row, size or label is out of range");
     d.shard.push_back(v[0]);
     d.row.push_back(v[1]);
     d.videos.push_back({v[2], v[3], v[4], fps});
@@ -145,13 +145,21 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
-    const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
-    DALI_ENFORCE(pairs.size() % 2 == 0, "dali-video clip reader: flip_label_pairs must hold (a, b) pairs");
-    for (size_t k = 0; k < pairs.size(); k += 2) {
-      swap_[pairs[k]] = pairs[k + 1];
-      swap_[pairs[k + 1]] = pairs[k];
-    }
     read_parts(spec);
+    // Each dataset's own pairs (a Mixture's recipes differ): a clip's label swaps by its dataset's only.
+    const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
+    auto datasets = spec.GetRepeatedArgument<int>("flip_pair_datasets");
+    if (datasets.empty()) datasets.assign(pairs.size() / 2, 0);
+    DALI_ENFORCE(pairs.size() % 2 == 0 && datasets.size() * 2 == pairs.size(),
+                 "dali-video clip reader: flip_label_pairs must hold (a, b) pairs, one flip_pair_datasets each");
+    swap_.resize(parts_.size());
+    for (size_t k = 0; k < pairs.size(); k += 2) {
+      const int d = datasets[k / 2];
+      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(),
+                   "dali-video clip reader: a flip pair's dataset is out of range");
+      swap_[d][pairs[k]] = pairs[k + 1];
+      swap_[d][pairs[k + 1]] = pairs[k];
+    }
   }
 
  protected:
@@ -245,7 +253,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           if (pad_) std::memset(out + c.length[t], 0, longest - c.length[t]);
           if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
           int32_t values[kMetaColumns] = {
-              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), label(p),
+              int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), label(c),
               d_.table_row[p.video], int32_t(c.frames[t]), c.replaced, int32_t(p.stride)};
           for (int k = 0; k < 4; ++k) {
             const float factor = static_cast<float>(p.color[k]);
@@ -298,11 +306,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     }
   }
 
-  // A flipped clip's label, swapped when flip_label_pairs pairs it (left/right classes).
-  int32_t label(const Plan &p) const {
-    const int32_t l = d_.label[p.video];
-    const auto it = p.flip ? swap_.find(l) : swap_.end();
-    return it == swap_.end() ? l : it->second;
+  // A flipped clip's label, swapped when its dataset's flip_label_pairs pair it (left/right classes).
+  int32_t label(const Clip &c) const {
+    const int32_t l = d_.label[c.plan.video];
+    const auto &swap = swap_[c.dataset];
+    const auto it = c.plan.flip ? swap.find(l) : swap.end();
+    return it == swap.end() ? l : it->second;
   }
 
   struct Part {
@@ -315,7 +324,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   std::vector<Part> parts_;
   std::vector<int> slot_;  // the dataset of each slot of the mixture's period
   std::vector<int64_t> rank_, weight_;  // a slot's rank among its dataset's slots; slots per dataset
-  std::unordered_map<int32_t, int32_t> swap_;
+  std::vector<std::unordered_map<int32_t, int32_t>> swap_;  // per dataset
   bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false;
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
@@ -405,6 +414,8 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("test_views", "Evaluation views: 0 default, 1 slowfast, 2 slowfast_offset, 3 mmaction.", 0)
     .AddOptionalArg("target_fps", "Sample at this frame rate (each video's fps); 0: as stored.", 0.f)
     .AddOptionalArg("flip_label_pairs", "Label pairs (a, b, c, d, ...) that a flipped clip swaps.", std::vector<int>{})
+    .AddOptionalArg("flip_pair_datasets", "The dataset of each flip label pair (empty: all the first's).",
+                    std::vector<int>{})
     .AddOptionalArg("parts", "A Mixture: each dataset's plan (struct Spec as int64 words).", std::vector<int64_t>{})
     .AddOptionalArg("part_videos", "A Mixture: videos per dataset (in the videos' order).", std::vector<int64_t>{})
     .AddOptionalArg("mix_slots", "A Mixture: the dataset of each slot of one period.", std::vector<int>{})
