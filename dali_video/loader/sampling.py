@@ -523,7 +523,9 @@ class Mixture:
     fixed interleave (:func:`mix_slots`: no random draws); each dataset draws its clips by its own recipe
     (a preset's name or a ClipConfig, with the loader's keywords overriding every recipe) and its own
     per-epoch order. labels: "offset" (dataset i's labels follow those of datasets 0..i-1, each counted
-    as its largest label + 1) or one dict per dataset mapping its labels to the shared ones. The recipes
+    as its largest label + 1) or one dict per dataset mapping its labels to the shared ones (int32, as the
+    reader carries them). Each recipe's flip_label_pairs are in its own dataset's labels and swap only
+    that dataset's flipped clips (:func:`shared_flip_pairs`). The recipes
     must agree on clip_len, crop_size, dtype, mean and std (one output). An epoch of the mixture is the
     shortest whole number of periods in which every dataset completes an epoch of its own.
     """
