@@ -37,7 +37,8 @@ bench: setup
 	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
 
 # On a GPU host: the doctor, the GPU tests (DALI_VIDEO_REQUIRE_GPU=1) and a 60 s GPU read of the sample
-# data, in one report, gpu-check.json, to send back (README, GPU hosts). Under 10 minutes after setup.
+# data (dali-video-bench --device gpu --seconds 60 --quick), in one report, gpu-check.json, to send back
+# (README, GPU hosts). Under 10 minutes after setup.
 gpu-check: setup
 	$(BIN)/python -m dali_video.tools.gpu_check --out gpu-check.json
 

@@ -1,4 +1,6 @@
-"""dali-video-bench: inputs checked before anything runs, failures in the exit status, every layout in tf.data."""
+"""dali-video-bench: inputs checked before anything runs, failures in the exit status, every layout in tf.data,
+a time-bounded GPU check."""
+import json
 import re
 import shutil
 
@@ -7,6 +9,8 @@ import pytest
 
 from dali_video.index_tools import build
 from dali_video.index_tools import format as fmt
+from dali_video.loader.gpu import usable_gpus
+from dali_video.tools import gpu_check
 from dali_video.tools.bench import bench
 from dali_video.tools.sample_data import frame_number
 
@@ -51,6 +55,29 @@ def test_a_failed_system_makes_the_bench_fail_naming_it(dataset, tmp_path, monke
     assert "measurements failed" in err and "dali_video: ValueError: dali_video cannot read" in err
     assert "tfdata: ValueError: tfdata cannot read" in err
     assert not (tmp_path / "bench.png").exists()  # no blank chart
+
+
+def test_seconds_times_dali_video_about_that_long_and_saves_its_rates(dataset, tmp_path, capsys):
+    assert bench.main([str(dataset), "--out", str(tmp_path), "--quick", "--device", "cpu", "--seconds", "2",
+                       "--crop-size", "32", "--clip-len", "8", "--batch-size", "2"]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["device"] == "cpu" and results["seconds"] == 2
+    assert set(results["systems"]) == {"dali_video"}  # with --quick, only what a GPU check needs
+    r = results["systems"]["dali_video"]
+    assert 2 <= r["seconds"] < 3 and r["batches"] > 1, r  # batches of 2 clips of 8 48x64 frames take ms
+    assert r["clips_per_s"] == pytest.approx(r["batches"] * 2 / r["seconds"])
+    assert r["frames_per_s"] == pytest.approx(r["clips_per_s"] * 8)
+    assert f"{'dali_video':22} {r['clips_per_s']:9.1f} {r['frames_per_s']:10.0f}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(usable_gpus()[0] > 0, reason="needs a host without a usable GPU")
+def test_device_gpu_without_a_gpu_stops_the_bench_and_the_gpu_check_reports_it(dataset, tmp_path, capsys):
+    message = r"--device gpu but this host has no usable GPU \(.+\); pass --device cpu"
+    assert bench.main([str(dataset), "--out", str(tmp_path / "out"), "--device", "gpu", "--crop-size", "32"]) == 2
+    assert re.search(f"dali-video-bench: error: {message}", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    read, measured = gpu_check.gpu_read(dataset, 1, tmp_path / "check")  # the check's GPU read, through the bench
+    assert not measured and read["returncode"] == 2 and re.search(message, read["stderr_tail"]), read
 
 
 @pytest.mark.parametrize("layout", ["example", "frame_features", "sequence_example"])

@@ -1,6 +1,7 @@
 """dali-video's GPU check (``make gpu-check``): on a GPU host, from a fresh clone, runs
-``dali-video-doctor --json``, the GPU tests with ``DALI_VIDEO_REQUIRE_GPU=1`` and a 60-second GPU
-read of the sample data, and writes one JSON report to send back (README, "GPU hosts").
+``dali-video-doctor --json``, the GPU tests with ``DALI_VIDEO_REQUIRE_GPU=1`` and
+``dali-video-bench SAMPLE_DATA --device gpu --seconds 60 --quick`` (a 60-second GPU read), and writes
+one JSON report to send back (README, "GPU hosts").
 
 No machine dali-video is built on has a GPU: this report is how the GPU path is checked.
 """
@@ -9,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from ..loader.resources import gpu_resources
+from ..loader.sampling import load_table, shard_files
 
 
 def _run(cmd, timeout, env=None) -> dict:
@@ -42,28 +45,25 @@ def _tests(junit: Path) -> list[dict]:
     return cases
 
 
-RATE = """
-import json, re, sys, time
-import dali_video
-dali_video.enable_memory_growth()
-def threads():
-    return int(re.search(r"Threads:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-before = threads()
-ds = dali_video.clip_dataset(sys.argv[1], device="gpu", batch_size=8, clip_len=32, crop_size=224, seed=0)
-it = iter(ds)
-next(it)
-n, start = 0, time.perf_counter()
-while time.perf_counter() - start < float(sys.argv[2]):
-    clips, labels = next(it)
-    n += 1
-_ = clips.numpy()  # wait for the last batch
-seconds = time.perf_counter() - start
-loader = ds._dali_video_loader
-hw = (int(loader.table.height.max()), int(loader.table.width.max()))
-print("RATE " + json.dumps({"clips_per_s": n * 8 / seconds, "frames_per_s": n * 8 * 32 / seconds, "batches": n,
-      "device": clips.device, "threads_started": threads() - before, "frame_hw": hw,
-      "gpu_resources": dali_video.gpu_resources(32, hw, 8, crop_size=224)}))
-"""
+# The bench's defaults, at a crop the sample data's 160x120 frames hold.
+BATCH, CLIP_LEN, CROP = 8, 32, 112
+
+
+def gpu_read(data, seconds: float, out: Path) -> tuple[dict, bool]:
+    """``dali-video-bench --device gpu --seconds`` on ``data``: its dali_video row with the frame size and
+    ``gpu_resources`` there, and the bench's whole JSON; or, when the bench failed, its run. True when it
+    measured."""
+    run = _run([sys.executable, "-m", "dali_video.tools.bench", str(data), "--device", "gpu", "--seconds",
+                str(seconds), "--quick", "--out", str(out), "--batch-size", str(BATCH), "--clip-len", str(CLIP_LEN),
+                "--crop-size", str(CROP)], seconds + 300)
+    results = out / "bench.json"
+    if run["returncode"] != 0 or not results.exists():
+        return run, False
+    bench = json.loads(results.read_text())
+    table = load_table(shard_files(data))
+    hw = (int(table.height.max()), int(table.width.max()))
+    return {**bench["systems"]["dali_video"], "device": bench["device"], "frame_hw": hw,
+            "gpu_resources": gpu_resources(CLIP_LEN, hw, BATCH, crop_size=CROP), "bench": bench}, True
 
 
 def main(argv=None) -> int:
@@ -82,10 +82,8 @@ def main(argv=None) -> int:
         report["tests_run"] = _run([sys.executable, "-m", "pytest", "-q", "-rA", "-m", "gpu", "tests",
                                     f"--junitxml={junit}"], 600, env={"DALI_VIDEO_REQUIRE_GPU": "1"})
         report["tests"] = _tests(junit)
-    rate = _run([sys.executable, "-c", RATE, str(sample_dataset()), str(args.seconds)], args.seconds + 300)
-    found = re.search(r"^RATE (.*)$", rate["stdout_tail"], re.M)
-    report["gpu_read"] = json.loads(found.group(1)) if found else rate
-    report["ok"] = bool(report["doctor"] and report["doctor"]["ok"] and report["tests"] and found
+        report["gpu_read"], measured = gpu_read(sample_dataset(), args.seconds, Path(tmp) / "bench")
+    report["ok"] = bool(report["doctor"] and report["doctor"]["ok"] and report["tests"] and measured
                         and all(t["outcome"] == "passed" for t in report["tests"]))
     tmp = f"{args.out}.tmp"
     Path(tmp).write_text(json.dumps(report, indent=1, default=str))

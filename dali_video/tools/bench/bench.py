@@ -1,12 +1,17 @@
 """dali-video-bench: dali-video side by side with the loaders users would pick instead, in one run.
 
-  dali-video-bench DATA_DIR --out RESULTS_DIR [--split train] [--quick]
+  dali-video-bench DATA_DIR --out RESULTS_DIR [--split train] [--quick] [--device auto|gpu|cpu] [--seconds S]
+
+--seconds S times dali_video for about S seconds of batches instead of --batches; with --quick it
+measures only that (warm), which is what a GPU check needs (`make gpu-check` runs
+`--device gpu --seconds 60 --quick` on the sample data).
 
 The inputs are checked first (shards, their indexes, the split, the clip against the frames); the
 exit status is 1 when any system failed, each failure named at the end.
 
 Systems (each measured in a fresh child process, warm and with the shards evicted from the page cache):
-  dali_video     clip_dataset end to end through TensorFlow (GPU if there is one, else the CPU fallback);
+  dali_video     clip_dataset end to end through TensorFlow (--device; auto: the GPU if there is one, else
+                 the CPU fallback);
                  _uint8: raw pixels; _tf_norm: float32 normalised in TensorFlow rather than DALI
   tfdata         the tuned tf.data answer: TFRecordDataset, parse_single_example (or, per the shards'
                  layout, one feature per frame or a SequenceExample's feature list), random contiguous
@@ -50,7 +55,7 @@ from ...index_tools import storage
 from ...index_tools.proto import walk
 from ...loader.config import ClipConfig
 from ...loader.sampling import load_table, shard_files, usable_videos
-from ...loader.gpu import quiet_tensorflow
+from ...loader.gpu import quiet_tensorflow, usable_gpus
 
 quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
@@ -60,6 +65,8 @@ COLUMNS = """Columns: clips/s, frames/s: timed batches after the first; /bound: 
 (the same frames decoded from memory); /dali-v: clips/s over dali_video's; readamp: bytes read per clip
 over the bytes of its T frames (1 = only the clip's frames); RSS MB: the child process's peak memory;
 1st s: seconds to the first batch (start-up). (cold): with the shards evicted from the page cache."""
+HEADER = (f"{'system':22} {'clips/s':>9} {'frames/s':>10} {'/bound':>8} {'/dali-v':>8} {'readamp':>7} {'RSS MB':>8} "
+          f"{'1st s':>7}")
 
 
 def _peak_rss_mb() -> float:
@@ -101,26 +108,41 @@ def _bytes_read() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
 
 
-def _time_batches(it, batches, batch_size, clip_len, start):
+def _threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def _time_batches(it, batches, batch_size, clip_len, start, seconds=None):
+    """Time ``batches`` batches after the first, or (``seconds``) as many as end within about that long."""
     next(it)
     first = time.perf_counter() - start
     t0, read0 = time.perf_counter(), _bytes_read()
-    for _ in range(batches):
-        next(it)
-    seconds = time.perf_counter() - t0
-    return {"clips_per_s": batches * batch_size / seconds, "frames_per_s": batches * batch_size * clip_len / seconds,
-            "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (batches * batch_size)}
+    n = 0
+    while True:
+        last = next(it)
+        n += 1
+        if n >= batches if seconds is None else time.perf_counter() - t0 >= seconds:
+            break
+    if hasattr(last[0], "numpy"):  # a GPU batch may still be in flight when next() returns: wait for it
+        last[0].numpy()
+    took = time.perf_counter() - t0
+    return {"clips_per_s": n * batch_size / took, "frames_per_s": n * batch_size * clip_len / took,
+            "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (n * batch_size),
+            "batches": n, "seconds": took}
 
 
-def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto"):
-    """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself."""
+def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto", seconds=None):
+    """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself.
+    ``seconds``: timed for about that long instead of ``batches``."""
     from ...loader.dataset import clip_dataset
 
-    start = time.perf_counter()
+    start, threads = time.perf_counter(), _threads()
     pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
     ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
                       normalize_in=normalize_in, **pixels)
-    out = _time_batches(iter(ds), batches, batch_size, clip_len, start)
+    out = _time_batches(iter(ds), batches, batch_size, clip_len, start, seconds)
+    out["threads_started"] = _threads() - threads  # DALI's and TensorFlow's, for this pipeline
     out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
     out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
     return out
@@ -379,7 +401,7 @@ RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(r
 
 
 def _child(args) -> None:
-    data, system, batch_size, clip_len, crop, batches, device, cold, queue = args
+    data, system, batch_size, clip_len, crop, batches, device, cold, seconds, queue = args
     try:
         if device == "gpu":  # before TensorFlow takes the GPU's memory and leaves DALI none
             from ...loader.gpu import enable_memory_growth
@@ -387,19 +409,20 @@ def _child(args) -> None:
             enable_memory_growth()
         if cold:
             _evict(_dataset_files(data)[1])
-        out = RUNNERS[system](data, batch_size, clip_len, crop, batches, device)
+        timed = {"seconds": seconds} if seconds else {}  # only run_dali_video takes it
+        out = RUNNERS[system](data, batch_size, clip_len, crop, batches, device, **timed)
         out["peak_rss_mb"] = _peak_rss_mb()
         queue.put(out)
     except BaseException as e:  # noqa: BLE001 - reported in the results, the other systems still run
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=False) -> dict:
+def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=False, seconds=None) -> dict:
     """Run one system in a fresh process (clean memory figures, own page-cache state)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=((data, system, batch_size, clip_len, crop, batches, device,
-                                             cold, queue),))
+                                             cold, seconds, queue),))
     proc.start()
     try:
         out = queue.get(timeout=900)
@@ -449,15 +472,29 @@ def _shards(data, split, clip: ClipConfig) -> list[str]:
     return shards
 
 
-def check_inputs(args) -> tuple[list[str], list[list[str]]]:
-    """Everything a run needs, before any system runs: the shards of ``data`` and of ``--longer``."""
+def _bench_device(device: str) -> str:
+    """"gpu" or "cpu" for ``--device``, as clip_dataset decides device="auto", but --device gpu on a host
+    without a usable GPU is refused here, before any system runs."""
+    gpus, why = usable_gpus()
+    if device == "gpu" and not gpus:
+        raise ValueError(f"--device gpu but this host has no usable GPU ({why}); pass --device cpu (or --device "
+                         f"auto, which picks the CPU there)")
+    return "gpu" if device != "cpu" and gpus else "cpu"
+
+
+def check_inputs(args) -> tuple[list[str], list[list[str]], str]:
+    """Everything a run needs, before any system runs: the shards of ``data`` and of ``--longer``, and the
+    device."""
     clip = ClipConfig(clip_len=args.clip_len, crop_size=args.crop_size)  # validates both
     if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
         raise ValueError(f"--batch-size ({args.batch_size}) and --batches ({args.batches}) must be at least 1")
+    if args.seconds is not None and not args.seconds > 0:
+        raise ValueError(f"--seconds ({args.seconds}) must be more than 0")
     for path in args.writer or ():
         if not Path(path).exists():
             raise FileNotFoundError(f"--writer: {path} does not exist")
-    return _shards(args.data, args.split, clip), [_shards(d, args.split, clip) for d in args.longer or ()]
+    device = _bench_device(args.device)
+    return _shards(args.data, args.split, clip), [_shards(d, args.split, clip) for d in args.longer or ()], device
 
 
 def failures(results) -> list[str]:
@@ -528,7 +565,12 @@ def main(argv=None) -> int:
     p.add_argument("--clip-len", type=int, default=32)
     p.add_argument("--crop-size", type=int, default=224)
     p.add_argument("--batches", type=int, help="timed batches per run (default 20, --quick 6)")
-    p.add_argument("--cpu", action="store_true", help="CPU fallback even when a GPU is present")
+    p.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="where DALI decodes (default auto: the GPU if there is a usable one, else the CPU)")
+    p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
+    p.add_argument("--seconds", type=float,
+                   help="time dali_video for about this many seconds instead of --batches; with --quick, "
+                        "measure only dali_video (warm): a GPU check")
     p.add_argument("--longer", nargs="+", metavar="DATA_DIR",
                    help="the same footage written with longer videos (say 2x and 4x the frames per video): "
                         "how each loader scales with video length at the same T")
@@ -536,23 +578,32 @@ def main(argv=None) -> int:
                    help="also time the writer on these full videos against a plain transcode loop")
     args = p.parse_args(argv)
     try:
-        data, longer = check_inputs(args)
+        data, longer, device = check_inputs(args)
     except (ValueError, OSError) as e:
         print(f"dali-video-bench: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    device = "gpu" if info["gpu"] and not args.cpu else "cpu"
     batches = args.batches or (6 if args.quick else 20)
     kw = dict(batch_size=args.batch_size, crop=args.crop_size, device=device)
     results = {"machine": info, "device": device, "batch_size": args.batch_size, "clip_len": args.clip_len,
-               "crop": args.crop_size, "batches": batches, "data": str(args.data), "split": args.split, "systems": {},
-               "t_sweep": {}}
+               "crop": args.crop_size, "batches": batches, "seconds": args.seconds, "data": str(args.data),
+               "split": args.split, "systems": {}, "t_sweep": {}}
+    main_system = dict(clip_len=args.clip_len, batches=batches, seconds=args.seconds, **kw)
+    if args.quick and args.seconds:  # a GPU check: the main system only, warm
+        results["systems"]["dali_video"] = r = measure(data, "dali_video", **main_system)
+        print(f"{info['cpu']}, {info['cores']} cores, GPU: {info['gpu']}; device {device}; B={args.batch_size} "
+              f"T={args.clip_len} crop {args.crop_size}; {r.get('batches')} batches in {r.get('seconds') or 0:.1f} s")
+        print(HEADER)
+        print(fmt_row("dali_video", r))
+        _save(results, out)
+        return _finish(results, out)
     for system in SYSTEMS:
-        warm = measure(data, system, clip_len=args.clip_len, batches=batches, **kw)
+        timed = main_system if system == "dali_video" else dict(clip_len=args.clip_len, batches=batches, **kw)
+        warm = measure(data, system, **timed)
         if system != "decode_bound":
-            warm["cold"] = measure(data, system, clip_len=args.clip_len, batches=batches, cold=True, **kw)
+            warm["cold"] = measure(data, system, cold=True, **timed)
         results["systems"][system] = warm
         print(f"measured {system}", file=sys.stderr, flush=True)
     results["recipes"] = {}
@@ -590,8 +641,7 @@ def main(argv=None) -> int:
                 s: measure(shards, s, clip_len=args.clip_len, batches=batches, **kw) for s in ("dali_video", "tfdata")}}
     if args.writer:
         results["writer"] = bench_writer(*args.writer)
-    (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
-    failed = failures(results)
+    _save(results, out)
     try:
         if any(results["systems"][s].get("clips_per_s") for s in SYSTEMS):
             chart(results, out / "bench.png")
@@ -600,8 +650,7 @@ def main(argv=None) -> int:
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, GPU: {info['gpu']}; device {device}; "
           f"B={args.batch_size} T={args.clip_len} crop {args.crop_size}")
     print(COLUMNS)
-    print(f"{'system':22} {'clips/s':>9} {'frames/s':>10} {'/bound':>8} {'/dali-v':>8} {'readamp':>7} "
-          f"{'RSS MB':>8} {'1st s':>7}")
+    print(HEADER)
     for s in SYSTEMS:
         print(fmt_row(s, sysr[s]))
         if sysr[s].get("cold"):
@@ -641,7 +690,17 @@ def main(argv=None) -> int:
         print(f"writer: {w['videos_per_s']:.2f} videos/s, {w['frames_per_s']:.0f} frames/s; decode+resize+encode "
               f"loop on all cores: {w['bound_videos_per_s']:.2f} videos/s, {w['bound_frames_per_s']:.0f} frames/s "
               f"({w['vs_bound']:.2f} of the bound)")
+    return _finish(results, out)
+
+
+def _save(results, out: Path) -> None:
+    (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
+
+
+def _finish(results, out: Path) -> int:
+    """The results' path printed; 1 when a measurement failed, each named."""
     print(f"wrote {out / 'bench.json'}")
+    failed = failures(results)
     if failed:
         print(f"dali-video-bench: {len(failed)} measurements failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
