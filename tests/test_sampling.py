@@ -660,3 +660,13 @@ def test_target_fps_without_rates_names_a_shard_in_a_bucket_too(dataset):
     shard = url[:-len(".fidx")]
     with pytest.raises(ValueError, match=f"in {shard} has none in its index .* build --fps <rate> {shard}"):
         usable_videos(table, ClipConfig(clip_len=2, crop_size=16, target_fps=30.0))
+
+
+def test_an_unlabelled_video_stays_unlabelled_in_an_offset_mixture(dataset):
+    from dali_video.loader.sampling import Mixture, shared_labels
+
+    table = load_table(dataset)
+    offset = int(table.label.max()) + 1
+    first, second = shared_labels(Mixture([(dataset, None, 1), (dataset, None, 1)]), [table, table])
+    assert (first(0), second(0), second(offset - 1)) == (0, offset, 2 * offset - 1)
+    assert second(-1) == -1  # not offset - 1, the first dataset's last class

@@ -523,7 +523,7 @@ class Mixture:
     fixed interleave (:func:`mix_slots`: no random draws); each dataset draws its clips by its own recipe
     (a preset's name or a ClipConfig, with the loader's keywords overriding every recipe) and its own
     per-epoch order. labels: "offset" (dataset i's labels follow those of datasets 0..i-1, each counted
-    as its largest label + 1) or one dict per dataset mapping its labels to the shared ones (int32, as the
+    as its largest label + 1; an unlabelled video, label < 0, stays so) or one dict per dataset mapping its labels to the shared ones (int32, as the
     reader carries them). Each recipe's flip_label_pairs are in its own dataset's labels and swap only
     that dataset's flipped clips (:func:`shared_flip_pairs`). The recipes
     must agree on clip_len, crop_size, dtype, mean and std (one output). An epoch of the mixture is the
@@ -650,7 +650,10 @@ def shared_labels(mixture: Mixture, tables) -> list:
             return shared
         return [lookup(m, i) for i, m in enumerate(mixture.labels)]
     offsets = np.cumsum([0] + [int(t.label.max(initial=-1)) + 1 for t in tables])[:-1]
-    return [lambda label, i=i, o=int(o): checked(i, label, int(label) + o) for i, o in enumerate(offsets)]
+    # An unlabelled video (a negative label, as the index gives one without a label) stays unlabelled:
+    # shifted, -1 would become the previous dataset's last class.
+    return [lambda label, i=i, o=int(o): checked(i, label, int(label) + o if int(label) >= 0 else int(label))
+            for i, o in enumerate(offsets)]
 
 
 def shared_flip_pairs(mixture: Mixture, tables, configs) -> tuple:
