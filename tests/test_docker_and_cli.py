@@ -39,10 +39,10 @@ def test_dockerfile_takes_every_pin_from_pyproject():
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     extras = project["optional-dependencies"]
     # No second list of versions: no pin of a Python package appears in the Dockerfile.
-    for requirement in project["dependencies"] + extras["tf-plugin"] + extras["cuda"]:
+    for requirement in project["dependencies"] + extras["tf-plugin"] + extras["cuda"] + extras["cloud"]:
         name = re.split(r"[=<>]", requirement)[0]
         assert name not in text, name
-    assert image_requirements() == project["dependencies"] + extras["cuda"]
+    assert image_requirements() == project["dependencies"] + extras["cuda"] + extras["cloud"]
     assert image_requirements("plugin") == extras["tf-plugin"]
     assert "requirements.py pyproject.toml > /tmp/requirements.txt" in text
     assert "requirements.py pyproject.toml plugin > /tmp/plugin.txt" in text
