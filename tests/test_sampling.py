@@ -177,6 +177,7 @@ def test_target_fps_training_start_is_uniform_and_frames_follow_slowfast(fps):
 
 def test_fps_reaches_the_index_and_build_supplies_it(dataset, tmp_path):
     from dali_video.index_tools import format as fmt
+    from dali_video.index_tools import verify
     from tests.conftest import run_module
     from tests.test_index_tools import _write_tf_layout
 
@@ -190,6 +191,7 @@ def test_fps_reaches_the_index_and_build_supplies_it(dataset, tmp_path):
         dali_video.clip_pipeline([shard], **kw)
     run_module("dali_video.index_tools", "build", "--fps", "30", shard)
     assert (load_table([shard]).fps == 30.0).all()
+    verify(shard)  # the rate given to build, which the records lack, is no mismatch
     dali_video.clip_pipeline([shard], **kw).close()
     # An index of version 1 (no fps column) still reads, its videos' rate unknown.
     index = fmt.read_frame_index(fmt.fidx_path(shard))
