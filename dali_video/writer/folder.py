@@ -39,7 +39,7 @@ def complete_index(shard: Path | str) -> FrameIndex | None:
     return index
 
 
-def split_of(name: str) -> str | None:
+def writer_split(name: str) -> str | None:
     """The split of a file the writer names (shard, index, manifest, or a temp file of one), else None."""
     if name.startswith(".") and name.endswith(".tmp"):  # ".<name>.<pid or random>.tmp"
         name = name[1:-4].rpartition(".")[0]
@@ -65,7 +65,7 @@ def read_folder(out: Path | str) -> dict[str, SplitState]:
     manifests, shards = {}, collections.defaultdict(dict)
     for path in storage.glob(out, "*"):
         name = storage.name(path)
-        if name.endswith(fmt.MANIFEST_SUFFIX) and (split := split_of(name)):
+        if name.endswith(fmt.MANIFEST_SUFFIX) and (split := writer_split(name)):
             manifests[split] = _manifest(path)
         elif parsed := fmt.parse_shard_name(name):
             shards[parsed[0]][name] = complete_index(path)
@@ -130,7 +130,7 @@ def remove_dataset(out: Path | str) -> None:
     frame index (which marks it complete), its index and the shard, so that what is left at any
     moment reads as an unfinished run."""
     order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
-    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if split_of(n) is not None),
+    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if writer_split(n) is not None),
                    key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))
     for name in names:
         storage.remove(storage.join(out, name))

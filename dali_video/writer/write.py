@@ -27,7 +27,7 @@ from ..index_tools import format as fmt
 from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
-from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, split_of
+from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, writer_split
 from .sources import Failure, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     if not storage.is_url(out):  # an upload leaves no partial object behind; a local write its temp file
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):
-            if split_of(stale.name) is not None:
+            if writer_split(stale.name) is not None:
                 stale.unlink()
     return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
 
