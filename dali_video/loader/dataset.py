@@ -14,7 +14,7 @@ import numpy as np
 
 from ..index_tools import format as fmt
 
-from .config import ClipConfig, resolve
+from .config import ClipConfig, _is_int, resolve
 from .gpu import usable_gpus
 from .resources import gpu_resources, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
@@ -71,7 +71,7 @@ def _check_choice(name: str, value, allowed) -> None:
 
 
 def _check_int(name: str, value, low: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+    if not _is_int(value) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
