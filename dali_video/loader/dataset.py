@@ -16,7 +16,7 @@ from ..index_tools import format as fmt
 
 from .config import ClipConfig, _is_int, resolve
 from .gpu import usable_gpus
-from .resources import gpu_resources, pipeline_threads, usable_cores
+from .resources import pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
                        VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
 
@@ -225,8 +225,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
     per_clip_reader = layout == "clips" and output != "frames"
     if num_threads is None:  # the cores this process may use; on the GPU within the thread budget
-        num_threads = usable_cores() if device == "cpu" else gpu_resources(
-            config.clip_len, graph.frame_hw, batch_size, crop_size=config.crop_size)["num_threads"]
+        num_threads = usable_cores() if device == "cpu" else pipeline_threads(usable_cores())
     pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
