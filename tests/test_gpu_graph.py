@@ -145,15 +145,16 @@ def test_a_worker_with_two_local_replicas_yields_their_shares_in_turn(dataset):
         assert clips == want  # every clip of the global batch read once, by one replica
 
 
-def _fit_input_wait(dataset, steps=6):
+def _fit_input_wait(dataset, layers=None, steps=6, clip_len=4):
     import tensorflow as tf
 
     monitor = dali_video.InputMonitor()
-    # A step of a few milliseconds: a cached batch then takes a small share of it.
-    model = tf.keras.Sequential([tf.keras.layers.Input((4, 16, 16, 3)), tf.keras.layers.Flatten(),
-                                 tf.keras.layers.Dense(1024), tf.keras.layers.Dense(2)])
+    # By default a step of a few milliseconds: a cached batch then takes a small share of it.
+    layers = [tf.keras.layers.Dense(1024)] if layers is None else layers
+    model = tf.keras.Sequential([tf.keras.layers.Input((clip_len, 16, 16, 3)), tf.keras.layers.Flatten(), *layers,
+                                 tf.keras.layers.Dense(2)])
     model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(monitor.watch(dataset), epochs=2, steps_per_epoch=steps, callbacks=[monitor], verbose=0,
+    history = model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[monitor], verbose=0,
                         shuffle=False)
     return history.history["input_wait"]
 
@@ -176,3 +177,44 @@ def test_input_monitor_sees_fit_wait_for_a_slow_dataset_and_not_for_a_cached_one
     assert "waited for input" in caplog.text and "bottleneck" in caplog.text
     fast = _fit_input_wait(cached.prefetch(8))
     assert fast[1] < 0.2, fast
+
+
+def test_input_monitor_reads_the_fetch_ops_events_as_a_union_over_threads():
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from dali_video.loader.monitor import get_next_seconds
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    plane.event_metadata[1].name = "IteratorGetNextOp::DoCompute"
+    plane.event_metadata[2].name = "ExecutorState::Process"
+    plane.event_metadata[3].name = "IteratorGetNextAsOptionalOp::DoCompute"
+    ms = 10**9  # picoseconds
+    one, two = plane.lines.add(timestamp_ns=0), plane.lines.add(timestamp_ns=5_000_000)  # two starts 5 ms later
+    one.events.add(metadata_id=1, offset_ps=0, duration_ps=10 * ms)  # 0-10 ms
+    two.events.add(metadata_id=1, offset_ps=0, duration_ps=10 * ms)  # 5-15 ms: overlaps the first
+    one.events.add(metadata_id=2, offset_ps=20 * ms, duration_ps=50 * ms)  # not a fetch
+    one.events.add(metadata_id=3, offset_ps=30 * ms, duration_ps=2 * ms)  # 30-32 ms
+    assert get_next_seconds(space) == pytest.approx(0.017)
+    assert get_next_seconds(xplane_pb2.XSpace()) is None  # nothing seen is not "no wait"
+
+
+def test_input_monitor_measures_dalis_dataset_itself(dataset):
+    # No tf.data op of ours between DALI's dataset and fit (as on the GPU). One CPU thread decoding
+    # 256 frames a batch: a bare linear model waits for it much of the time (0.57-0.76 here); one whose
+    # step sleeps 100 ms hardly waits.
+    import tensorflow as tf
+
+    ds = dali_video.clip_dataset(dataset, batch_size=32, clip_len=8, crop_size=16, device="cpu", seed=0,
+                                 num_threads=1)
+
+    def sleepy(x):
+        time.sleep(0.1)
+        return x
+
+    sleeper = tf.keras.layers.Lambda(
+        lambda x: tf.ensure_shape(tf.numpy_function(sleepy, [x], tf.float32, stateful=True), x.shape))
+    # 30 bare steps: the few batches DALI queues ahead between epochs are a small part of them.
+    waits = {name: _fit_input_wait(ds, layers, steps=steps, clip_len=8)
+             for name, layers, steps in (("bare", [], 30), ("sleeping", [sleeper], 10))}
+    assert waits["sleeping"][1] < 0.1 < 0.3 < waits["bare"][1], waits

@@ -1,79 +1,132 @@
 """Is training waiting for data? A Keras callback that measures, per epoch, the share of wall time
-``fit`` spent waiting for its next batch."""
+``fit`` spent waiting for its next batch, from TensorFlow's own profiler events, so that it sees any
+dataset on any device: DALI's dataset on the GPU too, where no tf.data op may follow it.
+
+TensorFlow sources it rests on (2.21):
+- ``tensorflow/core/kernels/data/iterator_ops.cc``: ``IteratorGetNextOp::DoCompute`` and
+  ``IteratorGetNextAsOptionalOp::DoCompute`` wrap each fetch of a dataset's next element in a
+  ``TraceMe`` of that name at level ``kInfo`` (2), and the same kernel classes are registered for
+  ``DEVICE_CPU`` and ``DEVICE_GPU`` (``REGISTER_KERNEL_BUILDER(Name("IteratorGetNext")...``): the
+  event is recorded on the host wherever the iterator lives;
+- ``tensorflow/tsl/profiler/utils/xplane_schema.cc`` names both events as ``kIteratorGetNextOp`` and
+  ``kIteratorGetNextAsOptionalOp``, the events TensorFlow's profiler counts as input time.
+"""
 from __future__ import annotations
 
+import glob
 import logging
-import threading
+import shutil
+import tempfile
 import time
 
 from .resume import _callback_base
 
 log = logging.getLogger(__name__)
 
+GET_NEXT = ("IteratorGetNextOp::DoCompute", "IteratorGetNextAsOptionalOp::DoCompute")
+
+
+def get_next_seconds(xspace) -> float | None:
+    """Seconds in which some dataset fetch was under way: the union of the ``GET_NEXT`` events of every
+    host thread (replicas fetch in parallel; their waits overlap, not add); None when there is none."""
+    spans = []
+    for plane in xspace.planes:
+        ids = {k for k, v in plane.event_metadata.items() if v.name in GET_NEXT}
+        for line in plane.lines:
+            spans += [(line.timestamp_ns * 1000 + e.offset_ps, e.duration_ps)
+                      for e in line.events if e.metadata_id in ids]
+    if not spans:
+        return None
+    total, end = 0, None
+    for start, length in sorted(spans):
+        stop = start + length
+        if end is None or start > end:
+            total, end = total + length, stop
+        elif stop > end:
+            total, end = total + stop - end, stop
+    return total / 1e12
+
 
 class InputMonitor(_callback_base()):
-    """``logs["input_wait"]`` at each epoch's end: the fraction of the epoch's wall time that ``fit``
-    waited for the next batch of a dataset passed through :meth:`watch`, and a warning naming the
-    likely cause when it exceeds ``threshold``::
+    """``logs["input_wait"]`` at each epoch's end: the share of wall time over ``steps`` training steps
+    (from the epoch's second step: the first also traces the step function) in which ``fit`` waited for
+    its next batch, and a warning naming the likely cause above ``threshold``::
 
-        monitor = dali_video.InputMonitor()
-        model.fit(monitor.watch(ds), callbacks=[monitor], ...)
+        model.fit(ds, callbacks=[dali_video.InputMonitor()], ...)
 
-    :meth:`watch` times each ``get_next`` on the consumer's side: a clock element is taken when the
-    next batch is asked for (``Dataset.zip`` pulls its inputs in order) and read again when it arrives;
-    tf.data's injected prefetch is turned off after it, so the wait is the consumer's. It adds a
-    ``tf.data`` op after the dataset, so it needs the elements in host memory (the CPU device, or
-    ``host_output=True`` / :func:`distribute` under MultiWorkerMirroredStrategy): on the GPU no tf.data
-    op may follow DALI's dataset (NVIDIA/DALI#2228).
+    The wait is read from TensorFlow's profiler, run over those steps only (host events, no device
+    tracing): the events of the op that fetches every batch of every dataset (see the module
+    docstring), so it measures DALI's dataset on the GPU as on the CPU, and any strategy's replicas.
+    Profiled steps run slower (here, 2 CPU cores, steps of ~7 ms: ~3 ms more each), so a window of
+    short steps reads a little low; steps of a GPU model (100 ms and more) hardly notice.
+    The profiler admits one session at a time: while another runs (TensorBoard's ``profile_batch``),
+    that epoch's logs have no ``input_wait``, with a warning; nor do those of an epoch of one step.
     """
 
-    def __init__(self, threshold: float = 0.1):
+    def __init__(self, threshold: float = 0.1, steps: int = 50):
         super().__init__()
-        self.threshold = threshold
-        self._lock = threading.Lock()
-        self._waited = 0.0
-        self._start = None
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.threshold, self.steps = threshold, steps
+        self._folder = self._start = self._wait = None
+        self._measured = False  # this epoch's window is begun
 
-    def _asked(self):
-        import numpy as np
-
-        return np.float64(time.perf_counter())
-
-    def _arrived(self, asked):
-        with self._lock:
-            self._waited += time.perf_counter() - float(asked)
-        return asked
-
-    def watch(self, dataset):
-        """``dataset`` with each batch's wait timed; elements unchanged."""
+    def _begin(self):
         import tensorflow as tf
 
-        clock = tf.data.Dataset.range(1).repeat().map(lambda _: tf.numpy_function(self._asked, [], tf.float64))
-
-        def arrived(asked, element):
-            with tf.control_dependencies([tf.numpy_function(self._arrived, [asked], tf.float64)]):
-                return tf.nest.map_structure(tf.identity, element)
-
-        options = tf.data.Options()
-        options.experimental_optimization.inject_prefetch = False  # else the wait would be the prefetch's
-        watched = tf.data.Dataset.zip((clock, dataset)).map(arrived).with_options(options)
-        watched._dali_video_loader = getattr(dataset, "_dali_video_loader", None)
-        return watched
-
-    def on_epoch_begin(self, epoch, logs=None):
-        with self._lock:
-            self._waited = 0.0
+        self._folder = tempfile.mkdtemp(prefix="dali-video-monitor-")
+        options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=2, python_tracer_level=0,
+                                                           device_tracer_level=0)
+        try:
+            tf.profiler.experimental.start(self._folder, options)
+        except tf.errors.AlreadyExistsError:
+            log.warning("input_wait not measured: another TensorFlow profiler session is running")
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+            return
         self._start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _end(self):
+        import tensorflow as tf
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
         seconds = time.perf_counter() - self._start
-        with self._lock:
-            wait = self._waited / seconds if seconds > 0 else 0.0
-        if logs is not None:
-            logs["input_wait"] = wait
-        if wait > self.threshold:
+        tf.profiler.experimental.stop()
+        try:
+            xspace = xplane_pb2.XSpace()
+            for path in glob.glob(f"{self._folder}/**/*.xplane.pb", recursive=True):  # one: this host's
+                with open(path, "rb") as f:
+                    xspace.MergeFromString(f.read())
+            waited = get_next_seconds(xspace)
+            if waited is None:  # never 0 for "not seen": that would read as "no wait"
+                log.warning("input_wait not measured: the profiler recorded no dataset fetch (%s) in %.1f s",
+                            " or ".join(GET_NEXT), seconds)
+            else:
+                self._wait = min(1.0, waited / seconds)
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._wait, self._measured = None, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch >= 1 and not self._measured:  # ">=": with steps_per_execution Keras skips batch numbers
+            self._measured = True
+            self._begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._folder is not None and batch >= self.steps:
+            self._end()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._folder is not None:
+            self._end()
+        if logs is not None and self._wait is not None:  # Keras averages logs: no None there
+            logs["input_wait"] = self._wait
+        if self._wait is not None and self._wait > self.threshold:
             log.warning("epoch %d: training waited for input %.0f%% of the time (above %.0f%%): the input pipeline is "
                         "the bottleneck. Likely causes: too few cores for reading and decoding (num_threads, "
                         "dali_video.usable_cores()), storage slower than the clips need (dali-video-bench --quick "
-                        "shows the read rate), or decoding on the CPU (device='cpu')", epoch + 1, 100 * wait,
+                        "shows the read rate), or decoding on the CPU (device='cpu')", epoch + 1, 100 * self._wait,
                         100 * self.threshold)

@@ -206,20 +206,16 @@ def main(argv=None) -> int:
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.start
-            clips = steps * args.batch_size
+            clips, wait = steps * args.batch_size, logs.get("input_wait")
             print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
                               "accuracy": round(float(logs["accuracy"]), 4),
                               "clips_per_s": round(clips / seconds, 1),
                               "frames_per_s": round(clips * config.clip_len / seconds, 1),
                               "clip": initial_clip + (epoch + 1 - first_epoch) * clips,
-                              "input_wait": round(logs["input_wait"], 3) if "input_wait" in logs else None}),
+                              "input_wait": None if wait is None else round(wait, 3)}),
                   flush=True)
 
-    # The share of each epoch spent waiting for input (InputMonitor): timed where the batches reach
-    # the host (one process on the CPU); on the GPU no tf.data op may follow DALI's dataset.
-    monitor = InputMonitor()
-    if device == "cpu" and workers == 1:
-        ds = monitor.watch(ds)
+    monitor = InputMonitor()  # the share of each epoch spent waiting for input, on any device
     callbacks = [monitor, Speed()]  # the monitor first: Speed prints its input_wait
     if args.checkpoint_dir:
         callbacks.append(ClipPosition(args.checkpoint_dir, seed=seed, global_batch_size=args.batch_size,
