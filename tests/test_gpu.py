@@ -111,8 +111,11 @@ def test_model_fit_on_the_gpu(dataset):
     model = tf.keras.Sequential([tf.keras.layers.Input((4, 32, 32, 3)), tf.keras.layers.Conv3D(4, 3),
                                  tf.keras.layers.GlobalAveragePooling3D(), tf.keras.layers.Dense(2)])
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
+    history = model.fit(ds, epochs=2, steps_per_epoch=6, verbose=0, shuffle=False,
+                        callbacks=[dali_video.InputMonitor()])
     assert np.isfinite(history.history["loss"]).all()
+    # The GPU-resident dataset's fetches are seen (IteratorGetNext on the GPU device).
+    assert len(history.history["input_wait"]) == 2 and all(0 <= w <= 1 for w in history.history["input_wait"])
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +207,8 @@ with strategy.scope():
     model = tf.keras.Sequential([tf.keras.layers.Input((4, 32, 32, 3)), tf.keras.layers.Conv3D(4, 3),
                                  tf.keras.layers.GlobalAveragePooling3D(), tf.keras.layers.Dense(2)])
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-history = model.fit(ds, epochs=2, steps_per_epoch=3, verbose=0)
+history = model.fit(ds, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[dali_video.InputMonitor()])
+assert len(history.history["input_wait"]) == 2, history.history  # every replica's fetches seen
 print("FIT OK", len(parts), history.history["loss"], flush=True)
 """
 
