@@ -62,6 +62,21 @@ def test_writer_uploads_the_local_bytes_verify_and_load_table_read_them_there(bu
     assert _objects(url) == local
 
 
+def test_resuming_a_complete_dataset_reads_each_frame_index_once(s3, videos):
+    """A re-run over a complete dataset in a bucket: the frame index of each shard is read once (one
+    GET: its header and table are in the first 64 KiB; the size check uses the listing), the shards and
+    their .idx never; besides that only the folder's requests (bucket check, listings, the manifest
+    read and written again)."""
+    url = f"{s3.url}/k400"
+    run_module("dali_video.writer", videos, url, *WRITE)
+    s3.server.clear_log()
+    run_module("dali_video.writer", videos, url, *WRITE)
+    paths = [e["path"].split("?")[0].removeprefix(f"/{url.split('/')[2]}/k400") for e in s3.server.requests()["log"]]
+    shards = [f"/train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert sorted(p for p in paths if p.startswith("/train-0")) == [s + ".fidx" for s in shards]
+    assert len(paths) - len(shards) <= 5, paths
+
+
 def test_beam_writer_uploads_the_local_bytes(s3, videos, dataset, capsys):
     url = f"{s3.url}/k400"
     run_module("dali_video.writer", videos, url, *WRITE, "--runner", "beam")
