@@ -77,6 +77,26 @@ def test_resuming_a_complete_dataset_reads_each_frame_index_once(s3, videos):
     assert len(paths) - len(shards) <= 5, paths
 
 
+def _bytes_read(log, path) -> int:
+    """Bytes the GETs of ``path`` in a proxy log asked for (a GET without a range: the whole object)."""
+    total = 0
+    for e in log:
+        if e["method"] == "GET" and e["path"].split("?")[0] == path:
+            first, _, last = e["range"].removeprefix("bytes=").partition("-") if e["range"] else ("0", "", "")
+            total += (int(last) + 1 if last else storage.size(f"s3:/{path}")) - int(first)
+    return total
+
+
+def test_verify_reads_a_shard_once(s3, dataset, capsys):
+    """verify checks every record and every frame's JPEG header in one pass over the shard."""
+    url = s3.upload(dataset, "ds")
+    shard = f"{url}/train-00000-of-00003.tfrecord"
+    s3.server.clear_log()
+    assert _index_tool(capsys, "verify", shard)[0] == 0
+    read = _bytes_read(s3.server.requests()["log"], shard.removeprefix("s3:/"))
+    assert (Path(dataset) / storage.name(shard)).stat().st_size <= read <= 1.05 * storage.size(shard)
+
+
 def test_beam_writer_uploads_the_local_bytes(s3, videos, dataset, capsys):
     url = f"{s3.url}/k400"
     run_module("dali_video.writer", videos, url, *WRITE, "--runner", "beam")
