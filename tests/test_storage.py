@@ -97,6 +97,18 @@ def test_verify_reads_a_shard_once(s3, dataset, capsys):
     assert (Path(dataset) / storage.name(shard)).stat().st_size <= read <= 1.05 * storage.size(shard)
 
 
+def test_glob_lists_a_folder_in_one_request(bucket, dataset):
+    """The callers (expand, load_table, the writer) have just asked isdir; glob only lists. A file or a
+    missing folder has no entries."""
+    url = bucket.upload(dataset, "ds")
+    storage._filesystem(url).invalidate_cache()
+    bucket.server.clear_log()
+    assert storage.glob(url, "*.tfrecord") == [f"{url}/{p.name}" for p in sorted(Path(dataset).glob("*.tfrecord"))]
+    assert len(bucket.server.requests()["log"]) == 1
+    assert storage.glob(f"{url}/train-00000-of-00003.tfrecord", "*.tfrecord") == []
+    assert storage.glob(f"{url}/nothing", "*") == []
+
+
 def test_beam_writer_uploads_the_local_bytes(s3, videos, dataset, capsys):
     url = f"{s3.url}/k400"
     run_module("dali_video.writer", videos, url, *WRITE, "--runner", "beam")
