@@ -156,7 +156,7 @@ def _check_choice(name: str, value, allowed) -> None:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What one complete shard adds to its split's manifest (from its frame index: read once, or the one just written)."""
+    """What one complete shard adds to its split's manifest (from its frame index, read once or just written)."""
 
     file: str
     videos: int
