@@ -7,7 +7,7 @@ from dali_video import META_COLUMNS
 
 from .test_loader import CPU, reader_batches
 
-VIDEO, PADDING = META_COLUMNS.index("video"), META_COLUMNS.index("padding")
+VIDEO, PADDING, DATASET = (META_COLUMNS.index(c) for c in ("video", "padding", "dataset"))
 CLIP, CROP = META_COLUMNS.index("frame"), META_COLUMNS.index("crop_x")
 
 
@@ -53,6 +53,33 @@ def test_evaluation_readers_take_disjoint_parts_of_each_padded_pass(dataset):
     assert list(averages.count) == [6] * 10
     expected = [np.mean([row[CLIP] for row in one[:60] if row[VIDEO] == v]) for v in range(10)]
     np.testing.assert_allclose(averages.mean[:, 0], expected)
+
+
+def test_a_mixtures_evaluation_pass_holds_each_datasets_views_once_then_padding(dataset):
+    """training=False: a Mixture's pass is each dataset's views in turn, in the order evaluating that
+    dataset alone gives them (weights apply to training only), then the rest of the last global batch
+    as padding; the next pass starts again at the first view."""
+    one = sorted(dataset.glob("*.tfrecord"))[0]  # 3 of the 10 videos
+    kw = dict(clip_len=2, crop_size=16, training=False, clips_per_video=2, num_crops=3)  # 60 + 18 views
+    mixture = dali_video.Mixture([(dataset, None, 3), (one, None, 1)])
+    steps = dali_video.steps_per_epoch(mixture, batch_size=7, **kw)
+    assert steps == 12  # ceil(78 / 7)
+    kw["seed"] = 0
+    rows = np.concatenate(reader_batches(mixture, 2 * steps, batch_size=7, **kw))
+    first, second = rows[:7 * steps], rows[7 * steps:]
+    assert np.array_equal(first, second)
+    assert list(first[:, PADDING]) == [0] * 78 + [1] * 6
+    assert list(first[:78, DATASET]) == [0] * 60 + [1] * 18
+    view = [VIDEO, CLIP, CROP, *(META_COLUMNS.index(c) for c in ("crop_y", "crop_h", "stride"))]
+    for files, views, offset in ((dataset, first[:60], 0), (one, first[60:78], 10)):
+        alone = np.concatenate(reader_batches(files, -(-len(views) // 7), batch_size=7, **kw))[:len(views)]
+        assert np.array_equal(views[:, view] - [offset, 0, 0, 0, 0, 0], alone[:, view])
+    with dali_video.clip_pipeline(mixture, batch_size=7, device="cpu", output="jpegs", **kw) as p:
+        located = [p.plan.locate(k) for k in range(len(rows))]  # the Python reference: MixPlan.locate
+    assert [(d, (0, 10)[d] + q // 6, pad) for d, q, pad in located] == \
+        [tuple(r) for r in rows[:, [DATASET, VIDEO, PADDING]]]
+    shared = [b for r in (0, 1) for b in reader_batches(mixture, 3, batch_size=3, shard_id=r, num_shards=2, **kw)]
+    assert sorted(map(tuple, np.concatenate(shared))) == sorted(map(tuple, first[:18]))  # readers sharing batches
 
 
 def test_train_resumes_from_another_folder_and_refuses_another_run(dataset, tmp_path, monkeypatch, capsys):

@@ -478,7 +478,7 @@ def test_mixture_reads_each_dataset_by_its_recipe_in_the_schedule(dataset):
     loader = mixture_clips.loader  # the Python reference: MixPlan.locate, then the dataset's own plan
     first = np.cumsum([0, *loader.plan.counts])
     for position, (d, *_, frames) in enumerate(clips):
-        part, q = loader.plan.locate(position)
+        part, q, _ = loader.plan.locate(position)
         rows = slice(first[part], first[part + 1])
         ref = plan_clip(loader.plan.parts[part], loader.table.num_frames[rows], loader.table.height[rows],
                         loader.table.width[rows], q)
@@ -532,7 +532,7 @@ def test_mixture_swaps_flipped_labels_by_each_datasets_own_pairs(dataset):
     for b, (_, labels, meta) in enumerate(ds.take(4)):
         for i, (got, flip, d, name) in enumerate(zip(labels.numpy(), meta["flip"].numpy(), meta["dataset"].numpy(),
                                                      meta["filename"].numpy())):
-            part, q = loader.plan.locate(6 * b + i)  # the Python reference plan of this clip
+            part, q, _ = loader.plan.locate(6 * b + i)  # the Python reference plan of this clip
             rows = slice(first[part], first[part + 1])
             ref = plan_clip(loader.plan.parts[part], loader.table.num_frames[rows], loader.table.height[rows],
                             loader.table.width[rows], q)

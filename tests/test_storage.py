@@ -62,6 +62,53 @@ def test_writer_uploads_the_local_bytes_verify_and_load_table_read_them_there(bu
     assert _objects(url) == local
 
 
+def test_resuming_a_complete_dataset_reads_each_frame_index_once(s3, videos):
+    """A re-run over a complete dataset in a bucket: the frame index of each shard is read once (one
+    GET: its header and table are in the first 64 KiB; the size check uses the listing), the shards and
+    their .idx never; besides that only the folder's requests (bucket check, listings, the manifest
+    read and written again)."""
+    url = f"{s3.url}/k400"
+    run_module("dali_video.writer", videos, url, *WRITE)
+    s3.server.clear_log()
+    run_module("dali_video.writer", videos, url, *WRITE)
+    paths = [e["path"].split("?")[0].removeprefix(f"/{url.split('/')[2]}/k400") for e in s3.server.requests()["log"]]
+    shards = [f"/train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert sorted(p for p in paths if p.startswith("/train-0")) == [s + ".fidx" for s in shards]
+    assert len(paths) - len(shards) <= 5, paths
+
+
+def _bytes_read(log, path) -> int:
+    """Bytes the GETs of ``path`` in a proxy log asked for (a GET without a range: the whole object)."""
+    total = 0
+    for e in log:
+        if e["method"] == "GET" and e["path"].split("?")[0] == path:
+            first, _, last = e["range"].removeprefix("bytes=").partition("-") if e["range"] else ("0", "", "")
+            total += (int(last) + 1 if last else storage.size(f"s3:/{path}")) - int(first)
+    return total
+
+
+def test_verify_reads_a_shard_once(s3, dataset, capsys):
+    """verify checks every record and every frame's JPEG header in one pass over the shard."""
+    url = s3.upload(dataset, "ds")
+    shard = f"{url}/train-00000-of-00003.tfrecord"
+    s3.server.clear_log()
+    assert _index_tool(capsys, "verify", shard)[0] == 0
+    read = _bytes_read(s3.server.requests()["log"], shard.removeprefix("s3:/"))
+    assert (Path(dataset) / storage.name(shard)).stat().st_size <= read <= 1.05 * storage.size(shard)
+
+
+def test_glob_lists_a_folder_in_one_request(bucket, dataset):
+    """The callers (expand, load_table, the writer) have just asked isdir; glob only lists. A file or a
+    missing folder has no entries."""
+    url = bucket.upload(dataset, "ds")
+    storage._filesystem(url).invalidate_cache()
+    bucket.server.clear_log()
+    assert storage.glob(url, "*.tfrecord") == [f"{url}/{p.name}" for p in sorted(Path(dataset).glob("*.tfrecord"))]
+    assert len(bucket.server.requests()["log"]) == 1
+    assert storage.glob(f"{url}/train-00000-of-00003.tfrecord", "*.tfrecord") == []
+    assert storage.glob(f"{url}/nothing", "*") == []
+
+
 def test_beam_writer_uploads_the_local_bytes(s3, videos, dataset, capsys):
     url = f"{s3.url}/k400"
     run_module("dali_video.writer", videos, url, *WRITE, "--runner", "beam")

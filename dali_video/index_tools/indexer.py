@@ -102,9 +102,10 @@ def describe_record(data, frames_key: str | None = None, fps: float | None = Non
     return layout, key, spans, meta
 
 
-def index_shard(shard, frames_key: str | None = None, fps: float | None = None) -> ShardIndex:
+def index_shard(shard, frames_key: str | None = None, fps: float | None = None, check=None) -> ShardIndex:
     """Read a whole shard (checking every CRC) and build its indexes in memory (``fps``: the frame rate
-    of videos whose records hold none)."""
+    of videos whose records hold none). ``check(offset, data, spans, meta)`` is called on each record
+    that holds a video, in the same pass."""
     index = None
     for number, (offset, _size, data) in enumerate(fmt.scan_records(shard)):
         try:
@@ -117,6 +118,8 @@ def index_shard(shard, frames_key: str | None = None, fps: float | None = None) 
             raise FormatError(f"{shard}: record {number} at byte {offset} stores frames as {layout}, "
                               f"earlier records as {index.layout}; one layout per shard")
         index.add(offset, data, spans, meta)
+        if check and meta:
+            check(offset, data, spans, meta)
     return index or ShardIndex("example", fmt.FRAMES)
 
 
@@ -145,7 +148,9 @@ def verify(shard) -> int:
             raise FormatError(f"{path}: missing; build it with: dali-video-index build {shard}")
     stored = fmt.read_frame_index(fmt.fidx_path(shard))
     fmt.check_fresh(shard, stored)
-    fresh = index_shard(shard, None if stored.layout == "frame_features" else stored.frames_key)
+    problems = []  # each record's first frame that is no JPEG of its video's size: checked in the one read
+    fresh = index_shard(shard, None if stored.layout == "frame_features" else stored.frames_key,
+                        check=lambda *record: problems.append(_jpeg_problem(shard, *record)))
     lines = fmt.read_idx(fmt.idx_path(shard))
     for number, (want, got) in enumerate(zip(fresh.records, lines)):
         if want != got:
@@ -173,21 +178,19 @@ def verify(shard) -> int:
         raise FormatError(f"{stored.path}: frame row {bad[0]} (video {video}, record "
                           f"{stored.videos['record'][video]}) is {table[bad[0]]}, the shard has "
                           f"{rows[bad[0]]} (at byte {rows[bad[0]]['offset']})")
-    _check_jpegs(shard, stored, table)
+    if problem := next(filter(None, problems), None):  # raised after the index checks, whose rows it trusts
+        raise FormatError(problem)
     return len(fresh.records)
 
 
-def _check_jpegs(shard, index: fmt.FrameIndex, rows: np.ndarray) -> None:
-    """Every frame a JPEG of its video's size, as the loader checks it before decoding."""
-    with storage.open_read(shard) as f:  # front to back: buffered ranged GETs for an object
-        for video, first in enumerate(index.frame_starts()):
-            v = {c: index.videos[c][video] for c in ("filename", "height", "width", "num_frames")}
-            for frame, row in enumerate(rows[first:first + v["num_frames"]]):
-                offset = int(row["offset"])
-                f.seek(offset)
-                problem = fmt.jpeg_problem(f.read(int(row["length"])), v["height"], v["width"])
-                if problem:
-                    raise FormatError(f"{shard}: video {v['filename']!r} frame {frame} at byte {offset}: {problem}")
+def _jpeg_problem(shard, offset: int, data, spans, meta: VideoMeta) -> str:
+    """The error of the record's first frame that is no JPEG of its video's size (as the loader checks
+    it before decoding), or ""."""
+    view = memoryview(data)
+    for frame, (start, length) in enumerate(spans):
+        if problem := fmt.jpeg_problem(view[start:start + length], meta.height, meta.width):
+            return f"{shard}: video {meta.filename!r} frame {frame} at byte {offset + 12 + start}: {problem}"
+    return ""
 
 
 def expand(paths) -> list[Path | str]:

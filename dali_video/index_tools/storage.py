@@ -161,13 +161,19 @@ def size(path) -> int:
 
 
 def glob(folder, pattern: str) -> list:
-    """The entries of ``folder`` whose names match ``pattern`` (``*.tfrecord``), sorted."""
+    """The entries of ``folder`` whose names match ``pattern`` (``*.tfrecord``), sorted; none when
+    ``folder`` is a file or missing. One listing request for a URL."""
     folder = check_path(folder)
     if not is_url(folder):
         return sorted(folder.glob(pattern))
-    with _request(folder, "list"):
-        names = _filesystem(folder).ls(folder, detail=False, refresh=True) if isdir(folder) else []
-    return sorted(join(folder, name(n)) for n in names if fnmatch.fnmatchcase(name(n), pattern))
+    try:
+        with _request(folder, "list"):
+            names = _filesystem(folder).ls(folder, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    inside = folder.split("://", 1)[1]  # a file lists as itself: not an entry of a folder
+    return sorted(join(folder, name(n)) for n in names
+                  if n.rstrip("/").rpartition("/")[0] == inside and fnmatch.fnmatchcase(name(n), pattern))
 
 
 def glob_paths(pattern: str) -> list:

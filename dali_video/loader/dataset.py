@@ -138,7 +138,8 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
         raise ValueError(f"seed must be below 2**63, got {seed}")
     if not isinstance(files, Mixture):
         return PlanSpec(configs[0], seed=int(seed), training=training, global_batch=global_batch), tables[0], rows[0]
-    plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training)
+    plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training,
+                    global_batch=global_batch)
     table = mixture_table(files, tables, rows)
     pairs = shared_flip_pairs(files, tables, configs)
     return dataclasses.replace(plan, flip_label_pairs=pairs), table, np.arange(len(table))

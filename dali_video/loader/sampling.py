@@ -357,8 +357,8 @@ class PlanSpec:
 
     def epoch_length(self, num_videos: int) -> int:
         """Positions in an epoch: in evaluation, padded to whole global batches."""
-        items, g = self.items_per_epoch(num_videos), self.global_batch
-        return items if self.training or not g else -(-items // g) * g
+        items = self.items_per_epoch(num_videos)
+        return items if self.training else _padded(items, self.global_batch)
 
     def steps_per_epoch(self, num_videos: int, global_batch_size: int) -> int:
         """Global batches that cover an epoch once (in training the last one runs into the next epoch; in
@@ -381,6 +381,11 @@ class PlanSpec:
                 int(c.crop_area is not None), int(c.color_jitter is not None), self.global_batch,
                 SAMPLING_CODES[c.sampling], RULE_CODES[c.segment_rule], int(c.twice_sample), VIEW_CODES[c.test_views]]
         return ints + [int(np.float64(v).view(np.int64)) for v in self.floats()]
+
+
+def _padded(items: int, global_batch: int) -> int:
+    """``items`` rounded up to whole global batches (0: not padded)."""
+    return -(-items // global_batch) * global_batch if global_batch else items
 
 
 @dataclass(frozen=True)
@@ -527,7 +532,10 @@ class Mixture:
     reader carries them). Each recipe's flip_label_pairs are in its own dataset's labels and swap only
     that dataset's flipped clips (:func:`shared_flip_pairs`). The recipes
     must agree on clip_len, crop_size, dtype, mean and std (one output). An epoch of the mixture is the
-    shortest whole number of periods in which every dataset completes an epoch of its own.
+    shortest whole number of periods in which every dataset completes an epoch of its own. In
+    evaluation (``training=False``) the weights do not apply: a pass holds every view of dataset 0,
+    then of dataset 1, ..., each once, then the rest of its last global batch as padding, as one
+    dataset's pass does (:meth:`MixPlan.locate`).
     """
 
     parts: tuple
@@ -564,14 +572,20 @@ def mix_slots(weights) -> list[int]:
 @dataclass(frozen=True)
 class MixPlan:
     """The plan of a :class:`Mixture`: one PlanSpec per dataset (each with its own seed), its usable
-    videos' count (in the combined table, dataset after dataset) and weight. Position p is slot
-    r = p % W of period p // W (W = sum of weights): clip q = (p // W) * weight + (earlier slots of the
-    same dataset in the period) of dataset ``slots[r]``."""
+    videos' count (in the combined table, dataset after dataset) and weight.
+
+    Training: position p is slot r = p % W of period p // W (W = sum of weights): clip q = (p // W) *
+    weight + (earlier slots of the same dataset in the period) of dataset ``slots[r]``.
+    Evaluation: a pass holds the N_0 views of dataset 0, then the N_1 of dataset 1, ... (N = their sum),
+    padded to P = ceil(N / G) * G positions (G = global_batch > 0; 0: P = N): position p is q = p % P of
+    its pass, view j = q % N of the datasets in turn (dataset d, its view j - N_0 - ... - N_{d-1}),
+    padding when q >= N. The datasets' own plans carry global_batch 0."""
 
     parts: tuple
     counts: tuple
     weights: tuple
     flip_label_pairs: tuple = ()  # per dataset, its pairs in the shared label space (shared_flip_pairs)
+    global_batch: int = 0  # evaluation: clips per global batch, to pad each pass to whole batches
 
     @property
     def config(self) -> ClipConfig:
@@ -585,20 +599,27 @@ class MixPlan:
     def training(self) -> bool:
         return self.parts[0].training
 
-    @property
-    def global_batch(self) -> int:
-        return 0  # no evaluation padding: a mixture's epoch is whole periods of its schedule
-
     def floats(self) -> list[float]:
         return self.parts[0].floats()
 
-    def locate(self, position: int) -> tuple[int, int]:
-        """(dataset, its clip position) of mixture position ``position``."""
-        slots = mix_slots(self.weights)
-        period, r = divmod(position, len(slots))
-        return slots[r], period * self.weights[slots[r]] + slots[:r].count(slots[r])
+    def locate(self, position: int) -> tuple[int, int, int]:
+        """(dataset, its clip position, padding) of mixture position ``position``."""
+        if self.training:
+            slots = mix_slots(self.weights)
+            period, r = divmod(position, len(slots))
+            return slots[r], period * self.weights[slots[r]] + slots[:r].count(slots[r]), 0
+        views = [p.items_per_epoch(n) for p, n in zip(self.parts, self.counts)]
+        q = position % _padded(sum(views), self.global_batch)
+        d, j = 0, q % sum(views)
+        while j >= views[d]:
+            j -= views[d]
+            d += 1
+        return d, j, int(q >= sum(views))
 
     def items_per_epoch(self, num_videos: int | None = None) -> int:
+        """Clips in an epoch (whole periods of the schedule), or views in an evaluation pass (padding not counted)."""
+        if not self.training:
+            return sum(p.items_per_epoch(n) for p, n in zip(self.parts, self.counts))
         periods = max(-(-p.items_per_epoch(n) // w) for p, n, w in zip(self.parts, self.counts, self.weights))
         return periods * sum(self.weights)
 
@@ -615,11 +636,12 @@ def concat_tables(tables) -> VideoTable:
                          ("frame_start", "num_frames", "height", "width", "label", "filename", "fps")})
 
 
-def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool) -> MixPlan:
+def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool, global_batch: int = 0) -> MixPlan:
     """The MixPlan of ``mixture`` read with ``configs`` over ``counts`` usable videos per dataset; each
     dataset's seed is drawn from ``seed`` and its index, so the datasets' draws are independent."""
     parts = tuple(PlanSpec(c, seed=_hash(seed, i) >> 1, training=training) for i, c in enumerate(configs))
-    return MixPlan(parts, tuple(int(n) for n in counts), tuple(int(w) for *_, w in mixture.parts))
+    return MixPlan(parts, tuple(int(n) for n in counts), tuple(int(w) for *_, w in mixture.parts),
+                   global_batch=global_batch)
 
 
 def mixture_table(mixture: Mixture, tables, rows=None) -> VideoTable:

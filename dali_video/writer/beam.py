@@ -1,6 +1,6 @@
 """The writer as an Apache Beam pipeline (``dali-video-write --runner beam``).
 
-    Create(shard plans) -> Reshuffle -> Map(write_shard) -> ToList -> Map(write_manifests)
+    Create(shard plans left to write) -> Reshuffle -> Map(write_shard) -> ToList -> Map(write_manifests)
 
 One element per shard: a PCollection holds shard plans and small results, never video bytes (a
 worker encodes and writes its shard's videos one at a time). Every shard is written by the same
@@ -73,13 +73,15 @@ def pipeline(beam_args, workers: int) -> beam.Pipeline:
 
 def write_with_beam(plan: DatasetPlan, *, workers: int, beam_args=()) -> dict:
     """Run ``plan`` as a Beam pipeline; return the manifests by split (read back from the output)."""
+    if not plan.todo:  # every shard complete (a resumed run): nothing for workers to do
+        return write_manifests(plan, [])
     p = pipeline(beam_args, workers)
     if isinstance(p.runner, FnApiRunner) and len(plan.shards) < workers:
         log.warning("%d shards for %d workers: a shard is the unit of work, so %d workers idle; "
                     "plan more shards (--num-shards, --shard-size)", len(plan.shards), workers,
                     workers - len(plan.shards))
     _ = (p
-         | "Shards" >> beam.Create(plan.shards)
+         | "Shards" >> beam.Create(plan.todo)
          | "Spread" >> beam.Reshuffle()  # else a runner may keep Create's one bundle on one worker
          | "WriteShard" >> beam.Map(_write_counted, plan.out_dir, plan.opts, plan.on_error)
          | "AllResults" >> beam.combiners.ToList()

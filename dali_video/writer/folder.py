@@ -60,8 +60,9 @@ def _manifest(path: Path | str) -> dict:
     return manifest
 
 
-def read_folder(out: Path | str) -> dict[str, SplitState]:
-    """Every split that the writer's manifests and shards in ``out`` (a folder or a bucket prefix) hold."""
+def read_folder(out: Path | str) -> tuple[dict[str, SplitState], dict[str, FrameIndex]]:
+    """Every split that the writer's manifests and shards in ``out`` (a folder or a bucket prefix) hold,
+    and the frame index of each complete shard by file name (each read once: a resumed run reuses them)."""
     manifests, shards = {}, collections.defaultdict(dict)
     for path in storage.glob(out, "*"):
         name = storage.name(path)
@@ -80,7 +81,7 @@ def read_folder(out: Path | str) -> dict[str, SplitState]:
                                                   None)
         states[split] = SplitState(options, classes, {name: ix.notes.get("plan", "") if ix else None
                                                       for name, ix in indexes.items()}, manifest.get("seed"))
-    return states
+    return states, {name: ix for split in shards.values() for name, ix in split.items() if ix is not None}
 
 
 def _class_clash(was: dict, now: dict) -> str | None:

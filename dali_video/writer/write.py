@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 
-from ..index_tools import ShardIndex, read_frame_index
+from ..index_tools import FrameIndex, ShardIndex
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
@@ -141,16 +141,6 @@ def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
     return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
 
 
-def _shard_done(path, digest: str) -> bool:
-    index = complete_index(path) if storage.exists(fmt.idx_path(path)) else None
-    if index is None:
-        return False
-    if index.notes.get("plan") != digest:
-        log.info("%s was written from other videos or options: writing it again", path)
-        return False
-    return True
-
-
 class WriteError(RuntimeError):
     pass
 
@@ -165,27 +155,8 @@ def _check_choice(name: str, value, allowed) -> None:
 
 
 @dataclass(frozen=True)
-class DatasetPlan:
-    """What one run writes: the planned shards of every split, and what their manifests record."""
-
-    out_dir: str
-    opts: EncodeOptions
-    shards: tuple[ShardPlan, ...]
-    seed: int = 0
-    on_error: Literal["skip", "fail"] = "skip"
-    input_failures: tuple[Failure, ...] = ()
-
-    def __post_init__(self):
-        _check_choice("on_error", self.on_error, ON_ERROR)
-
-    @property
-    def splits(self) -> list[str]:
-        return sorted({s.split for s in self.shards})
-
-
-@dataclass(frozen=True)
 class ShardResult:
-    """What one complete shard adds to its split's manifest (read back from its frame index)."""
+    """What one complete shard adds to its split's manifest (from its frame index, read once or just written)."""
 
     file: str
     videos: int
@@ -198,17 +169,55 @@ class ShardResult:
     reused: bool = False  # complete before this run
 
 
-def _shard_result(path, reused: bool = False) -> ShardResult:
-    ix = read_frame_index(fmt.fidx_path(path))
-    return ShardResult(file=storage.name(path), videos=ix.num_videos, frames=ix.num_frame_rows, bytes=ix.shard_size,
-                       num_frames=dict(zip(ix.videos["filename"], ix.videos["num_frames"])),
-                       classes=dict(zip(ix.videos["label"], ix.videos["class_text"])),
-                       failures=ix.notes.get("failures", []), warnings=ix.notes.get("warnings", []),
-                       reused=reused)
+@dataclass(frozen=True)
+class DatasetPlan:
+    """What one run writes: the planned shards of every split, and what their manifests record."""
+
+    out_dir: str
+    opts: EncodeOptions
+    shards: tuple[ShardPlan, ...]
+    seed: int = 0
+    on_error: Literal["skip", "fail"] = "skip"
+    input_failures: tuple[Failure, ...] = ()
+    reused: tuple[ShardResult, ...] = ()  # shards of this plan complete in out_dir when it was planned
+    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # shard name -> plan_digest(shard, opts)
+
+    def __post_init__(self):
+        _check_choice("on_error", self.on_error, ON_ERROR)
+        if not self.digests:  # plan_dataset passes those it computed for the folder check
+            object.__setattr__(self, "digests", {p.name: plan_digest(p, self.opts) for p in self.shards})
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({s.split for s in self.shards})
+
+    @property
+    def todo(self) -> list[ShardPlan]:
+        """The shards left to write: every runner maps ``write_shard`` over these."""
+        done = {r.file for r in self.reused}
+        return [p for p in self.shards if p.name not in done]
+
+
+def _shard_result(path, videos: dict, size: int, notes: dict, reused: bool = False) -> ShardResult:
+    """From the shard's frame index: read back (``videos``, ``size``, ``notes`` of a FrameIndex) or in memory."""
+    return ShardResult(file=storage.name(path), videos=len(videos["record"]), frames=sum(videos["num_frames"]),
+                       bytes=size, num_frames=dict(zip(videos["filename"], videos["num_frames"])),
+                       classes=dict(zip(videos["label"], videos["class_text"])),
+                       failures=notes.get("failures", []), warnings=notes.get("warnings", []), reused=reused)
+
+
+def _reused(path, index: FrameIndex | None, digest: str) -> ShardResult | None:
+    """The result of a complete shard (``index``: its frame index, or None) written from ``digest``, else None."""
+    if index is None:
+        return None
+    if index.notes.get("plan") != digest:
+        log.info("%s was written from other videos or options: writing it again", path)
+        return None
+    return _shard_result(path, index.videos, index.shard_size, index.notes, reused=True)
 
 
 def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, results, on_error: str,
-                 progress) -> None:
+                 progress) -> ShardResult:
     """The shard, then its .idx, then its .fidx, each appearing whole (renamed, or one upload)."""
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
@@ -232,6 +241,7 @@ def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, result
     # The frame index goes last: its presence marks the shard complete.
     notes = {"plan": digest, "options": asdict(opts), "failures": failures, "warnings": warnings}
     fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, notes))
+    return _shard_result(path, index.videos, size, notes)
 
 
 def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Literal["skip", "fail"] = "skip",
@@ -246,15 +256,14 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
     """
     _check_choice("on_error", on_error, ON_ERROR)
     path, digest = storage.join(out_dir, shard.name), plan_digest(shard, opts)
-    if _shard_done(path, digest):
-        return _shard_result(path, reused=True)
+    if reused := _reused(path, complete_index(path), digest):
+        return reused
     tasks = [(spec, opts) for spec in shard.videos]
     encoded = encode_all(tasks, workers=1) if isolate else (_encode(t) for t in tasks)
     try:
-        _write_shard(path, shard, opts, digest, encoded, on_error, lambda frames: None)
+        return _write_shard(path, shard, opts, digest, encoded, on_error, lambda frames: None)
     finally:
         encoded.close()
-    return _shard_result(path)
 
 
 def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
@@ -290,29 +299,35 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
     shards = plan_shards(specs, counts, seed)
-    there = storage.isdir(out)
+    digests = {p.name: plan_digest(p, opts) for p in shards}
+    there, reused = storage.isdir(out), []
     if there and replace:
         remove_dataset(out)
     elif there and shards:
-        _check_folder(out, specs, shards, opts, seed)
+        indexes = _check_folder(out, specs, shards, digests, opts, seed)
+        reused = [r for p in shards if (r := _reused(storage.join(out, p.name), indexes.get(p.name), digests[p.name]))]
+        if reused:
+            log.info("resuming: %d of %d shards already complete", len(reused), len(shards))
     if not storage.is_url(out):  # an upload leaves no partial object behind; a local write its temp file
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):
             if writer_split(stale.name) is not None:
                 stale.unlink()
-    return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures)
+    return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures, tuple(reused), digests)
 
 
-def _check_folder(out: Path | str, specs, shards, opts: EncodeOptions, seed: int) -> None:
-    """Refuse to write ``shards`` into a folder that holds another dataset."""
+def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOptions, seed: int) -> dict:
+    """Refuse to write ``shards`` into a folder that holds another dataset; return the frame indexes of
+    its complete shards by name (read once, here)."""
     new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split},
-                             {p.name: plan_digest(p, opts) for p in shards if p.split == split}, seed)
+                             {p.name: digests[p.name] for p in shards if p.split == split}, seed)
            for split in sorted({p.split for p in shards})}
-    old = read_folder(out)
+    old, indexes = read_folder(out)
     if lines := differences(old, new):
         raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
                          + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
                          "and manifests of every split and write this dataset, or write to another folder")
+    return indexes
 
 
 def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
@@ -347,31 +362,23 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
 
 def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     """The shards in this process, the videos encoded by a pool of ``workers`` processes."""
-    paths = {p.name: storage.join(plan.out_dir, p.name) for p in plan.shards}
-    digests = {p.name: plan_digest(p, plan.opts) for p in plan.shards}
-    done = {p.name for p in plan.shards if _shard_done(paths[p.name], digests[p.name])}
-    if done:
-        log.info("resuming: %d of %d shards already complete", len(done), len(plan.shards))
-    todo = [p for p in plan.shards if p.name not in done]
-    for p in plan.shards:
-        if p.name in done:
-            tick(len(p.videos), 0)
+    todo = plan.todo
+    tick(sum(len(p.videos) for p in plan.shards) - sum(len(p.videos) for p in todo), 0)
     encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
-        for p in todo:
-            _write_shard(paths[p.name], p, plan.opts, digests[p.name], encoded, plan.on_error,
-                         lambda frames: tick(1, frames))
+        return [_write_shard(storage.join(plan.out_dir, p.name), p, plan.opts, plan.digests[p.name], encoded,
+                             plan.on_error, lambda frames: tick(1, frames)) for p in todo]
     finally:
         encoded.close()
-    return [_shard_result(paths[p.name], reused=p.name in done) for p in plan.shards]
 
 
 def write_manifests(plan: DatasetPlan, results) -> dict:
-    """Each split's manifest, from the results of all its shards (any order); returned by split.
+    """Each split's manifest, from the results of the shards of ``plan.todo`` (any order; results of
+    ``plan.reused`` shards may be among them); returned by split.
 
     Written last, once every shard of the plan is complete.
     """
-    by_file = {r.file: r for r in results}
+    by_file = {r.file: r for r in (*plan.reused, *results)}
     missing = [p.name for p in plan.shards if p.name not in by_file]
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "

@@ -190,19 +190,18 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   // a damaged clip gives way to the next ones of its dataset's epoch.
   void fill(int i, int64_t position) {
     Clip &c = clips_[i];
-    const int64_t period = slot_.size(), r = position % period;
-    const Part &part = parts_[slot_[r]];
-    const int64_t q = position / period * weight_[slot_[r]] + rank_[r];
+    const auto [d, q, pads] = locate(position);
+    const Part &part = parts_[d];
     // epoch_length: one dataset's evaluation passes are padded to whole global batches (a Mixture's
-    // datasets carry global_batch 0: its epoch is whole periods of the schedule)
+    // datasets carry global_batch 0: locate pads its pass)
     const int64_t items = epoch_length(part.spec, part.count), epoch_start = q - q % items;
-    c.dataset = slot_[r];
+    c.dataset = d;
     for (int64_t tries = 0; tries < std::min(items, kMaxTries); ++tries) {
       c.plan = plan_clip(part.spec, d_.videos.data() + part.first, part.count,
                          epoch_start + (q - epoch_start + tries) % items);
       c.plan.video += part.first;
       // A replacement fills this position: it is padding as this position is, not as its source was.
-      c.plan.padding = q % items >= items_per_epoch(part.spec, part.count);
+      c.plan.padding = pads || q % items >= items_per_epoch(part.spec, part.count);
       c.replaced = static_cast<int>(tries);
       try {
         read_clip(d_, part.spec, c);
@@ -218,6 +217,24 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
                      " damaged clips in a row (a missing mount or shard?); last: " + e.message;
       }
     }
+  }
+
+  // The dataset, its clip position and whether the clip only pads a Mixture's evaluation pass, of
+  // `position` (MixPlan.locate in sampling.py): in training, slot r of its period (one dataset: itself);
+  // a Mixture's evaluation pass holds each dataset's views in turn, padded to whole global batches.
+  std::tuple<int, int64_t, bool> locate(int64_t position) const {
+    if (s_.training || !mixed_) {
+      const int64_t period = slot_.size(), r = position % period;
+      return {slot_[r], position / period * weight_[slot_[r]] + rank_[r], false};
+    }
+    auto views = [](const Part &p) { return items_per_epoch(p.spec, p.count); };
+    int64_t total = 0;
+    for (const Part &p : parts_) total += views(p);
+    const int64_t q = position % padded(total, s_.global_batch);
+    int64_t j = q % total;
+    int d = 0;
+    for (; j >= views(parts_[d]); ++d) j -= views(parts_[d]);
+    return {d, j, q >= total};
   }
 
   void emit(dali::Workspace &ws, int batch) {
@@ -273,7 +290,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     const auto words = spec.GetRepeatedArgument<int64_t>("parts");
     const auto counts = spec.GetRepeatedArgument<int64_t>("part_videos");
     slot_ = spec.GetRepeatedArgument<int>("mix_slots");
-    if (words.empty()) {
+    mixed_ = !words.empty();
+    if (!mixed_) {
       parts_ = {{s_, 0, static_cast<int64_t>(d_.videos.size())}};
       slot_ = {0};
     }
@@ -322,6 +340,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   Dataset d_;
   Spec s_{};
   std::vector<Part> parts_;
+  bool mixed_ = false;  // a Mixture's datasets (Spec words), not the one dataset of s_
   std::vector<int> slot_;  // the dataset of each slot of the mixture's period
   std::vector<int64_t> rank_, weight_;  // a slot's rank among its dataset's slots; slots per dataset
   std::vector<std::unordered_map<int32_t, int32_t>> swap_;  // per dataset

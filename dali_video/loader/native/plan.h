@@ -92,10 +92,13 @@ int64_t items_per_epoch(const Spec &s, int64_t n) {
   return n * s.clips_per_video * (s.training ? 1 : s.num_crops);
 }
 
+// `items` rounded up to whole global batches g (0: not padded).
+int64_t padded(int64_t items, int64_t g) { return g ? (items + g - 1) / g * g : items; }
+
 // Positions in an epoch: in evaluation, padded to whole global batches.
 int64_t epoch_length(const Spec &s, int64_t n) {
-  const int64_t items = items_per_epoch(s, n), g = s.global_batch;
-  return s.training || !g ? items : (items + g - 1) / g * g;
+  const int64_t items = items_per_epoch(s, n);
+  return s.training ? items : padded(items, s.global_batch);
 }
 
 // A training window (y, x, h, w) in the resized rh x rw frame: c x c at a random spot, or a random
