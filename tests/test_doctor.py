@@ -1,6 +1,7 @@
 """dali-video-doctor on this host, and each of its checks failing when its condition is broken
 (simulated by replacing the facts the checks read), and memory growth in the CLI."""
 import json
+import math
 import re
 from functools import partial
 
@@ -173,10 +174,27 @@ def test_resources_at_the_users_clip_length_and_frame_size(monkeypatch, gpus):
     gpus(*[H100] * 8)
     monkeypatch.setattr("dali_video.loader.resources.usable_cores", lambda: 224)
     name, ok, detail, fix = doctor.check_resources(64, (256, 340), 8)
-    assert ok and "T=64, 256x340 frames, batch 8, 8 pipeline(s) on 224 usable cores" in detail
+    assert ok and "T=64, 256x340 frames of a quarter of the raw frame JPEG, batch 8, 8 pipeline(s) on 224 usable " \
+                  "cores" in detail
     assert "num_threads 28, 60 threads" in detail
     name, ok, detail, fix = doctor.check_resources(64, (1080, 1920), 32)
     assert not ok and "--batch-size" in fix
+    # 720p at T=64: over 1 GiB pinned if JPEGs were a quarter of the raw frame (the estimate without
+    # --data), within it at the 150 KB a 720p frame takes at quality 90.
+    assert not doctor.check_resources(64, (720, 1280), 8)[1]
+    name, ok, detail, fix = doctor.check_resources(64, (720, 1280), 8, jpeg_bytes=150_000)
+    assert ok and "720x1280 frames of 146 KB JPEG" in detail
+
+
+def test_resources_sized_by_the_users_dataset(dataset):
+    from dali_video.index_tools import read_frame_index
+    from dali_video.index_tools.format import fidx_path
+
+    shards = sorted(dataset.glob("*.tfrecord"))
+    indexes = [read_frame_index(fidx_path(s)) for s in shards]
+    per_frame = sum(s.stat().st_size for s in shards) / sum(ix.num_frame_rows for ix in indexes)
+    frame_hw, jpeg_bytes = doctor.dataset_frames(dataset)
+    assert frame_hw == (48, 64) and jpeg_bytes == math.ceil(per_frame)
 
 
 def test_has_sass_follows_binary_compatibility():

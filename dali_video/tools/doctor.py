@@ -416,19 +416,31 @@ def check_hw_jpeg(data) -> Check:
     return "hw-jpeg", True, "; ".join(details), ""
 
 
-def check_resources(clip_len: int, frame_hw, batch_size: int) -> Check:
+def dataset_frames(data, split=None) -> tuple[tuple[int, int], int]:
+    """A dataset's largest stored frame (height, width), as clip_dataset sizes the decoder by it, and
+    its JPEG bytes per frame (shard bytes over frames: a little over, records carry some framing)."""
+    from ..loader.sampling import load_table
+
+    table = load_table(data, split)
+    frames = sum(ix.num_frame_rows for ix in table.shards)
+    return (int(table.height.max()), int(table.width.max())), -(-sum(ix.shard_size for ix in table.shards) // frames)
+
+
+def check_resources(clip_len: int, frame_hw, batch_size: int, jpeg_bytes: int | None = None) -> Check:
     """What each GPU pipeline of this clip length and frame size starts and allocates (gpu_resources)."""
     from ..loader import resources
 
     cores, pipelines = resources.usable_cores(), max(1, len(_tf_gpus()))
-    r = resources.gpu_resources(clip_len, frame_hw, batch_size, num_pipelines=pipelines, cores=cores)
-    detail = (f"T={clip_len}, {frame_hw[0]}x{frame_hw[1]} frames, batch {batch_size}, {pipelines} pipeline(s) on "
-              f"{cores} usable cores (os.cpu_count() {os.cpu_count()}): per pipeline num_threads "
+    r = resources.gpu_resources(clip_len, frame_hw, batch_size, num_pipelines=pipelines, cores=cores,
+                                jpeg_bytes=jpeg_bytes)
+    jpeg = "a quarter of the raw frame" if jpeg_bytes is None else f"{jpeg_bytes / 1024:.0f} KB"
+    detail = (f"T={clip_len}, {frame_hw[0]}x{frame_hw[1]} frames of {jpeg} JPEG, batch {batch_size}, {pipelines} "
+              f"pipeline(s) on {cores} usable cores (os.cpu_count() {os.cpu_count()}): per pipeline num_threads "
               f"{r['num_threads']}, {r['threads']} threads, {r['pinned_bytes'] / 2**20:.0f} MiB pinned, "
               f"{r['device_bytes'] / 2**20:.0f} MiB on its GPU")
     if r["threads"] > resources.MAX_THREADS or r["pinned_bytes"] > 1 << 30:
         return ("resources", False, detail, "lower --batch-size or --clip-len, or store smaller frames "
-                "(dali-video-write --resize)")
+                "(dali-video-write --resize)" + ("" if jpeg_bytes else "; --data YOUR_DATASET sizes JPEGs as stored"))
     return "resources", True, detail, ""
 
 
@@ -506,10 +518,11 @@ def _tiny_dataset(root: Path) -> Path:
     return root / "data"
 
 
-def run_checks(data, seconds: float, clip_len: int = 32, frame_hw=(256, 340), batch_size: int = 8) -> list[Check]:
+def run_checks(data, seconds: float, clip_len: int = 32, frame_hw=(256, 340), batch_size: int = 8,
+               jpeg_bytes: int | None = None) -> list[Check]:
     checks = [check_versions, check_gpus, check_driver, check_cuda_packages, check_cudnn, check_xla_tools,
               check_memory_growth, check_container_video, partial(check_hw_jpeg, data),
-              partial(check_resources, clip_len, frame_hw, batch_size), partial(check_decode, data),
+              partial(check_resources, clip_len, frame_hw, batch_size, jpeg_bytes), partial(check_decode, data),
               partial(check_placement, data), partial(check_rate, data, seconds)]
     results = []
     for check in checks:
@@ -536,13 +549,19 @@ def main(argv=None) -> int:
     p.add_argument("--clip-len", type=int, default=32, help="your clip length, for the resources check (default 32)")
     p.add_argument("--frame-size", default="256x340", help="your largest stored frame HxW (default 256x340)")
     p.add_argument("--batch-size", type=int, default=8, help="your clips per GPU and step (default 8)")
+    p.add_argument("--data", help="your dataset (folder, glob or bucket prefix): its largest frame and JPEG bytes per "
+                   "frame replace --frame-size and the estimate of a quarter of the raw frame")
+    p.add_argument("--split", help="the split of --data to size by, where it holds several")
     args = p.parse_args(argv)
-    frame_hw = tuple(int(v) for v in args.frame_size.lower().split("x"))
+    frame_hw, jpeg_bytes = tuple(int(v) for v in args.frame_size.lower().split("x")), None
+    if args.data:
+        frame_hw, jpeg_bytes = dataset_frames(args.data, args.split)
 
     quiet_tensorflow()
     enable_memory_growth()  # before anything uses a GPU, as dali-video-train does
     with tempfile.TemporaryDirectory(prefix="dali-video-doctor-") as tmp:
-        results = run_checks(_tiny_dataset(Path(tmp)), args.seconds, args.clip_len, frame_hw, args.batch_size)
+        results = run_checks(_tiny_dataset(Path(tmp)), args.seconds, args.clip_len, frame_hw, args.batch_size,
+                             jpeg_bytes)
     ok = all(r[1] for r in results)
     gpus = len(_tf_gpus())
     report = {"ok": ok, "mode": "gpu" if gpus else "cpu-fallback", "host": host(),
