@@ -1,5 +1,6 @@
 """The native reader: its plan equals the Python reference, and damaged bytes give Python errors."""
 import ctypes
+import re
 import shutil
 from pathlib import Path
 
@@ -216,3 +217,36 @@ def test_skip_gives_up_when_every_clip_is_damaged(pristine, tmp_path):
                                   seed=0, on_corrupt="skip") as p:
         with pytest.raises(RuntimeError, match=rf"on_corrupt='skip' gave up after {index.num_videos} damaged clips"):
             p.pipeline.run()
+
+
+def _jpegs(files, batches, **kw):
+    """``batches`` batches of the reader's JPEG bytes and metadata."""
+    with dali_video.clip_pipeline(files, **{**dict(batch_size=3, clip_len=4, crop_size=16, device="cpu",
+                                                   output="jpegs", seed=5), **kw}) as p:
+        return [[np.array(x).tobytes() for out in p.pipeline.run() for x in out] for _ in range(batches)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_reading_ahead_changes_no_clip(dataset, training):
+    # io_threads reads the next batches' clips ahead (for buckets); the clips are those read without it.
+    kw = dict(training=training, num_shards=2, shard_id=1)
+    assert _jpegs(dataset, 7, io_threads=5, **kw) == _jpegs(dataset, 7, io_threads=0, **kw)
+
+
+def test_reading_ahead_reports_and_skips_damaged_clips_alike(pristine, tmp_path):
+    shard = _copy(pristine, tmp_path)
+    index = read_frame_index(fmt.fidx_path(shard))
+    middle = index.frame_starts()[1] + index.videos["num_frames"][1] // 2  # in the second video's centre clip
+    row = index.read_rows(int(middle), 1)[0]
+    data = bytearray(shard.read_bytes())
+    data[int(row["offset"]) + int(row["length"]) // 2] ^= 0xFF  # its CRC fails
+    shard.write_bytes(bytes(data))
+    kw = dict(training=False, batch_size=5, clip_len=6)
+    errors = []
+    for io_threads in (0, 4):
+        with pytest.raises(RuntimeError, match=r"frame \d+ at byte \d+") as e:
+            _jpegs([shard], 4, io_threads=io_threads, **kw)
+        errors.append(re.search(r"\S+: video .*", str(e.value)).group(0))
+    assert errors[0] == errors[1]
+    skipped = [_jpegs([shard], 4, io_threads=n, on_corrupt="skip", **kw) for n in (0, 4)]
+    assert skipped[0] == skipped[1]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import dali_video
+from dali_video.loader.resources import BUCKET_IO_THREADS
 
 from .storage import new_bucket
 
@@ -70,8 +71,8 @@ def test_clips_from_a_bucket_are_the_local_clips_one_ranged_get_each(store, data
     assert len(fidx) == len({r["path"] for r in fidx}) <= 3  # each shard's frame index read once
     gets = _shard_gets(log)
     assert all(r["range"] and r["status"] == 206 for r in gets)
-    # One GET per clip: 3 batches of 4 clips, and the batches DALI read ahead.
-    assert len(gets) % 4 == 0 and 3 <= len(gets) // 4 <= 6, len(gets)
+    # One GET per clip: 3 batches of 4 clips, and those read ahead (io_threads).
+    assert len(gets) % 4 == 0 and 3 <= len(gets) // 4 <= 3 + 2 + BUCKET_IO_THREADS // 4, len(gets)
 
 
 @pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate"])
@@ -94,9 +95,11 @@ def _retried(store, dataset, fault, count=None):
 
 
 def test_added_latency_is_hidden_by_requests_in_flight(s3_store):
+    # Batches of 4 clips and DALI's 2 threads here: the reader's own read-ahead threads keep the
+    # requests in flight (S3's client in DALI holds 25 connections).
     server = s3_store.server
     start = time.perf_counter()
-    _batches(f"{s3_store.url}/ds", 4, _reader_only(server, delay=0.03), batch_size=32, num_threads=32)
+    _batches(f"{s3_store.url}/ds", 12, _reader_only(server, delay=0.03), num_threads=2)
     took = time.perf_counter() - start
     figures = server.requests()
     server.faults()

@@ -13,10 +13,11 @@ from typing import Literal
 import numpy as np
 
 from ..index_tools import format as fmt
+from ..index_tools import storage
 
 from .config import ClipConfig, _is_int, resolve
 from .gpu import usable_gpus
-from .resources import pipeline_threads, usable_cores
+from .resources import BUCKET_IO_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
                        VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
 
@@ -190,7 +191,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
-                  host_output: bool = False,
+                  host_output: bool = False, io_threads: int | None = None,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
@@ -215,6 +216,10 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                                   mixed_classes=mixed_classes)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
+    if io_threads is None:  # a bucket's latency is hidden by requests in flight, a local disk's needs none
+        io_threads = BUCKET_IO_THREADS if any(storage.is_url(s) for s in reader["shards"]) else 0
+    _check_int("io_threads", io_threads, 0)
+    reader["io_threads"] = io_threads
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=any(c.resizes for c in configs),
@@ -284,7 +289,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
-                 jpeg_fancy_upsampling: bool = False, host_output: bool = False, **options):
+                 jpeg_fancy_upsampling: bool = False, host_output: bool = False, io_threads: int | None = None,
+                 **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
@@ -329,6 +335,9 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         dataset the clip is drawn from; 0 otherwise).
     decode_crop: decode only the crop window of each JPEG where DALI can.
     num_threads, prefetch_queue_depth: DALI's (default: all cores, 2), passed on to DALI's dataset.
+    io_threads: the reader's own threads that read the next batches' clips ahead, one request each in
+        flight: default :data:`BUCKET_IO_THREADS` for a dataset in a bucket (its latency hidden), 0 for
+        local files (read in DALI's threads, as a batch is needed). Raise it for a network filesystem.
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
         or "tensorflow" (after the uint8 pixels reach it; CPU only).
     layout: both decode the batch's B*T frames with one decoder. "clips": DALI regroups them and emits
@@ -377,7 +386,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
-                           host_output=host_output)
+                           host_output=host_output, io_threads=io_threads)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)

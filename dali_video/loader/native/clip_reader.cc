@@ -7,11 +7,17 @@
 // (one clip at a time), and here the operator, which runs one task per clip in DALI's thread pool
 // and copies the frames out.
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <iostream>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -129,6 +135,96 @@ void check_spec(const Spec &s) {
 }
 constexpr int64_t kMaxTries = 100;  // damaged clips in a row before on_corrupt="skip" gives up: not chance
 
+// Clips read ahead by threads of the reader's own (io_threads): while DALI decodes one batch, the
+// next batches' clips are read, so a store's latency (a bucket: tens of ms a request) is hidden by
+// io_threads requests in flight, not by DALI's num_threads, which also sizes the GPU decoder's thread
+// pool and buffers (resources.py). A batch's clips are a function of its first position alone, so
+// reading ahead changes no clip.
+class ReadAhead {
+ public:
+  using Fill = std::function<void(Clip &, std::string &, int64_t)>;  // clip, its error, its position
+  struct Batch {
+    int64_t first = 0;
+    std::vector<Clip> clips;
+    std::vector<std::string> errors;
+    size_t left = 0;  // clips not yet read
+  };
+
+  ReadAhead(int threads, Fill fill) : fill_(std::move(fill)) {
+    for (int k = 0; k < threads; ++k) threads_.emplace_back([this] { work(); });
+  }
+
+  ~ReadAhead() {
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread &t : threads_) t.join();
+  }
+
+  size_t queued() const { return batches_.size(); }  // batches_ changes on the operator's thread only
+
+  // Queues the clips at positions first .. first + size - 1.
+  void submit(int64_t first, int size) {
+    auto batch = std::make_unique<Batch>();
+    batch->first = first;
+    batch->clips.resize(size);
+    batch->errors.assign(size, "");
+    batch->left = size;
+    std::lock_guard<std::mutex> hold(lock_);
+    for (int i = 0; i < size; ++i) jobs_.push_back({batch.get(), i});
+    batches_.push_back(std::move(batch));
+    wake_.notify_all();
+  }
+
+  // The oldest queued batch, once its clips are read.
+  std::unique_ptr<Batch> take() {
+    std::unique_lock<std::mutex> hold(lock_);
+    done_.wait(hold, [&] { return batches_.front()->left == 0; });
+    auto batch = std::move(batches_.front());
+    batches_.pop_front();
+    return batch;
+  }
+
+ private:
+  struct Job {
+    Batch *batch;
+    int i;
+  };
+
+  void work() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> hold(lock_);
+        wake_.wait(hold, [&] { return stop_ || !jobs_.empty(); });
+        if (stop_) return;
+        job = jobs_.front();
+        jobs_.pop_front();
+      }
+      try {
+        fill_(job.batch->clips[job.i], job.batch->errors[job.i], job.batch->first + job.i);
+      } catch (const std::exception &e) {  // not a damaged clip (fill handles those): memory, say
+        job.batch->errors[job.i] = std::string("dali-video clip reader: ") + e.what();
+      }
+      {
+        std::lock_guard<std::mutex> hold(lock_);
+        --job.batch->left;
+      }
+      done_.notify_all();
+    }
+  }
+
+  Fill fill_;
+  std::mutex lock_;
+  std::condition_variable wake_, done_;
+  std::deque<Job> jobs_;
+  std::deque<std::unique_ptr<Batch>> batches_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;  // last: joined before the queues they use are destroyed
+};
+
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
   explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
@@ -145,6 +241,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
+    io_threads_ = spec.GetArgument<int>("io_threads");
+    DALI_ENFORCE(io_threads_ >= 0, "dali-video clip reader: io_threads must be 0 or more");
+    if (io_threads_ > 0)
+      ahead_ = std::make_unique<ReadAhead>(io_threads_, [this](Clip &c, std::string &error, int64_t position) {
+        fill(c, error, position);
+      });
     read_parts(spec);
     // Each dataset's own pairs (a Mixture's recipes differ): a clip's label swaps by its dataset's only.
     const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
@@ -172,24 +274,36 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
                  "dali-video clip reader: the batch size must be a multiple of clip_len");
     DALI_ENFORCE(s_.training || !s_.global_batch || s_.global_batch == int64_t{batch} * num_shards_,
                  "dali-video clip reader: global_batch must be the batch size times num_shards");
-    clips_.resize(batch);
-    errors_.assign(batch, "");
-    const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
-    next_ += static_cast<int64_t>(batch) * num_shards_;
-    auto &pool = ws.GetThreadPool();
-    for (int i = 0; i < batch; ++i)
-      pool.AddWork([this, i, first](int) { fill(i, first + i); }, -i);
-    pool.RunAll();
+    if (ahead_) {
+      // This batch and enough after it for io_threads clips in flight beyond it.
+      while (ahead_->queued() < 1 + static_cast<size_t>((io_threads_ + batch - 1) / batch)) {
+        ahead_->submit(next_ + static_cast<int64_t>(shard_id_) * batch, batch);
+        next_ += static_cast<int64_t>(batch) * num_shards_;
+      }
+      auto read = ahead_->take();
+      DALI_ENFORCE(read->clips.size() == static_cast<size_t>(batch),
+                   "dali-video clip reader: io_threads needs the same batch size at every iteration");
+      std::swap(clips_, read->clips);
+      std::swap(errors_, read->errors);
+    } else {
+      clips_.resize(batch);
+      errors_.assign(batch, "");
+      const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
+      next_ += static_cast<int64_t>(batch) * num_shards_;
+      auto &pool = ws.GetThreadPool();
+      for (int i = 0; i < batch; ++i)
+        pool.AddWork([this, i, first](int) { fill(clips_[i], errors_[i], first + i); }, -i);
+      pool.RunAll();
+    }
     for (const std::string &e : errors_)
       if (!e.empty()) DALI_FAIL(e);
     emit(ws, batch);
   }
 
  private:
-  // Reads clip i (at `position`: slot r of its period, clip q of that slot's dataset); with skip_corrupt,
-  // a damaged clip gives way to the next ones of its dataset's epoch.
-  void fill(int i, int64_t position) {
-    Clip &c = clips_[i];
+  // Reads the clip at `position` (slot r of its period, clip q of that slot's dataset) into c, or its
+  // error; with skip_corrupt, a damaged clip gives way to the next ones of its dataset's epoch.
+  void fill(Clip &c, std::string &error, int64_t position) {
     const auto [d, q, pads] = locate(position);
     const Part &part = parts_[d];
     // epoch_length: one dataset's evaluation passes are padded to whole global batches (a Mixture's
@@ -205,15 +319,15 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       c.replaced = static_cast<int>(tries);
       try {
         read_clip(d_, part.spec, c);
-        errors_[i].clear();
+        error.clear();
         return;
       } catch (const ReadError &e) {
         if (!skip_) {
-          errors_[i] = e.message;
+          error = e.message;
           return;
         }
         std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
-        errors_[i] = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
+        error = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
                      " damaged clips in a row (a missing mount or shard?); last: " + e.message;
       }
     }
@@ -346,9 +460,11 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   std::vector<std::unordered_map<int32_t, int32_t>> swap_;  // per dataset
   bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false;
   int shard_id_ = 0, num_shards_ = 1;
-  int64_t next_ = 0;  // position of this reader's next batch in the global clip sequence
-  std::vector<Clip> clips_;  // kept between batches: their buffers keep their capacity
+  int64_t next_ = 0;  // position of this reader's next batch (to read) in the global clip sequence
+  std::vector<Clip> clips_;  // the batch being emitted (without read-ahead, kept: buffers keep capacity)
   std::vector<std::string> errors_;
+  int io_threads_ = 0;
+  std::unique_ptr<ReadAhead> ahead_;  // last: its threads stop before the members fill reads go
 };
 
 }  // namespace dali_video
@@ -438,6 +554,8 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("parts", "A Mixture: each dataset's plan (struct Spec as int64 words).", std::vector<int64_t>{})
     .AddOptionalArg("part_videos", "A Mixture: videos per dataset (in the videos' order).", std::vector<int64_t>{})
     .AddOptionalArg("mix_slots", "A Mixture: the dataset of each slot of one period.", std::vector<int>{})
-    .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false);
+    .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false)
+    .AddOptionalArg("io_threads", "Read the next batches' clips ahead with this many threads of the reader's "
+                    "own (requests in flight to a bucket); 0: read each batch in DALI's thread pool.", 0);
 
 }  // namespace dali
