@@ -1,7 +1,10 @@
 """The native reader: its plan equals the Python reference, and damaged bytes give Python errors."""
 import ctypes
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +253,28 @@ def test_reading_ahead_reports_and_skips_damaged_clips_alike(pristine, tmp_path)
     assert errors[0] == errors[1]
     skipped = [_jpegs([shard], 4, io_threads=n, on_corrupt="skip", **kw) for n in (0, 4)]
     assert skipped[0] == skipped[1]
+
+
+_NO_THREADS = """
+import resource, sys
+import dali_video
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+p = dali_video.clip_pipeline(sys.argv[1], batch_size=2, clip_len=4, crop_size=16, device="cpu", output="jpegs",
+                             seed=1, io_threads=200, num_threads=1)
+# 300 MiB more address space: not the 200 thread stacks of 8 MiB (as a container's pids limit refuses threads)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
+try:
+    with p:
+        p.pipeline.run()
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_io_threads_that_cannot_start_give_an_error_not_an_abort(dataset):
+    # ReadAhead's constructor starts its threads one by one: one that fails to start must not leave the
+    # started ones joinable (std::terminate: the whole training process aborts, no Python error).
+    proc = subprocess.run([sys.executable, "-c", _NO_THREADS, str(dataset)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "io_threads" in proc.stdout
