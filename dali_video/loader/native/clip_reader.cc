@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -151,17 +152,16 @@ class ReadAhead {
   };
 
   ReadAhead(int threads, Fill fill) : fill_(std::move(fill)) {
-    for (int k = 0; k < threads; ++k) threads_.emplace_back([this] { work(); });
+    try {
+      for (int k = 0; k < threads; ++k) threads_.emplace_back([this] { work(); });
+    } catch (const std::system_error &e) {  // a pids or memory limit: joinable threads left would abort
+      stop();
+      DALI_FAIL("dali-video clip reader: cannot start io_threads (" + std::to_string(threads) + ") threads, " +
+                std::to_string(threads_.size()) + " started: " + e.what() + "; pass a lower io_threads");
+    }
   }
 
-  ~ReadAhead() {
-    {
-      std::lock_guard<std::mutex> hold(lock_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (std::thread &t : threads_) t.join();
-  }
+  ~ReadAhead() { stop(); }
 
   size_t queued() const { return batches_.size(); }  // batches_ changes on the operator's thread only
 
@@ -192,6 +192,15 @@ class ReadAhead {
     Batch *batch;
     int i;
   };
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread &t : threads_) t.join();
+  }
 
   void work() {
     for (;;) {
