@@ -24,6 +24,23 @@ from .resume import _callback_base
 log = logging.getLogger(__name__)
 
 GET_NEXT = ("IteratorGetNextOp::DoCompute", "IteratorGetNextAsOptionalOp::DoCompute")
+# The folder of the profiler window an InputMonitor has open: Keras runs no callback when fit raises
+# (a damaged batch, Ctrl-C), so a window left open is closed when the next fit begins.
+_open_window = None
+
+
+def _close_abandoned_window() -> None:
+    global _open_window
+    if _open_window is None:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.profiler.experimental.stop(save=False)
+    except tf.errors.UnavailableError:  # stopped by someone else meanwhile
+        pass
+    shutil.rmtree(_open_window, ignore_errors=True)
+    _open_window = None
 
 
 def get_next_seconds(xspace) -> float | None:
@@ -61,6 +78,8 @@ class InputMonitor(_callback_base()):
     short steps reads a little low; steps of a GPU model (100 ms and more) hardly notice.
     The profiler admits one session at a time: while another runs (TensorBoard's ``profile_batch``),
     that epoch's logs have no ``input_wait``, with a warning; nor do those of an epoch of one step.
+    The window ends before fit's validation; one left open by a fit that raised is closed when the
+    next fit begins.
     """
 
     def __init__(self, threshold: float = 0.1, steps: int = 50):
@@ -84,14 +103,18 @@ class InputMonitor(_callback_base()):
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
             return
+        global _open_window
+        _open_window = self._folder
         self._start = time.perf_counter()
 
     def _end(self):
         import tensorflow as tf
         from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+        global _open_window
         seconds = time.perf_counter() - self._start
         tf.profiler.experimental.stop()
+        _open_window = None
         try:
             xspace = xplane_pb2.XSpace()
             for path in glob.glob(f"{self._folder}/**/*.xplane.pb", recursive=True):  # one: this host's
@@ -106,6 +129,13 @@ class InputMonitor(_callback_base()):
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+    def on_train_begin(self, logs=None):
+        _close_abandoned_window()
+
+    def on_test_begin(self, logs=None):  # fit's validation: its fetches are not training's wait
+        if self._folder is not None:
+            self._end()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._wait, self._measured = None, False
