@@ -95,6 +95,14 @@ def test_gpu_threads_shrink_to_the_budget_on_a_large_host_with_one_gpu():
     assert r["threads"] <= 128 and r["num_threads"] == 62  # 62 + 4 + 62 = 128
 
 
+def test_a_bucket_readers_io_threads_fit_in_the_thread_budget():
+    # A dataset in a bucket: the reader starts BUCKET_IO_THREADS read-ahead threads of its own, and
+    # num_threads leaves room for them (else 62 + 4 + 62 + 32 = 160 threads on this host).
+    from dali_video.loader.resources import BUCKET_IO_THREADS
+    r = dali_video.gpu_resources(64, (256, 340), 8, num_pipelines=1, cores=224, io_threads=BUCKET_IO_THREADS)
+    assert r["threads"] <= 128 and r["num_threads"] == 46  # 46 + 4 + 46 + 32 = 128
+
+
 def _fake_cgroup(root, cgroup_line, files):
     (root / "proc/self").mkdir(parents=True)
     (root / "proc/self/cgroup").write_text(cgroup_line + "\n")
