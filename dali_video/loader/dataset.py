@@ -231,7 +231,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
     per_clip_reader = layout == "clips" and output != "frames"
     if num_threads is None:  # the cores this process may use; on the GPU within the thread budget
-        num_threads = usable_cores() if device == "cpu" else pipeline_threads(usable_cores())
+        num_threads = usable_cores() if device == "cpu" else pipeline_threads(usable_cores(), io_threads=io_threads)
     pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)

@@ -86,11 +86,12 @@ def _decoder_threads(num_threads: int) -> int:
     return num_threads + min(num_threads, EXECUTOR_MAX_THREADS)
 
 
-def pipeline_threads(cores: int, num_pipelines: int = 1, decoders: int = 1) -> int:
+def pipeline_threads(cores: int, num_pipelines: int = 1, decoders: int = 1, io_threads: int = 0) -> int:
     """``num_threads`` for one of ``num_pipelines`` GPU pipelines sharing ``cores``: their share of the
-    cores, lowered until the pipeline starts at most :data:`MAX_THREADS` threads."""
+    cores, lowered until the pipeline, with its reader's ``io_threads``, starts at most
+    :data:`MAX_THREADS` threads."""
     n = max(1, cores // num_pipelines)
-    while n > 1 and _decoder_threads(n) + decoders * n > MAX_THREADS:
+    while n > 1 and _decoder_threads(n) + decoders * n + io_threads > MAX_THREADS:
         n -= 1
     return n
 
@@ -116,7 +117,7 @@ def gpu_resources(clip_len: int, frame_hw, batch_size: int, num_pipelines: int =
     h, w = frame_hw
     frame = h * w * 3
     frames = clip_len * batch_size
-    n = num_threads or pipeline_threads(cores or usable_cores(), num_pipelines, decoders)
+    n = num_threads or pipeline_threads(cores or usable_cores(), num_pipelines, decoders, io_threads)
     jpeg = frame // 4 if jpeg_bytes is None else jpeg_bytes
     crop = crop_size * crop_size * 3
     # The hardware decoder preallocates its batch (max_batch_size of the decoder: B*T frames in one
