@@ -388,6 +388,11 @@ def test_distribute_places_replicas_on_the_strategys_devices(dataset, monkeypatc
     dali_video.distribute(Strategy(), dataset, global_batch_size=8, seed=1, per_worker=True)
     assert [(k["device_id"], k["shard_id"], k["num_shards"], k["batch_size"], k["host_output"]) for k in made] == [
         (2, 0, 4, 2, True), (3, 1, 4, 2, True), (2, 2, 4, 2, True), (3, 3, 4, 2, True)]
+    # A dataset in a bucket: each pipeline's threads leave room for its reader's read-ahead threads.
+    made.clear()
+    monkeypatch.setattr(module, "usable_cores", lambda: 224)
+    dali_video.distribute(Strategy(), "s3://bucket/ds", global_batch_size=8, seed=1)
+    assert made[0]["num_threads"] == module.pipeline_threads(224, 2, io_threads=module.BUCKET_IO_THREADS) == 46
 
 
 def test_videos_without_a_frame_size_are_skipped_not_divided_by(dataset, caplog):

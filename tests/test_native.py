@@ -260,8 +260,8 @@ import resource, sys
 import dali_video
 vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
 p = dali_video.clip_pipeline(sys.argv[1], batch_size=2, clip_len=4, crop_size=16, device="cpu", output="jpegs",
-                             seed=1, io_threads=200, num_threads=1)
-# 300 MiB more address space: not the 200 thread stacks of 8 MiB (as a container's pids limit refuses threads)
+                             seed=1, io_threads=128, num_threads=1)
+# 300 MiB more address space: not the 128 thread stacks of 8 MiB (as a container's pids limit refuses threads)
 resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
 try:
     with p:
@@ -278,3 +278,9 @@ def test_io_threads_that_cannot_start_give_an_error_not_an_abort(dataset):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "io_threads" in proc.stdout
+
+
+def test_io_threads_out_of_range_are_refused(dataset):
+    for bad in (-1, 129, 2**32 + 2):
+        with pytest.raises(ValueError, match="io_threads must be"):
+            dali_video.clip_pipeline(dataset, batch_size=2, clip_len=4, crop_size=16, device="cpu", io_threads=bad)

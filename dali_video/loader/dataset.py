@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +18,7 @@ from ..index_tools import storage
 
 from .config import ClipConfig, _is_int, resolve
 from .gpu import usable_gpus
-from .resources import BUCKET_IO_THREADS, pipeline_threads, usable_cores
+from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
                        VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
 
@@ -69,6 +70,15 @@ class ClipPipeline:
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _default_io_threads(files) -> int:
+    """The reader's read-ahead threads for ``files`` (shards, a folder, a glob or a Mixture): a bucket's
+    latency is hidden by requests in flight; a local disk needs none."""
+    if isinstance(files, Mixture):
+        return max(_default_io_threads(part[0]) for part in files.parts)
+    names = [files] if isinstance(files, (str, os.PathLike)) else files
+    return BUCKET_IO_THREADS if any(storage.is_url(f) for f in names) else 0
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -216,9 +226,11 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                                   mixed_classes=mixed_classes)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
-    if io_threads is None:  # a bucket's latency is hidden by requests in flight, a local disk's needs none
-        io_threads = BUCKET_IO_THREADS if any(storage.is_url(s) for s in reader["shards"]) else 0
+    if io_threads is None:
+        io_threads = _default_io_threads(reader["shards"])
     _check_int("io_threads", io_threads, 0)
+    if io_threads > MAX_THREADS:
+        raise ValueError(f"io_threads must be at most {MAX_THREADS} (one request in flight each), got {io_threads}")
     reader["io_threads"] = io_threads
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
@@ -487,7 +499,10 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto
         kwargs["seed"] = _random_seed()
     # The strategy's own devices: MirroredStrategy(["/gpu:2", "/gpu:3"]) puts replica 0 on GPU 2.
     devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
-    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), len(devices)))  # the host's cores, shared
+    io_threads = kwargs.get("io_threads")
+    io_threads = _default_io_threads(files) if io_threads is None else io_threads
+    # the host's cores, shared, and each pipeline within the thread budget with its reader's io threads
+    kwargs.setdefault("num_threads", pipeline_threads(usable_cores(), len(devices), io_threads=io_threads))
 
     def replica_dataset(context):
         return clip_dataset(files, batch_size=global_batch_size // replicas, device=device,

@@ -76,8 +76,10 @@ class InputMonitor(_callback_base()):
     docstring), so it measures DALI's dataset on the GPU as on the CPU, and any strategy's replicas.
     Profiled steps run slower (here, 2 CPU cores, steps of ~7 ms: ~3 ms more each), so a window of
     short steps reads a little low; steps of a GPU model (100 ms and more) hardly notice.
-    The profiler admits one session at a time: while another runs (TensorBoard's ``profile_batch``),
-    that epoch's logs have no ``input_wait``, with a warning; nor do those of an epoch of one step.
+    The profiler admits one session at a time: while another runs, that epoch's logs have no
+    ``input_wait``, with a warning; nor do those of an epoch of one step. The other way round, while
+    this window is open TensorBoard's ``profile_batch`` cannot start its profile (it logs an error):
+    profile batches after the window (``steps``), or run that profile without the monitor.
     The window ends before fit's validation; one left open by a fit that raised is closed when the
     next fit begins.
     """

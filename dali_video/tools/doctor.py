@@ -426,13 +426,15 @@ def dataset_frames(data, split=None) -> tuple[tuple[int, int], int]:
     return (int(table.height.max()), int(table.width.max())), -(-sum(ix.shard_size for ix in table.shards) // frames)
 
 
-def check_resources(clip_len: int, frame_hw, batch_size: int, jpeg_bytes: int | None = None) -> Check:
-    """What each GPU pipeline of this clip length and frame size starts and allocates (gpu_resources)."""
+def check_resources(clip_len: int, frame_hw, batch_size: int, jpeg_bytes: int | None = None,
+                    io_threads: int = 0) -> Check:
+    """What each GPU pipeline of this clip length and frame size starts and allocates (gpu_resources);
+    ``io_threads``: the reader's read-ahead threads (a dataset in a bucket)."""
     from ..loader import resources
 
     cores, pipelines = resources.usable_cores(), max(1, len(_tf_gpus()))
     r = resources.gpu_resources(clip_len, frame_hw, batch_size, num_pipelines=pipelines, cores=cores,
-                                jpeg_bytes=jpeg_bytes)
+                                jpeg_bytes=jpeg_bytes, io_threads=io_threads)
     jpeg = "a quarter of the raw frame" if jpeg_bytes is None else f"{jpeg_bytes / 1024:.0f} KB"
     detail = (f"T={clip_len}, {frame_hw[0]}x{frame_hw[1]} frames of {jpeg} JPEG, batch {batch_size}, {pipelines} "
               f"pipeline(s) on {cores} usable cores (os.cpu_count() {os.cpu_count()}): per pipeline num_threads "
@@ -519,10 +521,11 @@ def _tiny_dataset(root: Path) -> Path:
 
 
 def run_checks(data, seconds: float, clip_len: int = 32, frame_hw=(256, 340), batch_size: int = 8,
-               jpeg_bytes: int | None = None) -> list[Check]:
+               jpeg_bytes: int | None = None, io_threads: int = 0) -> list[Check]:
     checks = [check_versions, check_gpus, check_driver, check_cuda_packages, check_cudnn, check_xla_tools,
               check_memory_growth, check_container_video, partial(check_hw_jpeg, data),
-              partial(check_resources, clip_len, frame_hw, batch_size, jpeg_bytes), partial(check_decode, data),
+              partial(check_resources, clip_len, frame_hw, batch_size, jpeg_bytes, io_threads),
+              partial(check_decode, data),
               partial(check_placement, data), partial(check_rate, data, seconds)]
     results = []
     for check in checks:
@@ -554,14 +557,19 @@ def main(argv=None) -> int:
     p.add_argument("--split", help="the split of --data to size by, where it holds several")
     args = p.parse_args(argv)
     frame_hw, jpeg_bytes = tuple(int(v) for v in args.frame_size.lower().split("x")), None
+    io_threads = 0
     if args.data:
+        from ..index_tools import storage
+        from ..loader.resources import BUCKET_IO_THREADS
+
         frame_hw, jpeg_bytes = dataset_frames(args.data, args.split)
+        io_threads = BUCKET_IO_THREADS if storage.is_url(args.data) else 0
 
     quiet_tensorflow()
     enable_memory_growth()  # before anything uses a GPU, as dali-video-train does
     with tempfile.TemporaryDirectory(prefix="dali-video-doctor-") as tmp:
         results = run_checks(_tiny_dataset(Path(tmp)), args.seconds, args.clip_len, frame_hw, args.batch_size,
-                             jpeg_bytes)
+                             jpeg_bytes, io_threads)
     ok = all(r[1] for r in results)
     gpus = len(_tf_gpus())
     report = {"ok": ok, "mode": "gpu" if gpus else "cpu-fallback", "host": host(),

@@ -7,6 +7,7 @@
 // (one clip at a time), and here the operator, which runs one task per clip in DALI's thread pool
 // and copies the frames out.
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -181,7 +182,7 @@ class ReadAhead {
   // The oldest queued batch, once its clips are read.
   std::unique_ptr<Batch> take() {
     std::unique_lock<std::mutex> hold(lock_);
-    done_.wait(hold, [&] { return batches_.front()->left == 0; });
+    wait(done_, hold, [&] { return batches_.front()->left == 0; });
     auto batch = std::move(batches_.front());
     batches_.pop_front();
     return batch;
@@ -202,12 +203,19 @@ class ReadAhead {
     for (std::thread &t : threads_) t.join();
   }
 
+  // condition_variable::wait through wait_for: GCC 12's libstdc++ exports wait(unique_lock&) at
+  // GLIBCXX_3.4.30 (a manylinux_2_35 wheel: not RHEL 9's glibc 2.34), wait_for is inline.
+  template <typename Ready>
+  static void wait(std::condition_variable &cv, std::unique_lock<std::mutex> &hold, Ready ready) {
+    while (!ready()) cv.wait_for(hold, std::chrono::seconds(1));
+  }
+
   void work() {
     for (;;) {
       Job job;
       {
         std::unique_lock<std::mutex> hold(lock_);
-        wake_.wait(hold, [&] { return stop_ || !jobs_.empty(); });
+        wait(wake_, hold, [&] { return stop_ || !jobs_.empty(); });
         if (stop_) return;
         job = jobs_.front();
         jobs_.pop_front();
