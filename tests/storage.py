@@ -59,8 +59,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _proxy(upstream_port: int) -> tuple[subprocess.Popen, str]:
     """tests/fault_proxy.py in front of 127.0.0.1:``upstream_port``: (its process, its URL)."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fault_proxy.py")), str(upstream_port)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fault_proxy", str(upstream_port)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parent.parent)
     return proc, f"http://127.0.0.1:{proc.stdout.readline().strip()}"
 
 
@@ -83,7 +83,7 @@ class Server:
     def faults(self, delay: float = 0.0, fault: str | None = None, count: int = 0, match: str = ".tfrecord"):
         """Added latency per request, and the next ``count`` GETs of paths holding ``match`` failing
         as ``fault`` (tests/fault_proxy.py); no arguments: none."""
-        self.control("/__faults__", "POST", dict(delay=delay, fault=fault, count=count, match=match))
+        self.control("/__settings__", "POST", dict(delay=delay, fault=fault, count=count, match=match))
 
     def requests(self) -> dict:
         """The proxy's log since it was last cleared, and the most requests it saw in flight."""

@@ -91,3 +91,25 @@ def test_the_tfdata_baseline_reads_every_layout_the_loader_reads(tmp_path, layou
     for clip in clips.numpy():
         got = [frame_number(np.round(np.asarray(f) * 255)) for f in clip]
         assert got == list(range(got[0], got[0] + 5)), got  # contiguous frames of one video
+
+
+def test_on_a_bucket_the_bench_counts_one_get_of_the_clips_own_bytes_per_clip(s3, dataset, tmp_path, monkeypatch,
+                                                                              capsys):
+    """dali-video-bench on s3://, its counting proxy in front of moto (the tests' fault proxy bypassed):
+    dali-video's reader sends one ranged GET of about the clip's own bytes per clip, and the table has the
+    baselines' rows beside it."""
+    url = s3.upload(dataset, "ds")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    assert bench.main([url, "--out", str(tmp_path), "--quick", "--seconds", "1", "--clip-len", "8", "--crop-size",
+                       "32", "--batch-size", "8", "--threads", "8"]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["latency"]["0"]
+    assert set(rows) == {"dali_video", "dali_tfrecord", "tfdata"}  # --quick: the readers only
+    ours = rows["dali_video"]
+    assert ours["requests_per_clip"] <= 1.05 and ours["x_clip"] <= 1.1, ours
+    assert ours["batches"] >= 5 and 1 <= ours["most_in_flight"] <= 8, ours
+    # A clip from DALI's TFRecord reader or tf.data costs its whole record.
+    assert all(rows[s]["x_clip"] > 2 and rows[s]["clips_per_s"] > 0 for s in ("dali_tfrecord", "tfdata")), rows
+    table = capsys.readouterr().out
+    for system in rows:
+        assert re.search(rf"^   0 ms  {system} +\d+\.\d +\d\.\d{{3}} ", table, re.M), table
+    assert f"in front of {s3.server.endpoint} (AWS_ENDPOINT_URL)" in table

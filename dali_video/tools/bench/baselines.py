@@ -45,12 +45,13 @@ def _tfrecord_pipeline(paths, index_paths):
     return out["frames"], out["class_label"]
 
 
-def tfrecord_pipeline(paths, index_paths, *, batch_size: int):
+def tfrecord_pipeline(paths, index_paths, *, batch_size: int, num_threads: int | None = None):
     """DALI's own TFRecord reader over whole records, shuffled through its default 1024-record buffer.
-    It yields only the first value of the ``frames`` bytes list: DALI cannot return a list of strings."""
+    It yields only the first value of the ``frames`` bytes list: DALI cannot return a list of strings.
+    ``num_threads``: DALI's (default: all cores); from a bucket each thread has one record's GET in flight."""
     check_s3(paths)
     return _tfrecord_pipeline([str(p) for p in paths], [str(p) for p in index_paths], batch_size=batch_size,
-                              num_threads=os.cpu_count(), device_id=None)
+                              num_threads=num_threads or os.cpu_count(), device_id=None)
 
 
 def python_feed_dataset(stream, frames_per_batch: int):

@@ -1,6 +1,10 @@
 """dali-video-bench: dali-video side by side with the loaders users would pick instead, in one run.
 
   dali-video-bench DATA_DIR --out RESULTS_DIR [--split train] [--quick] [--device auto|gpu|cpu] [--seconds S]
+  dali-video-bench s3://BUCKET/PREFIX --out RESULTS_DIR [--latency-ms 0 30] [--threads 25]   (or gs://)
+
+On a bucket the loaders only read, side by side, with the requests, bytes and requests in flight
+that the store saw (see dali_video/tools/bench/bucket.py); the rest of this text is about a local dataset.
 
 --seconds S times dali_video for about S seconds of batches instead of --batches; with --quick it
 measures only that (warm), which is what a GPU check needs (`make gpu-check` runs
@@ -33,6 +37,7 @@ Feed rate (reading only, no decoding, into TensorFlow; frames/s):
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import multiprocessing
@@ -56,6 +61,7 @@ from ...index_tools.proto import walk
 from ...loader.config import ClipConfig
 from ...loader.sampling import load_table, shard_files, usable_videos
 from ...loader.gpu import quiet_tensorflow, usable_gpus
+from .proxy import proxy_log
 
 quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
@@ -113,10 +119,14 @@ def _threads() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
 
 
-def _time_batches(it, batches, batch_size, clip_len, start, seconds=None):
-    """Time ``batches`` batches after the first, or (``seconds``) as many as end within about that long."""
+def _time_batches(it, batches, batch_size, clip_len, start, seconds=None, proxy=None):
+    """Time ``batches`` batches after the first, or (``seconds``) as many as end within about that long.
+    ``proxy``: the URL of the counting proxy (:mod:`.proxy`) in front of the store: the requests it
+    saw while timing are counted too."""
     next(it)
     first = time.perf_counter() - start
+    if proxy:
+        proxy_log(proxy, clear=True)
     t0, read0 = time.perf_counter(), _bytes_read()
     n = 0
     while True:
@@ -127,12 +137,20 @@ def _time_batches(it, batches, batch_size, clip_len, start, seconds=None):
     if hasattr(last[0], "numpy"):  # a GPU batch may still be in flight when next() returns: wait for it
         last[0].numpy()
     took = time.perf_counter() - t0
-    return {"clips_per_s": n * batch_size / took, "frames_per_s": n * batch_size * clip_len / took,
-            "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (n * batch_size),
-            "batches": n, "seconds": took}
+    out = {"clips_per_s": n * batch_size / took, "frames_per_s": n * batch_size * clip_len / took,
+           "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (n * batch_size),
+           "batches": n, "seconds": took}
+    if proxy:
+        log = proxy_log(proxy)
+        kinds = collections.Counter(f"{r['method']} {r['path'].split('?')[0].rsplit('.', 1)[-1]}" for r in log["log"])
+        out.update(requests_per_clip=len(log["log"]) / (n * batch_size), most_in_flight=log["most_in_flight"],
+                   store_bytes_per_clip=sum(r["bytes"] for r in log["log"]) / (n * batch_size),
+                   requests=dict(kinds), clips=n * batch_size)
+    return out
 
 
-def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto", seconds=None):
+def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto", seconds=None,
+                   num_threads=None, proxy=None):
     """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself.
     ``seconds``: timed for about that long instead of ``batches``."""
     from ...loader.dataset import clip_dataset
@@ -140,8 +158,8 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False,
     start, threads = time.perf_counter(), _threads()
     pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
     ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
-                      normalize_in=normalize_in, **pixels)
-    out = _time_batches(iter(ds), batches, batch_size, clip_len, start, seconds)
+                      normalize_in=normalize_in, num_threads=num_threads, **pixels)
+    out = _time_batches(iter(ds), batches, batch_size, clip_len, start, seconds, proxy)
     out["threads_started"] = _threads() - threads  # DALI's and TensorFlow's, for this pipeline
     out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
     out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
@@ -248,12 +266,28 @@ def _parser(layout: str, keys: tuple, label: str | None):
     return parse
 
 
-def tfdata_dataset(shards, batch_size, clip_len, crop):
+def fsspec_records(path):
+    """A shard's records as a ``tf.data.Dataset``, streamed through fsspec (buffered ranged GETs): how a
+    tf.data user reads a bucket that TensorFlow's own filesystems cannot reach (TF 2.21 has no s3://, and
+    its gs:// has Google's endpoint built in)."""
+    import tensorflow as tf
+
+    def records(url):
+        for _, _, data in fmt.scan_records(url.decode()):
+            yield data
+
+    return tf.data.Dataset.from_generator(records, args=(path,), output_signature=tf.TensorSpec([], tf.string))
+
+
+def tfdata_dataset(shards, batch_size, clip_len, crop, *, read_records=None, decode=True):
     """What a good TF user writes: interleave, parse, random offset, decode-and-crop, batch, prefetch.
-    Reads every layout the loader reads (shards of several layouts: one stream per layout, mixed)."""
+    Reads every layout the loader reads (shards of several layouts: one stream per layout, mixed).
+    ``read_records``: path -> its records (default ``TFRecordDataset``); ``decode=False``: the clips' JPEGs
+    ``[B, T]``, not decoded (the reader alone)."""
     import tensorflow as tf
 
     auto = tf.data.AUTOTUNE
+    read_records = read_records or tf.data.TFRecordDataset
     groups = {}
     for shard in shards:
         groups.setdefault(_layout(shard), []).append(shard)
@@ -262,6 +296,8 @@ def tfdata_dataset(shards, batch_size, clip_len, crop):
         n = tf.shape(frames)[0]
         start = tf.random.uniform([], 0, tf.maximum(n - clip_len, 0) + 1, dtype=tf.int32)
         picked = tf.gather(frames, tf.minimum(start + tf.range(clip_len), n - 1))
+        if not decode:
+            return picked, label
         size = tf.image.extract_jpeg_shape(frames[0])
         h, w = size[0], size[1]
         y = tf.random.uniform([], 0, h - crop + 1, dtype=tf.int32)
@@ -274,7 +310,7 @@ def tfdata_dataset(shards, batch_size, clip_len, crop):
     streams = []
     for layout, group in groups.items():
         files = tf.data.Dataset.from_tensor_slices([str(s) for s in group]).shuffle(len(group)).repeat()
-        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(group)), num_parallel_calls=auto,
+        records = files.interleave(read_records, cycle_length=min(4, len(group)), num_parallel_calls=auto,
                                    deterministic=False)
         streams.append(records.map(_parser(*layout), num_parallel_calls=auto, deterministic=False))
     ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams)
@@ -409,8 +445,9 @@ def _child(args) -> None:
             enable_memory_growth()
         if cold:
             _evict(_dataset_files(data)[1])
-        timed = {"seconds": seconds} if seconds else {}  # only run_dali_video takes it
-        out = RUNNERS[system](data, batch_size, clip_len, crop, batches, device, **timed)
+        timed = {"seconds": seconds} if seconds else {}  # only run_dali_video (and the bucket's runners) take it
+        runner = RUNNERS[system] if isinstance(system, str) else system
+        out = runner(data, batch_size, clip_len, crop, batches, device, **timed)
         out["peak_rss_mb"] = _peak_rss_mb()
         queue.put(out)
     except BaseException as e:  # noqa: BLE001 - reported in the results, the other systems still run
@@ -418,7 +455,8 @@ def _child(args) -> None:
 
 
 def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=False, seconds=None) -> dict:
-    """Run one system in a fresh process (clean memory figures, own page-cache state)."""
+    """Run one system (a name of ``RUNNERS``, or a runner that takes the same arguments) in a fresh
+    process (clean memory figures, own page-cache state)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=((data, system, batch_size, clip_len, crop, batches, device,
@@ -488,11 +526,19 @@ def check_inputs(args) -> tuple[list[str], list[list[str]], str]:
     clip = ClipConfig(clip_len=args.clip_len, crop_size=args.crop_size)  # validates both
     if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
         raise ValueError(f"--batch-size ({args.batch_size}) and --batches ({args.batches}) must be at least 1")
+    if args.threads < 1:
+        raise ValueError(f"--threads ({args.threads}) must be at least 1")
     if args.seconds is not None and not args.seconds > 0:
         raise ValueError(f"--seconds ({args.seconds}) must be more than 0")
     for path in args.writer or ():
         if not Path(path).exists():
             raise FileNotFoundError(f"--writer: {path} does not exist")
+    if storage.is_url(storage.check_path(args.data)):
+        from .bucket import check_latency
+
+        check_latency(str(storage.check_path(args.data)), args.latency_ms)
+    elif any(args.latency_ms):
+        raise ValueError(f"--latency-ms is added to a bucket's requests; {args.data} is a local path")
     device = _bench_device(args.device)
     return _shards(args.data, args.split, clip), [_shards(d, args.split, clip) for d in args.longer or ()], device
 
@@ -576,6 +622,12 @@ def main(argv=None) -> int:
                         "how each loader scales with video length at the same T")
     p.add_argument("--writer", nargs=2, metavar=("KINETICS_CSV", "VIDEO_ROOT"),
                    help="also time the writer on these full videos against a plain transcode loop")
+    p.add_argument("--latency-ms", type=int, nargs="+", default=[0], metavar="MS",
+                   help="on a bucket with a local endpoint: milliseconds the bench's proxy adds to every request, "
+                        "each value a run of every system (default 0)")
+    p.add_argument("--threads", type=int, default=25,
+                   help="on a bucket: DALI threads of each DALI pipeline, one request in flight each (default 25, "
+                        "the AWS SDK's connections per process)")
     args = p.parse_args(argv)
     try:
         data, longer, device = check_inputs(args)
@@ -584,6 +636,10 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if storage.is_url(storage.check_path(args.data)):
+        from . import bucket
+
+        return bucket.main(args, str(storage.check_path(args.data)), data, device)
     info = machine()
     batches = args.batches or (6 if args.quick else 20)
     kw = dict(batch_size=args.batch_size, crop=args.crop_size, device=device)

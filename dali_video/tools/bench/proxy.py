@@ -1,0 +1,171 @@
+"""A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
+process: ``python -m dali_video.tools.bench.proxy UPSTREAM_PORT`` prints the port it listens on
+(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it. dali-video-bench
+counts requests, bytes and requests in flight with it; the tests' fault proxy (``tests/fault_proxy.py``)
+adds faults on top.
+
+Control (paths starting ``/__``, never forwarded):
+  ``POST /__settings__`` JSON: update the settings (``delay``: seconds added to every request);
+  ``GET /__log__``: ``{"log": [{"method", "path", "range", "status", "bytes"}, ...], "most_in_flight": n}``
+  since the last ``DELETE /__log__``, which clears both.
+
+Each client connection is served by its own thread, which keeps one connection to the store alive
+(as the clients keep theirs to the proxy), so the proxy adds no connection set-up per request.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Hop-by-hop or recomputed: the proxy frames each answer itself.
+_DROPPED = ("transfer-encoding", "connection", "content-length", "keep-alive")
+
+
+class Proxy(BaseHTTPRequestHandler):
+    """Forwards a request, counting it; ``answer`` is the hook a subclass (faults) overrides."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
+    upstream_port: int
+    lock = threading.Lock()
+    settings: dict = {"delay": 0.0}
+    log: list = []
+    in_flight = most_in_flight = 0
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _control(self):
+        cls = type(self)
+        with cls.lock:
+            if self.command == "POST" and self.path == "/__settings__":
+                new = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                unknown = set(new) - set(cls.settings)
+                if unknown:
+                    return self.reply(400, f"unknown settings {sorted(unknown)}".encode())
+                cls.settings.update(new)
+                return self.reply(200, b"{}")
+            if self.path != "/__log__":
+                return self.reply(404)
+            if self.command == "DELETE":
+                cls.log[:], cls.most_in_flight = [], cls.in_flight
+            body = json.dumps({"log": cls.log, "most_in_flight": cls.most_in_flight}).encode()
+        self.reply(200, body, [("Content-Type", "application/json")])
+
+    def _forward(self):
+        if self.path.startswith("/__"):
+            return self._control()
+        cls = type(self)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range"), "status": None,
+                 "bytes": 0}
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+            settings = dict(cls.settings)
+            self.admit(entry)
+            cls.log.append(entry)  # logged when it comes: a stalled request is in the log meanwhile
+        try:
+            time.sleep(settings["delay"])
+            entry["status"], entry["bytes"] = self.answer(settings, body, entry)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def admit(self, entry: dict) -> None:
+        """Called under the lock as a request comes, with its log line: a subclass's hook (faults)."""
+
+    def answer(self, settings: dict, body: bytes, entry: dict) -> tuple:
+        """Answer the request; returns (status, body bytes sent). ``entry`` is its log line."""
+        return self.relay(body)
+
+    def fetch(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+        """The store's answer to this request, over this thread's kept-alive connection (a connection
+        the store closed meanwhile is opened again, once)."""
+        for attempt in (0, 1):
+            if getattr(self, "_upstream", None) is None:
+                self._upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+            try:
+                self._upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = self._upstream.getresponse()
+                data = answer.read()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self._upstream.close()
+                self._upstream = None
+                if attempt:
+                    raise
+                continue
+            if answer.will_close:
+                self._upstream.close()
+                self._upstream = None
+            return answer, data
+
+    def relay(self, body: bytes, half: bool = False) -> tuple[int, int]:
+        """Forward the request and send the store's answer back (``half``: only the first half of its
+        body, then close the connection: a cut answer)."""
+        answer, data = self.fetch(body)
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in _DROPPED:
+                self.send_header(k, v)
+        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))  # a HEAD answer has no body
+        self.end_headers()
+        if self.command == "HEAD":
+            return answer.status, 0
+        sent = data[:len(data) // 2] if half else data
+        self.wfile.write(sent)
+        if half:
+            self.close_connection = True
+            self.wfile.flush()
+            self.connection.shutdown(2)
+        return answer.status, len(sent)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def set_delay(url: str, seconds: float) -> None:
+    """Make the proxy at ``url`` add ``seconds`` to every request from now on."""
+    request = urllib.request.Request(f"{url}/__settings__", data=json.dumps({"delay": seconds}).encode(),
+                                     method="POST")
+    urllib.request.urlopen(request, timeout=60).close()
+
+
+def proxy_log(url: str, clear: bool = False) -> dict:
+    """The log of the proxy at ``url`` (``clear``: cleared, the empty log returned)."""
+    request = urllib.request.Request(f"{url}/__log__", method="DELETE" if clear else "GET")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many clients connect at once when a pipeline starts
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that left mid-answer is no error
+            super().handle_error(request, client_address)
+
+
+def serve(handler: type[Proxy], upstream_port: int) -> None:
+    """Serve ``handler`` in front of ``127.0.0.1:upstream_port`` on a free port, which is printed first."""
+    handler.upstream_port = upstream_port
+    server = _Server(("127.0.0.1", 0), handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    serve(Proxy, int(sys.argv[1]))
