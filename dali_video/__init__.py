@@ -8,9 +8,10 @@ bench, doctor) around them.
 from importlib import metadata
 
 # First, before anything can import TensorFlow: TensorFlow's framework library exports BoringSSL's
-# OpenSSL symbols (EVP_*, SSL_*, OpenSSL_version_num) globally, and DALI's s2n, binding its embedded
-# libcrypto lazily, would take them, fail s2n_init()'s libcrypto version check and abort the process
-# at the first s3:// read. Binding s2n now prevents that (see loader/native preload_s2n).
+# OpenSSL symbols (EVP_*, SSL_*, OpenSSL_version_num) and libcurl's globally, and DALI's s2n and
+# google-cloud-cpp, binding their embedded libcrypto and libcurl lazily, would take them and abort the
+# process at the first s3:// read or gs:// answer over 16 KB. Binding them now prevents that (see
+# loader/native preload_s2n).
 from .loader.native import preload_s2n
 
 preload_s2n()

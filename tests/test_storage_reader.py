@@ -161,11 +161,11 @@ print("same clips" if all(np.array_equal(a, b) for a, b in zip(remote, clips(loc
 """
 
 
-def _read_in_order(s3_store, dataset, *modules):
+def _read_in_order(store, dataset, *modules):
     from .conftest import ROOT
 
-    return subprocess.run([sys.executable, "-c", _IN_ORDER, f"{s3_store.url}/ds", str(dataset), *modules], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **s3_store.env}, timeout=300)
+    return subprocess.run([sys.executable, "-c", _IN_ORDER, f"{store.url}/ds", str(dataset), *modules], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **store.env}, timeout=300)
 
 
 def test_s3_clips_through_tensorflow_when_dali_video_is_imported_first(s3_store, dataset):
@@ -182,4 +182,35 @@ def test_s3_after_tensorflow_imported_first_is_refused_not_aborted(s3_store, dat
         rf"refused: cannot read {s3_store.url}/ds/[^/ ]+\.tfrecord in this process: TensorFlow was imported "
         r"before dali_video, so DALI's S3 client \(s2n\) would bind TensorFlow's BoringSSL instead of its own "
         r"libcrypto and abort the process; import dali_video before tensorflow \(dali-video-train does\)",
+        proc.stderr.strip().splitlines()[-1]), proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def large_frames(tmp_path_factory):
+    """2 videos of 8 frames at 480x640 written as a dataset: ~14 KB a frame, so a clip of 4 is one GET of
+    over 50 KB."""
+    from dali_video.tools.sample_data import make_folder_dataset
+
+    from .conftest import run_module
+
+    videos = make_folder_dataset(tmp_path_factory.mktemp("large"), videos_per_class=1, frames=(8, 8), height=480,
+                                 width=640)
+    out = tmp_path_factory.mktemp("large_dataset")
+    run_module("dali_video.writer", videos, out, "--resize", "0")
+    return out
+
+
+def test_gs_clips_over_16_kb_through_tensorflow_when_dali_video_is_imported_first(gcs, large_frames):
+    """DALI's GCS client (google-cloud-cpp) embeds libcurl; bound to TensorFlow's instead, it aborted the
+    process at the first answer over 16 KB. dali_video binds it on import; imported after TensorFlow, a
+    gs:// read is refused."""
+    gcs.upload(large_frames, "ds")
+    proc = _read_in_order(gcs, large_frames, "dali_video", "tensorflow")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "same clips"), proc.stderr[-3000:]
+    proc = _read_in_order(gcs, large_frames, "tensorflow", "dali_video")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # not 134 (google-cloud-cpp aborting the process)
+    assert re.fullmatch(
+        rf"refused: cannot read {gcs.url}/ds/[^/ ]+\.tfrecord in this process: TensorFlow was imported before "
+        r"dali_video, so DALI's GCS client \(google-cloud-cpp\) would bind TensorFlow's libcurl instead of the one "
+        r"it embeds and abort the process; import dali_video before tensorflow \(dali-video-train does\)",
         proc.stderr.strip().splitlines()[-1]), proc.stderr[-3000:]

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: Path | None = None
 _s2n_done = False
-_s2n_problem: str | None = None  # why DALI's S3 client would abort this process (see preload_s2n), or None
+_s2n_problem: dict[str, str] = {}  # scheme -> why DALI's client for it would abort this process (see preload_s2n)
 
 
 def _tensorflow_loaded() -> bool:
@@ -44,16 +44,30 @@ def _tensorflow_loaded() -> bool:
         return "tensorflow" in sys.modules
 
 
+# DALI's object-store clients call a library they embed through lazily bound PLT entries, and
+# TensorFlow's libtensorflow_framework.so.2, loaded RTLD_GLOBAL, exports a library of the same symbols:
+# per URL scheme, the client's library (in DALI's .libs) and what binding TensorFlow's instead would do.
+_CLIENTS = {
+    "s3://": ("libs2n*.so*", "DALI's S3 client (s2n) would bind TensorFlow's BoringSSL instead of its own libcrypto "
+              "and abort the process"),
+    "gs://": ("libgoogle_cloud_cpp_rest_internal*.so*", "DALI's GCS client (google-cloud-cpp) would bind "
+              "TensorFlow's libcurl instead of the one it embeds and abort the process"),
+}
+
+
 def preload_s2n() -> None:
-    """Bind DALI's s2n (its S3 client's TLS library) to the libcrypto it embeds, before TensorFlow loads.
+    """Bind DALI's S3 and GCS clients to the libraries they embed, before TensorFlow loads.
 
     TensorFlow's libtensorflow_framework.so.2, loaded RTLD_GLOBAL, exports BoringSSL's OpenSSL symbols
-    (``EVP_*``, ``SSL_*``, ``OpenSSL_version_num``); DALI's ``.libs/libs2n-*.so.1`` calls its embedded
-    libcrypto through lazily bound PLT entries, so once TensorFlow is loaded they bind to BoringSSL,
-    ``s2n_init()``'s libcrypto version check fails and aws-c-io exits the process at the first s3:// read.
-    Loaded here with RTLD_NOW (and RTLD_LOCAL) they are bound now, to s2n's own, for good. Cheap: the
-    wheel is found without importing DALI. Once per process; nothing to do without DALI or its s2n."""
-    global _s2n_done, _s2n_problem
+    (``EVP_*``, ``SSL_*``, ``OpenSSL_version_num``) and libcurl's (``curl_*``). DALI's ``.libs/libs2n-*.so.1``
+    calls its embedded libcrypto, and ``libgoogle_cloud_cpp_rest_internal-*.so.3`` its embedded libcurl,
+    through lazily bound PLT entries, so once TensorFlow is loaded they bind to TensorFlow's: s2n_init()'s
+    libcrypto version check fails and aws-c-io exits the process at the first s3:// read; google-cloud-cpp
+    gets more bytes per write callback than its buffer holds (``Attempted to write 55296 bytes into
+    SpillBuffer with only 16384 bytes available``) and aborts at the first gs:// read over 16 KB. Loaded here
+    with RTLD_NOW (and RTLD_LOCAL) they are bound now, to their own, for good. Cheap: the wheel is found
+    without importing DALI. Once per process; nothing to do without DALI or its clients."""
+    global _s2n_done
     if _s2n_done:
         return
     _s2n_done = True
@@ -62,26 +76,27 @@ def preload_s2n() -> None:
     except (ImportError, ValueError):
         return
     locations = spec.submodule_search_locations if spec else None
-    found = [p for d in locations or () for p in sorted(Path(d, ".libs").glob("libs2n*.so*"))]
-    if not found:
-        return
-    if _tensorflow_loaded():  # too late: binding now would find TensorFlow's symbols first
-        _s2n_problem = "TensorFlow was imported before dali_video"
-        return
-    try:
-        ctypes.CDLL(str(found[0]), mode=os.RTLD_NOW)  # ctypes' default is RTLD_LOCAL
-    except OSError as e:
-        _s2n_problem = f"loading DALI's {found[0].name} failed ({e})"
+    for scheme, (pattern, _) in _CLIENTS.items():
+        found = [p for d in locations or () for p in sorted(Path(d, ".libs").glob(pattern))]
+        if not found:
+            continue
+        if _tensorflow_loaded():  # too late: binding now would find TensorFlow's symbols first
+            _s2n_problem[scheme] = "TensorFlow was imported before dali_video"
+            continue
+        try:
+            ctypes.CDLL(str(found[0]), mode=os.RTLD_NOW)  # ctypes' default is RTLD_LOCAL
+        except OSError as e:
+            _s2n_problem[scheme] = f"loading DALI's {found[0].name} failed ({e})"
 
 
 def check_s3(shards) -> None:
-    """Raise, rather than let DALI abort the process, if s3:// ``shards`` would be read by an S3 client
-    bound to TensorFlow's BoringSSL (see :func:`preload_s2n`)."""
-    url = next((s for s in map(str, shards) if s.startswith("s3://")), None)
-    if url is not None and _s2n_problem:
-        raise RuntimeError(f"cannot read {url} in this process: {_s2n_problem}, so DALI's S3 client (s2n) "
-                           f"would bind TensorFlow's BoringSSL instead of its own libcrypto and abort the "
-                           f"process; import dali_video before tensorflow (dali-video-train does)")
+    """Raise, rather than let DALI abort the process, if s3:// or gs:// ``shards`` would be read by a
+    client bound to TensorFlow's libraries (see :func:`preload_s2n`)."""
+    for scheme, (_, consequence) in _CLIENTS.items():
+        url = next((s for s in map(str, shards) if s.startswith(scheme)), None)
+        if url is not None and scheme in _s2n_problem:
+            raise RuntimeError(f"cannot read {url} in this process: {_s2n_problem[scheme]}, so {consequence}; "
+                               f"import dali_video before tensorflow (dali-video-train does)")
 
 
 def _flags(sanitize: str | None) -> list[str]:
