@@ -29,15 +29,20 @@ def train_and_val(dataset, folder):
     return folder
 
 
-def test_bad_inputs_stop_the_bench_before_anything_runs(dataset, tmp_path, capsys):
+def test_bad_inputs_stop_the_bench_before_anything_runs(dataset, tmp_path, capsys, monkeypatch):
     data = train_and_val(dataset, tmp_path / "data")
     out = tmp_path / "out"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.example.com")  # no proxy in front of a remote store
     cases = [([str(data)], "holds the splits"),
              ([str(tmp_path / "dat")], f"{tmp_path / 'dat'} does not exist"),
              ([str(data), "--split", "test"], "no shards of split 'test'"),
              ([str(data), "--split", "train", "--crop-size", "100"], "smaller than crop_size \\(100\\)"),
              ([str(data), "--split", "train", "--crop-size", "32", "--longer", str(tmp_path)],
-              f"no shards of split .train. in {tmp_path}")]
+              f"no shards of split .train. in {tmp_path}"),
+             (["s3://bucket/ds", "--latency-ms", "30"], "--latency-ms is added by the bench's proxy, which sits in "
+              "front of a local store: set AWS_ENDPOINT_URL=http://127.0.0.1:PORT"),
+             ([str(data), "--latency-ms", "0", "30"], "--latency-ms is added to a bucket's requests; .* is a local path"),
+             ([str(data), "--threads", "0"], "--threads \\(0\\) must be at least 1")]
     for args, message in cases:
         assert bench.main([*args, "--out", str(out), "--quick"]) == 2
         err = capsys.readouterr().err
@@ -100,7 +105,7 @@ def test_on_a_bucket_the_bench_counts_one_get_of_the_clips_own_bytes_per_clip(s3
     baselines' rows beside it."""
     url = s3.upload(dataset, "ds")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
-    assert bench.main([url, "--out", str(tmp_path), "--quick", "--seconds", "1", "--clip-len", "8", "--crop-size",
+    assert bench.main([url, "--out", str(tmp_path), "--quick", "--seconds", "2", "--clip-len", "8", "--crop-size",
                        "32", "--batch-size", "8", "--threads", "8"]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["latency"]["0"]
     assert set(rows) == {"dali_video", "dali_tfrecord", "tfdata"}  # --quick: the readers only

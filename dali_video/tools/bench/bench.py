@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -463,7 +464,18 @@ def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=F
                                              cold, seconds, queue),))
     proc.start()
     try:
-        out = queue.get(timeout=900)
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                out = queue.get(timeout=1)
+                break
+            except Empty:  # a child killed by a crash in native code reports nothing: say so, do not wait
+                if not proc.is_alive() and queue.empty():
+                    out = {"error": f"the measuring process died (exit code {proc.exitcode})"}
+                    break
+                if time.monotonic() > deadline:
+                    out = {"error": "no result within 900 s"}
+                    break
     finally:
         proc.join(timeout=30)
         if proc.is_alive():

@@ -96,13 +96,14 @@ def counting_proxy(scheme: str):
         return
     var = ENDPOINT_VARS[scheme]
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("proxy.py")), str(urlsplit(endpoint).port)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
         os.environ[var] = url
         yield url
     finally:
         os.environ[var] = endpoint
+        proc.stdin.close()
         proc.terminate()
         try:
             proc.wait(10)

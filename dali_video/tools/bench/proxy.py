@@ -1,6 +1,6 @@
 """A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
-process: ``python -m dali_video.tools.bench.proxy UPSTREAM_PORT`` prints the port it listens on
-(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it. dali-video-bench
+process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT`` prints the port it listens on
+(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it, until its stdin closes. dali-video-bench
 counts requests, bytes and requests in flight with it; the tests' fault proxy (``tests/fault_proxy.py``)
 adds faults on top.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -167,5 +168,12 @@ def serve(handler: type[Proxy], upstream_port: int) -> None:
     server.serve_forever()
 
 
+def _exit_when_stdin_closes() -> None:
+    sys.stdin.read()
+    os._exit(0)
+
+
 if __name__ == "__main__":
+    # The bench holds this process's stdin open: when the bench ends, however it ends, so does the proxy.
+    threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     serve(Proxy, int(sys.argv[1]))
