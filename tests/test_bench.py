@@ -118,3 +118,14 @@ def test_on_a_bucket_the_bench_counts_one_get_of_the_clips_own_bytes_per_clip(s3
     for system in rows:
         assert re.search(rf"^   0 ms  {system} +\d+\.\d +\d\.\d{{3}} ", table, re.M), table
     assert f"in front of {s3.server.endpoint} (AWS_ENDPOINT_URL)" in table
+
+
+def test_against_a_remote_store_the_counted_columns_say_not_measured():
+    """No proxy in front of a remote store: its rows give clips/s and say the rest was not measured."""
+    from dali_video.tools.bench import bucket
+
+    assert bucket._row("30", "dali_video", {"clips_per_s": 12.5}).split() == \
+        ["30", "ms", "dali_video", "12.5", "n/m", "n/m", "n/m", "n/m"]
+    counted = {"clips_per_s": 12.5, "requests_per_clip": 1.0, "store_bytes_per_clip": 3e5, "x_clip": 1.01,
+               "most_in_flight": 8}
+    assert bucket._row("30", "dali_video", counted).split()[3:] == ["12.5", "1.000", "0.300", "1.01", "8"]
