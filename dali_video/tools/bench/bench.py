@@ -151,7 +151,7 @@ def _time_batches(it, batches, batch_size, clip_len, start, seconds=None, proxy=
 
 
 def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto", seconds=None,
-                   num_threads=None, proxy=None):
+                   io_threads=None, proxy=None):
     """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself.
     ``seconds``: timed for about that long instead of ``batches``."""
     from ...loader.dataset import clip_dataset
@@ -159,7 +159,7 @@ def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False,
     start, threads = time.perf_counter(), _threads()
     pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
     ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
-                      normalize_in=normalize_in, num_threads=num_threads, **pixels)
+                      normalize_in=normalize_in, io_threads=io_threads, **pixels)
     out = _time_batches(iter(ds), batches, batch_size, clip_len, start, seconds, proxy)
     out["threads_started"] = _threads() - threads  # DALI's and TensorFlow's, for this pipeline
     out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
@@ -638,8 +638,8 @@ def main(argv=None) -> int:
                    help="on a bucket with a local endpoint: milliseconds the bench's proxy adds to every request, "
                         "each value a run of every system (default 0)")
     p.add_argument("--threads", type=int, default=25,
-                   help="on a bucket: DALI threads of each DALI pipeline, one request in flight each (default 25, "
-                        "the AWS SDK's connections per process)")
+                   help="on a bucket: the requests each DALI reader may have in flight: dali-video's io_threads, "
+                        "fn.readers.tfrecord's DALI threads (default 25, the AWS SDK's connections per process)")
     args = p.parse_args(argv)
     try:
         data, longer, device = check_inputs(args)

@@ -10,6 +10,8 @@ process for ``--seconds`` (default 20) after its first batch:
                  in an interleaved generator (TensorFlow 2.21 has no s3://, and its gs:// has Google's
                  endpoint built in), parsed, a random clip's JPEGs picked
 and one row that decodes (not with ``--quick``): clip_dataset (``--device``) on the bucket.
+``--threads`` (default 25) is the requests each may have in flight: dali-video's ``io_threads``,
+fn.readers.tfrecord's DALI threads (each reads one record at a time); tf.data's are fsspec's.
 
 Requests, bytes and requests in flight are counted by the bench's proxy (:mod:`.proxy`), which it
 starts in front of a local endpoint (``AWS_ENDPOINT_URL`` for s3://, ``DALI_GCS_ENDPOINT_URL`` for
@@ -45,7 +47,7 @@ def read_dali_video(data, batch_size, clip_len, crop, batches, device, *, thread
 
     start = time.perf_counter()
     with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0,
-                       output="jpegs", num_threads=threads) as loader:
+                       output="jpegs", io_threads=threads) as loader:
         return bench._time_batches(iter(loader.pipeline.run, None), batches, batch_size, clip_len, start, seconds,
                                    proxy)
 
@@ -73,7 +75,7 @@ def read_tfdata(data, batch_size, clip_len, crop, batches, device, *, threads, p
 def decode_dali_video(data, batch_size, clip_len, crop, batches, device, *, threads, proxy, seconds=None):
     """clip_dataset on the bucket: read, decoded, cropped, through TensorFlow."""
     return bench.run_dali_video(data, batch_size, clip_len, crop, batches, device, seconds=seconds,
-                                num_threads=threads, proxy=proxy)
+                                io_threads=threads, proxy=proxy)
 
 
 RUNNERS = dict(zip(SYSTEMS, (read_dali_video, read_dali_tfrecord, read_tfdata, decode_dali_video)))
@@ -164,7 +166,7 @@ def main(args, data: str, shards: list[str], device: str) -> int:
              else "remote store: requests, bytes and in flight not measured (n/m), latency not added")
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; {data}: {videos} videos, records of "
           f"{record / 1e6:.2f} MB, a clip's frames {clip_bytes / 1e6:.3f} MB (T={args.clip_len}); B={args.batch_size}, "
-          f"{args.threads} DALI threads, {seconds:g} s timed per row; {where}")
+          f"--threads {args.threads}, {seconds:g} s timed per row; {where}")
     print(COLUMNS)
     print(HEADER)
     for ms, rows in results["latency"].items():
