@@ -41,7 +41,8 @@ def test_bad_inputs_stop_the_bench_before_anything_runs(dataset, tmp_path, capsy
               f"no shards of split .train. in {tmp_path}"),
              (["s3://bucket/ds", "--latency-ms", "30"], "--latency-ms is added by the bench's proxy, which sits in "
               "front of a local store: set AWS_ENDPOINT_URL=http://127.0.0.1:PORT"),
-             ([str(data), "--latency-ms", "0", "30"], "--latency-ms is added to a bucket's requests; .* is a local path"),
+             ([str(data), "--latency-ms", "0", "30"],
+              "--latency-ms is added to a bucket's requests; .* is a local path"),
              ([str(data), "--threads", "0"], "--threads \\(0\\) must be at least 1")]
     for args, message in cases:
         assert bench.main([*args, "--out", str(out), "--quick"]) == 2

@@ -125,6 +125,7 @@ def check_latency(data: str, latencies) -> None:
 
 
 def _row(latency, name, r) -> str:
+    """One row of the table; the proxy's columns say "n/m" (not measured) where no proxy counted."""
     def f(v, spec, width):
         return format(v, spec) if isinstance(v, (int, float)) else "n/m".rjust(width)
 

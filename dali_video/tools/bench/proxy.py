@@ -1,8 +1,8 @@
 """A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
 process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT`` prints the port it listens on
-(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it, until its stdin closes. dali-video-bench
-counts requests, bytes and requests in flight with it; the tests' fault proxy (``tests/fault_proxy.py``)
-adds faults on top.
+(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it, until its stdin
+closes. dali-video-bench counts requests, bytes and requests in flight with it; the tests' fault
+proxy (``tests/fault_proxy.py``) adds faults on top.
 
 Control (paths starting ``/__``, never forwarded):
   ``POST /__settings__`` JSON: update the settings (``delay``: seconds added to every request);
@@ -32,6 +32,7 @@ class Proxy(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
     upstream_port: int
+    # The proxy's state, shared by its threads: one proxy per process.
     lock = threading.Lock()
     settings: dict = {"delay": 0.0}
     log: list = []
