@@ -11,10 +11,10 @@ from importlib import metadata
 # OpenSSL symbols (EVP_*, SSL_*, OpenSSL_version_num) and libcurl's globally, and DALI's s2n and
 # google-cloud-cpp, binding their embedded libcrypto and libcurl lazily, would take them and abort the
 # process at the first s3:// read or gs:// answer over 16 KB. Binding them now prevents that (see
-# loader/native preload_s2n).
-from .loader.native import preload_s2n
+# loader/native preload_store_clients).
+from .loader.native import preload_store_clients
 
-preload_s2n()
+preload_store_clients()
 
 from .loader.config import RECIPES, ClipConfig, ClipSpec, recipe
 from .loader.dataset import (META_COLUMNS, ClipPipeline, clip_dataset, clip_pipeline, distribute, meta_fields,

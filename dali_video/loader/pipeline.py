@@ -139,7 +139,7 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
     ``fn.dali_video_clips``); ``batch_size`` counts samples (frames or clips, see :class:`Graph`).
     Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8. ``output="jpegs"``
     (or "padded_jpegs", or "meta" alone) stops after the reader."""
-    native.check_s3(reader["shards"])
+    native.check_store_clients(reader["shards"])
     native.load()
     return _clip_pipeline(reader, graph, output, batch_size=batch_size, num_threads=num_threads or usable_cores(),
                           device_id=device_id if graph.device == "gpu" else None,

@@ -32,8 +32,8 @@ BUILD_DIR = Path(__file__).with_name("_build")
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: Path | None = None
-_s2n_done = False
-_s2n_problem: dict[str, str] = {}  # scheme -> why DALI's client for it would abort this process (see preload_s2n)
+_clients_bound = False
+_client_problem: dict[str, str] = {}  # scheme -> why its DALI client would abort this process (preload_store_clients)
 
 
 def _tensorflow_loaded() -> bool:
@@ -55,7 +55,7 @@ _CLIENTS = {
 }
 
 
-def preload_s2n() -> None:
+def preload_store_clients() -> None:
     """Bind DALI's S3 and GCS clients to the libraries they embed, before TensorFlow loads.
 
     TensorFlow's libtensorflow_framework.so.2, loaded RTLD_GLOBAL, exports BoringSSL's OpenSSL symbols
@@ -67,10 +67,10 @@ def preload_s2n() -> None:
     SpillBuffer with only 16384 bytes available``) and aborts at the first gs:// read over 16 KB. Loaded here
     with RTLD_NOW (and RTLD_LOCAL) they are bound now, to their own, for good. Cheap: the wheel is found
     without importing DALI. Once per process; nothing to do without DALI or its clients."""
-    global _s2n_done
-    if _s2n_done:
+    global _clients_bound
+    if _clients_bound:
         return
-    _s2n_done = True
+    _clients_bound = True
     try:
         spec = importlib.util.find_spec("nvidia.dali")  # imports only the namespace package nvidia
     except (ImportError, ValueError):
@@ -81,21 +81,21 @@ def preload_s2n() -> None:
         if not found:
             continue
         if _tensorflow_loaded():  # too late: binding now would find TensorFlow's symbols first
-            _s2n_problem[scheme] = "TensorFlow was imported before dali_video"
+            _client_problem[scheme] = "TensorFlow was imported before dali_video"
             continue
         try:
             ctypes.CDLL(str(found[0]), mode=os.RTLD_NOW)  # ctypes' default is RTLD_LOCAL
         except OSError as e:
-            _s2n_problem[scheme] = f"loading DALI's {found[0].name} failed ({e})"
+            _client_problem[scheme] = f"loading DALI's {found[0].name} failed ({e})"
 
 
-def check_s3(shards) -> None:
+def check_store_clients(shards) -> None:
     """Raise, rather than let DALI abort the process, if s3:// or gs:// ``shards`` would be read by a
-    client bound to TensorFlow's libraries (see :func:`preload_s2n`)."""
+    client bound to TensorFlow's libraries (see :func:`preload_store_clients`)."""
     for scheme, (_, consequence) in _CLIENTS.items():
         url = next((s for s in map(str, shards) if s.startswith(scheme)), None)
-        if url is not None and scheme in _s2n_problem:
-            raise RuntimeError(f"cannot read {url} in this process: {_s2n_problem[scheme]}, so {consequence}; "
+        if url is not None and scheme in _client_problem:
+            raise RuntimeError(f"cannot read {url} in this process: {_client_problem[scheme]}, so {consequence}; "
                                f"import dali_video before tensorflow (dali-video-train does)")
 
 

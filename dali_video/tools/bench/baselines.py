@@ -7,7 +7,7 @@ import os
 
 from nvidia.dali import fn, pipeline_def, types
 
-from ...loader.native import check_s3
+from ...loader.native import check_store_clients
 from ...loader.pipeline import Device, Graph, decode
 
 
@@ -49,7 +49,7 @@ def tfrecord_pipeline(paths, index_paths, *, batch_size: int, num_threads: int |
     """DALI's own TFRecord reader over whole records, shuffled through its default 1024-record buffer.
     It yields only the first value of the ``frames`` bytes list: DALI cannot return a list of strings.
     ``num_threads``: DALI's (default: all cores); from a bucket each thread has one record's GET in flight."""
-    check_s3(paths)
+    check_store_clients(paths)
     return _tfrecord_pipeline([str(p) for p in paths], [str(p) for p in index_paths], batch_size=batch_size,
                               num_threads=num_threads or os.cpu_count(), device_id=None)
 
