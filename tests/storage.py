@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from dali_video.index_tools import storage
+from dali_video.tools.bench.proxy import stop
 
 REGION = "us-east-1"
 
@@ -46,15 +47,6 @@ def _wait(url: str, proc: subprocess.Popen, what: str, seconds: float = 30) -> N
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not answer on {url} within {seconds} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _proxy(upstream_port: int) -> tuple[subprocess.Popen, str]:
@@ -142,8 +134,8 @@ def moto_server():
             "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]})
     finally:
-        _stop(proxy)
-        _stop(proc)
+        stop(proxy)
+        stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +156,8 @@ def gcs_server(tmp_path_factory):
         yield Server("gs", endpoint, url, {"DALI_GCS_ENDPOINT_URL": url, "DALI_GCS_ANONYMOUS": "1",
                                            "STORAGE_EMULATOR_HOST": url})
     finally:
-        _stop(proxy)
-        _stop(proc)
+        stop(proxy)
+        stop(proc)
 
 
 # Variables of the credential chains that must not leak from the host into a test.

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from ...index_tools import idx_path
 from . import bench
-from .proxy import set_delay
+from .proxy import set_delay, stop
 
 ENDPOINT_VARS = {"s3": "AWS_ENDPOINT_URL", "gs": "DALI_GCS_ENDPOINT_URL"}
 SYSTEMS = ("dali_video", "dali_tfrecord", "tfdata", "dali_video_decoded")
@@ -106,12 +106,7 @@ def counting_proxy(scheme: str):
     finally:
         os.environ[var] = endpoint
         proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def check_latency(data: str, latencies) -> None:

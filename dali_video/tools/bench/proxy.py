@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -136,6 +137,16 @@ class Proxy(BaseHTTPRequestHandler):
         return answer.status, len(sent)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def stop(proc) -> None:
+    """Ends a server or proxy process (a ``subprocess.Popen``): terminated, killed after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def set_delay(url: str, seconds: float) -> None:
