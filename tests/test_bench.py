@@ -130,3 +130,46 @@ def test_against_a_remote_store_the_counted_columns_say_not_measured():
     counted = {"clips_per_s": 12.5, "requests_per_clip": 1.0, "store_bytes_per_clip": 3e5, "x_clip": 1.01,
                "most_in_flight": 8}
     assert bucket._row("30", "dali_video", counted).split()[3:] == ["12.5", "1.000", "0.300", "1.01", "8"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_bench_proxy_forwards_to_the_local_endpoint_it_accepted(host, monkeypatch):
+    """counting_proxy sits in front of every endpoint local_endpoint() takes for local, IPv6 loopback
+    included, and counts what it forwards."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.request import urlopen
+
+    from dali_video.tools.bench import bucket
+    from dali_video.tools.bench.proxy import proxy_log
+
+    class Store(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"clip!")
+
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        store = Server((host, 0), Store)
+    except OSError as e:
+        pytest.skip(f"cannot listen on {host}: {e}")
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    port = store.server_address[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{'[::1]' if ':' in host else host}:{port}")
+    try:
+        with bucket.counting_proxy("s3") as url:
+            with urlopen(f"{url}/b/ds/a.tfrecord", timeout=10) as answer:
+                assert answer.read() == b"clip!"
+            log = proxy_log(url)["log"]
+        assert [(r["method"], r["path"], r["status"], r["bytes"]) for r in log] == [("GET", "/b/ds/a.tfrecord", 200, 5)]
+    finally:
+        store.shutdown()
+        store.server_close()

@@ -96,9 +96,10 @@ def counting_proxy(scheme: str):
     if endpoint is None:
         yield None
         return
-    var = ENDPOINT_VARS[scheme]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("proxy.py")), str(urlsplit(endpoint).port)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    var, parts = ENDPOINT_VARS[scheme], urlsplit(endpoint)
+    # To the host the endpoint names (::1 is not 127.0.0.1), at its port or http's default.
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("proxy.py")), str(parts.port or 80),
+                             parts.hostname], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
         os.environ[var] = url

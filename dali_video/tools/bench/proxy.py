@@ -1,6 +1,7 @@
 """A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
-process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT`` prints the port it listens on
-(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it, until its stdin
+process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT [UPSTREAM_HOST]`` prints the port it listens
+on (127.0.0.1), then forwards every request to ``UPSTREAM_HOST:UPSTREAM_PORT`` (default host 127.0.0.1) and
+logs it, until its stdin
 closes. dali-video-bench counts requests, bytes and requests in flight with it; the tests' fault
 proxy (``tests/fault_proxy.py``) adds faults on top.
 
@@ -33,6 +34,7 @@ class Proxy(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
     upstream_port: int
+    upstream_host = "127.0.0.1"
     # The proxy's state, shared by its threads: one proxy per process.
     lock = threading.Lock()
     settings: dict = {"delay": 0.0}
@@ -99,7 +101,7 @@ class Proxy(BaseHTTPRequestHandler):
         the store closed meanwhile is opened again, once)."""
         for attempt in (0, 1):
             if getattr(self, "_upstream", None) is None:
-                self._upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+                self._upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
             try:
                 self._upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
                 answer = self._upstream.getresponse()
@@ -172,9 +174,9 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def serve(handler: type[Proxy], upstream_port: int) -> None:
-    """Serve ``handler`` in front of ``127.0.0.1:upstream_port`` on a free port, which is printed first."""
-    handler.upstream_port = upstream_port
+def serve(handler: type[Proxy], upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+    """Serve ``handler`` in front of ``upstream_host:upstream_port`` on a free port, which is printed first."""
+    handler.upstream_port, handler.upstream_host = upstream_port, upstream_host
     server = _Server(("127.0.0.1", 0), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
@@ -188,4 +190,4 @@ def _exit_when_stdin_closes() -> None:
 if __name__ == "__main__":
     # The bench holds this process's stdin open: when the bench ends, however it ends, so does the proxy.
     threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
-    serve(Proxy, int(sys.argv[1]))
+    serve(Proxy, int(sys.argv[1]), *sys.argv[2:3])
