@@ -1,8 +1,15 @@
 """dali-video-bench: inputs checked before anything runs, failures in the exit status, every layout in tf.data,
 a time-bounded GPU check."""
+import contextlib
 import json
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.request import urlopen
 
 import numpy as np
 import pytest
@@ -11,7 +18,8 @@ from dali_video.index_tools import build
 from dali_video.index_tools import format as fmt
 from dali_video.loader.gpu import usable_gpus
 from dali_video.tools import gpu_check
-from dali_video.tools.bench import bench
+from dali_video.tools.bench import bench, proxy
+from dali_video.tools.bench.proxy import proxy_log
 from dali_video.tools.sample_data import frame_number
 
 from .test_index_tools import _write_tf_layout
@@ -132,44 +140,73 @@ def test_against_a_remote_store_the_counted_columns_say_not_measured():
     assert bucket._row("30", "dali_video", counted).split()[3:] == ["12.5", "1.000", "0.300", "1.01", "8"]
 
 
+class _Store(BaseHTTPRequestHandler):
+    """A store for the bench's proxy to stand in front of: ``GET /N`` answers N bytes, 1 MiB at a time."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        size = int(self.path.strip("/"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        for start in range(0, size, 1 << 20):
+            self.wfile.write(b"x" * min(1 << 20, size - start))
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _local_store(host: str):
+    """A :class:`_Store` listening on ``host`` in this process: its endpoint URL."""
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    try:
+        store = Server((host, 0), _Store)
+    except OSError as e:
+        pytest.skip(f"cannot listen on {host}: {e}")
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{f'[{host}]' if ':' in host else host}:{store.server_address[1]}"
+    finally:
+        store.shutdown()
+        store.server_close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_the_bench_proxy_forwards_to_the_local_endpoint_it_accepted(host, monkeypatch):
     """counting_proxy sits in front of every endpoint local_endpoint() takes for local, IPv6 loopback
     included, and counts what it forwards."""
-    import socket
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.request import urlopen
-
     from dali_video.tools.bench import bucket
-    from dali_video.tools.bench.proxy import proxy_log
 
-    class Store(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "5")
-            self.end_headers()
-            self.wfile.write(b"clip!")
-
-        def log_message(self, *args):
-            pass
-
-    class Server(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-    try:
-        store = Server((host, 0), Store)
-    except OSError as e:
-        pytest.skip(f"cannot listen on {host}: {e}")
-    threading.Thread(target=store.serve_forever, daemon=True).start()
-    port = store.server_address[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{'[::1]' if ':' in host else host}:{port}")
-    try:
+    with _local_store(host) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         with bucket.counting_proxy("s3") as url:
-            with urlopen(f"{url}/b/ds/a.tfrecord", timeout=10) as answer:
-                assert answer.read() == b"clip!"
+            with urlopen(f"{url}/5", timeout=10) as answer:
+                assert answer.read() == b"xxxxx"
             log = proxy_log(url)["log"]
-        assert [(r["method"], r["path"], r["status"], r["bytes"]) for r in log] == [("GET", "/b/ds/a.tfrecord", 200, 5)]
-    finally:
-        store.shutdown()
-        store.server_close()
+    assert [(r["method"], r["path"], r["status"], r["bytes"]) for r in log] == [("GET", "/5", 200, 5)]
+
+
+def test_the_bench_proxy_streams_an_answer_rather_than_holding_it():
+    """A large object comes through the proxy as the store sends it: the proxy's memory does not grow
+    by its size, and the answer's bytes are counted."""
+    size = 128 << 20
+    with _local_store("127.0.0.1") as endpoint:
+        proc = subprocess.Popen([sys.executable, proxy.__file__, endpoint.rsplit(":", 1)[1]], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+            with urlopen(f"{url}/{size}", timeout=60) as answer:
+                got = sum(len(chunk) for chunk in iter(lambda: answer.read(1 << 20), b""))
+            with open(f"/proc/{proc.pid}/status") as f:
+                peak_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+            log = proxy_log(url)["log"]
+        finally:
+            proc.stdin.close()
+            proxy.stop(proc)
+    assert got == size and [r["bytes"] for r in log] == [size], log
+    assert peak_mb < 64, f"the proxy's peak memory: {peak_mb:.0f} MB for an answer of {size >> 20} MiB"

@@ -1,9 +1,8 @@
 """A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
 process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT [UPSTREAM_HOST]`` prints the port it listens
-on (127.0.0.1), then forwards every request to ``UPSTREAM_HOST:UPSTREAM_PORT`` (default host 127.0.0.1) and
-logs it, until its stdin
-closes. dali-video-bench counts requests, bytes and requests in flight with it; the tests' fault
-proxy (``tests/fault_proxy.py``) adds faults on top.
+on (127.0.0.1), then forwards every request to ``UPSTREAM_HOST:UPSTREAM_PORT`` (default host 127.0.0.1),
+passing each answer on as it comes, and logs it, until its stdin closes. dali-video-bench counts requests,
+bytes and requests in flight with it; the tests' fault proxy (``tests/fault_proxy.py``) adds faults on top.
 
 Control (paths starting ``/__``, never forwarded):
   ``POST /__settings__`` JSON: update the settings (``delay``: seconds added to every request);
@@ -96,47 +95,52 @@ class Proxy(BaseHTTPRequestHandler):
         """Answer the request; returns (status, body bytes sent). ``entry`` is its log line."""
         return self.relay(body)
 
-    def fetch(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
-        """The store's answer to this request, over this thread's kept-alive connection (a connection
-        the store closed meanwhile is opened again, once)."""
+    def fetch(self, body: bytes) -> http.client.HTTPResponse:
+        """The store's answer to this request, its body not read yet, over this thread's kept-alive
+        connection (a connection the store closed meanwhile is opened again, once)."""
         for attempt in (0, 1):
             if getattr(self, "_upstream", None) is None:
                 self._upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
             try:
                 self._upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-                answer = self._upstream.getresponse()
-                data = answer.read()
+                return self._upstream.getresponse()
             except (http.client.RemoteDisconnected, ConnectionError):
                 self._upstream.close()
                 self._upstream = None
                 if attempt:
                     raise
-                continue
-            if answer.will_close:
-                self._upstream.close()
-                self._upstream = None
-            return answer, data
 
     def relay(self, body: bytes, half: bool = False) -> tuple[int, int]:
-        """Forward the request and send the store's answer back (``half``: only the first half of its
-        body, then close the connection: a cut answer)."""
-        answer, data = self.fetch(body)
+        """Forward the request and pass the store's answer back as it comes, 1 MiB at a time, never held
+        whole (``half``: only the first half of its body, then close the connection: a cut answer)."""
+        answer = self.fetch(body)
+        length = answer.getheader("Content-Length")
+        # A chunked answer (no length) is read whole: the proxy frames each answer with its length.
+        whole = answer.read() if length is None or self.command == "HEAD" else None
+        size = len(whole) if length is None else int(length)  # a HEAD answer has no body, but the length
         self.send_response(answer.status)
         for k, v in answer.getheaders():
             if k.lower() not in _DROPPED:
                 self.send_header(k, v)
-        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", length or str(len(data)))  # a HEAD answer has no body
+        self.send_header("Content-Length", str(size))
         self.end_headers()
         if self.command == "HEAD":
             return answer.status, 0
-        sent = data[:len(data) // 2] if half else data
-        self.wfile.write(sent)
-        if half:
+        wanted, sent = size // 2 if half else size, 0
+        while sent < wanted:
+            chunk = whole[sent:wanted] if whole is not None else answer.read(min(1 << 20, wanted - sent))
+            if not chunk:
+                break  # the store's answer ended short: so does this one
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        if not answer.isclosed():  # its body not read to the end: that connection cannot carry another request
+            self._upstream.close()
+            self._upstream = None
+        if sent < size:
             self.close_connection = True
             self.wfile.flush()
             self.connection.shutdown(2)
-        return answer.status, len(sent)
+        return answer.status, sent
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
