@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.request import urlopen
 
@@ -176,6 +177,18 @@ def _local_store(host: str):
         store.server_close()
 
 
+@contextlib.contextmanager
+def _bench_proxy(endpoint: str):
+    """The bench's proxy (proxy.py, in its own process) in front of ``endpoint``: (its URL, its pid)."""
+    proc = subprocess.Popen([sys.executable, proxy.__file__, endpoint.rsplit(":", 1)[1]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{proc.stdout.readline().strip()}", proc.pid
+    finally:
+        proc.stdin.close()
+        proxy.stop(proc)
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_the_bench_proxy_forwards_to_the_local_endpoint_it_accepted(host, monkeypatch):
     """counting_proxy sits in front of every endpoint local_endpoint() takes for local, IPv6 loopback
@@ -196,17 +209,33 @@ def test_the_bench_proxy_streams_an_answer_rather_than_holding_it():
     by its size, and the answer's bytes are counted."""
     size = 128 << 20
     with _local_store("127.0.0.1") as endpoint:
-        proc = subprocess.Popen([sys.executable, proxy.__file__, endpoint.rsplit(":", 1)[1]], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+        with _bench_proxy(endpoint) as (url, pid):
             with urlopen(f"{url}/{size}", timeout=60) as answer:
                 got = sum(len(chunk) for chunk in iter(lambda: answer.read(1 << 20), b""))
-            with open(f"/proc/{proc.pid}/status") as f:
+            with open(f"/proc/{pid}/status") as f:
                 peak_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
             log = proxy_log(url)["log"]
-        finally:
-            proc.stdin.close()
-            proxy.stop(proc)
     assert got == size and [r["bytes"] for r in log] == [size], log
     assert peak_mb < 64, f"the proxy's peak memory: {peak_mb:.0f} MB for an answer of {size >> 20} MiB"
+
+
+def test_the_bench_proxy_counts_the_bytes_sent_while_timing_not_those_of_the_requests_that_came_then():
+    """The bench clears the log when timing starts and reads it when timing ends, requests in flight at
+    both (the readers read ahead): the bytes it counts are those the store sent in between, the
+    requests those that came in between."""
+    with _local_store("127.0.0.1") as endpoint:
+        with _bench_proxy(endpoint) as (url, _):
+            proxy.set_delay(url, 1.0)
+            before = threading.Thread(target=lambda: urlopen(f"{url}/1000", timeout=10).read())
+            before.start()
+            while proxy_log(url)["most_in_flight"] == 0:  # it came before timing started
+                time.sleep(0.01)
+            proxy_log(url, clear=True)
+            before.join()  # its answer is sent while timing
+            after = threading.Thread(target=lambda: urlopen(f"{url}/2000", timeout=10).read())
+            after.start()
+            while not proxy_log(url)["log"]:  # it came while timing, its answer is sent after
+                time.sleep(0.01)
+            log = proxy_log(url)
+            after.join()
+    assert (log["bytes"], [r["path"] for r in log["log"]]) == (1000, ["/2000"]), log

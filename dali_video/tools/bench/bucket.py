@@ -37,8 +37,9 @@ ENDPOINT_VARS = {"s3": "AWS_ENDPOINT_URL", "gs": "DALI_GCS_ENDPOINT_URL"}
 SYSTEMS = ("dali_video", "dali_tfrecord", "tfdata", "dali_video_decoded")
 HEADER = f"{'latency':>7}  {'system':19} {'clips/s':>8} {'req/clip':>9} {'MB/clip':>8} {'x clip':>7} {'in flight':>9}"
 COLUMNS = """Columns: clips/s: timed clips (dali_tfrecord: records) per second; req/clip: requests the store got
-per clip while timing (all kinds); MB/clip: bytes the store sent per clip; x clip: those bytes over the
-clip's own frames' bytes (from the frame indexes); in flight: the most requests the store had at once."""
+per clip while timing (all kinds); MB/clip: bytes the store sent per clip while timing; x clip: those
+bytes over the clip's own frames' bytes (from the frame indexes); in flight: the most requests the store
+had at once."""
 
 
 def read_dali_video(data, batch_size, clip_len, crop, batches, device, *, threads, proxy, seconds=None):

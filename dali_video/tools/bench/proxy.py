@@ -6,8 +6,11 @@ bytes and requests in flight with it; the tests' fault proxy (``tests/fault_prox
 
 Control (paths starting ``/__``, never forwarded):
   ``POST /__settings__`` JSON: update the settings (``delay``: seconds added to every request);
-  ``GET /__log__``: ``{"log": [{"method", "path", "range", "status", "bytes"}, ...], "most_in_flight": n}``
-  since the last ``DELETE /__log__``, which clears both.
+  ``GET /__log__``: ``{"log": [{"method", "path", "range", "status", "bytes"}, ...], "most_in_flight": n,
+  "bytes": n}`` since the last ``DELETE /__log__``, which clears them: the requests that came since, and
+  the bytes of the answers that ended since (a request in flight when the log is cleared or read has its
+  answer's bytes counted in the window where it ends: readers that read ahead have requests in flight at
+  both ends of a window).
 
 Each client connection is served by its own thread, which keeps one connection to the store alive
 (as the clients keep theirs to the proxy), so the proxy adds no connection set-up per request.
@@ -38,7 +41,7 @@ class Proxy(BaseHTTPRequestHandler):
     lock = threading.Lock()
     settings: dict = {"delay": 0.0}
     log: list = []
-    in_flight = most_in_flight = 0
+    in_flight = most_in_flight = bytes_sent = 0
 
     def log_message(self, *args):
         pass
@@ -64,8 +67,8 @@ class Proxy(BaseHTTPRequestHandler):
             if self.path != "/__log__":
                 return self.reply(404)
             if self.command == "DELETE":
-                cls.log[:], cls.most_in_flight = [], cls.in_flight
-            body = json.dumps({"log": cls.log, "most_in_flight": cls.most_in_flight}).encode()
+                cls.log[:], cls.most_in_flight, cls.bytes_sent = [], cls.in_flight, 0
+            body = json.dumps({"log": cls.log, "most_in_flight": cls.most_in_flight, "bytes": cls.bytes_sent}).encode()
         self.reply(200, body, [("Content-Type", "application/json")])
 
     def _forward(self):
@@ -87,6 +90,7 @@ class Proxy(BaseHTTPRequestHandler):
         finally:
             with cls.lock:
                 cls.in_flight -= 1
+                cls.bytes_sent += entry["bytes"]
 
     def admit(self, entry: dict) -> None:
         """Called under the lock as a request comes, with its log line: a subclass's hook (faults)."""
