@@ -239,3 +239,21 @@ def test_the_bench_proxy_counts_the_bytes_sent_while_timing_not_those_of_the_req
             log = proxy_log(url)
             after.join()
     assert (log["bytes"], [r["path"] for r in log["log"]]) == (1000, ["/2000"]), log
+
+
+def test_the_bench_proxy_answers_502_naming_a_store_that_does_not_answer(monkeypatch):
+    """Nothing listening at the endpoint: the client gets an answer that says so, not a closed connection."""
+    from urllib.error import HTTPError
+
+    from dali_video.tools.bench import bucket
+
+    with _local_store("127.0.0.1") as endpoint:
+        pass  # its port is free again
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    with bucket.counting_proxy("s3") as url:
+        with pytest.raises(HTTPError) as e:
+            urlopen(f"{url}/5", timeout=10)
+        assert e.value.code == 502
+        assert re.fullmatch(rf"the bench's proxy got no answer from the store at 127\.0\.0\.1:{endpoint.rsplit(':', 1)[1]}: "
+                            r".*Connection refused.*", e.value.read().decode())
+        assert [r["status"] for r in proxy_log(url)["log"]] == [502]

@@ -117,7 +117,12 @@ class Proxy(BaseHTTPRequestHandler):
     def relay(self, body: bytes, half: bool = False) -> tuple[int, int]:
         """Forward the request and pass the store's answer back as it comes, 1 MiB at a time, never held
         whole (``half``: only the first half of its body, then close the connection: a cut answer)."""
-        answer = self.fetch(body)
+        try:
+            answer = self.fetch(body)
+        except (OSError, http.client.HTTPException) as e:  # nothing sent yet: say why, rather than hang up
+            text = f"the bench's proxy got no answer from the store at {self.upstream_host}:{self.upstream_port}: {e}"
+            self.reply(502, text.encode(), [("Content-Type", "text/plain")])
+            return 502, len(text)
         length = answer.getheader("Content-Length")
         # A chunked answer (no length) is read whole: the proxy frames each answer with its length.
         whole = answer.read() if length is None or self.command == "HEAD" else None
