@@ -1,8 +1,16 @@
 """dali-video-bench: inputs checked before anything runs, failures in the exit status, every layout in tf.data,
 a time-bounded GPU check."""
+import contextlib
 import json
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.request import urlopen
 
 import numpy as np
 import pytest
@@ -11,7 +19,8 @@ from dali_video.index_tools import build
 from dali_video.index_tools import format as fmt
 from dali_video.loader.gpu import usable_gpus
 from dali_video.tools import gpu_check
-from dali_video.tools.bench import bench
+from dali_video.tools.bench import bench, proxy
+from dali_video.tools.bench.proxy import proxy_log
 from dali_video.tools.sample_data import frame_number
 
 from .test_index_tools import _write_tf_layout
@@ -130,3 +139,121 @@ def test_against_a_remote_store_the_counted_columns_say_not_measured():
     counted = {"clips_per_s": 12.5, "requests_per_clip": 1.0, "store_bytes_per_clip": 3e5, "x_clip": 1.01,
                "most_in_flight": 8}
     assert bucket._row("30", "dali_video", counted).split()[3:] == ["12.5", "1.000", "0.300", "1.01", "8"]
+
+
+class _Store(BaseHTTPRequestHandler):
+    """A store for the bench's proxy to stand in front of: ``GET /N`` answers N bytes, 1 MiB at a time."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        size = int(self.path.strip("/"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        for start in range(0, size, 1 << 20):
+            self.wfile.write(b"x" * min(1 << 20, size - start))
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _local_store(host: str):
+    """A :class:`_Store` listening on ``host`` in this process: its endpoint URL."""
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    try:
+        store = Server((host, 0), _Store)
+    except OSError as e:
+        pytest.skip(f"cannot listen on {host}: {e}")
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{f'[{host}]' if ':' in host else host}:{store.server_address[1]}"
+    finally:
+        store.shutdown()
+        store.server_close()
+
+
+@contextlib.contextmanager
+def _bench_proxy(endpoint: str):
+    """The bench's proxy (proxy.py, in its own process) in front of ``endpoint``: (its URL, its pid)."""
+    proc = subprocess.Popen([sys.executable, proxy.__file__, endpoint.rsplit(":", 1)[1]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{proc.stdout.readline().strip()}", proc.pid
+    finally:
+        proc.stdin.close()
+        proxy.stop(proc)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_bench_proxy_forwards_to_the_local_endpoint_it_accepted(host, monkeypatch):
+    """counting_proxy sits in front of every endpoint local_endpoint() takes for local, IPv6 loopback
+    included, and counts what it forwards."""
+    from dali_video.tools.bench import bucket
+
+    with _local_store(host) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        with bucket.counting_proxy("s3") as url:
+            with urlopen(f"{url}/5", timeout=10) as answer:
+                assert answer.read() == b"xxxxx"
+            log = proxy_log(url)["log"]
+    assert [(r["method"], r["path"], r["status"], r["bytes"]) for r in log] == [("GET", "/5", 200, 5)]
+
+
+def test_the_bench_proxy_streams_an_answer_rather_than_holding_it():
+    """A large object comes through the proxy as the store sends it: the proxy's memory does not grow
+    by its size, and the answer's bytes are counted."""
+    size = 128 << 20
+    with _local_store("127.0.0.1") as endpoint:
+        with _bench_proxy(endpoint) as (url, pid):
+            with urlopen(f"{url}/{size}", timeout=60) as answer:
+                got = sum(len(chunk) for chunk in iter(lambda: answer.read(1 << 20), b""))
+            with open(f"/proc/{pid}/status") as f:
+                peak_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+            log = proxy_log(url)["log"]
+    assert got == size and [r["bytes"] for r in log] == [size], log
+    assert peak_mb < 64, f"the proxy's peak memory: {peak_mb:.0f} MB for an answer of {size >> 20} MiB"
+
+
+def test_the_bench_proxy_counts_the_bytes_sent_while_timing_not_those_of_the_requests_that_came_then():
+    """The bench clears the log when timing starts and reads it when timing ends, requests in flight at
+    both (the readers read ahead): the bytes it counts are those the store sent in between, the
+    requests those that came in between."""
+    with _local_store("127.0.0.1") as endpoint:
+        with _bench_proxy(endpoint) as (url, _):
+            proxy.set_delay(url, 1.0)
+            before = threading.Thread(target=lambda: urlopen(f"{url}/1000", timeout=10).read())
+            before.start()
+            while proxy_log(url)["most_in_flight"] == 0:  # it came before timing started
+                time.sleep(0.01)
+            proxy_log(url, clear=True)
+            before.join()  # its answer is sent while timing
+            after = threading.Thread(target=lambda: urlopen(f"{url}/2000", timeout=10).read())
+            after.start()
+            while not proxy_log(url)["log"]:  # it came while timing, its answer is sent after
+                time.sleep(0.01)
+            log = proxy_log(url)
+            after.join()
+    assert (log["bytes"], [r["path"] for r in log["log"]]) == (1000, ["/2000"]), log
+
+
+def test_the_bench_proxy_answers_502_naming_a_store_that_does_not_answer(monkeypatch):
+    """Nothing listening at the endpoint: the client gets an answer that says so, not a closed connection."""
+    from urllib.error import HTTPError
+
+    from dali_video.tools.bench import bucket
+
+    with _local_store("127.0.0.1") as endpoint:
+        pass  # its port is free again
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    with bucket.counting_proxy("s3") as url:
+        with pytest.raises(HTTPError) as e:
+            urlopen(f"{url}/5", timeout=10)
+        assert e.value.code == 502
+        assert re.fullmatch(rf"the bench's proxy got no answer from the store at 127\.0\.0\.1:{endpoint.rsplit(':', 1)[1]}: "
+                            r".*Connection refused.*", e.value.read().decode())
+        assert [r["status"] for r in proxy_log(url)["log"]] == [502]

@@ -145,7 +145,7 @@ def _time_batches(it, batches, batch_size, clip_len, start, seconds=None, proxy=
         log = proxy_log(proxy)
         kinds = collections.Counter(f"{r['method']} {r['path'].split('?')[0].rsplit('.', 1)[-1]}" for r in log["log"])
         out.update(requests_per_clip=len(log["log"]) / (n * batch_size), most_in_flight=log["most_in_flight"],
-                   store_bytes_per_clip=sum(r["bytes"] for r in log["log"]) / (n * batch_size),
+                   store_bytes_per_clip=log["bytes"] / (n * batch_size),
                    requests=dict(kinds), clips=n * batch_size)
     return out
 

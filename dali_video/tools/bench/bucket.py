@@ -37,8 +37,9 @@ ENDPOINT_VARS = {"s3": "AWS_ENDPOINT_URL", "gs": "DALI_GCS_ENDPOINT_URL"}
 SYSTEMS = ("dali_video", "dali_tfrecord", "tfdata", "dali_video_decoded")
 HEADER = f"{'latency':>7}  {'system':19} {'clips/s':>8} {'req/clip':>9} {'MB/clip':>8} {'x clip':>7} {'in flight':>9}"
 COLUMNS = """Columns: clips/s: timed clips (dali_tfrecord: records) per second; req/clip: requests the store got
-per clip while timing (all kinds); MB/clip: bytes the store sent per clip; x clip: those bytes over the
-clip's own frames' bytes (from the frame indexes); in flight: the most requests the store had at once."""
+per clip while timing (all kinds); MB/clip: bytes the store sent per clip while timing; x clip: those
+bytes over the clip's own frames' bytes (from the frame indexes); in flight: the most requests the store
+had at once."""
 
 
 def read_dali_video(data, batch_size, clip_len, crop, batches, device, *, threads, proxy, seconds=None):
@@ -96,9 +97,10 @@ def counting_proxy(scheme: str):
     if endpoint is None:
         yield None
         return
-    var = ENDPOINT_VARS[scheme]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("proxy.py")), str(urlsplit(endpoint).port)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    var, parts = ENDPOINT_VARS[scheme], urlsplit(endpoint)
+    # To the host the endpoint names (::1 is not 127.0.0.1), at its port or http's default.
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("proxy.py")), str(parts.port or 80),
+                             parts.hostname], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
         os.environ[var] = url

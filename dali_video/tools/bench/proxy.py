@@ -1,13 +1,16 @@
 """A counting HTTP proxy in front of a local object store (moto, fake-gcs-server, MinIO, ...), in its own
-process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT`` prints the port it listens on
-(127.0.0.1), then forwards every request to ``127.0.0.1:UPSTREAM_PORT`` and logs it, until its stdin
-closes. dali-video-bench counts requests, bytes and requests in flight with it; the tests' fault
-proxy (``tests/fault_proxy.py``) adds faults on top.
+process: ``python dali_video/tools/bench/proxy.py UPSTREAM_PORT [UPSTREAM_HOST]`` prints the port it listens
+on (127.0.0.1), then forwards every request to ``UPSTREAM_HOST:UPSTREAM_PORT`` (default host 127.0.0.1),
+passing each answer on as it comes, and logs it, until its stdin closes. dali-video-bench counts requests,
+bytes and requests in flight with it; the tests' fault proxy (``tests/fault_proxy.py``) adds faults on top.
 
 Control (paths starting ``/__``, never forwarded):
   ``POST /__settings__`` JSON: update the settings (``delay``: seconds added to every request);
-  ``GET /__log__``: ``{"log": [{"method", "path", "range", "status", "bytes"}, ...], "most_in_flight": n}``
-  since the last ``DELETE /__log__``, which clears both.
+  ``GET /__log__``: ``{"log": [{"method", "path", "range", "status", "bytes"}, ...], "most_in_flight": n,
+  "bytes": n}`` since the last ``DELETE /__log__``, which clears them: the requests that came since, and
+  the bytes of the answers that ended since (a request in flight when the log is cleared or read has its
+  answer's bytes counted in the window where it ends: readers that read ahead have requests in flight at
+  both ends of a window).
 
 Each client connection is served by its own thread, which keeps one connection to the store alive
 (as the clients keep theirs to the proxy), so the proxy adds no connection set-up per request.
@@ -33,11 +36,12 @@ class Proxy(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
     upstream_port: int
+    upstream_host = "127.0.0.1"
     # The proxy's state, shared by its threads: one proxy per process.
     lock = threading.Lock()
     settings: dict = {"delay": 0.0}
     log: list = []
-    in_flight = most_in_flight = 0
+    in_flight = most_in_flight = bytes_sent = 0
 
     def log_message(self, *args):
         pass
@@ -63,8 +67,8 @@ class Proxy(BaseHTTPRequestHandler):
             if self.path != "/__log__":
                 return self.reply(404)
             if self.command == "DELETE":
-                cls.log[:], cls.most_in_flight = [], cls.in_flight
-            body = json.dumps({"log": cls.log, "most_in_flight": cls.most_in_flight}).encode()
+                cls.log[:], cls.most_in_flight, cls.bytes_sent = [], cls.in_flight, 0
+            body = json.dumps({"log": cls.log, "most_in_flight": cls.most_in_flight, "bytes": cls.bytes_sent}).encode()
         self.reply(200, body, [("Content-Type", "application/json")])
 
     def _forward(self):
@@ -86,6 +90,7 @@ class Proxy(BaseHTTPRequestHandler):
         finally:
             with cls.lock:
                 cls.in_flight -= 1
+                cls.bytes_sent += entry["bytes"]
 
     def admit(self, entry: dict) -> None:
         """Called under the lock as a request comes, with its log line: a subclass's hook (faults)."""
@@ -94,47 +99,57 @@ class Proxy(BaseHTTPRequestHandler):
         """Answer the request; returns (status, body bytes sent). ``entry`` is its log line."""
         return self.relay(body)
 
-    def fetch(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
-        """The store's answer to this request, over this thread's kept-alive connection (a connection
-        the store closed meanwhile is opened again, once)."""
+    def fetch(self, body: bytes) -> http.client.HTTPResponse:
+        """The store's answer to this request, its body not read yet, over this thread's kept-alive
+        connection (a connection the store closed meanwhile is opened again, once)."""
         for attempt in (0, 1):
             if getattr(self, "_upstream", None) is None:
-                self._upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+                self._upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
             try:
                 self._upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-                answer = self._upstream.getresponse()
-                data = answer.read()
+                return self._upstream.getresponse()
             except (http.client.RemoteDisconnected, ConnectionError):
                 self._upstream.close()
                 self._upstream = None
                 if attempt:
                     raise
-                continue
-            if answer.will_close:
-                self._upstream.close()
-                self._upstream = None
-            return answer, data
 
     def relay(self, body: bytes, half: bool = False) -> tuple[int, int]:
-        """Forward the request and send the store's answer back (``half``: only the first half of its
-        body, then close the connection: a cut answer)."""
-        answer, data = self.fetch(body)
+        """Forward the request and pass the store's answer back as it comes, 1 MiB at a time, never held
+        whole (``half``: only the first half of its body, then close the connection: a cut answer)."""
+        try:
+            answer = self.fetch(body)
+        except (OSError, http.client.HTTPException) as e:  # nothing sent yet: say why, rather than hang up
+            text = f"the bench's proxy got no answer from the store at {self.upstream_host}:{self.upstream_port}: {e}"
+            self.reply(502, text.encode(), [("Content-Type", "text/plain")])
+            return 502, len(text)
+        length = answer.getheader("Content-Length")
+        # A chunked answer (no length) is read whole: the proxy frames each answer with its length.
+        whole = answer.read() if length is None or self.command == "HEAD" else None
+        size = len(whole) if length is None else int(length)  # a HEAD answer has no body, but the length
         self.send_response(answer.status)
         for k, v in answer.getheaders():
             if k.lower() not in _DROPPED:
                 self.send_header(k, v)
-        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", length or str(len(data)))  # a HEAD answer has no body
+        self.send_header("Content-Length", str(size))
         self.end_headers()
         if self.command == "HEAD":
             return answer.status, 0
-        sent = data[:len(data) // 2] if half else data
-        self.wfile.write(sent)
-        if half:
+        wanted, sent = size // 2 if half else size, 0
+        while sent < wanted:
+            chunk = whole[sent:wanted] if whole is not None else answer.read(min(1 << 20, wanted - sent))
+            if not chunk:
+                break  # the store's answer ended short: so does this one
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        if not answer.isclosed():  # its body not read to the end: that connection cannot carry another request
+            self._upstream.close()
+            self._upstream = None
+        if sent < size:
             self.close_connection = True
             self.wfile.flush()
             self.connection.shutdown(2)
-        return answer.status, len(sent)
+        return answer.status, sent
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
@@ -172,9 +187,9 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def serve(handler: type[Proxy], upstream_port: int) -> None:
-    """Serve ``handler`` in front of ``127.0.0.1:upstream_port`` on a free port, which is printed first."""
-    handler.upstream_port = upstream_port
+def serve(handler: type[Proxy], upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+    """Serve ``handler`` in front of ``upstream_host:upstream_port`` on a free port, which is printed first."""
+    handler.upstream_port, handler.upstream_host = upstream_port, upstream_host
     server = _Server(("127.0.0.1", 0), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
@@ -188,4 +203,4 @@ def _exit_when_stdin_closes() -> None:
 if __name__ == "__main__":
     # The bench holds this process's stdin open: when the bench ends, however it ends, so does the proxy.
     threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
-    serve(Proxy, int(sys.argv[1]))
+    serve(Proxy, int(sys.argv[1]), *sys.argv[2:3])
