@@ -52,7 +52,8 @@ def test_bad_inputs_stop_the_bench_before_anything_runs(dataset, tmp_path, capsy
               "front of a local store: set AWS_ENDPOINT_URL=http://127.0.0.1:PORT"),
              ([str(data), "--latency-ms", "0", "30"],
               "--latency-ms is added to a bucket's requests; .* is a local path"),
-             ([str(data), "--threads", "0"], "--threads \\(0\\) must be at least 1")]
+             ([str(data), "--threads", "0"], "--threads \\(0\\) must be at least 1"),
+             (["s3://bucket/ds", "--latency-ms", "0", "0"], "--latency-ms \\(0 0\\) must be different values")]
     for args, message in cases:
         assert bench.main([*args, "--out", str(out), "--quick"]) == 2
         err = capsys.readouterr().err
@@ -257,3 +258,19 @@ def test_the_bench_proxy_answers_502_naming_a_store_that_does_not_answer(monkeyp
         assert re.fullmatch(rf"the bench's proxy got no answer from the store at 127\.0\.0\.1:{endpoint.rsplit(':', 1)[1]}: "
                             r".*Connection refused.*", e.value.read().decode())
         assert [r["status"] for r in proxy_log(url)["log"]] == [502]
+
+
+def test_the_bench_proxy_refuses_a_chunked_request_body_and_its_controls_skip_http_proxy(monkeypatch):
+    """A chunked body it would not forward whole is refused (411), not passed on empty; and the bench's
+    own calls to its proxy go straight to it even where http_proxy names another."""
+    import http.client
+
+    with _local_store("127.0.0.1") as endpoint:
+        with _bench_proxy(endpoint) as (url, _):
+            monkeypatch.setenv("http_proxy", "http://192.0.2.1:3128")  # nothing answers there
+            monkeypatch.delenv("no_proxy", raising=False)
+            proxy.set_delay(url, 0)
+            conn = http.client.HTTPConnection(*url.split("//")[1].split(":"), timeout=10)
+            conn.request("PUT", "/5", body=iter([b"ab", b"cd"]), encode_chunked=True)
+            assert conn.getresponse().status == 411
+            assert proxy_log(url)["log"] == []  # nothing went to the store

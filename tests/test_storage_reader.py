@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import dali_video
-from dali_video.loader.resources import BUCKET_IO_THREADS
 
 from .storage import new_bucket
 
@@ -64,15 +63,16 @@ def _reader_only(server, **faults):
 
 def test_clips_from_a_bucket_are_the_local_clips_one_ranged_get_each(store, dataset):
     local = _batches(dataset, 3)
-    assert _batches(f"{store.url}/ds", 3, _reader_only(store.server)) == local
+    assert _batches(f"{store.url}/ds", 3, _reader_only(store.server), io_threads=0) == local
     log = store.server.requests()["log"]
     assert not [r for r in log if r["method"] != "GET"]  # no HEAD: the sizes came with the arguments
     fidx = [r for r in log if ".fidx" in r["path"]]
     assert len(fidx) == len({r["path"] for r in fidx}) <= 3  # each shard's frame index read once
     gets = _shard_gets(log)
     assert all(r["range"] and r["status"] == 206 for r in gets)
-    # One GET per clip: 3 batches of 4 clips, and those read ahead (io_threads).
-    assert len(gets) % 4 == 0 and 3 <= len(gets) // 4 <= 3 + 2 + BUCKET_IO_THREADS // 4, len(gets)
+    # One GET per clip: 3 batches of 4 clips, and the batches DALI read ahead (io_threads=0: whole
+    # batches, so a count the close cannot cut; with read-ahead, tests/test_bench.py counts per clip).
+    assert len(gets) % 4 == 0 and 3 <= len(gets) // 4 <= 6, len(gets)
 
 
 @pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate"])

@@ -117,8 +117,9 @@ def check_latency(data: str, latencies) -> None:
     if any(latencies) and local_endpoint(scheme) is None:
         raise ValueError(f"--latency-ms is added by the bench's proxy, which sits in front of a local store: set "
                          f"{ENDPOINT_VARS[scheme]}=http://127.0.0.1:PORT, or measure {data} without --latency-ms")
-    if any(ms < 0 for ms in latencies):
-        raise ValueError(f"--latency-ms ({' '.join(map(str, latencies))}) must be 0 or more")
+    if any(ms < 0 for ms in latencies) or len(set(latencies)) < len(latencies):
+        raise ValueError(f"--latency-ms ({' '.join(map(str, latencies))}) must be different values, 0 or more "
+                         f"(the results are kept per value)")
 
 
 def _row(latency, name, r) -> str:

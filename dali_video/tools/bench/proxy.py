@@ -75,6 +75,9 @@ class Proxy(BaseHTTPRequestHandler):
         if self.path.startswith("/__"):
             return self._control()
         cls = type(self)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # not read: the connection is lost
+            self.close_connection = True
+            return self.reply(411, b"the bench's proxy forwards request bodies with a Content-Length only")
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range"), "status": None,
                  "bytes": 0}
@@ -164,17 +167,21 @@ def stop(proc) -> None:
         proc.wait()
 
 
+# The proxy is on this host: its control calls go straight to it, never through http_proxy.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def set_delay(url: str, seconds: float) -> None:
     """Make the proxy at ``url`` add ``seconds`` to every request from now on."""
     request = urllib.request.Request(f"{url}/__settings__", data=json.dumps({"delay": seconds}).encode(),
                                      method="POST")
-    urllib.request.urlopen(request, timeout=60).close()
+    _direct.open(request, timeout=60).close()
 
 
 def proxy_log(url: str, clear: bool = False) -> dict:
     """The log of the proxy at ``url`` (``clear``: cleared, the empty log returned)."""
     request = urllib.request.Request(f"{url}/__log__", method="DELETE" if clear else "GET")
-    with urllib.request.urlopen(request, timeout=60) as answer:
+    with _direct.open(request, timeout=60) as answer:
         return json.loads(answer.read())
 
 
