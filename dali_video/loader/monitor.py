@@ -74,7 +74,7 @@ class InputMonitor(_callback_base()):
     The wait is read from TensorFlow's profiler, run over those steps only (host events, no device
     tracing): the events of the op that fetches every batch of every dataset (see the module
     docstring), so it measures DALI's dataset on the GPU as on the CPU, and any strategy's replicas.
-    Profiled steps run slower (here, 2 CPU cores, steps of ~7 ms: ~3 ms more each), so a window of
+    Profiled steps run slower (here, 2 CPU cores, steps of ~8 ms: 3-5 ms more each), so a window of
     short steps reads a little low; steps of a GPU model (100 ms and more) hardly notice.
     The profiler admits one session at a time: while another runs, that epoch's logs have no
     ``input_wait``, with a warning; nor do those of an epoch of one step. The other way round, while
