@@ -293,10 +293,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
                  "dali-video clip reader: global_batch must be the batch size times num_shards");
     if (ahead_) {
       // This batch and enough after it for io_threads clips in flight beyond it.
-      while (ahead_->queued() < 1 + static_cast<size_t>((io_threads_ + batch - 1) / batch)) {
-        ahead_->submit(next_ + static_cast<int64_t>(shard_id_) * batch, batch);
-        next_ += static_cast<int64_t>(batch) * num_shards_;
-      }
+      while (ahead_->queued() < 1 + static_cast<size_t>((io_threads_ + batch - 1) / batch))
+        ahead_->submit(claim(batch), batch);
       auto read = ahead_->take();
       DALI_ENFORCE(read->clips.size() == static_cast<size_t>(batch),
                    "dali-video clip reader: io_threads needs the same batch size at every iteration");
@@ -305,8 +303,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     } else {
       clips_.resize(batch);
       errors_.assign(batch, "");
-      const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
-      next_ += static_cast<int64_t>(batch) * num_shards_;
+      const int64_t first = claim(batch);
       auto &pool = ws.GetThreadPool();
       for (int i = 0; i < batch; ++i)
         pool.AddWork([this, i, first](int) { fill(clips_[i], errors_[i], first + i); }, -i);
@@ -318,6 +315,13 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   }
 
  private:
+  // The position of this reader's share of the next global batch, which it then passes.
+  int64_t claim(int batch) {
+    const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
+    next_ += static_cast<int64_t>(batch) * num_shards_;
+    return first;
+  }
+
   // Reads the clip at `position` (slot r of its period, clip q of that slot's dataset) into c, or its
   // error; with skip_corrupt, a damaged clip gives way to the next ones of its dataset's epoch.
   void fill(Clip &c, std::string &error, int64_t position) {
