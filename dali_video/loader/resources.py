@@ -80,10 +80,10 @@ def usable_cores(root: str | os.PathLike = "/") -> int:
     return max(1, min([cores, *(math.floor(q) for q in quotas)]))
 
 
-def _decoder_threads(num_threads: int) -> int:
-    """Threads of one pipeline with one mixed decoder, without it: the CPU operators' pool and the
-    executor's task threads (executor_factory.cc:36,62)."""
-    return num_threads + min(num_threads, EXECUTOR_MAX_THREADS)
+def _threads(num_threads: int, decoders: int, io_threads: int) -> int:
+    """Threads of one pipeline: the CPU operators' pool and the executor's task threads
+    (executor_factory.cc:36,62), each mixed decoder's pool of ``num_threads``, the reader's io threads."""
+    return num_threads + min(num_threads, EXECUTOR_MAX_THREADS) + decoders * num_threads + io_threads
 
 
 def pipeline_threads(cores: int, num_pipelines: int = 1, decoders: int = 1, io_threads: int = 0) -> int:
@@ -91,7 +91,7 @@ def pipeline_threads(cores: int, num_pipelines: int = 1, decoders: int = 1, io_t
     cores, lowered until the pipeline, with its reader's ``io_threads``, starts at most
     :data:`MAX_THREADS` threads."""
     n = max(1, cores // num_pipelines)
-    while n > 1 and _decoder_threads(n) + decoders * n + io_threads > MAX_THREADS:
+    while n > 1 and _threads(n, decoders, io_threads) > MAX_THREADS:
         n -= 1
     return n
 
@@ -125,7 +125,7 @@ def gpu_resources(clip_len: int, frame_hw, batch_size: int, num_pipelines: int =
     hw = frames * frame
     return {
         "num_threads": n,
-        "threads": _decoder_threads(n) + decoders * n + io_threads,
+        "threads": _threads(n, decoders, io_threads),
         "pinned_bytes": decoders * n * 2 * frame + (QUEUE_DEPTH + 1) * frames * jpeg,
         "device_bytes": decoders * n * frame + hw + QUEUE_DEPTH * frames * (frame + 2 * crop + 4 * crop),
     }

@@ -37,9 +37,11 @@ class VideoTable:
         return len(self.num_frames)
 
     def take(self, rows) -> "VideoTable":
-        return VideoTable(self.shards, *(getattr(self, f)[rows] for f in
-                                         ("shard", "frame_start", "num_frames", "height", "width", "label",
-                                          "filename", "fps")))
+        return VideoTable(self.shards, **{name: getattr(self, name)[rows] for name in _PER_VIDEO})
+
+
+# The table's per-video columns: every field but shards.
+_PER_VIDEO = tuple(f.name for f in dataclasses.fields(VideoTable) if f.name != "shards")
 
 
 class SplitError(ValueError):
@@ -147,7 +149,7 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
         frame_start=np.concatenate([ix.frame_starts() for ix in shards]).astype(np.int64),
         num_frames=column("num_frames", np.int64), height=column("height", np.int64),
         width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object),
-        fps=np.array([v for ix in shards for v in ix.videos.get("fps") or [0.0] * ix.num_videos], np.float64))
+        fps=column("fps", np.float64))
 
 
 # ---------------------------------------------------------------- clip plans
@@ -543,8 +545,7 @@ class Mixture:
 
     def __post_init__(self):
         parts = tuple(tuple(p) for p in self.parts) if isinstance(self.parts, (list, tuple)) else ()
-        if not parts or any(len(p) != 3 or not isinstance(p[2], (int, np.integer)) or isinstance(p[2], bool)
-                            or not 1 <= p[2] <= MAX_INT for p in parts):
+        if not parts or any(len(p) != 3 or not _is_int(p[2]) or not 1 <= p[2] <= MAX_INT for p in parts):
             raise ValueError(f"Mixture takes [(files, recipe, weight), ...] with integer weights in [1, {MAX_INT}], "
                              f"got {self.parts!r}")
         labels = self.labels
@@ -632,8 +633,8 @@ def concat_tables(tables) -> VideoTable:
     first = np.cumsum([0] + [len(t.shards) for t in tables])[:-1]
     return VideoTable(shards=sum((t.shards for t in tables), ()),
                       shard=np.concatenate([t.shard + f for t, f in zip(tables, first)]),
-                      **{name: np.concatenate([getattr(t, name) for t in tables]) for name in
-                         ("frame_start", "num_frames", "height", "width", "label", "filename", "fps")})
+                      **{name: np.concatenate([getattr(t, name) for t in tables])
+                         for name in _PER_VIDEO if name != "shard"})
 
 
 def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool, global_batch: int = 0) -> MixPlan:
