@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from dali_video.index_tools import storage
-from dali_video.tools.bench.proxy import stop
+from dali_video.tools.bench.proxy import proxy_log, set_settings, stop
 
 REGION = "us-east-1"
 
@@ -66,23 +66,17 @@ class Server:
     proxy: str
     env: dict
 
-    def control(self, path: str, method: str = "GET", body=None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        with urllib.request.urlopen(urllib.request.Request(self.proxy + path, data=data, method=method),
-                                    timeout=10) as r:
-            return json.loads(r.read() or b"{}")
-
     def faults(self, delay: float = 0.0, fault: str | None = None, count: int = 0, match: str = ".tfrecord"):
         """Added latency per request, and the next ``count`` GETs of paths holding ``match`` failing
         as ``fault`` (tests/fault_proxy.py); no arguments: none."""
-        self.control("/__settings__", "POST", dict(delay=delay, fault=fault, count=count, match=match))
+        set_settings(self.proxy, delay=delay, fault=fault, count=count, match=match)
 
     def requests(self) -> dict:
         """The proxy's log since it was last cleared, and the most requests it saw in flight."""
-        return self.control("/__log__")
+        return proxy_log(self.proxy)
 
     def clear_log(self) -> None:
-        self.control("/__log__", "DELETE")
+        proxy_log(self.proxy, clear=True)
 
 
 @dataclass(frozen=True)

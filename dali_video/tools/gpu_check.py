@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..loader.resources import gpu_resources
-from ..loader.sampling import load_table, shard_files
+from .doctor import dataset_frames
 
 
 def _run(cmd, timeout, env=None) -> dict:
@@ -60,8 +60,7 @@ def gpu_read(data, seconds: float, out: Path) -> tuple[dict, bool]:
     if run["returncode"] != 0 or not results.exists():
         return run, False
     bench = json.loads(results.read_text())
-    table = load_table(shard_files(data))
-    hw = (int(table.height.max()), int(table.width.max()))
+    hw, _ = dataset_frames(data)
     return {**bench["systems"]["dali_video"], "device": bench["device"], "frame_hw": hw,
             "gpu_resources": gpu_resources(CLIP_LEN, hw, BATCH, crop_size=CROP), "bench": bench}, True
 

@@ -109,15 +109,19 @@ def _sizes(data, clip_len):
     return records / videos, frame_bytes / sum(ix.num_frame_rows for ix in indexes) * clip_len, videos
 
 
+def _proc(path: str, key: str) -> int:
+    """The number after ``key`` in this process's ``/proc/self/`` file ``path``."""
+    with open(f"/proc/self/{path}") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+
 def _bytes_read() -> int:
     """Bytes this process has read from files so far (read and pread, page cache or not)."""
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    return _proc("io", "rchar:")
 
 
 def _threads() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return _proc("status", "Threads:")
 
 
 def _time_batches(it, batches, batch_size, clip_len, start, seconds=None, proxy=None):

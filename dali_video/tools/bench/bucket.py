@@ -127,12 +127,10 @@ def _row(latency, name, r) -> str:
     def f(v, spec, width):
         return format(v, spec) if isinstance(v, (int, float)) else "n/m".rjust(width)
 
-    counted = "requests_per_clip" in r
+    mb = r.get("store_bytes_per_clip")  # the proxy's columns come together (bench._time_batches)
     return (f"{latency:>4} ms  {name:19} {f(r.get('clips_per_s'), '8.1f', 8)} "
-            f"{f(r.get('requests_per_clip') if counted else None, '9.3f', 9)} "
-            f"{f(r['store_bytes_per_clip'] / 1e6 if counted else None, '8.3f', 8)} "
-            f"{f(r.get('x_clip') if counted else None, '7.2f', 7)} "
-            f"{f(r.get('most_in_flight') if counted else None, '9d', 9)}")
+            f"{f(r.get('requests_per_clip'), '9.3f', 9)} {f(None if mb is None else mb / 1e6, '8.3f', 8)} "
+            f"{f(r.get('x_clip'), '7.2f', 7)} {f(r.get('most_in_flight'), '9d', 9)}")
 
 
 def main(args, data: str, shards: list[str], device: str) -> int:

@@ -171,11 +171,16 @@ def stop(proc) -> None:
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def set_settings(url: str, **values) -> None:
+    """Update the settings of the proxy at ``url``: ``delay`` (seconds added to every request from now
+    on), and the fault proxy's ``fault``, ``count``, ``match`` (tests/fault_proxy.py)."""
+    request = urllib.request.Request(f"{url}/__settings__", data=json.dumps(values).encode(), method="POST")
+    _direct.open(request, timeout=60).close()
+
+
 def set_delay(url: str, seconds: float) -> None:
     """Make the proxy at ``url`` add ``seconds`` to every request from now on."""
-    request = urllib.request.Request(f"{url}/__settings__", data=json.dumps({"delay": seconds}).encode(),
-                                     method="POST")
-    _direct.open(request, timeout=60).close()
+    set_settings(url, delay=seconds)
 
 
 def proxy_log(url: str, clear: bool = False) -> dict:
