@@ -1,5 +1,6 @@
 """writer: round trip through plain TensorFlow, determinism, resume after kill, bad input."""
 import json
+import shutil
 from pathlib import Path
 
 import tensorflow as tf
@@ -142,3 +143,14 @@ def test_rerun_with_other_options_is_refused_and_replace_rewrites(videos, tmp_pa
     second = {p.name: p.read_bytes() for p in tmp_path.glob("*.tfrecord")}
     assert first.keys() == second.keys() and all(first[k] != second[k] for k in first)
     assert all(verify(s) for s in tmp_path.glob("*.tfrecord"))
+
+
+def test_a_resumed_run_writes_a_missing_idx_again(videos, dataset, tmp_path):
+    # A shard whose DALI index (.idx) is gone is not complete: resuming writes it again, as the loader
+    # needs it, rather than keeping the shard and listing it in the manifest.
+    out = tmp_path / "ds"
+    shutil.copytree(dataset, out)
+    idx = sorted(out.glob("*.tfrecord.idx"))[1]
+    idx.unlink()
+    run_module("dali_video.writer", videos, out, "--resize", "0", "--num-shards", "3", "--workers", "1")
+    assert idx.read_bytes() == (dataset / idx.name).read_bytes()

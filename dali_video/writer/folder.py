@@ -29,8 +29,12 @@ class SplitState:
     seed: int | None = None  # None: not recorded
 
 
-def complete_index(shard: Path | str) -> FrameIndex | None:
-    """The frame index of a complete shard (its index is there and fits it), else None."""
+def complete_index(shard: Path | str, listed: set | None = None) -> FrameIndex | None:
+    """The frame index of a complete shard (its .idx is there, its frame index too and fits it), else
+    None. ``listed``: the names in the shard's folder, when the caller has listed it (no request then)."""
+    idx = fmt.idx_path(shard)
+    if not (storage.name(idx) in listed if listed is not None else storage.exists(idx)):
+        return None
     try:
         index = read_frame_index(fmt.fidx_path(shard))
         fmt.check_fresh(shard, index)
@@ -64,12 +68,14 @@ def read_folder(out: Path | str) -> tuple[dict[str, SplitState], dict[str, Frame
     """Every split that the writer's manifests and shards in ``out`` (a folder or a bucket prefix) hold,
     and the frame index of each complete shard by file name (each read once: a resumed run reuses them)."""
     manifests, shards = {}, collections.defaultdict(dict)
-    for path in storage.glob(out, "*"):
+    paths = storage.glob(out, "*")
+    listed = {storage.name(path) for path in paths}
+    for path in paths:
         name = storage.name(path)
         if name.endswith(fmt.MANIFEST_SUFFIX) and (split := writer_split(name)):
             manifests[split] = _manifest(path)
         elif parsed := fmt.parse_shard_name(name):
-            shards[parsed[0]][name] = complete_index(path)
+            shards[parsed[0]][name] = complete_index(path, listed)
     states = {}
     for split in sorted(manifests.keys() | shards.keys()):
         manifest, indexes = manifests.get(split, {}), shards[split]
