@@ -180,12 +180,9 @@ class DatasetPlan:
     on_error: Literal["skip", "fail"] = "skip"
     input_failures: tuple[Failure, ...] = ()
     reused: tuple[ShardResult, ...] = ()  # shards of this plan complete in out_dir when it was planned
-    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # shard name -> plan_digest(shard, opts)
 
     def __post_init__(self):
         _check_choice("on_error", self.on_error, ON_ERROR)
-        if not self.digests:  # plan_dataset passes those it computed for the folder check
-            object.__setattr__(self, "digests", {p.name: plan_digest(p, self.opts) for p in self.shards})
 
     @property
     def splits(self) -> list[str]:
@@ -313,7 +310,7 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
         for stale in out.glob(".*.tmp"):
             if writer_split(stale.name) is not None:
                 stale.unlink()
-    return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures, tuple(reused), digests)
+    return DatasetPlan(str(out), opts, tuple(shards), seed, on_error, input_failures, tuple(reused))
 
 
 def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOptions, seed: int) -> dict:
@@ -366,7 +363,7 @@ def _write_local(plan: DatasetPlan, workers: int, tick) -> list[ShardResult]:
     tick(sum(len(p.videos) for p in plan.shards) - sum(len(p.videos) for p in todo), 0)
     encoded = encode_all([(spec, plan.opts) for p in todo for spec in p.videos], workers)
     try:
-        return [_write_shard(storage.join(plan.out_dir, p.name), p, plan.opts, plan.digests[p.name], encoded,
+        return [_write_shard(storage.join(plan.out_dir, p.name), p, plan.opts, plan_digest(p, plan.opts), encoded,
                              plan.on_error, lambda frames: tick(1, frames)) for p in todo]
     finally:
         encoded.close()
