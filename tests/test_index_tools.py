@@ -214,13 +214,22 @@ def test_huge_length_field_is_rejected_without_allocating(tmp_path):
         list(fmt.scan_records(path))
 
 
+# Where the installed packages' sources live: dali_video.writer and dali_video.index_tools are the
+# repository's top-level writer/ and index_tools/ (pyproject.toml's package-dir).
+PACKAGE_DIRS = {("dali_video", "writer"): Path(ROOT, "writer"), ("dali_video", "index_tools"): Path(ROOT, "index_tools"),
+                ("dali_video",): Path(ROOT, "dali_video")}
+
+
 def _imports(path):
-    """What the modules at ``path`` (below dali_video/) import: the parts of dali_video (``loader``,
-    ``writer``, ``index_tools``, ``tools``) and other top-level packages, relative imports resolved."""
-    target = Path(ROOT, "dali_video", path)
+    """What the modules at ``path`` (a part of dali_video: ``loader``, ``writer``, ``index_tools``,
+    ``tools``, or a module below one) import: those parts and other top-level packages, relative
+    imports resolved."""
+    root = ("dali_video", Path(path).parts[0])
+    root = root if root in PACKAGE_DIRS else ("dali_video",)
+    target = Path(PACKAGE_DIRS[root], *Path(path).parts[len(root) - 1:])
     found = set()
     for module in [target] if target.suffix == ".py" else target.rglob("*.py"):
-        package = module.relative_to(ROOT).parent.parts  # ("dali_video", "loader", ...)
+        package = root + module.parent.relative_to(PACKAGE_DIRS[root]).parts  # ("dali_video", "loader", ...)
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -243,7 +252,8 @@ def test_layering():
     assert not _imports("loader") & {"writer", "tools"}
     assert _imports("__init__.py") - {"__future__", "importlib"} == {"loader"}
     library = Path(ROOT, "dali_video", "loader")
-    dali_users = {str(p.relative_to(library)) for p in library.rglob("*.py") if "nvidia" in _imports(p)}
+    dali_users = {str(p.relative_to(library)) for p in library.rglob("*.py")
+                  if "nvidia" in _imports(p.relative_to(library.parent))}
     assert dali_users == {"pipeline.py", "dataset.py", "native/__init__.py"}  # and only dataset.py for the TF plugin
     # setup.py runs the native build from its file, before the package's dependencies are there.
     assert _imports("loader/native/__init__.py") <= set(sys.stdlib_module_names) | {"nvidia"}

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import tomllib
 import zipfile
@@ -22,13 +23,15 @@ PYPROJECT = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())
 READ_TF = """
 import json, sys
 import dali_video
+import dali_video.index_tools, dali_video.writer
 from dali_video.loader import native
 from dali_video.tools.doctor import check_versions
 ds = dali_video.clip_dataset(sys.argv[1], batch_size=2, clip_len=4, crop_size=32, device="cpu",
                              seed=0)
 clips, labels = next(iter(ds))
 print(json.dumps({"shape": list(clips.shape), "package": dali_video.__file__, "library": str(native.load()),
-                  "version": dali_video.__version__, "doctor": check_versions()[2]}))
+                  "version": dali_video.__version__, "doctor": check_versions()[2],
+                  "parts": [dali_video.writer.__file__, dali_video.index_tools.__file__]}))
 """
 # The same through DALI alone (importing TensorFlow in 8 processes at once takes minutes on 2 cores).
 READ_DALI = """
@@ -128,6 +131,29 @@ def test_the_wheel_is_manylinux_as_auditwheel_sees_it(installed):
     assert shown["policy_upgrades"][tag] == {"libs_to_eliminate": ["libdali.so"]}
 
 
+def _sources(folder):
+    """The .py files of a folder of the repository, relative to it."""
+    return sorted(p.relative_to(Path(ROOT, folder)).as_posix() for p in Path(ROOT, folder).rglob("*.py"))
+
+
+@pytest.mark.slow
+def test_the_wheel_and_sdist_install_the_top_level_parts_under_dali_video(installed):
+    """The repository's writer/ and index_tools/ are installed as dali_video.writer and
+    dali_video.index_tools (pyproject.toml's package-dir): in the wheel under dali_video/, never as
+    top-level modules that a user's own writer.py would collide with; the sdist carries their sources."""
+    _, wheel, _ = installed
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if ".dist-info/" not in n]
+    for part in ("writer", "index_tools"):
+        assert sorted(n.removeprefix(f"dali_video/{part}/") for n in names if n.startswith(f"dali_video/{part}/")
+                      and n.endswith(".py")) == _sources(part)
+    assert {n.split("/")[0] for n in names} == {"dali_video"}
+    sdist = next(wheel.parent.glob("*.tar.gz"))
+    with tarfile.open(sdist) as t:
+        members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
+    assert {"writer/write.py", "index_tools/format.py", "dali_video/loader/dataset.py"} <= members
+
+
 @pytest.mark.slow
 def test_the_wheel_reads_clips_without_a_compiler(installed, dataset, tmp_path):
     python, _, figures = installed
@@ -139,6 +165,7 @@ def test_the_wheel_reads_clips_without_a_compiler(installed, dataset, tmp_path):
     got = json.loads(out.splitlines()[-1])
     package = Path(got["package"]).parent
     assert package.is_relative_to(python.parent.parent) and Path(got["library"]).parent == package / "loader/native/_build"
+    assert got["parts"] == [str(package / "writer/__init__.py"), str(package / "index_tools/__init__.py")]
     assert got["shape"][:2] == [2, 4]
     version = PYPROJECT["project"]["version"]
     assert got["version"] == version and f"dali_video {version}," in got["doctor"]
