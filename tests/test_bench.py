@@ -201,7 +201,11 @@ def test_the_bench_proxy_forwards_to_the_local_endpoint_it_accepted(host, monkey
         with bucket.counting_proxy("s3") as url:
             with urlopen(f"{url}/5", timeout=10) as answer:
                 assert answer.read() == b"xxxxx"
-            log = proxy_log(url)["log"]
+            # The proxy logs an answer as ended after its last byte went out, which the client may
+            # have read first: wait for that, a bounded while.
+            deadline = time.monotonic() + 10
+            while (log := proxy_log(url)["log"]) and log[-1]["status"] is None and time.monotonic() < deadline:
+                time.sleep(0.01)
     assert [(r["method"], r["path"], r["status"], r["bytes"]) for r in log] == [("GET", "/5", 200, 5)]
 
 
