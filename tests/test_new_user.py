@@ -135,8 +135,9 @@ def test_videos_shorter_than_a_clip_are_counted_once_and_skip_leaving_none_says_
                              f"15, stride 2); short_videos='repeat_last': their clips repeat the last frame") == 1
     longest = int(frames.max())
     with pytest.raises(ValueError, match=rf"every video is shorter than the clip span \({longest + 1} frames: "
-                                         rf"clip_len {longest + 1}, stride 1\): the longest, '\S+', has {longest} "
-                                         rf"frames; pass a smaller clip_len or stride, or short_videos="):
+                                         rf"clip_len {longest + 1}, stride 1\): the nearest to fit, '\S+', has "
+                                         rf"{longest} frames of the {longest + 1} its clips read; pass a smaller "
+                                         rf"clip_len or stride, or short_videos="):
         dali_video.steps_per_epoch(dataset, batch_size=2, clip_len=longest + 1, crop_size=16, short_videos="skip")
 
 

@@ -235,6 +235,67 @@ def test_target_fps_clips_read_the_planned_frames(dataset):
                                                                  6).tolist()
 
 
+
+@pytest.mark.parametrize("fps", [None, 12.0, 15.0, 25.0, 29.969999313354492, 60.0])
+def test_a_clips_extent_is_the_frames_it_reads(fps):
+    """A video of exactly the extent's frames ends on the clip's last frame; one frame fewer and the clip
+    reads past its end (so "loop" wraps its last frame to frame 0)."""
+    from dali_video.loader.sampling import clip_extent
+
+    for T, stride in ((1, 3), (2, 1), (3, 4), (8, 12), (12, 12), (16, 5), (13, 7)):
+        config = ClipConfig(clip_len=T, stride=stride, crop_size=8, target_fps=fps and 30.0, short_videos="loop")
+        if fps is None:
+            want = (T - 1) * stride + 1
+        else:  # the last of the frames SlowFast's temporal_sampling spreads over the clip size, from frame 0
+            want = 1 if T == 1 else int(np.floor(np.linspace(0, slowfast_clip_size(stride, T, 30.0, fps) - 1, T)[-1])) + 1
+        assert clip_extent(config, stride, fps or 0.0) == want, (T, stride)
+        assert frames_of(config, (want, 8, 8, fps or 0.0), 0, False)[-1] == want - 1
+        if want > 1:
+            assert frames_of(config, (want - 1, 8, 8, fps or 0.0), 0, False)[-1] == 0
+
+
+def test_target_fps_short_videos_loop_back_to_the_first_frame():
+    for n, fps in ((20, 25.0), (7, 15.0), (40, 60.0)):
+        config = ClipConfig(clip_len=8, stride=10, crop_size=8, target_fps=60.0, short_videos="loop")
+        read = np.floor(np.linspace(0, slowfast_clip_size(10, 8, 60.0, fps) - 1, 8)).astype(np.int64)
+        assert read[-1] >= n  # the clip is longer than the video
+        for training in (True, False):
+            assert frames_of(config, (n, 8, 8, fps), 0, training) == (read % n).tolist(), (n, training)
+
+
+def test_target_fps_decides_short_videos_on_each_videos_own_rate(dataset, caplog):
+    import dataclasses
+    import logging
+
+    from dali_video.loader.config import resolve
+    from dali_video.loader.sampling import usable_videos
+
+    table = load_table(dataset)  # 25 fps
+    n = table.num_frames
+    skip = ClipConfig(clip_len=8, stride=10, crop_size=16, target_fps=60.0, short_videos="skip")
+    with caplog.at_level(logging.WARNING, logger="dali_video"):
+        rows = usable_videos(table, skip)  # 8 frames over 10 * 8 / 60 * 25 = 33.3 stored frames
+    assert 0 < len(rows) < len(table) and rows.tolist() == np.flatnonzero(n >= 33).tolist()
+    assert caplog.text.count(f"{int((n < 33).sum())} of {len(table)} videos are shorter than the clip span (33 "
+                             f"frames: clip_len 8, stride 10, target_fps 60 at 25 fps); short_videos='skip': they "
+                             f"are skipped") == 1
+    # Each video by its own rate: at 12.5 fps a clip reads 16 frames, at 50 fps 66.
+    rates = np.where(np.arange(len(table)) % 2, 50.0, 12.5)
+    mixed = dataclasses.replace(table, fps=rates)
+    assert usable_videos(mixed, skip).tolist() == np.flatnonzero(n >= np.where(rates == 50.0, 66, 16)).tolist()
+    longest = int(n.max())
+    with pytest.raises(ValueError, match=rf"every video is shorter than the clip span \(66 frames: clip_len 8, stride "
+                                         rf"20, target_fps 60 at 25 fps\): the nearest to fit, '\S+', has {longest} "
+                                         rf"frames of the 66 its clips read; pass a smaller clip_len or stride"):
+        usable_videos(table, skip.replace(stride=20))
+    # The docs' Mixture recipe (x3d_m: 16 frames 5 apart at 30 fps) over videos of 68 frames at 15 fps: 40 read.
+    caplog.clear()
+    footage = dataclasses.replace(table, num_frames=np.full(len(table), 68), fps=np.full(len(table), 15.0))
+    with caplog.at_level(logging.WARNING, logger="dali_video"):
+        assert len(usable_videos(footage, resolve("x3d_m", True, dict(clip_len=16, crop_size=16)))) == len(table)
+    assert "shorter" not in caplog.text
+
+
 # ---------------------------------------------------------------- test views
 
 def mmaction_test_offsets(num_frames, clip_len, frame_interval, num_clips):

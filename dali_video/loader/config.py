@@ -63,8 +63,8 @@ class ClipConfig:
     color_jitter: ``(brightness, contrast, saturation, hue)``: factors drawn per clip, uniform in
         ``[max(0, 1 - x), 1 + x]`` for the first three and ``[-hue, hue]`` (a fraction of the colour
         circle, at most 0.5) for hue; applied with DALI's ``color_twist``. None: off.
-    short_videos: videos shorter than a clip repeat their last frame, loop, or are skipped (at the
-        largest stride).
+    short_videos: videos shorter than the frames a clip reads (at the largest stride; with target_fps at
+        the video's own rate) repeat their last frame, loop, or are skipped.
     clips_per_video: training: K differently drawn clips of each video per epoch, next to each other
         (repeated augmentation); evaluation: K evenly spaced clips.
     num_crops: evaluation crops per clip: 1 (centre) or 3 (both ends and the middle of the longer side).
@@ -169,12 +169,6 @@ class ClipConfig:
     def resize_range(self) -> tuple[int, int]:
         """(low, high) shorter side, (0, 0) without resizing."""
         return (0, 0) if self.resize_shorter is None else _int_range("resize_shorter", self.resize_shorter, 1)
-
-    @property
-    def span(self) -> int:
-        """Frames the longest clip covers from its first to its last frame, as stored (segments: T, one per
-        segment); ``short_videos="skip"`` skips videos shorter than this (with target_fps too)."""
-        return self.clip_len if self.sampling == "segments" else (self.clip_len - 1) * self.strides[1] + 1
 
     @property
     def resizes(self) -> bool:

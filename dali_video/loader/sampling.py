@@ -158,21 +158,50 @@ _SHORT_DOES = {"repeat_last": "their clips repeat the last frame", "loop": "thei
                "skip": "they are skipped"}
 
 
+def clip_extent(config: ClipConfig, stride: int, fps):
+    """The stored frames a clip at ``stride`` reads from its first to its last, per rate in ``fps`` (an array
+    or a number; the specification's extent): a video with fewer frames is short."""
+    t, fps = config.clip_len, np.asarray(fps, np.float64)
+    if config.target_fps and t > 1:
+        span = np.maximum(1.0, np.float64(stride * t) / _f32(config.target_fps) * fps)  # S, as the plan has it
+        return np.floor(span).astype(np.int64)
+    return np.full(fps.shape, t if config.sampling == "segments" else (t - 1) * stride + 1, np.int64)
+
+
+def _span_text(spec: ClipConfig, extent: np.ndarray, fps: np.ndarray) -> str:
+    """The clip span of some videos in words: their extents and what makes them."""
+    what = f"clip_len {spec.clip_len}, stride {spec.strides[1]}"
+    if spec.target_fps:
+        lo, hi = fps.min(), fps.max()
+        what += f", target_fps {spec.target_fps:g} at " + (f"{lo:g} fps" if lo == hi else f"{lo:g} to {hi:g} fps")
+    lo, hi = extent.min(), extent.max()
+    return f"the clip span ({lo} frames: {what})" if lo == hi else f"their clip spans ({lo} to {hi} frames: {what})"
+
+
 def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
-    """Rows of the videos a clip can be taken from; checks sizes against the crop."""
+    """Rows of the videos a clip can be taken from; checks sizes against the crop. A video is short when it
+    holds fewer frames than its clips read at the largest stride (:func:`clip_extent`, at its own rate)."""
     empty = (table.num_frames < 1) | (np.minimum(table.height, table.width) < 1)
-    short = ~empty & (table.num_frames < spec.span)
     if empty.any():
         log.warning("%d videos have no frames, or no frame size in their index, and are skipped (check them "
                     "with: dali-video-index inspect)", int(empty.sum()))
-    span = f"the clip span ({spec.span} frames: clip_len {spec.clip_len}, stride {spec.strides[1]})"
+    if spec.target_fps is not None and (unknown := ~empty & (table.fps <= 0)).any():
+        i = int(np.flatnonzero(unknown)[0])
+        shard = fmt.shard_of(table.shards[table.shard[i]].path)
+        raise ValueError(f"target_fps ({spec.target_fps:g}) needs each video's frame rate: video "
+                         f"{str(table.filename[i])!r} in {shard} has none in its index ({int(unknown.sum())} "
+                         f"videos); give their rate with: dali-video-index build --fps <rate> {shard}")
+    # Per video, so a range of a video's frames could stand for its num_frames here.
+    extent = clip_extent(spec, spec.strides[1], table.fps)
+    short = ~empty & (table.num_frames < extent)
     if short.any():
-        log.warning("%d of %d videos are shorter than %s; short_videos=%r: %s", int(short.sum()), len(table), span,
-                    spec.short_videos, _SHORT_DOES[spec.short_videos])
+        log.warning("%d of %d videos are shorter than %s; short_videos=%r: %s", int(short.sum()), len(table),
+                    _span_text(spec, extent[short], table.fps[short]), spec.short_videos, _SHORT_DOES[spec.short_videos])
     if spec.short_videos == "skip" and short.any() and not (~empty & ~short).any():
-        i = int(np.argmax(table.num_frames))
-        raise ValueError(f"every video is shorter than {span}: the longest, {str(table.filename[i])!r}, has "
-                         f"{table.num_frames[i]} frames; pass a smaller clip_len or stride, or "
+        i = int(np.argmax(np.where(empty, np.iinfo(np.int64).min, table.num_frames - extent)))
+        raise ValueError(f"every video is shorter than {_span_text(spec, extent[~empty], table.fps[~empty])}: the "
+                         f"nearest to fit, {str(table.filename[i])!r}, has {table.num_frames[i]} frames of the "
+                         f"{extent[i]} its clips read; pass a smaller clip_len or stride, or "
                          f"short_videos='repeat_last' or 'loop'")
     huge = (table.height > MAX_INT) | (table.width > MAX_INT)
     if huge.any():
@@ -180,12 +209,6 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
         raise FormatError(f"{table.shards[table.shard[i]].path}: video {str(table.filename[i])!r} is "
                           f"{table.width[i]}x{table.height[i]} in the index, beyond JPEG's {MAX_INT} pixels: corrupt "
                           f"index; rebuild it with: dali-video-index build")
-    if spec.target_fps is not None and (unknown := ~empty & (table.fps <= 0)).any():
-        i = int(np.flatnonzero(unknown)[0])
-        shard = fmt.shard_of(table.shards[table.shard[i]].path)
-        raise ValueError(f"target_fps ({spec.target_fps:g}) needs each video's frame rate: video "
-                         f"{str(table.filename[i])!r} in {shard} has none in its index ({int(unknown.sum())} "
-                         f"videos); give their rate with: dali-video-index build --fps <rate> {shard}")
     keep = ~empty & ~(short if spec.short_videos == "skip" else False)
     shorter = np.minimum(table.height, table.width)
     small = keep & (shorter < spec.crop_size) if not spec.resizes else np.zeros_like(keep)
@@ -249,14 +272,19 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 #   stride:     start + t*stride, taken modulo n ("loop") or capped at n - 1 ("repeat_last").
 #   target_fps: span S = max(1, stride * T / target_fps * fps) (the video's fps; doubles, in this order),
 #               D = max(n - S, 0); start = uniform(f1, floor(D) + 1) (training) or view_start(view, D);
-#               end = start + S - 1; frame t = clamp(floor(t * ((end - start) / (T - 1)) + start), 0, n - 1)
-#               (numpy's linspace: the last is floor(end); T = 1: floor(start)).
+#               end = start + S - 1; frame t = floor(t * ((end - start) / (T - 1)) + start) (numpy's
+#               linspace: the last is floor(end); T = 1: floor(start)), then as for stride (SlowFast clamps:
+#               "repeat_last").
 #   segments:   h_t = hash(hash(draws, 9), t).  "slowfast": z = (n - 1) / T, a = round_even(z * t),
 #               b = round_even(z * (t + 1)); training a + uniform(h_t, b - a + 1), evaluation (a + b) // 2.
 #               "tsn": training: a = n // T; t * a + uniform(h_t, a) if a > 0, else round_even(t * (n / T));
 #               evaluation: a = n / T, int(a * t + a / 2), or with twice_sample for odd views int(a * t).
 #               Then, as for stride, modulo n ("loop") or capped ("repeat_last"): TSN's rule rounds past the
 #               end of videos shorter than T / 2. The plan's start is frame 0, its stride 0.
+# A clip's extent (clip_extent): the stored frames it reads from its first to its last, at stride s:
+#   (T - 1) * s + 1; target_fps: floor(S) for T > 1 (from start 0 its last frame is floor(S - 1)), else 1;
+#   segments: T. A video of n frames is short when n < extent at the largest stride (at its own fps with
+#   target_fps): only then does a clip read past frame n - 1, which short_videos resolves.
 # (rh, rw) is the frame after resizing its shorter side s to R: (rdiv(h*R, s), rdiv(w*R, s)); without
 # resizing the frame itself. The window in stored pixels: h' = min(height, max(1, rdiv(h*s, R))), likewise
 # w', y' = min(rdiv(y*s, R), height - h'), likewise x' (without resizing, as drawn).
@@ -461,8 +489,8 @@ def _frames(plan: PlanSpec, view: int, draws: int, start: int, stride: int, n: i
         first = float(_uniform(_hash(draws, 1), int(room) + 1)) if train else _view_start(cfg, view, room)
         end = first + span - 1
         at = [first] if t == 1 else [i * ((end - first) / (t - 1)) + first for i in range(t - 1)] + [end]
-        return np.clip(np.floor(at).astype(np.int64), 0, n - 1)
-    if cfg.sampling == "segments":
+        idx = np.floor(at).astype(np.int64)
+    elif cfg.sampling == "segments":
         idx = np.array([_segment_frame(cfg, train, view, draws, n, i) for i in range(t)], np.int64)
     else:
         idx = start + np.arange(t) * stride

@@ -196,18 +196,20 @@ void color(const Spec &s, u64 draws, Plan &p) {
 // Frame t of the clip (stored frame number): see the specification.
 int64_t frame_number(const Spec &s, const Plan &p, const Video &v, int64_t t) {
   const int64_t n = v.num_frames;
+  int64_t f = p.start + t * p.stride;
   if (s.sampling == kStride && s.target_fps > 0) {
-    // floor(linspace(start, start + span - 1, T))[t], as numpy computes it, clamped to the video
+    // floor(linspace(start, start + span - 1, T))[t], as numpy computes it
     const double span = fps_span(s, p.stride, v), room = std::max(static_cast<double>(n) - span, 0.0);
     const double start = s.training ? static_cast<double>(uniform(hash(p.draws, 1), static_cast<int64_t>(room) + 1))
                                     : view_start(s, p.view, room);
     const double end = start + span - 1;
     const int64_t div = s.clip_len - 1;  // numpy's linspace: t * step + start, the last one exactly `end`
     const double at = t == div && div ? end : div ? static_cast<double>(t) * ((end - start) / div) + start : start;
-    return std::min(std::max<int64_t>(static_cast<int64_t>(std::floor(at)), 0), n - 1);
+    f = static_cast<int64_t>(std::floor(at));
+  } else if (s.sampling == kSegments) {
+    f = segment_frame(s, p, n, t);  // TSN's rule can round past the end of videos shorter than T/2
   }
-  // TSN's rule can round past the end of videos shorter than T/2 (MMAction2 then loops by default).
-  const int64_t f = s.sampling == kSegments ? segment_frame(s, p, n, t) : p.start + t * p.stride;
+  // Past the end only in videos shorter than the clip's extent (sampling.py: clip_extent).
   return s.short_videos == kLoop ? f % n : std::min(f, n - 1);
 }
 
