@@ -1,5 +1,6 @@
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -19,6 +20,30 @@ def run_module(module, *args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def with_dropped_frames(path, gaps: int):
+    """Rewrite an MJPG ``.avi`` (as make_video writes it) so that ``gaps`` empty chunks, AVI's dropped frames,
+    follow each coded frame: its header then claims (1 + gaps) times the frames at the rate it gave, while
+    the decoded frames' timestamps lie 1 + gaps frame times apart (a variable-rate AVI)."""
+    data = bytearray(path.read_bytes())
+    movi = data.index(b"movi") - 8  # the LIST chunk holding the frames, then idx1
+    end = movi + 8 + struct.unpack_from("<I", data, movi + 4)[0]
+    frames, at = [], movi + 12
+    while at < end:
+        size = struct.unpack_from("<I", data, at + 4)[0]
+        frames.append(bytes(data[at + 8:at + 8 + size]))
+        at += 8 + size + (size & 1)
+    body, index = bytearray(b"movi"), bytearray()
+    for chunk in (c for frame in frames for c in [frame] + [b""] * gaps):
+        index += struct.pack("<4sIII", b"00dc", 0x10 if chunk else 0, len(body), len(chunk))  # 0x10: key frame
+        body += struct.pack("<4sI", b"00dc", len(chunk)) + chunk + b"\0" * (len(chunk) & 1)
+    out = data[:movi] + b"LIST" + struct.pack("<I", len(body)) + body + b"idx1" + struct.pack("<I", len(index)) + index
+    for tag, offset in ((b"avih", 24), (b"strh", 40)):  # dwTotalFrames, dwLength
+        struct.pack_into("<I", out, out.index(tag) + offset, len(frames) * (1 + gaps))
+    struct.pack_into("<I", out, 4, len(out) - 8)  # the RIFF size
+    path.write_bytes(bytes(out))
+    return path
 
 
 @pytest.fixture(scope="session")

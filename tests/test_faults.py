@@ -81,18 +81,21 @@ def test_truncated_mp4_is_skipped_and_truncated_avi_keeps_only_whole_frames(tmp_
         assert numbers(clip[0]) == list(range(clip[3], clip[3] + 5))
 
 
-def test_header_that_lies_about_frame_count_is_not_trusted(tmp_path):
+@pytest.mark.parametrize("max_frames, warns", [(None, True), (120, True), (12, False), (5, False)])
+def test_header_that_lies_about_frame_count_is_not_trusted(tmp_path, max_frames, warns):
     path = make_video(tmp_path / "v" / "c" / "lie.avi", 12)
     data = bytearray(path.read_bytes())
     for tag, offset in ((b"avih", 24), (b"strh", 40)):  # dwTotalFrames, dwLength
         i = data.index(tag)
         data[i + offset:i + offset + 4] = (500).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    out = encode_video(VideoSpec(str(path), "lie.avi", 0, "c", "train"), EncodeOptions(resize_shorter=0))
-    assert len(out.spans) == 12
+    out = encode_video(VideoSpec(str(path), "lie.avi", 0, "c", "train"),
+                       EncodeOptions(resize_shorter=0, max_frames=max_frames))
+    kept = min(12, max_frames or 12)
     assert [frame_number(__import__("cv2").imdecode(np.frombuffer(out.data[o:o + n], np.uint8), 1)[..., ::-1])
-            for o, n in out.spans] == list(range(12))
-    assert out.warning is None or "claims 500" in out.warning
+            for o, n in out.spans] == list(range(kept))
+    # Fewer frames than both the header claims and max_frames keeps: the video is shorter than it says.
+    assert out.warning == ("decoded 12 frames, the container header claims 500" if warns else None)
 
 
 class _FakeCapture:

@@ -3,13 +3,16 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import tensorflow as tf
 
 from dali_video.tools.sample_data import frame_number, make_video
 from dali_video.index_tools import verify
+from dali_video.loader.sampling import load_table
 from dali_video.writer import EncodeOptions, VideoSpec, encode_video, plan_shards
+from dali_video.writer.encode import RATE_TOLERANCE, frame_rate
 
-from .conftest import run_module
+from .conftest import run_module, with_dropped_frames
 
 
 def _read_with_tensorflow(shards):
@@ -67,6 +70,35 @@ def test_resize_fps_and_max_frames(tmp_path):
     assert (out.meta.height, out.meta.width) == (30, 40)
     frames = [tf.io.decode_jpeg(out.data[o:o + n]).numpy() for o, n in out.spans]
     assert [frame_number(f) for f in frames] == list(range(0, 20, 2))
+
+
+def test_the_rate_comes_from_the_frames_timestamps_where_the_header_disagrees(tmp_path):
+    # 10 coded frames, each followed by 5 dropped ones: the header says 60 frames at 15 fps, the frames
+    # lie 0.4 s apart (2.5 fps); as a video of 68 frames over 29.5 s whose header claims 444 at 15 fps.
+    path = with_dropped_frames(make_video(tmp_path / "v" / "c" / "vfr.avi", 10, fps=15), 5)
+    out = encode_video(VideoSpec(str(path), "c/vfr.avi", 0, "c", "train"), EncodeOptions(resize_shorter=0))
+    assert [frame_number(tf.io.decode_jpeg(out.data[o:o + n]).numpy()) for o, n in out.spans] == list(range(10))
+    report = ("decoded 10 frames, the container header claims 60; the frames' timestamps give 2.5 fps (10 frames "
+              "over 3.6 s), the container header 15 fps: their rate is used (stored 2.5 fps)")
+    assert (out.meta.fps, out.warning) == (2.5, report)
+    proc = run_module("dali_video.writer", tmp_path / "v", tmp_path / "out", "--resize", "0")
+    assert f"warning c/vfr.avi: {report}" in proc.stdout
+    assert load_table(tmp_path / "out").fps.tolist() == [2.5]
+    # Resampling keeps at most the frames' own rate.
+    assert encode_video(VideoSpec(str(path), "c/vfr.avi", 0, "c", "train"),
+                        EncodeOptions(resize_shorter=0, fps=10)).meta.fps == 2.5
+
+
+def test_the_header_rate_stands_within_the_tolerance():
+    stamps = lambda fps, n=30: [i * 1000 / fps for i in range(n)]  # noqa: E731
+    assert RATE_TOLERANCE == 0.05
+    for measured in (25.0, 25 * 1.049, 25 * 0.951):
+        assert frame_rate(25.0, stamps(measured)) == (25.0, None)
+    for measured in (25 * 1.051, 25 * 0.949, 2.5):
+        fps, note = frame_rate(25.0, stamps(measured))
+        assert fps == pytest.approx(measured) and "the container header 25 fps: their rate is used" in note
+    assert frame_rate(0.0, stamps(12.0))[0] == pytest.approx(12.0)  # a header without a rate
+    assert frame_rate(25.0, [40.0]) == frame_rate(25.0, [40.0, 40.0]) == (25.0, None)  # nothing to measure
 
 
 def test_kinetics_csv_trims_full_videos_and_finds_trimmed_clips(tmp_path):

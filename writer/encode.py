@@ -77,8 +77,9 @@ def _output_size(h: int, w: int, shorter: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _frames(cap, spec: VideoSpec, opts: EncodeOptions):
-    """Decoded BGR frames of the kept segment, resampled; yields ``(index, frame)``."""
+def _frames(cap, spec: VideoSpec, opts: EncodeOptions, stamps: list):
+    """Decoded BGR frames of the kept segment, resampled; yields ``(index, frame)`` and appends the timestamp
+    (ms) of every frame decoded in the segment, resampling's dropped ones too, to ``stamps``."""
     start_ms = (spec.start or 0.0) * 1000
     end_ms = spec.end * 1000 if spec.end is not None else math.inf
     if spec.start:
@@ -93,6 +94,7 @@ def _frames(cap, spec: VideoSpec, opts: EncodeOptions):
             continue
         if ts >= end_ms:
             return
+        stamps.append(ts)
         if opts.fps:
             s = math.floor((ts - start_ms) * opts.fps / 1000 + 1e-6)
             if s <= slot:
@@ -122,6 +124,25 @@ def _encode_frames(frames, opts: EncodeOptions):
     return jpegs, size
 
 
+# The frames' timestamps decide the rate when it differs from the container header's by more than this
+# fraction: a header can claim 15 fps for 68 frames spread over 29.5 s (each a dropped-frame gap apart).
+RATE_TOLERANCE = 0.05
+
+
+def frame_rate(header_fps: float, stamps) -> tuple[float, str | None]:
+    """The rate of decoded frames with timestamps ``stamps`` (ms): the container header's, unless the frames'
+    mean interval gives one more than RATE_TOLERANCE away from it (or the header gives none); then that one,
+    with a note for the writer's report."""
+    if len(stamps) < 2 or (spanned := max(stamps) - min(stamps)) <= 0:
+        return header_fps, None
+    measured = (len(stamps) - 1) * 1000 / spanned
+    if header_fps > 0 and abs(measured - header_fps) <= RATE_TOLERANCE * header_fps:
+        return header_fps, None
+    header = f"{header_fps:g} fps" if header_fps > 0 else "no rate"
+    return measured, (f"the frames' timestamps give {measured:.4g} fps ({len(stamps)} frames over "
+                      f"{spanned / 1000:.4g} s), the container header {header}: their rate is used")
+
+
 def _check_container(path: str) -> None:
     try:
         with open(path, "rb") as f:
@@ -137,18 +158,22 @@ def encode_video(spec: VideoSpec, opts: EncodeOptions) -> EncodedVideo:
     with open_video(spec.path) as cap:
         if not cap.isOpened():
             raise VideoError("cannot open: unreadable or not a video")
-        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        # The stored frames' rate: resampling drops frames, never adds them. float32, as the record holds it.
-        source_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = float(np.float32(min(opts.fps, source_fps or opts.fps) if opts.fps else source_fps))
-        jpegs, size = _encode_frames(_frames(cap, spec, opts), opts)
+        header_count, header_fps, stamps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS), []
+        jpegs, size = _encode_frames(_frames(cap, spec, opts, stamps), opts)
+    source_fps, rate_note = frame_rate(header_fps or 0.0, stamps)
     if not jpegs:
         where = f" in segment [{spec.start:g}, {spec.end:g}) s" if spec.start is not None else ""
         raise VideoError(f"no decodable frames{where} (empty, truncated, or the segment lies outside the video)")
-    warning = None
-    if header_count and spec.start is None and not opts.fps and not opts.max_frames \
-            and header_count != len(jpegs):
-        warning = f"decoded {len(jpegs)} frames, the container header claims {header_count}"
+    # The stored frames' rate: resampling drops frames, never adds them. float32, as the record holds it.
+    fps = float(np.float32(min(opts.fps, source_fps or opts.fps) if opts.fps else source_fps))
+    warnings = []
+    # max_frames keeps at most that many: fewer decoded than both it and the header is a truncated video.
+    if header_count and spec.start is None and not opts.fps \
+            and len(jpegs) != min(header_count, opts.max_frames or header_count):
+        warnings.append(f"decoded {len(jpegs)} frames, the container header claims {header_count}")
+    if rate_note:
+        warnings.append(f"{rate_note} (stored {fps:.4g} fps)")
+    warning = "; ".join(warnings) or None
     meta = VideoMeta(label=spec.label, filename=spec.filename, class_text=spec.class_text,
                      height=size[0], width=size[1], fps=fps)
     data, spans = encode_example({
