@@ -40,9 +40,10 @@ def test_the_docs_build_strictly(tmp_path):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """videos/ and data/ as the examples name them: frames large enough for their 224-pixel crops."""
+    """videos/ and data/ as the examples name them: frames large enough for their 224-pixel crops, videos long
+    enough for their recipes (x3d_m's 16 frames 5 apart at 30 fps read 66 frames at 25 fps)."""
     root = tmp_path_factory.mktemp("examples")
-    make_folder_dataset(root / "videos", videos_per_class=2, frames=(20, 24), height=256, width=288)
+    make_folder_dataset(root / "videos", videos_per_class=2, frames=(66, 70), height=256, width=288)
     run_module("dali_video.writer", root / "videos", root / "data", "--resize", "0", "--workers", "1")
     return root
 
