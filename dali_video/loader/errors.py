@@ -44,3 +44,29 @@ def reader_errors():
         if message is None or isinstance(e, ReaderError):
             raise
         raise ReaderError(message, str(e)) from None
+
+
+def tensorflow(what: str):
+    """TensorFlow, imported for ``dali_video.<what>``; where it is not installed (a DALI-only install,
+    docs/install.md), an ImportError that says so and names the way without it."""
+    try:
+        import tensorflow as tf
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow":
+            raise
+        raise ImportError(f"dali_video.{what} needs TensorFlow, which is not installed here: pip install dali-video "
+                          f"with its dependencies (TensorFlow among them), or read clips without TensorFlow with "
+                          f"dali_video.clip_pipeline (docs/install.md, \"Without TensorFlow\")") from None
+    return tf
+
+
+def dali_tf_plugin(what: str):
+    """DALI's TensorFlow plugin for ``dali_video.<what>``, or an ImportError naming how to install it."""
+    tensorflow(what)
+    try:
+        from nvidia.dali.plugin import tf as dali_tf
+    except ModuleNotFoundError as e:
+        raise ImportError(f"dali_video.{what} needs DALI's TensorFlow plugin, which is not installed here ({e}): "
+                          f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
+                          f"pyproject.toml's tf-plugin extra (make setup does)") from None
+    return dali_tf
