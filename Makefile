@@ -36,11 +36,12 @@ bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
 
-# On a GPU host: the doctor, the GPU tests (DALI_VIDEO_REQUIRE_GPU=1) and a 60 s GPU read of the sample
-# data (dali-video-bench --device gpu --seconds 60 --quick), in one report, gpu-check.json, to send back
-# (README, GPU hosts). Under 10 minutes after setup.
+# On a GPU host: dali-video-gpu-check (DALI alone, under 5 minutes: GPU vs CPU parity, clips/s, threads and
+# memory against gpu_resources, the hardware JPEG decoder; fit where TensorFlow is there) writes
+# gpu-check.json to send back (docs/gpu-hosts.md); then the GPU tests, which must not skip there.
 gpu-check: setup
-	$(BIN)/python -m dali_video.tools.gpu_check --out gpu-check.json
+	$(BIN)/dali-video-gpu-check --out gpu-check.json
+	DALI_VIDEO_REQUIRE_GPU=1 $(BIN)/python -m pytest -q -ra -m gpu tests
 
 # The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
 # TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).

@@ -26,10 +26,11 @@ def _site_dirs() -> list[Path]:
     return [Path(p) for p in dict.fromkeys(sys.path) if p.endswith("site-packages") and Path(p).is_dir()]
 
 
-def _link_all(source: Path, dest: Path, skip=()) -> None:
-    """Symlink every entry of ``source`` into ``dest`` that ``dest`` lacks (the first found wins)."""
+def _link_all(source: Path, dest: Path, skip=(), but=()) -> None:
+    """Symlink every entry of ``source`` into ``dest`` that ``dest`` lacks (the first found wins), but
+    those whose name starts with one of ``skip`` or is one of ``but``."""
     for entry in source.iterdir():
-        if not entry.name.startswith(skip) and not (dest / entry.name).exists():
+        if not entry.name.startswith(skip) and entry.name not in but and not (dest / entry.name).exists():
             (dest / entry.name).symlink_to(entry)
 
 
@@ -52,7 +53,7 @@ def tf_free(tmp_path_factory):
                 (site / entry.name).symlink_to(entry)
         if (folder / "nvidia").is_dir():  # DALI's namespace, less its TF plugin
             _link_all(folder / "nvidia", deps / "nvidia", skip=("dali_tf_plugin",))
-        _link_all(folder, deps, skip=(*HIDDEN, "nvidia", "__editable__"))
+        _link_all(folder, deps, skip=(*HIDDEN, "__editable__"), but=("nvidia",))
     if not all((deps / "nvidia" / sub).is_dir() for sub in HEADER_WHEELS[12]):
         pins = PYPROJECT["project"]["optional-dependencies"]["cuda12-headers"]
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
