@@ -292,7 +292,7 @@ def table(report: dict) -> str:
     lines = ["parity GPU vs CPU (levels 0-255):", f"  {'T':>3} {'dtype':8} {'hw load':>7} {'max':>6} {'mean':>7}  ok"]
     lines += [f"  {r['clip_len']:>3} {r['dtype']:8} {r['hw_decoder_load']:>7} {r.get('max_diff', '-'):>6} "
               f"{r.get('mean_diff', '-'):>7}  {r['ok']}" for r in report["parity"]]
-    lines += ["GPU pipeline alone, B=8 (measured / gpu_resources):",
+    lines += [f"GPU pipeline alone, B={BATCH} (measured / gpu_resources):",
               f"  {'T':>3} {'hw load':>7} {'clips/s':>8} {'frames/s':>9} {'threads':>9} {'device MiB':>13} "
               f"{'pinned MiB':>13}"]
     for r in report["throughput"]:
