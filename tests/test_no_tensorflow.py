@@ -4,13 +4,17 @@ wheels (pyproject.toml's cuda12-headers extra), reads clips with ``clip_pipeline
 the TensorFlow functions by name, and runs ``dali-video-gpu-check``, which says "no GPU" here."""
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
-import sysconfig
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from dali_video.loader.gpu import usable_gpus
 from dali_video.loader.native import HEADER_WHEELS
@@ -128,3 +132,101 @@ def test_gpu_check_says_no_gpu_with_its_json(tf_free):
     assert report["ok"] is False and report["gpu"] is None and report["why"].startswith("no GPU (")
     assert report["versions"]["tensorflow"] is None and report["versions"]["dali"] == "2.4.0"
     assert report["cpu_pipeline"]["clips"] == [2, 16, 224, 224, 3], report["cpu_pipeline"]
+
+
+# Install lines of the docs (Install, "Without TensorFlow"; GPU hosts, "Offline install for GPU hosts").
+VALUE_FLAGS = {"--dest", "--python-version", "--implementation", "--abi", "--platform", "--find-links"}
+TF = {"tensorflow", "tf-keras"}
+DALI_CUDA12 = {"nvidia-dali-cuda120", "nvidia-nvimgcodec-cu12", "nvidia-nvjpeg-cu12"}
+# What DALI for CUDA 13 and its decoder require (their wheels' METADATA, Requires-Dist, as PyPI serves
+# it to `pip install --dry-run --report`): the pins must meet these, checked without the network.
+CUDA13_REQUIRES = {
+    "nvidia-dali-cuda130": ["astunparse<=1.6.3,>=1.6.0", "gast<=0.7.0,>=0.3.3", "six<=1.17,>=1.16", "optree",
+                            "packaging<=26.3", "numpy", "nvtx", "makefun", "libcst~=1.8",
+                            "nvidia-nvimgcodec-cu13[all]<0.10.0,>=0.9.0", "nvidia-libnvcomp-cu13==5.3.0.16"],
+    "nvidia-nvimgcodec-cu13": ['nvidia-nvjpeg; extra == "all"', 'nvidia-nvjpeg2k-cu13; extra == "all"',
+                               'nvidia-nvtiff-cu13>=0.8.0; extra == "all"',
+                               'nvidia-libnvcomp-cu13<6,>=5; extra == "all"'],
+}
+
+
+def _commands(doc: str, start: str) -> list[list[str]]:
+    return [shlex.split(line, comments=True) for line in Path(ROOT, "docs", doc).read_text().splitlines() if line.startswith(start)]
+
+
+def _requirements(words) -> set[str]:
+    """The requirement arguments of a pip command line (no flags, no flag values, no wheel files)."""
+    out, skip = set(), False
+    for w in words[2:]:
+        if skip or w.startswith("-"):
+            skip = not skip and w in VALUE_FLAGS
+            continue
+        if not w.startswith(("wheels/", "dist/", "dali_video-")):
+            out.add(str(Requirement(w)))
+    return out
+
+
+def _named(requirements) -> dict[str, Requirement]:
+    return {canonicalize_name(r.name): r for r in map(Requirement, requirements)}
+
+
+def _sets() -> dict[str, set[str]]:
+    project, extras = PYPROJECT["project"], PYPROJECT["project"]["optional-dependencies"]
+    cuda12 = [r for r in project["dependencies"] if canonicalize_name(Requirement(r).name) not in TF]
+    cuda13 = [r for r in cuda12 if canonicalize_name(Requirement(r).name) not in DALI_CUDA12]
+    cuda13 += PYPROJECT["tool"]["dali-video"]["dali-cuda13"] + extras["cuda13-headers"]
+    return {k: {str(Requirement(r)) for r in v} for k, v in (("cuda12", cuda12), ("cuda13", cuda13),
+            ("cuda12-headers", extras["cuda12-headers"]), ("cuda13-headers", extras["cuda13-headers"]))}
+
+
+def test_the_install_lines_are_pyprojects_pins():
+    sets = _sets()
+    download = {("cuda13" if "nvidia-dali-cuda130==2.4.0" in words else "cuda12"): words
+                for words in _commands("gpu-hosts.md", "pip download") if "--no-binary=:all:" not in words
+                and not any(w.endswith("[cuda]") for w in words)}
+    assert {k: _requirements(w) for k, w in download.items()} == {"cuda12": sets["cuda12"], "cuda13": sets["cuda13"]}
+    host = [w for w in _commands("gpu-hosts.md", "pip install --no-index") if _requirements(w)]
+    assert [_requirements(w) for w in host] == [sets["cuda12"], {
+        str(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["tf-plugin"]}]
+    install = [_requirements(w) for w in _commands("install.md", "pip install") if "--no-deps" not in w]
+    assert sets["cuda12"] in install and sets["cuda12-headers"] in install and sets["cuda13-headers"] in install
+    wheel = f"dali_video-{PYPROJECT['project']['version']}-py3-none-"
+    text = Path(ROOT, "docs", "gpu-hosts.md").read_text() + Path(ROOT, "docs", "install.md").read_text()
+    assert all(name.startswith(wheel) for name in re.findall(r"dali_video-[^\s/\"\[]+\.whl", text))
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("cuda", ["cuda12", "cuda13"])
+def test_the_download_lines_resolve_against_the_pins(cuda):
+    """Offline: every pin is met by what this environment installed from it (the lock `make` installs
+    and the tests use), and every DALI wheel's own requirement on a pinned package is met by its pin
+    (CUDA 12's from the installed METADATA, CUDA 13's as recorded above)."""
+    pins = _named(_sets()[cuda])
+    version = {}
+    for name, req in pins.items():
+        exact, installed = [s.version for s in req.specifier if s.operator == "=="], _installed(name)
+        version[name] = exact[0] if exact else installed
+        assert installed is not None or cuda == "cuda13" and exact, f"{req} is not installed here"
+        assert installed is None or req.specifier.contains(installed, prereleases=True), \
+            f"{req} is pinned, {name} {installed} installed"
+    for name, req in pins.items():
+        requires = CUDA13_REQUIRES.get(name) if cuda == "cuda13" else None
+        if requires is None and _installed(name) == version[name]:
+            requires = metadata.requires(name) or []
+        for dep in map(Requirement, requires or []):
+            env = {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
+                   "platform_machine": "x86_64"}
+            if dep.marker and not any(dep.marker.evaluate({**env, "extra": e}) for e in (req.extras or {""})):
+                continue
+            dep_name = canonicalize_name(dep.name)
+            if dep_name in pins:
+                assert dep.specifier.contains(version[dep_name], prereleases=True), f"{name} needs {dep}, pinned " \
+                                                                                     f"{version[dep_name]}"
+                assert dep.extras <= pins[dep_name].extras, f"{name} needs {dep}, pinned {pins[dep_name]}"
+    assert {"cuda12": "nvidia-dali-cuda120", "cuda13": "nvidia-dali-cuda130"}[cuda] in pins
