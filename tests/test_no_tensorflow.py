@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,6 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from dali_video.loader.gpu import usable_gpus
+from dali_video.loader import native
 from dali_video.loader.native import HEADER_WHEELS
 
 from .conftest import ROOT
@@ -230,3 +232,48 @@ def test_the_download_lines_resolve_against_the_pins(cuda):
                                                                                      f"{version[dep_name]}"
                 assert dep.extras <= pins[dep_name].extras, f"{name} needs {dep}, pinned {pins[dep_name]}"
     assert {"cuda12": "nvidia-dali-cuda120", "cuda13": "nvidia-dali-cuda130"}[cuda] in pins
+
+
+# Where the native reader's CUDA headers come from (dali_video.loader.native.cuda_includes).
+
+def _headers(folder: Path, cudart: int, parts=("cuda_runtime_api.h", "crt/host_config.h", "cuda/std/type_traits")):
+    for part in parts:
+        (folder / part).parent.mkdir(parents=True, exist_ok=True)
+        (folder / part).write_text(f"#define CUDART_VERSION  {cudart}\n" if part == "cuda_runtime_api.h" else "")
+    return folder
+
+
+def test_headers_of_another_cuda_are_passed_over(tmp_path, monkeypatch):
+    cuda13, cuda12 = _headers(tmp_path / "13", 13000), _headers(tmp_path / "12", 12050)
+    monkeypatch.setattr(native, "dali_cuda", lambda: 12)
+    monkeypatch.setattr(native, "_header_candidates", lambda major: iter([("nvcc (/usr/bin/nvcc)", [cuda13]),
+                                                                          ("the CUDA 12 header wheels", [cuda12])]))
+    assert native.cuda_includes() == ([cuda12], "the CUDA 12 header wheels")
+
+
+def test_no_headers_names_what_was_found_and_what_to_install(tmp_path, monkeypatch):
+    partial = _headers(tmp_path / "tf", 12050, parts=("cuda_runtime_api.h",))
+    monkeypatch.setattr(native, "dali_cuda", lambda: 12)
+    monkeypatch.setattr(native, "_header_candidates", lambda major: iter([
+        ("TensorFlow's wheel", [partial]), ("CUDA_HOME=/opt/cuda-13", [_headers(tmp_path / "13", 13000)]),
+        ("the CUDA 12 header wheels", [tmp_path / "absent"])]))
+    pins = " ".join(PYPROJECT["project"]["optional-dependencies"]["cuda12-headers"])
+    with pytest.raises(RuntimeError, match=re.escape(
+            "building dali-video's native reader needs the CUDA 12 headers that DALI's operator.h includes "
+            "(cuda_runtime_api.h, crt/host_config.h, cuda/std/type_traits), for DALI 2.4.0 built for CUDA 12, and none "
+            "were found (TensorFlow's wheel: lacks crt/host_config.h, cuda/std/type_traits; CUDA_HOME=/opt/cuda-13: "
+            "CUDA 13, not 12; the CUDA 12 header wheels: lacks cuda_runtime_api.h, crt/host_config.h, "
+            f"cuda/std/type_traits): pip install {pins} (no GPU needed), or set CUDA_HOME to a CUDA 12 toolkit")):
+        native.cuda_includes()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
+def test_nvccs_include_folders_are_what_it_compiles_with():
+    folders = native._nvcc_includes(shutil.which("nvcc"))
+    assert folders and (folders[0] / "cuda_runtime_api.h").is_file(), folders
+
+
+def test_the_librarys_name_says_which_cuda_dali_is_built_for(monkeypatch):
+    name = native.library_name()
+    monkeypatch.setattr(native, "dali_cuda", lambda: 13)
+    assert native.library_name() != name
