@@ -153,7 +153,8 @@ CUDA13_REQUIRES = {
 
 
 def _commands(doc: str, start: str) -> list[list[str]]:
-    return [shlex.split(line, comments=True) for line in Path(ROOT, "docs", doc).read_text().splitlines() if line.startswith(start)]
+    lines = Path(ROOT, "docs", doc).read_text().splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(start)]
 
 
 def _requirements(words) -> set[str]:

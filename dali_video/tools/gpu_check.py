@@ -103,18 +103,18 @@ def parity(data, clip_len: int, dtype: str, load: float, cpu: list | None = None
            "max_diff": round(float(diff.max()), 3), "mean_diff": round(float(diff.mean()), 4), "tolerance": limit,
            "meta_equal": bool(np.array_equal(gpu[2], cpu[2])), "frames_equal": bool(np.array_equal(gpu[3], cpu[3])),
            "frame_numbers_ok": numbers == gpu[3].tolist()}
-    row["ok"] = bool(row["meta_equal"] and row["frames_equal"] and row["frame_numbers_ok"] and gpu[0].shape == cpu[0].shape
-                     and diff.max() <= limit["max"] and diff.mean() < limit["mean"])
+    row["ok"] = bool(row["meta_equal"] and row["frames_equal"] and row["frame_numbers_ok"]
+                     and gpu[0].shape == cpu[0].shape and diff.max() <= limit["max"] and diff.mean() < limit["mean"])
     return row, cpu
 
 
 # What one GPU pipeline takes, measured in its own process.
 
-def _threads() -> int:
+def process_threads() -> int:
     return int(re.search(r"Threads:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def _pinned() -> int:
+def pinned_bytes() -> int:
     """Host memory mapped through the NVIDIA driver (/dev/nvidia*): page-locked (pinned) buffers."""
     total, inside = 0, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
@@ -162,11 +162,12 @@ def measure(data, clip_len: int, load: float, seconds: float) -> dict:
     from .doctor import dataset_frames
 
     cuda = _Cuda(0)  # the context first: its own threads and memory are not the pipeline's
-    t0, d0, p0 = _threads(), cuda.used(), _pinned()
+    t0, d0, p0 = process_threads(), cuda.used(), pinned_bytes()
     with _pipeline(data, "gpu", clip_len, BATCH, hw_decoder_load=load, seed=0, with_meta=False) as p:
         for _ in range(3):
             p.pipeline.run()
-        taken = {"threads": _threads() - t0, "device_bytes": cuda.used() - d0, "pinned_bytes": _pinned() - p0}
+        taken = {"threads": process_threads() - t0, "device_bytes": cuda.used() - d0,
+                 "pinned_bytes": pinned_bytes() - p0}
         batches, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or batches < 3:
             p.pipeline.run()  # host-synchronous (Pipeline.run): the batch's GPU work is done
@@ -332,7 +333,8 @@ def check(data, seconds: float, with_tf: bool) -> dict:
                                                          else [])
     problems = [f"parity T={r['clip_len']} {r['dtype']} hw_decoder_load={r['hw_decoder_load']}: "
                 + (r.get("error") or f"max {r['max_diff']}, mean {r['mean_diff']} levels (tolerance {r['tolerance']}), "
-                   f"meta equal {r['meta_equal']}, frames equal {r['frames_equal']}, frame numbers {r['frame_numbers_ok']}")
+                   f"meta equal {r['meta_equal']}, frames equal {r['frames_equal']}, "
+                   f"frame numbers {r['frame_numbers_ok']}")
                 for r in report["parity"] if not r["ok"]]
     problems += [f"the GPU pipeline T={r['clip_len']} hw_decoder_load={r['hw_decoder_load']} cannot run: {r['error']}"
                  for r in report["throughput"] if "error" in r]
