@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The one pin of DALI's TF plugin lives in pyproject.toml; it is built against the installed TF.
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 # setup.py needs a newer setuptools than venv brings; the editable install builds without isolation
-# (an isolated build would first download DALI and TensorFlow, the wheel's build requirements).
+# (an isolated build would first download DALI and the CUDA header wheels, the wheel's build requirements).
 SETUPTOOLS := $(shell grep -o '"setuptools==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
