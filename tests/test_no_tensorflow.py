@@ -278,3 +278,17 @@ def test_the_librarys_name_says_which_cuda_dali_is_built_for(monkeypatch):
     name = native.library_name()
     monkeypatch.setattr(native, "dali_cuda", lambda: 13)
     assert native.library_name() != name
+
+
+def test_without_dalis_tf_plugin_clip_dataset_names_it(monkeypatch, dataset):
+    import nvidia.dali.plugin as plugin
+
+    import dali_video
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali.plugin.tf", None)  # as if the plugin were not installed
+    monkeypatch.delattr(plugin, "tf", raising=False)
+    with pytest.raises(ImportError, match=r"^dali_video.clip_dataset needs DALI's TensorFlow plugin, which is not "
+                                          r"installed here \(.+\): pip install --no-build-isolation "
+                                          r"nvidia-dali-tf-plugin-cuda120 at the version of pyproject.toml's "
+                                          r"tf-plugin extra \(make setup does\)$"):
+        dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="cpu")

@@ -17,7 +17,7 @@ from ..index_tools import format as fmt
 from ..index_tools import storage
 
 from .config import ClipConfig, _is_int, resolve
-from .errors import dali_tf_plugin, tensorflow
+from .errors import tensorflow
 from .gpu import usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
@@ -66,6 +66,19 @@ class ClipPipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _dali_tf(what: str):
+    """DALI's TensorFlow plugin (this module alone imports it) for ``dali_video.<what>``, or an ImportError
+    naming how to install it."""
+    tensorflow(what)
+    try:
+        from nvidia.dali.plugin import tf as dali_tf
+    except ModuleNotFoundError as e:
+        raise ImportError(f"dali_video.{what} needs DALI's TensorFlow plugin, which is not installed here ({e}): "
+                          f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
+                          f"pyproject.toml's tf-plugin extra (make setup does)") from None
+    return dali_tf
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -372,7 +385,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
     tf = tensorflow("clip_dataset")
-    dali_tf = dali_tf_plugin("clip_dataset")
+    dali_tf = _dali_tf("clip_dataset")
 
     config = _configs(files, recipe, training, options)[0]
     _check_choice("device", device, DEVICES)
@@ -456,7 +469,7 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
     ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
     checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
     tf = tensorflow("reader_dataset")
-    dali_tf = dali_tf_plugin("reader_dataset")
+    dali_tf = _dali_tf("reader_dataset")
 
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, crop_size=crop_size, seed=seed,
                            device="cpu", output="padded_jpegs" if with_bytes else "meta", **kwargs)

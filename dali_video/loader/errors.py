@@ -1,4 +1,5 @@
-"""The reader's own message, out of the error text DALI and TensorFlow wrap around it."""
+"""The reader's own message, out of the error text DALI and TensorFlow wrap around it; and the error of a
+TensorFlow function where TensorFlow is not installed."""
 from __future__ import annotations
 
 import contextlib
@@ -59,14 +60,3 @@ def tensorflow(what: str):
                           f"dali_video.clip_pipeline (docs/install.md, \"Without TensorFlow\")") from None
     return tf
 
-
-def dali_tf_plugin(what: str):
-    """DALI's TensorFlow plugin for ``dali_video.<what>``, or an ImportError naming how to install it."""
-    tensorflow(what)
-    try:
-        from nvidia.dali.plugin import tf as dali_tf
-    except ModuleNotFoundError as e:
-        raise ImportError(f"dali_video.{what} needs DALI's TensorFlow plugin, which is not installed here ({e}): "
-                          f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
-                          f"pyproject.toml's tf-plugin extra (make setup does)") from None
-    return dali_tf
