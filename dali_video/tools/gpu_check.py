@@ -17,12 +17,15 @@ Exit status: 0 when every check passed; 1 naming what failed (parity, a GPU pipe
 run, TensorFlow's fit); 2 on a host without a usable GPU ("no GPU"), after reading clips on the CPU,
 with a JSON saying so.
 
-DALI API relied on (DALI 2.4, nvidia/dali/pipeline.py ``Pipeline.run``, line 1515: "If [cuda_stream
-is] skipped, the results are host-synchronous", so a timed ``run()`` has finished its GPU work;
-``TensorListGPU.as_cpu`` (nvidia/dali/tensors.pyi:155) copies outputs to the host for the comparison;
-``Pipeline.num_threads`` (pipeline.py:483). The CUDA driver API: ``cuDevicePrimaryCtxRetain`` gives
-the primary context, the one DALI's runtime calls use, and ``cuMemGetInfo_v2`` its device's free and
-total bytes.
+DALI API relied on (NVIDIA/DALI 2.4, ``dali/python/nvidia/dali/``, installed as ``nvidia/dali/``):
+``Pipeline.run`` (pipeline.py:1515): "If [cuda_stream is] skipped, the results are host-synchronous",
+so a timed ``run()`` has finished its GPU work; ``TensorListGPU.as_cpu`` (tensors.pyi:155) copies
+outputs to the host for the comparison; ``Pipeline.num_threads`` (pipeline.py:483) sizes
+``gpu_resources``; ``fn.decoders.image``'s ``hw_decoder_load`` (default 0.65) and
+``jpeg_fancy_upsampling`` (fn/decoders/__init__.pyi:324, 342: "The percentage of the image data to
+be processed by the HW JPEG decoder"). The CUDA driver API: ``cuDevicePrimaryCtxRetain``
+gives the primary context, the one DALI's runtime calls use, and ``cuMemGetInfo_v2`` its device's
+free and total bytes.
 """
 from __future__ import annotations
 
