@@ -121,19 +121,32 @@ def test_builds_the_operator_with_header_wheels_and_reads_clips(tf_free, dataset
         for e in got["errors"]), got["errors"]
 
 
+# dali-video-gpu-check as its console script's entry point runs it.
+GPU_CHECK = ("import sys; from importlib.metadata import entry_points; "
+             "sys.exit(entry_points(group='console_scripts')['dali-video-gpu-check'].load()(sys.argv[1:]))")
+
+
 def test_gpu_check_says_no_gpu_with_its_json(tf_free):
     if usable_gpus()[0]:
         pytest.skip("this host has a GPU")
     out = tf_free[2] / "gpu-check.json"
-    proc = _run(tf_free, "import sys; from importlib.metadata import entry_points; "
-                         "sys.exit(entry_points(group='console_scripts')['dali-video-gpu-check'].load()(sys.argv[1:]))",
-                "--out", out)
+    proc = _run(tf_free, GPU_CHECK, "--out", out)
     assert proc.returncode == 2, proc.stdout + proc.stderr[-4000:]
     assert proc.stdout.startswith("dali-video-gpu-check: no GPU ("), proc.stdout
     report = json.loads(out.read_text())
     assert report["ok"] is False and report["gpu"] is None and report["why"].startswith("no GPU (")
     assert report["versions"]["tensorflow"] is None and report["versions"]["dali"] == "2.4.0"
     assert report["cpu_pipeline"]["clips"] == [2, 16, 224, 224, 3], report["cpu_pipeline"]
+
+
+@pytest.mark.gpu
+def test_gpu_check_passes_with_dali_alone(tf_free):
+    out = tf_free[2] / "gpu-check-gpu.json"
+    proc = _run(tf_free, GPU_CHECK, "--out", out, "--seconds", "1", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["tensorflow"] is None and report["versions"]["driver"]
+    assert len(report["parity"]) == 12 and len(report["throughput"]) == 6
 
 
 # Install lines of the docs (Install, "Without TensorFlow"; GPU hosts, "Offline install for GPU hosts").
