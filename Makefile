@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The one pin of DALI's TF plugin lives in pyproject.toml; it is built against the installed TF.
 TF_PLUGIN := $(shell grep -o '"nvidia-dali-tf-plugin-cuda120==[^"]*"' pyproject.toml | tr -d '"')
 # setup.py needs a newer setuptools than venv brings; the editable install builds without isolation
-# (an isolated build would first download DALI and TensorFlow, the wheel's build requirements).
+# (an isolated build would first download DALI and the CUDA header wheels, the wheel's build requirements).
 SETUPTOOLS := $(shell grep -o '"setuptools==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 # On a host with an NVIDIA driver, also TensorFlow's CUDA libraries (the `cuda` extra of pyproject.toml).
@@ -36,11 +36,12 @@ bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python -m dali_video.tools.bench $(DATA) --out bench-results --quick
 
-# On a GPU host: the doctor, the GPU tests (DALI_VIDEO_REQUIRE_GPU=1) and a 60 s GPU read of the sample
-# data (dali-video-bench --device gpu --seconds 60 --quick), in one report, gpu-check.json, to send back
-# (README, GPU hosts). Under 10 minutes after setup.
+# On a GPU host: dali-video-gpu-check (DALI alone, under 5 minutes: GPU vs CPU parity, clips/s, threads and
+# memory against gpu_resources, the hardware JPEG decoder; fit where TensorFlow is there) writes
+# gpu-check.json to send back (docs/gpu-hosts.md); then the GPU tests, which must not skip there.
 gpu-check: setup
-	$(BIN)/python -m dali_video.tools.gpu_check --out gpu-check.json
+	$(BIN)/dali-video-gpu-check --out gpu-check.json
+	DALI_VIDEO_REQUIRE_GPU=1 $(BIN)/python -m pytest -q -ra -m gpu tests
 
 # The native reader under AddressSanitizer, fed damaged indexes and shards (tests/test_native.py; the
 # TensorFlow-path tests cannot run there: DALI's decoders do not load under a preloaded ASan).

@@ -18,7 +18,6 @@ import pytest
 from dali_video.index_tools import build
 from dali_video.index_tools import format as fmt
 from dali_video.loader.gpu import usable_gpus
-from dali_video.tools import gpu_check
 from dali_video.tools.bench import bench, proxy
 from dali_video.tools.bench.proxy import proxy_log
 from dali_video.tools.sample_data import frame_number
@@ -89,13 +88,11 @@ def test_seconds_times_dali_video_about_that_long_and_saves_its_rates(dataset, t
 
 
 @pytest.mark.skipif(usable_gpus()[0] > 0, reason="needs a host without a usable GPU")
-def test_device_gpu_without_a_gpu_stops_the_bench_and_the_gpu_check_reports_it(dataset, tmp_path, capsys):
+def test_device_gpu_without_a_gpu_stops_the_bench(dataset, tmp_path, capsys):
     message = r"--device gpu but this host has no usable GPU \(.+\); pass --device cpu"
     assert bench.main([str(dataset), "--out", str(tmp_path / "out"), "--device", "gpu", "--crop-size", "32"]) == 2
     assert re.search(f"dali-video-bench: error: {message}", capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
-    read, measured = gpu_check.gpu_read(dataset, 1, tmp_path / "check")  # the check's GPU read, through the bench
-    assert not measured and read["returncode"] == 2 and re.search(message, read["stderr_tail"]), read
 
 
 @pytest.mark.parametrize("layout", ["example", "frame_features", "sequence_example"])

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 import dali_video
-from dali_video.tools import doctor
-from dali_video.tools.sample_data import frame_number, make_folder_dataset
+from dali_video.tools import doctor, gpu_check
+from dali_video.tools.sample_data import frame_number
 
 from .conftest import ROOT
 from .test_multihost import _run_workers
@@ -120,32 +120,19 @@ def test_model_fit_on_the_gpu(dataset):
 
 @pytest.fixture(scope="module")
 def realistic(tmp_path_factory):
-    """4 videos of 70-90 frames at 256x340, as Kinetics is usually stored."""
-    root = tmp_path_factory.mktemp("realistic")
-    videos = make_folder_dataset(root / "videos", videos_per_class=2, frames=(70, 90), height=256, width=340)
-    subprocess.run([sys.executable, "-m", "dali_video.writer", str(videos), str(root / "data"), "--resize", "0",
-                    "--num-shards", "2", "--workers", "2"], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-    return root / "data"
+    """4 videos of 70-90 frames at 256x340, as Kinetics is usually stored (dali-video-gpu-check's own)."""
+    return gpu_check.make_dataset(tmp_path_factory.mktemp("realistic"))
 
 
 MEASURE = """
 import json, re, subprocess, sys, os
 import numpy as np
 import dali_video
+from dali_video.tools.gpu_check import pinned_bytes as nvidia_mapped, process_threads as threads
 dali_video.enable_memory_growth()
 import tensorflow as tf
 with tf.device("/gpu:0"):
     tf.zeros(1).numpy()  # the CUDA context and TensorFlow's GPU runtime exist before we count
-def threads():
-    return int(re.search(r"Threads:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-def nvidia_mapped():  # host memory mapped through the NVIDIA driver: page-locked (pinned) buffers
-    total, inside = 0, False
-    for line in open("/proc/self/smaps"):
-        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-            inside = "/dev/nvidia" in line
-        elif inside and line.startswith("Size:"):
-            total += int(line.split()[1]) * 1024
-    return total
 def device_used():
     out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True).stdout

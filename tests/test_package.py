@@ -48,10 +48,12 @@ def _pin(requirements, name):
     return next(r for r in requirements if re.split(r"[=<>\[]", r)[0] == name)
 
 
-def test_the_wheel_is_built_against_the_pinned_dali_and_tensorflow():
+def test_the_wheel_is_built_against_the_pinned_dali_and_cuda_headers():
     deps, build = PYPROJECT["project"]["dependencies"], PYPROJECT["build-system"]["requires"]
-    for name in ("nvidia-dali-cuda120", "tensorflow"):
-        assert _pin(build, name) == _pin(deps, name)
+    assert _pin(build, "nvidia-dali-cuda120") == _pin(deps, "nvidia-dali-cuda120")
+    for pin in PYPROJECT["project"]["optional-dependencies"]["cuda12-headers"]:  # not TensorFlow's
+        assert pin in build
+    assert not any(r.startswith("tensorflow") for r in build)
 
 
 def test_the_wheel_is_tagged_by_the_auditwheel_it_is_tested_with():

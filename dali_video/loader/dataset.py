@@ -17,6 +17,7 @@ from ..index_tools import format as fmt
 from ..index_tools import storage
 
 from .config import ClipConfig, _is_int, resolve
+from .errors import tensorflow
 from .gpu import usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
@@ -65,6 +66,19 @@ class ClipPipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _dali_tf(what: str):
+    """DALI's TensorFlow plugin (this module alone imports it) for ``dali_video.<what>``, or an ImportError
+    naming how to install it."""
+    tensorflow(what)
+    try:
+        from nvidia.dali.plugin import tf as dali_tf
+    except ModuleNotFoundError as e:
+        raise ImportError(f"dali_video.{what} needs DALI's TensorFlow plugin, which is not installed here ({e}): "
+                          f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
+                          f"pyproject.toml's tf-plugin extra (make setup does)") from None
+    return dali_tf
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -282,7 +296,7 @@ def meta_fields(meta) -> dict:
     saturation, hue as a fraction of the colour circle), ``padding`` (1: a clip that only fills an
     evaluation pass's last batch) and ``dataset`` (a :class:`Mixture`'s dataset the clip is drawn from; 0
     otherwise)."""
-    import tensorflow as tf
+    tf = tensorflow("meta_fields")
 
     column = {name: i for i, name in enumerate(META_COLUMNS)}
     fields = {name: meta[:, column[key]] for name, key in (("flip", "flip"), ("label", "label"), ("video", "video"),
@@ -370,8 +384,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         ``meta["replaced"]`` and logged to stderr ("skip").
     ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
-    import tensorflow as tf
-    from nvidia.dali.plugin import tf as dali_tf
+    tf = tensorflow("clip_dataset")
+    dali_tf = _dali_tf("clip_dataset")
 
     config = _configs(files, recipe, training, options)[0]
     _check_choice("device", device, DEVICES)
@@ -454,8 +468,8 @@ def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, see
     checked in DALI as for decoding, and TensorFlow gets each frame's metadata ``[B*T, 16]`` (with
     ``with_bytes``, also its JPEG bytes zero-padded to the batch's longest, ``[B*T, L]``). Measures and
     checks the feed (dali-video-bench, dali-video-doctor); keywords as :func:`clip_pipeline`."""
-    import tensorflow as tf
-    from nvidia.dali.plugin import tf as dali_tf
+    tf = tensorflow("reader_dataset")
+    dali_tf = _dali_tf("reader_dataset")
 
     loader = clip_pipeline(files, batch_size=batch_size, clip_len=clip_len, crop_size=crop_size, seed=seed,
                            device="cpu", output="padded_jpegs" if with_bytes else "meta", **kwargs)
@@ -485,7 +499,7 @@ def distribute(strategy, files, *, global_batch_size: int, device: Literal["auto
     back to the GPU (README, "Several GPUs"). Every worker runs the same number of steps per epoch
     (:func:`steps_per_epoch` with ``batch_size=global_batch_size``). Across hosts pass ``seed``.
     """
-    import tensorflow as tf
+    tf = tensorflow("distribute")
 
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
@@ -526,7 +540,7 @@ def worker_dataset(files, *, worker: int, num_workers: int, device_ids, global_b
     strategy hands a worker's elements round-robin to its local replicas), replica ``i`` of worker
     ``w`` reading share ``w * L + i`` of each global batch with a pipeline on GPU ``device_ids[i]``
     (``L = len(device_ids)``). On the GPU the clips reach host memory (``host_output``)."""
-    import tensorflow as tf
+    tf = tensorflow("worker_dataset")
 
     device, local = _device(device), len(device_ids)
     kwargs.pop("host_output", None)  # decided here: the strategy takes per-worker input on the host only

@@ -1,4 +1,5 @@
-"""The reader's own message, out of the error text DALI and TensorFlow wrap around it."""
+"""The reader's own message, out of the error text DALI and TensorFlow wrap around it; and the error of a
+TensorFlow function where TensorFlow is not installed."""
 from __future__ import annotations
 
 import contextlib
@@ -44,3 +45,18 @@ def reader_errors():
         if message is None or isinstance(e, ReaderError):
             raise
         raise ReaderError(message, str(e)) from None
+
+
+def tensorflow(what: str):
+    """TensorFlow, imported for ``dali_video.<what>``; where it is not installed (a DALI-only install,
+    docs/install.md), an ImportError that says so and names the way without it."""
+    try:
+        import tensorflow as tf
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow":
+            raise
+        raise ImportError(f"dali_video.{what} needs TensorFlow, which is not installed here: pip install dali-video "
+                          f"with its dependencies (TensorFlow among them), or read clips without TensorFlow with "
+                          f"dali_video.clip_pipeline (docs/install.md, \"Without TensorFlow\")") from None
+    return tf
+

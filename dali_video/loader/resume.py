@@ -18,6 +18,8 @@ from pathlib import Path
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
+from .errors import tensorflow
+
 POSITION_FILE = "dali_video_position.json"
 
 
@@ -68,7 +70,7 @@ def check_run(directory, saved: dict | None, run: dict, flags: dict | None = Non
 
 
 def _callback_base():
-    import tensorflow as tf
+    tf = tensorflow("InputMonitor (a Keras callback)")
 
     return tf.keras.callbacks.Callback
 

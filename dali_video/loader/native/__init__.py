@@ -1,8 +1,11 @@
 """dali-video's native DALI operator (``clip_reader.cc``): find or build it, load it once per process.
 
-The library's name carries a hash of its source, the DALI version and the compiler flags (without
-their paths), so a changed source or DALI gets a new build and a stale library is never loaded. It
-is looked for in two places:
+The library's name carries a hash of its source, the DALI version and the CUDA major it is built for
+(nvidia-dali-cuda120 or -cuda130) and the compiler flags (without their paths), so a changed source or
+DALI gets a new build and a stale library is never loaded. Building needs g++ and the CUDA headers
+DALI's ``operator.h`` includes (no GPU, no TensorFlow): :func:`cuda_includes` takes them from
+TensorFlow's wheel, else ``CUDA_HOME`` / ``nvcc``, else the CUDA header wheels (pyproject.toml's
+``cuda12-headers`` / ``cuda13-headers`` extras). It is looked for in two places:
 
 - ``_build/`` beside this file: the wheel carries it there, built for the DALI it pins; ``make
   setup`` (and the Docker image's build stage) build it there with ``python -m dali_video.loader.native``;
@@ -16,9 +19,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,21 +104,107 @@ def check_store_clients(shards) -> None:
                                f"import dali_video before tensorflow (dali-video-train does)")
 
 
-def _flags(sanitize: str | None) -> list[str]:
-    """g++ flags from the DALI and TensorFlow this process imports (never hand-copied)."""
+# What DALI's operator.h includes from CUDA (even for a CPU operator): the runtime API, the compiler's
+# host configuration and libcu++ (cuda/std).
+CUDA_HEADERS = ("cuda_runtime_api.h", "crt/host_config.h", "cuda/std/type_traits")
+# The CUDA header wheels, per CUDA major: the folders (under the `nvidia` namespace package) their
+# headers install to. CUDA 12's come as nvidia-cuda-runtime-cu12, -cccl-cu12 and -nvcc-cu12 (crt/);
+# CUDA 13's as nvidia-cuda-runtime, -cccl and -crt, all into cu13/include (libcu++ under cccl/).
+HEADER_WHEELS = {12: ("cuda_runtime/include", "cuda_cccl/include", "cuda_nvcc/include"),
+                 13: ("cu13/include", "cu13/include/cccl")}
+HEADER_EXTRA = {12: "cuda12-headers", 13: "cuda13-headers"}  # pyproject.toml's extras that pin them
+
+
+def dali_cuda() -> int:
+    """The CUDA major version the installed DALI is built for (12: nvidia-dali-cuda120, 13: -cuda130);
+    DALI's own backend reads it the same way (nvidia/dali/backend.py, ``int(str(__cuda_version__)[:2])``)."""
+    import nvidia.dali
+
+    return int(str(nvidia.dali.__cuda_version__)[:2])
+
+
+def _cudart_major(folders) -> int | None:
+    """The CUDA major version of the headers in ``folders`` (``CUDART_VERSION`` in cuda_runtime_api.h)."""
+    for folder in folders:
+        header = Path(folder, "cuda_runtime_api.h")
+        if header.is_file():
+            m = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", header.read_text(errors="replace"))
+            return int(m.group(1)) // 1000 if m else None
+    return None
+
+
+def _nvcc_includes(nvcc: str) -> list[Path]:
+    """The include folders ``nvcc`` compiles with, as it says itself (``--dryrun`` prints its INCLUDES and
+    SYSTEM_INCLUDES): also right where nvcc on PATH is a wrapper script outside the toolkit."""
+    try:
+        proc = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = re.findall(r'(?:-I|-isystem"?\s+"?)([^"\s]+)', "".join(
+        line for line in proc.stderr.splitlines(keepends=True) if "INCLUDES=" in line))
+    return [Path(f) for f in found]
+
+
+def _header_candidates(major: int):
+    """Where CUDA headers may be, in order: (what it is, include folders)."""
+    tf = importlib.util.find_spec("tensorflow")  # found without importing TensorFlow, which takes seconds
+    if tf is not None and tf.submodule_search_locations:
+        cuda = Path(next(iter(tf.submodule_search_locations)), "include", "third_party", "gpus", "cuda")
+        yield "TensorFlow's wheel", [cuda / "include", cuda / "libcudacxx" / "include"]
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            root = Path(os.environ[var])
+            yield f"{var}={root}", [root / "include", root / "include" / "cccl"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield f"nvcc ({nvcc})", _nvcc_includes(nvcc)
+    nvidia = importlib.util.find_spec("nvidia")
+    for folder in (nvidia.submodule_search_locations or []) if nvidia else []:
+        yield f"the CUDA {major} header wheels", [Path(folder, sub) for sub in HEADER_WHEELS.get(major, ())]
+
+
+def _header_wheels(major: int) -> str:
+    """The pinned header wheels for CUDA ``major``, from this package's metadata (pyproject.toml's extra)."""
+    extra = HEADER_EXTRA.get(major)
+    try:
+        requires = importlib.metadata.requires("dali-video") or []
+    except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path
+        requires = []
+    pins = [r.split(";")[0].strip() for r in requires if extra and f'extra == "{extra}"' in r]
+    if pins:
+        return " ".join(pins)
+    return {12: "nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12 nvidia-cuda-nvcc-cu12",
+            13: "nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cuda-crt"}.get(major, f"the CUDA {major} headers")
+
+
+def cuda_includes() -> tuple[list[Path], str]:
+    """The include folders of CUDA headers for the installed DALI's CUDA major version, and where they
+    come from: TensorFlow's wheel, else ``CUDA_HOME`` / ``CUDA_PATH`` / ``nvcc``'s, else the CUDA header
+    wheels. Headers of another CUDA major are passed over (TensorFlow 2.21's are CUDA 12's)."""
+    major, tried = dali_cuda(), []
+    for source, folders in _header_candidates(major):
+        folders = [f for f in dict.fromkeys(folders) if f.is_dir()]
+        missing = [h for h in CUDA_HEADERS if not any((f / h).is_file() for f in folders)]
+        found = _cudart_major(folders)
+        if not missing and found == major:
+            return folders, source
+        tried.append(f"{source}: " + (f"lacks {', '.join(missing)}" if missing else f"CUDA {found}, not {major}"))
+    raise RuntimeError(
+        f"building dali-video's native reader needs the CUDA {major} headers that DALI's operator.h includes "
+        f"({', '.join(CUDA_HEADERS)}), for DALI {_dali_version()} built for CUDA {major}, and none were found"
+        f"{' (' + '; '.join(tried) + ')' if tried else ''}: pip install {_header_wheels(major)} (no GPU needed), "
+        f"or set CUDA_HOME to a CUDA {major} toolkit")
+
+
+def _flags(sanitize: str | None, includes=()) -> list[str]:
+    """g++ flags from the DALI this process imports (never hand-copied), with the CUDA headers' ``includes``
+    (:func:`cuda_includes`; the library's name leaves them out, so finding a built one needs none)."""
     import nvidia.dali.sysconfig as dali_config
 
-    # DALI's operator.h includes CUDA headers even for a CPU operator; TensorFlow's wheel ships them
-    # (found without importing TensorFlow, which takes seconds).
-    tf = importlib.util.find_spec("tensorflow")
-    if tf is None or not tf.submodule_search_locations:
-        raise RuntimeError("building dali-video's native reader needs TensorFlow's CUDA headers: "
-                           "pip install tensorflow (see pyproject.toml for the version)")
-    cuda = Path(next(iter(tf.submodule_search_locations)), "include", "third_party", "gpus", "cuda")
     # -ffp-contract=off: no fused multiply-add, so the plan's doubles match the Python reference's.
     flags = ["-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wno-sign-compare",
-             *dali_config.get_compile_flags(), f"-I{cuda / 'include'}", f"-I{cuda / 'libcudacxx' / 'include'}",
-             *dali_config.get_link_flags()]
+             *dali_config.get_compile_flags(), *(f"-I{f}" for f in includes), *dali_config.get_link_flags()]
     if sanitize:
         flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     return flags
@@ -138,7 +229,9 @@ def library_name(sanitize: str | None = None) -> str:
     # Include and library paths differ between the wheel's build environment and the user's venv
     # while naming the same DALI and headers, so they stay out of the key.
     flags = [f for f in _flags(sanitize) if not f.startswith(("-I", "-L"))]
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + _dali_version().encode()
+    # DALI's CUDA major too: nvidia-dali-cuda120 and -cuda130 of one version are different libraries.
+    dali = f"{_dali_version()} cuda{dali_cuda()}"
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + dali.encode()
                          + " ".join(flags).encode()).hexdigest()[:16]
     return f"libdali_video_ops-{key}{'-' + sanitize if sanitize else ''}.so"
 
@@ -157,10 +250,12 @@ def _compile(path: Path, sanitize: str | None) -> None:
             f"C++ compiler, but '{cxx}' is not on PATH: install g++ (Debian/Ubuntu: apt-get install g++; "
             f"RHEL: dnf install gcc-c++) or set CXX, or install the DALI version that dali-video's wheel "
             f"was built for (the nvidia-dali pin in `pip show dali-video`)")
+    includes, source = cuda_includes()
+    log.info("building %s with the CUDA headers of %s", SOURCE.name, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".so.tmp")
     os.close(fd)
-    cmd = [cxx, str(SOURCE), "-o", tmp, *_flags(sanitize)]
+    cmd = [cxx, str(SOURCE), "-o", tmp, *_flags(sanitize, includes)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -7,8 +7,8 @@ On a bucket the loaders only read, side by side, with the requests, bytes and re
 that the store saw (see dali_video/tools/bench/bucket.py); the rest of this text is about a local dataset.
 
 --seconds S times dali_video for about S seconds of batches instead of --batches; with --quick it
-measures only that (warm), which is what a GPU check needs (`make gpu-check` runs
-`--device gpu --seconds 60 --quick` on the sample data).
+measures only that (warm), as a GPU read of a user's own data needs (`--device gpu --seconds 60 --quick`;
+`dali-video-gpu-check` times the GPU pipeline alone on its own data).
 
 The inputs are checked first (shards, their indexes, the split, the clip against the frames); the
 exit status is 1 when any system failed, each failure named at the end.
