@@ -3,6 +3,7 @@ fresh venv, read from outside the repository without a compiler; the first-use b
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -89,6 +90,9 @@ def installed(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp / "dist", ROOT],
                    check=True, capture_output=True)
     built = time.monotonic() - t0
+    # The build leaves its metadata in the source tree, where importlib.metadata (the tree is on
+    # sys.path) would take it for the editable install's, stale once pyproject.toml changes.
+    shutil.rmtree(Path(ROOT, "dali_video.egg-info"), ignore_errors=True)
     sdist, wheel = (next((tmp / "dist").glob(pattern)) for pattern in ("*.tar.gz", "*.whl"))
     subprocess.run([sys.executable, "-m", "twine", "check", "--strict", sdist, wheel], check=True, capture_output=True)
     venv = tmp / "venv"
