@@ -136,12 +136,21 @@ def encode_record(data: bytes) -> bytes:
 RECORD_OVERHEAD = 16  # u64 length, u32 length CRC, ..., u32 data CRC
 
 
+def gunzip_command(name: str) -> str:
+    """A shell command that decompresses the file ``name`` into an uncompressed ``.tfrecord`` without
+    truncating it first (``gunzip -c X > X`` would empty X before reading it)."""
+    plain = name[:-3] if name.endswith(".gz") else name
+    plain = plain if plain.endswith(SHARD_SUFFIX) else plain + SHARD_SUFFIX
+    if plain != name:
+        return f"gunzip -c {name} > {plain}"
+    return f"gunzip -c {name} > {name}.plain && mv {name}.plain {name}"
+
+
 def check_not_gzip(path, head: bytes) -> None:
     if head[:2] == b"\x1f\x8b":
-        name = storage.name(path)
         raise FormatError(f"{path}: the file is GZIP-compressed; DALI and dali-video read only "
-                          f"uncompressed TFRecords. Decompress it (gunzip -c {name} > "
-                          f"{name.rsplit('.', 1)[0]}.tfrecord) and index that.")
+                          f"uncompressed TFRecords. Decompress it ({gunzip_command(storage.name(path))}) "
+                          f"and index that.")
 
 
 def scan_records(path, *, check_data_crc: bool = True):

@@ -221,12 +221,15 @@ def _stats(values) -> str:
 
 
 def inspect(paths) -> str:
-    """A readable table per shard and for the whole dataset, from the frame indexes."""
+    """A readable table per shard and for the whole dataset, from the frame indexes (each checked to be
+    built for its shard as it is now: a stale one raises FormatError)."""
     indexes = []
     for shard in expand(paths):
         if not storage.exists(fmt.fidx_path(shard)):
             raise FormatError(f"{fmt.fidx_path(shard)}: missing; build it with: dali-video-index build {shard}")
-        indexes.append((shard, fmt.read_frame_index(fmt.fidx_path(shard))))
+        index = fmt.read_frame_index(fmt.fidx_path(shard))
+        fmt.check_fresh(shard, index)  # as verify and the loader: an index of another shard is no description
+        indexes.append((shard, index))
     lines = [f"{'shard':40} {'videos':>7} {'frames':>8} {'frames/video min/med/max':>25} "
              f"{'KB/frame':>9} resolutions"]
     sizes = {shard: int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for shard, ix in indexes}

@@ -1,6 +1,7 @@
 """The loader as a new user meets it (issue 17, points 2, 6, 7, 9 and 10): split names, class spaces,
 the device, steps per epoch, clips longer than videos, and the messages."""
 import ctypes
+import gzip
 import logging
 import math
 import os
@@ -218,3 +219,16 @@ def test_train_doctor_and_bench_print_no_cuinit_line_without_a_gpu():
     assert "cuInit" not in trained.stderr + doctor.stderr
     assert "dat_k/: no such file or folder" in trained.stderr and doctor.returncode == 0
     assert bench.stdout == "3\n"  # the bench's level before it starts TensorFlow: train's, that hides the line
+
+
+# ---------------------------------------------------------------- issue 29: round two
+
+def test_the_loader_says_a_shard_is_compressed_rather_than_unindexed(dataset, tmp_path, capsys):
+    """29.5: TensorFlow writes GZIP TFRecords without a .gz suffix; building their index fails too."""
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    (tmp_path / "train.tfrecord").write_bytes(gzip.compress(shard.read_bytes()))
+    want = r"train\.tfrecord: the file is GZIP-compressed; .* Decompress it \(gunzip -c train\.tfrecord > "
+    with pytest.raises(FormatError, match=want):
+        load_table(tmp_path)
+    assert train.main(["--data", str(tmp_path), "--cpu"]) == 1
+    assert re.search("dali-video-train: error: .*" + want, capsys.readouterr().err)

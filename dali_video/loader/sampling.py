@@ -111,11 +111,11 @@ def _check_class_space(shards) -> None:
 
 def _shard_index(shard):
     """The frame index header of one shard, checked against the shard and its .idx."""
+    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))  # first: a compressed shard has no index to build
     for path in (idx_path(shard), fidx_path(shard)):
         if not storage.exists(path):
             raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                               f"dali-video-index build {shard}")
-    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
     index = read_frame_index(fidx_path(shard))
     check_fresh(shard, index)
     records = fmt.read_idx(idx_path(shard))
