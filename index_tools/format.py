@@ -267,7 +267,8 @@ def _align(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
-def read_frame_index(path) -> FrameIndex:
+def read_header(path) -> tuple[dict, int]:
+    """The JSON header of a frame index of any version, and the file's size (the header unchecked)."""
     path = storage.check_path(path)
     file_size = storage.size(path)
     head = storage.read(path, 0, min(file_size, _HEAD_READ))  # one request for most headers
@@ -283,6 +284,12 @@ def read_frame_index(path) -> FrameIndex:
         header = json.loads(head[12:12 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path}: header is not valid JSON ({e})") from None
+    return header, file_size
+
+
+def read_frame_index(path) -> FrameIndex:
+    path = storage.check_path(path)
+    header, file_size = read_header(path)
     if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
         raise FormatError(f"{path}: header lacks fields {[k for k in _HEADER_KEYS if k not in header]}")
     if header["version"] not in READ_VERSIONS:

@@ -115,6 +115,23 @@ def test_an_unfinished_run_of_other_options_is_refused_and_beam_plans_alike(tmp_
     assert [s.name for s in plan.shards] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
 
 
+def test_the_same_command_after_rebuilding_the_indexes_keeps_every_shard(tmp_path):
+    """29.6: docs/formats.md recommends `dali-video-index build` after upgrades; the rebuilt frame index
+    must keep the writer's notes, or the writer refuses its own dataset."""
+    videos = make_folder_dataset(tmp_path / "v", videos_per_class=2, frames=(6, 8))
+    data = tmp_path / "data"
+    write = (videos, data, "--resize", "0", "--num-shards", "2", "--workers", "1")
+    run_module("dali_video.writer", *write)
+    before = _files(data, manifest_times=False)
+    notes = [read_frame_index(fmt.fidx_path(s)).notes for s in sorted(data.glob("*.tfrecord"))]
+    run_module("dali_video.index_tools", "build", data)
+    assert [read_frame_index(fmt.fidx_path(s)).notes for s in sorted(data.glob("*.tfrecord"))] == notes
+    proc = run_module("dali_video.writer", *write)
+    assert "resuming: 2 of 2 shards already complete" in proc.stderr
+    assert {n: b for n, (_, b) in _files(data, manifest_times=False).items()} == \
+        {n: b for n, (_, b) in before.items()}
+
+
 # ---------------------------------------------------------------- only video containers (17.4)
 
 def test_images_and_text_in_a_class_folder_are_skipped_with_reasons_and_printed(tmp_path):
