@@ -56,7 +56,8 @@ def test_a_second_dataset_stops_naming_what_differs_and_replace_removes_every_sp
             "  train: class 0 was 'animation', now 'c0' (3 class ids differ)\n"
             "  val: resize_shorter was 32, now 48\n"
             "  val: class 0 was 'animation', now 'c0' (3 class ids differ)\n"
-            "pass --replace (replace=True) to delete its shards, indexes and manifests of every split "
+            "if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes one a "
+            "line in id order: animation, bowling, cooking; else pass --replace (replace=True) to delete its shards, indexes and manifests of every split "
             "and write this dataset, or write to another folder") in proc.stderr
     assert _files(data) == before  # nothing touched
 
@@ -113,6 +114,26 @@ def test_an_unfinished_run_of_other_options_is_refused_and_beam_plans_alike(tmp_
     plan = plan_dataset(specs, data, EncodeOptions(resize_shorter=24), num_shards=2, replace=True)
     assert sorted(p.name for p in data.iterdir()) == []
     assert [s.name for s in plan.shards] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+
+
+def test_a_split_of_some_classes_is_told_to_pass_the_class_file_first(tmp_path):
+    """29.7: a val split holding 2 of the 3 classes numbers them otherwise; --replace would delete train."""
+    train = make_folder_dataset(tmp_path / "train", videos_per_class=1, classes=("animal", "movie", "outdoor"),
+                                frames=(6, 6))
+    val = make_folder_dataset(tmp_path / "val", videos_per_class=1, classes=("animal", "outdoor"), frames=(6, 6))
+    data = tmp_path / "data"
+    run_module("dali_video.writer", train, data, "--resize", "0", "--num-shards", "1")
+    proc = run_module("dali_video.writer", val, data, "--split", "val", "--resize", "0", "--num-shards", "1",
+                      check=False)
+    assert proc.returncode == 1
+    assert ("  train: class 1 was 'movie', now 'outdoor'\n"
+            "if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes one a "
+            "line in id order: animal, movie, outdoor; else pass --replace (replace=True)") in proc.stderr
+    (tmp_path / "classes.txt").write_text("animal\nmovie\noutdoor\n")
+    run_module("dali_video.writer", val, data, "--split", "val", "--resize", "0", "--num-shards", "1",
+               "--classes", tmp_path / "classes.txt")
+    assert sorted(p.name for p in data.glob("*.tfrecord")) == ["train-00000-of-00001.tfrecord",
+                                                               "val-00000-of-00001.tfrecord"]
 
 
 def test_the_same_command_after_rebuilding_the_indexes_keeps_every_shard(tmp_path):

@@ -132,6 +132,17 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
     return lines
 
 
+def classes_hint(old: dict[str, SplitState], new: dict[str, SplitState]) -> str:
+    """When the class ids of ``new`` clash with the dataset's (a split holding some of its classes, so
+    numbered otherwise), the way to number them as it does: a class file; else ""."""
+    was = {k: v for s in old.values() for k, v in s.classes.items()}
+    if not _class_clash(was, {k: v for s in new.values() for k, v in s.classes.items()}):
+        return ""
+    listed = f": {', '.join(was[k] for k in sorted(was))}" if sorted(was) == list(range(len(was))) else ""
+    return (f"if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes "
+            f"one a line in id order{listed}; else ")
+
+
 def remove_dataset(out: Path | str) -> None:
     """Delete every file of the writer in ``out``, and no other: the manifests first, then each shard's
     frame index (which marks it complete), its index and the shard, so that what is left at any

@@ -27,7 +27,7 @@ from ..index_tools import format as fmt
 from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
-from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, writer_split
+from .folder import SplitState, classes_hint, complete_index, differences, read_folder, remove_dataset, writer_split
 from .sources import Failure, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,9 @@ def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOpt
     old, indexes = read_folder(out)
     if lines := differences(old, new):
         raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
-                         + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
-                         "and manifests of every split and write this dataset, or write to another folder")
+                         + "\n  ".join(lines) + f"\n{classes_hint(old, new)}pass --replace (replace=True) to "
+                         "delete its shards, indexes and manifests of every split and write this dataset, or "
+                         "write to another folder")
     return indexes
 
 
