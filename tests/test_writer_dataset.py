@@ -178,6 +178,28 @@ def test_images_and_text_in_a_class_folder_are_skipped_with_reasons_and_printed(
     assert written == {"a/clip.avi", "a/renamed.bin"}
 
 
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_a_split_of_which_no_video_is_written_fails_naming_each_and_leaves_no_shard(tmp_path, runner):
+    """29.8: a class folder holding only a text file named .mp4 wrote 0 videos, exit 0, an empty shard."""
+    root = tmp_path / "v"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.mp4").write_text("hello\n")
+    (root / "a" / "y.avi").write_bytes(b"")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", "--runner", runner, "--workers", "1", check=False)
+    text = ("no video of split train could be written, all 2 were skipped: a/x.mp4: not a video: text, not a "
+            "video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF/WMV, Ogg, Y4M); a/y.avi: not a "
+            "video: an empty file, not a video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF/WMV, "
+            "Ogg, Y4M); no shard or manifest of it is left")
+    assert proc.returncode == 1 and "wrote 0 videos" not in proc.stdout
+    assert text in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    (root / "a" / "x.mp4").unlink(), (root / "a" / "y.avi").unlink()
+    (root / "a" / ".mp4").write_text("hidden\n")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", check=False)
+    assert proc.returncode == 1 and (f"dali-video-write: error: no video to write from {root} (its class folders "
+                                     f"hold no file; files whose names start with '.' are not read)") in proc.stderr
+
+
 @pytest.mark.parametrize("ext,fourcc,kind", [
     ("avi", "MJPG", "AVI"), ("mp4", "mp4v", "MP4/MOV"), ("mov", "mp4v", "MP4/MOV"), ("3gp", "mp4v", "MP4/MOV"),
     ("mkv", "MJPG", "Matroska/WebM"), ("webm", "VP80", "Matroska/WebM"), ("flv", "FLV1", "FLV"),

@@ -78,7 +78,9 @@ def main(argv=None) -> int:
         if not specs:  # nothing to write: say why rather than exit quietly with no manifest
             for f in failures:
                 print(f"  skipped {f.filename}: {f.reason}", file=sys.stderr)
-            raise InputError(f"no video to write from {args.root} ({len(failures)} skipped, reasons above)")
+            why = f"{len(failures)} skipped, reasons above" if failures else \
+                "its class folders hold no file; files whose names start with '.' are not read"
+            raise InputError(f"no video to write from {args.root} ({why})")
         start = time.perf_counter()
         # Beam workers report progress as Beam metrics (the runner's UI), not to this bar.
         bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=True if args.runner == "beam" else None)

@@ -143,12 +143,13 @@ def classes_hint(old: dict[str, SplitState], new: dict[str, SplitState]) -> str:
             f"one a line in id order{listed}; else ")
 
 
-def remove_dataset(out: Path | str) -> None:
-    """Delete every file of the writer in ``out``, and no other: the manifests first, then each shard's
-    frame index (which marks it complete), its index and the shard, so that what is left at any
-    moment reads as an unfinished run."""
+def remove_dataset(out: Path | str, splits=None) -> None:
+    """Delete every file of the writer in ``out`` (of ``splits`` only, when given), and no other: the
+    manifests first, then each shard's frame index (which marks it complete), its index and the shard,
+    so that what is left at any moment reads as an unfinished run."""
     order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
-    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if writer_split(n) is not None),
+    names = sorted((n for n in map(storage.name, storage.glob(out, "*"))
+                    if (split := writer_split(n)) is not None and (splits is None or split in splits)),
                    key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))
     for name in names:
         storage.remove(storage.join(out, name))

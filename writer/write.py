@@ -374,20 +374,33 @@ def write_manifests(plan: DatasetPlan, results) -> dict:
     """Each split's manifest, from the results of the shards of ``plan.todo`` (any order; results of
     ``plan.reused`` shards may be among them); returned by split.
 
-    Written last, once every shard of the plan is complete.
+    Written last, once every shard of the plan is complete. A split of which no video was written
+    (every one skipped) gets no manifest and keeps no shard: a WriteError names each video skipped and
+    why, after the other splits' manifests are written.
     """
     by_file = {r.file: r for r in (*plan.reused, *results)}
     missing = [p.name for p in plan.shards if p.name not in by_file]
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
                          f"write every shard before the manifests")
-    return {split: _write_manifest(plan.out_dir, split, [p for p in plan.shards if p.split == split],
-                                   [by_file[p.name] for p in plan.shards if p.split == split], plan,
-                                   [f for f in plan.input_failures if f.split in ("", split)])
-            for split in plan.splits}
+    parts = {split: ([p for p in plan.shards if p.split == split], [by_file[p.name] for p in plan.shards
+                                                                     if p.split == split],
+                     [f for f in plan.input_failures if f.split in ("", split)]) for split in plan.splits}
+    empty = [split for split, (_, results, _) in parts.items() if not sum(r.videos for r in results)]
+    manifests = {split: _write_manifest(plan.out_dir, split, *part, plan) for split, part in parts.items()
+                 if split not in empty}
+    if empty:
+        remove_dataset(plan.out_dir, empty)
+        skipped = [f"{f['filename']}: {f['reason']}" for split in empty
+                   for f in [*({"filename": f.filename, "reason": f.reason} for f in parts[split][2]),
+                             *(f for r in parts[split][1] for f in r.failures)]]
+        more = f"; ... ({len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        raise WriteError(f"no video of split {', '.join(empty)} could be written, all {len(skipped)} were skipped: "
+                         f"{'; '.join(skipped[:10])}{more}; no shard or manifest of it is left")
+    return manifests
 
 
-def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
+def _write_manifest(out, split: str, shards, results, input_failures, plan: DatasetPlan) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
     warnings, classes = [], {}
     for r in results:
