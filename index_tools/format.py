@@ -126,6 +126,19 @@ def manifest_path(folder, split: str) -> Path | str:
 atomic_write = storage.write  # the file or object appears only complete
 
 
+def manifest_classes_json(classes: dict) -> dict:
+    """A manifest's ``classes``: class id (a string, as JSON keys are) -> class text, in id order. One
+    form for every input: ids may have gaps (a split of some classes) or be any integers (a CSV's)."""
+    return {str(k): v for k, v in sorted(classes.items())}
+
+
+def manifest_classes(manifest: dict) -> dict[int, str]:
+    """Class id -> class text of a manifest read from JSON; manifests of earlier releases hold a list
+    (ids 0..n-1) where their ids had no gaps."""
+    classes = manifest.get("classes") or {}
+    return {int(k): v for k, v in (enumerate(classes) if isinstance(classes, list) else classes.items())}
+
+
 # ---------------------------------------------------------------- TFRecord framing
 
 def encode_record(data: bytes) -> bytes:

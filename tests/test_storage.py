@@ -208,7 +208,7 @@ def test_a_bucket_holds_one_dataset_replace_deletes_it_there(bucket, videos, tmp
     run_module("dali_video.writer", others, url, "--resize", "0", "--num-shards", "1", "--replace")
     assert sorted(_objects(url)) == ["notes.txt", "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.fidx",
                                      "train-00000-of-00001.tfrecord.idx", "train.manifest.json"]
-    assert json.loads(storage.read(f"{url}/train.manifest.json"))["classes"] == ["c0", "c1", "c2"]
+    assert json.loads(storage.read(f"{url}/train.manifest.json"))["classes"] == {"0": "c0", "1": "c1", "2": "c2"}
 
 
 def test_splits_of_a_bucket_are_read_from_its_listing(s3, dataset):

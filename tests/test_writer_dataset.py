@@ -68,13 +68,13 @@ def test_a_second_dataset_stops_naming_what_differs_and_replace_removes_every_sp
                                                   for n, (t, b) in before.items()}
     test = make_folder_dataset(tmp_path / "test", videos_per_class=1, classes=KINETICS, frames=(6, 6))
     run_module("dali_video.writer", test, data, "--split", "test", "--resize", "32", "--num-shards", "1")
-    assert _manifest(data, "test")["classes"] == list(KINETICS)
+    assert _manifest(data, "test")["classes"] == {str(i): c for i, c in enumerate(KINETICS)}
 
     run_module("dali_video.writer", others, data, "--resize", "48", "--num-shards", "1", "--replace")
     assert sorted(p.name for p in data.iterdir()) == [
         ".notes.txt.swp.tmp", "notes.txt", "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.fidx",
         "train-00000-of-00001.tfrecord.idx", "train.manifest.json"]
-    assert _manifest(data, "train")["classes"] == ["c0", "c1", "c2"]
+    assert _manifest(data, "train")["classes"] == {"0": "c0", "1": "c1", "2": "c2"}
     assert _manifest(data, "train")["options"]["resize_shorter"] == 48
 
 
@@ -134,6 +134,21 @@ def test_a_split_of_some_classes_is_told_to_pass_the_class_file_first(tmp_path):
                "--classes", tmp_path / "classes.txt")
     assert sorted(p.name for p in data.glob("*.tfrecord")) == ["train-00000-of-00001.tfrecord",
                                                                "val-00000-of-00001.tfrecord"]
+
+
+def test_the_manifest_holds_classes_in_one_form_and_old_lists_still_read(tmp_path):
+    """29.14: classes was a list for folder input and a dict for CSV input (ids with gaps)."""
+    videos = make_folder_dataset(tmp_path / "v", videos_per_class=1, classes=("a", "b"), frames=(6, 6))
+    (tmp_path / "list.csv").write_text("path,label\na/a_000.avi,3\nb/b_000.avi,7\n")
+    run_module("dali_video.writer", videos, tmp_path / "folder", "--resize", "0")
+    run_module("dali_video.writer", "--csv", tmp_path / "list.csv", videos, tmp_path / "csv", "--resize", "0")
+    assert _manifest(tmp_path / "folder", "train")["classes"] == {"0": "a", "1": "b"}
+    assert _manifest(tmp_path / "csv", "train")["classes"] == {"3": "3", "7": "7"}
+    manifest = _manifest(tmp_path / "folder", "train")  # as earlier releases wrote it
+    (tmp_path / "folder" / "train.manifest.json").write_text(json.dumps({**manifest, "classes": ["a", "b"]}))
+    assert fmt.manifest_classes({"classes": ["a", "b"]}) == fmt.manifest_classes(manifest) == {0: "a", 1: "b"}
+    proc = run_module("dali_video.writer", videos, tmp_path / "folder", "--resize", "0")
+    assert "resuming: 1 of 1 shards already complete" in proc.stderr
 
 
 def test_the_same_command_after_rebuilding_the_indexes_keeps_every_shard(tmp_path):

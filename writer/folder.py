@@ -59,8 +59,7 @@ def _manifest(path: Path | str) -> dict:
     except ValueError as e:
         raise FormatError(f"{path}: not a dali-video manifest ({e}); pass --replace (replace=True) to write "
                           f"the dataset anew, or write to another folder") from None
-    classes = manifest.get("classes") or {}
-    manifest["classes"] = {int(k): v for k, v in (enumerate(classes) if isinstance(classes, list) else classes.items())}
+    manifest["classes"] = fmt.manifest_classes(manifest)
     return manifest
 
 
@@ -154,4 +153,5 @@ def remove_dataset(out: Path | str, splits=None) -> None:
     for name in names:
         storage.remove(storage.join(out, name))
     if names:
-        log.info("replacing the dataset in %s: removed %d files", out, len(names))
+        log.info("removed %d files of %s in %s", len(names),
+                 "the dataset" if splits is None else f"split {', '.join(splits)}", out)

@@ -413,8 +413,7 @@ def _write_manifest(out, split: str, shards, results, input_failures, plan: Data
                 "num_frames": r.num_frames} for r in results]
     manifest = {"format_version": fmt.FORMAT_VERSION, "split": split, "options": asdict(plan.opts),
                 "seed": plan.seed,
-                "classes": [classes[k] for k in sorted(classes)] if sorted(classes) == list(range(len(classes)))
-                else {str(k): v for k, v in sorted(classes.items())},
+                "classes": fmt.manifest_classes_json(classes),
                 "videos": sum(e["videos"] for e in entries), "frames": sum(e["frames"] for e in entries),
                 "shards": entries, "failures": failures, "warnings": warnings}
     fmt.atomic_write(fmt.manifest_path(out, split), json.dumps(manifest, indent=1).encode())
