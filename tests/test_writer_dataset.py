@@ -164,6 +164,10 @@ def test_the_same_command_after_rebuilding_the_indexes_keeps_every_shard(tmp_pat
     assert [read_frame_index(fmt.fidx_path(s)).notes for s in sorted(data.glob("*.tfrecord"))] == notes
     proc = run_module("dali_video.writer", *write)
     assert "resuming: 2 of 2 shards already complete" in proc.stderr
+    # 29.14: a run that reuses every shard says so, with no rate (it was "27118 frames/s")
+    assert proc.stdout.endswith(f"reused all 2 shards, complete from an earlier run (4 videos, "
+                                f"{_manifest(data, 'train')['frames']} frames): nothing to write in {data}\n")
+    assert "frames/s" not in proc.stdout
     assert {n: b for n, (_, b) in _files(data, manifest_times=False).items()} == \
         {n: b for n, (_, b) in before.items()}
 

@@ -341,11 +341,23 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     ``runner="beam"`` runs the same plan as an Apache Beam pipeline (``writer.beam``), with
     ``beam_args`` as its pipeline options; the output is the same bytes.
     """
+    _check_runner(runner, beam_args)  # before the plan, which may delete a dataset (replace=True)
+    plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
+                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
+    return write_plan(plan, workers=workers, progress=progress, runner=runner, beam_args=beam_args)
+
+
+def _check_runner(runner: str, beam_args) -> None:
     _check_choice("runner", runner, RUNNERS)
     if beam_args and runner != "beam":
         raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
-    plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
-                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
+
+
+def write_plan(plan: DatasetPlan, *, workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+               runner: Literal["local", "beam"] = "local", beam_args=()) -> dict:
+    """Write the shards ``plan.todo`` of a :func:`plan_dataset` plan, then the manifests; return them by
+    split (``write_dataset``'s second half: a caller that plans first knows what a run reuses)."""
+    _check_runner(runner, beam_args)
     workers = workers or os.cpu_count()
     if runner == "beam":
         try:
