@@ -129,15 +129,17 @@ def test_resume_rewrites_a_shard_whose_frame_index_never_arrived(s3, videos, dat
 @pytest.mark.parametrize("path, problem", [
     ("http://example.com/ds", "not http: URLs"),
     ("hdfs://namenode/ds", "not hdfs: URLs"),
-    ("gcs://bucket/ds", "not gcs: URLs"),
+    ("gcs://bucket/ds", "not gcs: URLs; write gs://bucket/ds"),  # 29.14: it suggested ./gcs://bucket/ds
+    ("s3a://bucket/ds", "not s3a: URLs; write s3://bucket/ds"),
     ("s3:bucket/ds", "not a valid s3:// URL"),
     ("s3:/bucket/ds", "not a valid s3:// URL"),
     ("gs:///ds", "not a valid gs:// URL"),
     ("S3://bucket/ds", "not a valid s3:// URL"),
 ])
 def test_unknown_url_schemes_are_refused_never_taken_for_local_paths(path, problem, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=re.escape(problem)):
+    with pytest.raises(ValueError, match=re.escape(problem)) as error:
         check_path(path)
+    assert "write ./" not in str(error.value)  # a URL is no local file name
     with pytest.raises(ValueError, match=re.escape(f"{path!r}")):
         load_table(path)
     monkeypatch.chdir(tmp_path)
