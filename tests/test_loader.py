@@ -255,7 +255,7 @@ def test_arguments_are_validated_with_allowed_values(dataset):
              (dict(color_jitter=(float("nan"), 0, 0, 0)), r"color_jitter must be"),
              (dict(std=(float("nan"), 1, 1)), r"std must be 3 finite values > 0"),
              (dict(flip=1), r"flip must be True or False, got 1"),
-             (dict(recipe="resnet"), r"recipe must be one of \('slowfast', 'mvit', 'movinet', .*\) or a ClipConfig"),
+             (dict(recipe="resnet"), r"recipe must be 'default', one of \('slowfast', 'mvit', 'movinet', .*\) or a ClipConfig"),
              (dict(num_crops=2), r"num_crops must be one of \(1, 3\)"),
              (dict(layout="tiles"), r"layout must be one of \('auto', 'frames', 'clips'\)"),
              (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\]"),
