@@ -70,3 +70,23 @@ def test_the_examples_run_as_written(code, workdir, monkeypatch):
             monkeypatch.setattr(dali_video, name, functools.partial(getattr(dali_video, name), device="cpu"))
     monkeypatch.chdir(workdir)
     exec(compile(code, "<example>", "exec"), {"model": _build_and_compile(), "build_and_compile": _build_and_compile})
+
+
+@pytest.mark.slow
+def test_the_resume_example_records_its_run_and_refuses_another(workdir, tmp_path, monkeypatch):
+    """29.10: docs/long-runs.md's example saved "run": null, so a restart with another seed went on."""
+    from dali_video.loader.resume import read_position
+
+    code = next(textwrap.dedent(m.group(2)) for m in BLOCK.finditer(Path(ROOT, "docs", "long-runs.md").read_text()))
+    (tmp_path / "data").symlink_to(workdir / "data")
+    monkeypatch.chdir(tmp_path)
+    if not has_gpu():
+        monkeypatch.setattr(dali_video, "clip_dataset", functools.partial(dali_video.clip_dataset, device="cpu"))
+    exec(compile(code.replace("epochs=10", "epochs=1"), "<example>", "exec"), {"build_and_compile": _build_and_compile})
+    position = read_position("ckpt/")
+    assert position["epoch"] == 1 and position["run"]["seed"] == 0 and position["run"]["dataset"]
+    other = code.replace("batch, seed, clips = 8, 0,", "batch, seed, clips = 8, 1,")
+    assert other != code
+    with pytest.raises(ValueError, match=r"ckpt/ holds another run: its seed was 0, this run's is 1; resume it "
+                                         r"with the same seed, or pass another checkpoint folder"):
+        exec(compile(other, "<example>", "exec"), {"build_and_compile": _build_and_compile})
