@@ -38,6 +38,17 @@ def test_the_docs_build_strictly(tmp_path):
     assert "dali_video.clip_dataset" in (tmp_path / "site" / "reference" / "index.html").read_text()
 
 
+def test_the_readmes_install_section_names_the_cloud_extra():
+    """29.12: s3:// and gs:// need the `cloud` extra, which the README's Install section did not name."""
+    import tomllib
+
+    extras = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    readme = Path(ROOT, "README.md").read_text()
+    install = readme[readme.index("## Install"):readme.index("\n## ", readme.index("## Install") + 1)]
+    assert "cloud" in extras and 'whl[cloud]"' in install and '".[cloud]"' in install
+    assert "`s3://` or `gs://` need the `cloud` extra" in install
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """videos/ and data/ as the examples name them: frames large enough for their 224-pixel crops, videos long
