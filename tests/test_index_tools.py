@@ -184,7 +184,8 @@ def test_inspect_refuses_a_stale_index_as_verify_does(dataset, tmp_path, capsys)
         shutil.copy(str(first) + suffix, str(shard) + suffix)
     shutil.copy(second, shard)
     assert second.stat().st_size != first.stat().st_size
-    stale = rf"train\.tfrecord\.fidx: stale frame index: the shard is {second.stat().st_size} bytes, the index was built"
+    stale = (rf"train\.tfrecord\.fidx: stale frame index: the shard is {second.stat().st_size} bytes, "
+             rf"the index was built")
     for check in (verify, lambda s: inspect([s])):
         with pytest.raises(FormatError, match=stale):
             check(shard)

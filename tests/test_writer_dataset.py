@@ -57,8 +57,9 @@ def test_a_second_dataset_stops_naming_what_differs_and_replace_removes_every_sp
             "  val: resize_shorter was 32, now 48\n"
             "  val: class 0 was 'animation', now 'c0' (3 class ids differ)\n"
             "if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes one a "
-            "line in id order: animation, bowling, cooking; else pass --replace (replace=True) to delete its shards, indexes and manifests of every split "
-            "and write this dataset, or write to another folder") in proc.stderr
+            "line in id order: animation, bowling, cooking; else pass --replace (replace=True) to delete its "
+            "shards, indexes and manifests of every split and write this dataset, or write to another folder") \
+        in proc.stderr
     assert _files(data) == before  # nothing touched
 
     # Runs of the same dataset proceed: the same command again keeps every shard, and a split of the
