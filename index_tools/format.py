@@ -126,6 +126,19 @@ def manifest_path(folder, split: str) -> Path | str:
 atomic_write = storage.write  # the file or object appears only complete
 
 
+def manifest_classes_json(classes: dict) -> dict:
+    """A manifest's ``classes``: class id (a string, as JSON keys are) -> class text, in id order. One
+    form for every input: ids may have gaps (a split of some classes) or be any integers (a CSV's)."""
+    return {str(k): v for k, v in sorted(classes.items())}
+
+
+def manifest_classes(manifest: dict) -> dict[int, str]:
+    """Class id -> class text of a manifest read from JSON; manifests of earlier releases hold a list
+    (ids 0..n-1) where their ids had no gaps."""
+    classes = manifest.get("classes") or {}
+    return {int(k): v for k, v in (enumerate(classes) if isinstance(classes, list) else classes.items())}
+
+
 # ---------------------------------------------------------------- TFRecord framing
 
 def encode_record(data: bytes) -> bytes:
@@ -136,12 +149,21 @@ def encode_record(data: bytes) -> bytes:
 RECORD_OVERHEAD = 16  # u64 length, u32 length CRC, ..., u32 data CRC
 
 
+def gunzip_command(name: str) -> str:
+    """A shell command that decompresses the file ``name`` into an uncompressed ``.tfrecord`` without
+    truncating it first (``gunzip -c X > X`` would empty X before reading it)."""
+    plain = name[:-3] if name.endswith(".gz") else name
+    plain = plain if plain.endswith(SHARD_SUFFIX) else plain + SHARD_SUFFIX
+    if plain != name:
+        return f"gunzip -c {name} > {plain}"
+    return f"gunzip -c {name} > {name}.plain && mv {name}.plain {name}"
+
+
 def check_not_gzip(path, head: bytes) -> None:
     if head[:2] == b"\x1f\x8b":
-        name = storage.name(path)
         raise FormatError(f"{path}: the file is GZIP-compressed; DALI and dali-video read only "
-                          f"uncompressed TFRecords. Decompress it (gunzip -c {name} > "
-                          f"{name.rsplit('.', 1)[0]}.tfrecord) and index that.")
+                          f"uncompressed TFRecords. Decompress it ({gunzip_command(storage.name(path))}) "
+                          f"and index that.")
 
 
 def scan_records(path, *, check_data_crc: bool = True):
@@ -258,7 +280,8 @@ def _align(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
-def read_frame_index(path) -> FrameIndex:
+def read_header(path) -> tuple[dict, int]:
+    """The JSON header of a frame index of any version, and the file's size (the header unchecked)."""
     path = storage.check_path(path)
     file_size = storage.size(path)
     head = storage.read(path, 0, min(file_size, _HEAD_READ))  # one request for most headers
@@ -274,6 +297,12 @@ def read_frame_index(path) -> FrameIndex:
         header = json.loads(head[12:12 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path}: header is not valid JSON ({e})") from None
+    return header, file_size
+
+
+def read_frame_index(path) -> FrameIndex:
+    path = storage.check_path(path)
+    header, file_size = read_header(path)
     if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
         raise FormatError(f"{path}: header lacks fields {[k for k in _HEADER_KEYS if k not in header]}")
     if header["version"] not in READ_VERSIONS:

@@ -125,7 +125,8 @@ def index_shard(shard, frames_key: str | None = None, fps: float | None = None, 
 
 def build(shard, frames_key: str | None = None, fps: float | None = None) -> ShardIndex:
     """Write ``SHARD.idx`` and ``SHARD.fidx`` for an existing TFRecord file (``fps``: the frame rate of
-    videos whose records hold no ``fps`` feature)."""
+    videos whose records hold no ``fps`` feature). The notes of a frame index already there that
+    describes this shard (the writer's) are kept."""
     if fps is not None and not 0 < fps <= 1e4:
         raise ValueError(f"fps must be a frame rate in (0, 10000], got {fps!r}")
     index = index_shard(shard, frames_key, fps)
@@ -133,9 +134,25 @@ def build(shard, frames_key: str | None = None, fps: float | None = None) -> Sha
         raise FormatError(f"{shard}: no record holds video frames (looked for a bytes feature "
                           f"{frames_key or fmt.FRAMES!r}, features 'frames/NNNN', or a feature list "
                           f"{list(fmt.SEQUENCE_FRAME_KEYS)}); pass --frames-key")
+    size = storage.size(shard)
     fmt.atomic_write(fmt.idx_path(shard), index.idx_bytes())
-    fmt.atomic_write(fmt.fidx_path(shard), index.fidx_bytes(storage.size(shard)))
+    fmt.atomic_write(fmt.fidx_path(shard), index.fidx_bytes(size, _kept_notes(shard, index, size)))
     return index
+
+
+def _kept_notes(shard, index: ShardIndex, size: int) -> dict:
+    """The notes of the frame index being replaced (the writer's: what the shard was written from, the
+    videos it skipped), when that index, of any version, described this very shard: the same size,
+    records and videos. A rebuild (after an upgrade, say) thus leaves the writer able to resume its
+    own dataset."""
+    try:
+        old, _ = fmt.read_header(fmt.fidx_path(shard))
+        videos = old["videos"]
+        same = old["shard_size"] == size and old["num_records"] == len(index.records) and all(
+            videos[c] == index.videos[c] for c in ("record", "record_offset", "num_frames", "filename", "label"))
+    except (FormatError, OSError, KeyError, TypeError):  # missing or unreadable: nothing to keep
+        return {}
+    return (old.get("notes") or {}) if same else {}
 
 
 def verify(shard) -> int:
@@ -221,12 +238,15 @@ def _stats(values) -> str:
 
 
 def inspect(paths) -> str:
-    """A readable table per shard and for the whole dataset, from the frame indexes."""
+    """A readable table per shard and for the whole dataset, from the frame indexes (each checked to be
+    built for its shard as it is now: a stale one raises FormatError)."""
     indexes = []
     for shard in expand(paths):
         if not storage.exists(fmt.fidx_path(shard)):
             raise FormatError(f"{fmt.fidx_path(shard)}: missing; build it with: dali-video-index build {shard}")
-        indexes.append((shard, fmt.read_frame_index(fmt.fidx_path(shard))))
+        index = fmt.read_frame_index(fmt.fidx_path(shard))
+        fmt.check_fresh(shard, index)  # as verify and the loader: an index of another shard is no description
+        indexes.append((shard, index))
     lines = [f"{'shard':40} {'videos':>7} {'frames':>8} {'frames/video min/med/max':>25} "
              f"{'KB/frame':>9} resolutions"]
     sizes = {shard: int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for shard, ix in indexes}

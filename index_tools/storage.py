@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 SCHEMES = ("s3", "gs")
+_ALIASES = {"gcs": "gs:", "s3a": "s3:", "s3n": "s3:"}  # Hadoop's, fsspec's and others' names for them
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _URL_RE = re.compile(r"^(s3|gs)://([a-z0-9][a-z0-9._-]*[a-z0-9])(/.*)?$")
 _SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -48,8 +49,12 @@ def check_path(path) -> Path | str:
     if scheme in SCHEMES:
         raise ValueError(f"{text!r} is not a valid {scheme}:// URL: write {scheme}://BUCKET/PREFIX "
                          f"(a bucket name of lower-case letters, digits, '.', '-' and '_')")
-    raise ValueError(f"{text!r}: dali-video reads local paths, s3://BUCKET/PREFIX and gs://BUCKET/PREFIX, "
-                     f"not {m[1]}: URLs; for a local file whose name holds ':', write ./{text}")
+    refused = f"{text!r}: dali-video reads local paths, s3://BUCKET/PREFIX and gs://BUCKET/PREFIX, not {m[1]}: URLs"
+    if alias := _ALIASES.get(scheme):  # another tool's name for a store this one reads
+        raise ValueError(f"{refused}; write {alias}{text[len(m[0]):]}")
+    if text[len(m[0]):].startswith("//"):  # a URL of a store this one does not read
+        raise ValueError(refused)
+    raise ValueError(f"{refused}; for a local file whose name holds ':', write ./{text}")
 
 
 def is_url(path) -> bool:

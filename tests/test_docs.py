@@ -38,6 +38,17 @@ def test_the_docs_build_strictly(tmp_path):
     assert "dali_video.clip_dataset" in (tmp_path / "site" / "reference" / "index.html").read_text()
 
 
+def test_the_readmes_install_section_names_the_cloud_extra():
+    """29.12: s3:// and gs:// need the `cloud` extra, which the README's Install section did not name."""
+    import tomllib
+
+    extras = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    readme = Path(ROOT, "README.md").read_text()
+    install = readme[readme.index("## Install"):readme.index("\n## ", readme.index("## Install") + 1)]
+    assert "cloud" in extras and 'whl[cloud]"' in install and '".[cloud]"' in install
+    assert "`s3://` or `gs://` need the `cloud` extra" in install
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """videos/ and data/ as the examples name them: frames large enough for their 224-pixel crops, videos long
@@ -70,3 +81,23 @@ def test_the_examples_run_as_written(code, workdir, monkeypatch):
             monkeypatch.setattr(dali_video, name, functools.partial(getattr(dali_video, name), device="cpu"))
     monkeypatch.chdir(workdir)
     exec(compile(code, "<example>", "exec"), {"model": _build_and_compile(), "build_and_compile": _build_and_compile})
+
+
+@pytest.mark.slow
+def test_the_resume_example_records_its_run_and_refuses_another(workdir, tmp_path, monkeypatch):
+    """29.10: docs/long-runs.md's example saved "run": null, so a restart with another seed went on."""
+    from dali_video.loader.resume import read_position
+
+    code = next(textwrap.dedent(m.group(2)) for m in BLOCK.finditer(Path(ROOT, "docs", "long-runs.md").read_text()))
+    (tmp_path / "data").symlink_to(workdir / "data")
+    monkeypatch.chdir(tmp_path)
+    if not has_gpu():
+        monkeypatch.setattr(dali_video, "clip_dataset", functools.partial(dali_video.clip_dataset, device="cpu"))
+    exec(compile(code.replace("epochs=10", "epochs=1"), "<example>", "exec"), {"build_and_compile": _build_and_compile})
+    position = read_position("ckpt/")
+    assert position["epoch"] == 1 and position["run"]["seed"] == 0 and position["run"]["dataset"]
+    other = code.replace("batch, seed, clips = 8, 0,", "batch, seed, clips = 8, 1,")
+    assert other != code
+    with pytest.raises(ValueError, match=r"ckpt/ holds another run: its seed was 0, this run's is 1; resume it "
+                                         r"with the same seed, or pass another checkpoint folder"):
+        exec(compile(other, "<example>", "exec"), {"build_and_compile": _build_and_compile})

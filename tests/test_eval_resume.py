@@ -28,10 +28,13 @@ def test_each_evaluation_pass_holds_every_view_once_and_averages_per_video(datas
                  zip(m["video"], m["first_frame"], m["window"][:, 1], m["padding"]) if not p]
         assert len(set(views)) == 300  # every view once (video x clip start x crop position)
         averages = dali_video.average_per_video([p for p, _, _ in batches], [m for _, _, m in batches],
-                                                labels=[y for _, y, _ in batches])
+                                                labels=[y for _, y, _ in batches], dataset=ds)
         assert list(averages.video) == list(range(10)) and list(averages.count) == [30] * 10
         table = dali_video.load_table(dataset)
         assert np.array_equal(averages.label, table.label)
+        # 29.11: each video's file name, as the writer stored it (a/a_000.avi, ...), not only its table row
+        assert sorted(averages.filename) == sorted(f"{c}/{c}_{i:03d}.avi" for c in "ab" for i in range(5))
+        assert list(averages.filename) == list(table.filename)
         for v in range(10):  # the plain mean of the video's own 30 clips, padding left out
             own = np.concatenate([p[(m["video"] == v) & (m["padding"] == 0)] for p, _, m in batches])
             np.testing.assert_allclose(averages.mean[v], own.mean(axis=0))
@@ -119,6 +122,9 @@ def test_average_per_video_refuses_metadata_it_cannot_read():
     meta = np.zeros((3, len(META_COLUMNS)), np.int32)
     with pytest.raises(ValueError, match=r"predictions \(\[2\] per batch\) and meta \(\[3\] per batch\) must match"):
         dali_video.average_per_video(np.zeros((2, 2)), meta)
+    with pytest.raises(TypeError, match=r"dataset must be what clip_dataset returned \(untransformed\), a "
+                                        r"ClipPipeline or a VideoTable \(load_table\), got list"):
+        dali_video.average_per_video(np.zeros((3, 2)), meta, dataset=["data/"])
 
 
 def test_average_per_video_leaves_out_padding_and_clips_that_replaced_damaged_ones():

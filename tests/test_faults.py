@@ -158,7 +158,7 @@ def test_label_missing_from_class_list(tmp_path):
     (tmp_path / "classes.txt").write_text("cat\nbird\n")
     run_module("dali_video.writer", root, tmp_path / "out", "--resize", "0", "--classes", tmp_path / "classes.txt")
     assert "class 'dog' is not in the class list" in _reasons(tmp_path / "out")["dog/b.avi"]
-    assert _manifest(tmp_path / "out")["classes"] == ["cat"]
+    assert _manifest(tmp_path / "out")["classes"] == {"0": "cat"}
 
 
 def test_full_disk_stops_with_a_clear_error_and_no_partial_shard(tmp_path):

@@ -1,6 +1,7 @@
 """index_tools: framing, protobuf walk, .idx vs DALI's tool, frame index, verify, other layouts."""
 import ast
 import gzip
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from dali_video.tools.sample_data import frame_number, frame_pixels
 from dali_video.index_tools import FormatError, build, inspect, read_frame_index, verify
+from dali_video.index_tools import __main__ as index_cli
 from dali_video.index_tools import format as fmt
 from dali_video.index_tools.proto import encode_example, walk
 
@@ -157,6 +159,38 @@ def test_verify_reports_gzip_and_missing_index(tmp_path, dataset):
     shutil.copy(shard, plain)
     proc = run_module("dali_video.index_tools", "verify", plain, check=False)
     assert proc.returncode == 1 and "missing; build it with: dali-video-index build" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["train.tfrecord", "train.tfrecord.gz", "train.gz"])
+def test_the_gzip_hint_decompresses_without_destroying_the_shard(tmp_path, dataset, name):
+    """Issue 29.5: the hint was `gunzip -c train.tfrecord > train.tfrecord`, which empties the file first."""
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    gz = tmp_path / name
+    gz.write_bytes(gzip.compress(shard.read_bytes()))
+    with pytest.raises(FormatError, match=r"GZIP-compressed.*Decompress it \((gunzip -c .*)\) and index that") as e:
+        build(gz)
+    command = re.search(r"Decompress it \((gunzip -c .*)\) and index that", str(e.value))[1]
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    plain = tmp_path / "train.tfrecord"
+    assert plain.read_bytes() == shard.read_bytes()
+    assert len(build(plain).records) == len(build(shard).records)
+
+
+def test_inspect_refuses_a_stale_index_as_verify_does(dataset, tmp_path, capsys):
+    """Issue 29.3: a shard replaced by another next to the index built for the first."""
+    first, second = sorted(Path(dataset).glob("*.tfrecord"))[:2]
+    shard = tmp_path / "train.tfrecord"
+    for suffix in ("", fmt.IDX_SUFFIX, fmt.FIDX_SUFFIX):
+        shutil.copy(str(first) + suffix, str(shard) + suffix)
+    shutil.copy(second, shard)
+    assert second.stat().st_size != first.stat().st_size
+    stale = (rf"train\.tfrecord\.fidx: stale frame index: the shard is {second.stat().st_size} bytes, "
+             rf"the index was built")
+    for check in (verify, lambda s: inspect([s])):
+        with pytest.raises(FormatError, match=stale):
+            check(shard)
+    assert index_cli.main(["inspect", str(tmp_path)]) == 1
+    assert re.search(f"dali-video-index inspect: error: .*{stale}", capsys.readouterr().err)
 
 
 def test_build_rejects_records_without_frames(tmp_path):

@@ -1,6 +1,7 @@
 """The loader as a new user meets it (issue 17, points 2, 6, 7, 9 and 10): split names, class spaces,
 the device, steps per epoch, clips longer than videos, and the messages."""
 import ctypes
+import gzip
 import logging
 import math
 import os
@@ -216,5 +217,36 @@ def test_train_doctor_and_bench_print_no_cuinit_line_without_a_gpu():
     doctor = run("-m", "dali_video.tools.doctor", "--seconds", "0.2")
     bench = run("-c", "import os, dali_video.tools.bench.bench; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
     assert "cuInit" not in trained.stderr + doctor.stderr
+    # 29.13: nor the lines TensorFlow's libraries log while they load, each twice
+    assert not re.search("cudart_stub|oneDNN|absl::InitializeLog", trained.stderr + doctor.stderr)
     assert "dat_k/: no such file or folder" in trained.stderr and doctor.returncode == 0
     assert bench.stdout == "3\n"  # the bench's level before it starts TensorFlow: train's, that hides the line
+
+
+# ---------------------------------------------------------------- issue 29: round two
+
+def test_the_loader_says_a_shard_is_compressed_rather_than_unindexed(dataset, tmp_path, capsys):
+    """29.5: TensorFlow writes GZIP TFRecords without a .gz suffix; building their index fails too."""
+    shard = sorted(Path(dataset).glob("*.tfrecord"))[0]
+    (tmp_path / "train.tfrecord").write_bytes(gzip.compress(shard.read_bytes()))
+    want = r"train\.tfrecord: the file is GZIP-compressed; .* Decompress it \(gunzip -c train\.tfrecord > "
+    with pytest.raises(FormatError, match=want):
+        load_table(tmp_path)
+    assert train.main(["--data", str(tmp_path), "--cpu"]) == 1
+    assert re.search("dali-video-train: error: .*" + want, capsys.readouterr().err)
+
+
+def test_the_cli_holds_tensorflows_loading_lines_to_its_log_level_a_users_level_kept():
+    """29.13: "oneDNN custom operations are on" (on every host) and, without a GPU, "cudart_stub.cc: Could
+    not find cuda drivers", twice each, were printed whatever TF_CPP_MIN_LOG_LEVEL said."""
+    env = {k: v for k, v in {**os.environ, "PYTHONPATH": ROOT}.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def train(**more):
+        return subprocess.run([sys.executable, "-m", "dali_video.train_input", "--data", "dat_k/", "--cpu"], cwd=ROOT,
+                              capture_output=True, text=True, env={**env, **more}, timeout=300).stderr
+
+    quiet = train()
+    assert "dali-video-train: error: dat_k/: no such file or folder\n" in quiet
+    assert not re.search("oneDNN|absl::InitializeLog|cudart_stub", quiet), quiet
+    shown = train(TF_CPP_MIN_LOG_LEVEL="0")  # the user's level: every line, as TensorFlow logs them
+    assert len(re.findall(r"^I\d{4} .*port\.cc:\d+\] oneDNN custom operations are on", shown, re.M)) == 2

@@ -4,6 +4,7 @@ Each reference function is re-implemented here with numpy, as its repository wri
 function), and held against the reader's native plan (``dali_video_plan``, which the property test in
 test_native holds equal to the Python plan) over many video lengths, shorter than a clip included.
 """
+import logging
 import math
 import os
 
@@ -577,6 +578,33 @@ def test_mixture_recipes_must_agree_on_the_output():
         Mixture([("a", None, 0.5)])
 
 
+def test_evaluation_options_given_for_training_are_said_to_be_ignored(caplog):
+    """29.14: test_views with training=True was ignored silently."""
+    from dali_video.loader.config import _say_unread, resolve
+
+    _say_unread.cache_clear()  # said once per process
+    with caplog.at_level(logging.WARNING, logger="dali_video"):
+        resolve("slowfast", True, dict(test_views="mmaction", num_crops=3, clip_len=4))
+        resolve("slowfast", False, dict(test_views="mmaction", num_crops=3))  # evaluation reads them
+        resolve("slowfast", True, dict(num_crops=1, clip_len=8))  # the training view's own value: no news
+    assert [r.getMessage() for r in caplog.records] == [
+        "test_views, num_crops: read by evaluation (training=False) only; training=True draws its clips and crops "
+        "at random and ignores them"]
+
+
+def test_mixture_checks_its_recipes_when_built_and_takes_default(dataset):
+    """29.9: "default" (as --mix DATA:default:W names it) was refused, and only when a loader read it."""
+    from dali_video.loader.sampling import Mixture
+
+    with pytest.raises(ValueError, match=r"Mixture dataset 1: recipe must be 'default', one of \('slowfast', .*\) "
+                                         r"or a ClipConfig, got 'resnet'"):
+        Mixture([(dataset, None, 1), (dataset, "resnet", 1)])
+    mixed = Mixture([(dataset, "default", 1), (dataset, ClipConfig(), 1)])
+    assert dali_video.steps_per_epoch(mixed, batch_size=2, clip_len=4, crop_size=16) == \
+        dali_video.steps_per_epoch(Mixture([(dataset, None, 1)] * 2), batch_size=2, clip_len=4, crop_size=16)
+    assert dali_video.recipe("default", training=False) == ClipConfig()
+
+
 def test_mixture_swaps_flipped_labels_by_each_datasets_own_pairs(dataset):
     # Shared labels overlap (both datasets map 0->0, 1->1); only dataset 0's recipe pairs them, so a
     # flipped clip of dataset 1 keeps its label (one global map once swapped it too).
@@ -658,10 +686,17 @@ def test_train_takes_a_mixture_and_the_new_presets(dataset):
 
     from tests.conftest import run_module
 
-    proc = run_module("dali_video.train_input", "--mix", f"{dataset}:mvit_ssv2:2", "--mix", f"{dataset}:x3d_xs:1",
-                      "--cpu", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "3", "--clip-len", "4",
-                      "--crop-size", "32")
-    assert "clip 4x32x32, 4 classes" in proc.stdout  # two datasets of 2 classes, labels one after the other
+    # 29.9: recipes of other mean/std are told the options that set them for all, which the CLI now has
+    mix = ("--mix", f"{dataset}:tsm_ssv2:2", "--mix", f"{dataset}:default:1", "--cpu", "--epochs", "1",
+           "--steps-per-epoch", "2", "--batch-size", "3", "--clip-len", "4", "--crop-size", "32")
+    proc = run_module("dali_video.train_input", *mix, check=False)
+    assert proc.returncode == 1 and ("dali-video-train: error: Mixture datasets 0 and 1 differ in mean, std: the "
+                                     "recipes must agree on clip_len, crop_size, dtype, mean, std (pass them as "
+                                     "keywords to set them for all; dali-video-train: --clip-len, --crop-size, "
+                                     "--mean, --std)") in proc.stderr
+    proc = run_module("dali_video.train_input", *mix, "--mean", "0,0,0", "--std", "255,255,255")
+    # two datasets of 2 classes, labels one after the other; the recipes as given (it said "recipe default")
+    assert "clip 4x32x32, 4 classes, recipes tsm_ssv2, default" in proc.stdout
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["epoch"] == 1 and line["clip"] == 6
 

@@ -129,15 +129,17 @@ def test_resume_rewrites_a_shard_whose_frame_index_never_arrived(s3, videos, dat
 @pytest.mark.parametrize("path, problem", [
     ("http://example.com/ds", "not http: URLs"),
     ("hdfs://namenode/ds", "not hdfs: URLs"),
-    ("gcs://bucket/ds", "not gcs: URLs"),
+    ("gcs://bucket/ds", "not gcs: URLs; write gs://bucket/ds"),  # 29.14: it suggested ./gcs://bucket/ds
+    ("s3a://bucket/ds", "not s3a: URLs; write s3://bucket/ds"),
     ("s3:bucket/ds", "not a valid s3:// URL"),
     ("s3:/bucket/ds", "not a valid s3:// URL"),
     ("gs:///ds", "not a valid gs:// URL"),
     ("S3://bucket/ds", "not a valid s3:// URL"),
 ])
 def test_unknown_url_schemes_are_refused_never_taken_for_local_paths(path, problem, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=re.escape(problem)):
+    with pytest.raises(ValueError, match=re.escape(problem)) as error:
         check_path(path)
+    assert "write ./" not in str(error.value)  # a URL is no local file name
     with pytest.raises(ValueError, match=re.escape(f"{path!r}")):
         load_table(path)
     monkeypatch.chdir(tmp_path)
@@ -208,7 +210,7 @@ def test_a_bucket_holds_one_dataset_replace_deletes_it_there(bucket, videos, tmp
     run_module("dali_video.writer", others, url, "--resize", "0", "--num-shards", "1", "--replace")
     assert sorted(_objects(url)) == ["notes.txt", "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.fidx",
                                      "train-00000-of-00001.tfrecord.idx", "train.manifest.json"]
-    assert json.loads(storage.read(f"{url}/train.manifest.json"))["classes"] == ["c0", "c1", "c2"]
+    assert json.loads(storage.read(f"{url}/train.manifest.json"))["classes"] == {"0": "c0", "1": "c1", "2": "c2"}
 
 
 def test_splits_of_a_bucket_are_read_from_its_listing(s3, dataset):

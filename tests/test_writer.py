@@ -42,7 +42,7 @@ def test_round_trip_every_frame_and_label(dataset, videos):
     expected = {f"{p.parent.name}/{p.name}" for p in Path(videos).glob("*/*.avi")}
     assert set(seen) == expected
     manifest = json.loads((dataset / "train.manifest.json").read_text())
-    assert manifest["classes"] == ["a", "b"] and manifest["videos"] == 10 and manifest["failures"] == []
+    assert manifest["classes"] == {"0": "a", "1": "b"} and manifest["videos"] == 10 and manifest["failures"] == []
     assert {k: v for s in manifest["shards"] for k, v in s["num_frames"].items()} == seen
 
 
@@ -122,7 +122,7 @@ def test_kinetics_csv_trims_full_videos_and_finds_trimmed_clips(tmp_path):
            for ex in _read_with_tensorflow(shards)}
     assert got["abc_000003_000005.mp4"] == list(range(30, 50))
     assert got["xyz_000002_000004.mp4"] == list(range(20))
-    assert manifest["classes"] == ["jump", "run"]
+    assert manifest["classes"] == {"0": "jump", "1": "run"}
 
 
 def test_bad_videos_are_skipped_and_reported_or_stop_the_run(tmp_path):

@@ -56,8 +56,10 @@ def test_a_second_dataset_stops_naming_what_differs_and_replace_removes_every_sp
             "  train: class 0 was 'animation', now 'c0' (3 class ids differ)\n"
             "  val: resize_shorter was 32, now 48\n"
             "  val: class 0 was 'animation', now 'c0' (3 class ids differ)\n"
-            "pass --replace (replace=True) to delete its shards, indexes and manifests of every split "
-            "and write this dataset, or write to another folder") in proc.stderr
+            "if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes one a "
+            "line in id order: animation, bowling, cooking; else pass --replace (replace=True) to delete its "
+            "shards, indexes and manifests of every split and write this dataset, or write to another folder") \
+        in proc.stderr
     assert _files(data) == before  # nothing touched
 
     # Runs of the same dataset proceed: the same command again keeps every shard, and a split of the
@@ -67,13 +69,13 @@ def test_a_second_dataset_stops_naming_what_differs_and_replace_removes_every_sp
                                                   for n, (t, b) in before.items()}
     test = make_folder_dataset(tmp_path / "test", videos_per_class=1, classes=KINETICS, frames=(6, 6))
     run_module("dali_video.writer", test, data, "--split", "test", "--resize", "32", "--num-shards", "1")
-    assert _manifest(data, "test")["classes"] == list(KINETICS)
+    assert _manifest(data, "test")["classes"] == {str(i): c for i, c in enumerate(KINETICS)}
 
     run_module("dali_video.writer", others, data, "--resize", "48", "--num-shards", "1", "--replace")
     assert sorted(p.name for p in data.iterdir()) == [
         ".notes.txt.swp.tmp", "notes.txt", "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.fidx",
         "train-00000-of-00001.tfrecord.idx", "train.manifest.json"]
-    assert _manifest(data, "train")["classes"] == ["c0", "c1", "c2"]
+    assert _manifest(data, "train")["classes"] == {"0": "c0", "1": "c1", "2": "c2"}
     assert _manifest(data, "train")["options"]["resize_shorter"] == 48
 
 
@@ -115,6 +117,62 @@ def test_an_unfinished_run_of_other_options_is_refused_and_beam_plans_alike(tmp_
     assert [s.name for s in plan.shards] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
 
 
+def test_a_split_of_some_classes_is_told_to_pass_the_class_file_first(tmp_path):
+    """29.7: a val split holding 2 of the 3 classes numbers them otherwise; --replace would delete train."""
+    train = make_folder_dataset(tmp_path / "train", videos_per_class=1, classes=("animal", "movie", "outdoor"),
+                                frames=(6, 6))
+    val = make_folder_dataset(tmp_path / "val", videos_per_class=1, classes=("animal", "outdoor"), frames=(6, 6))
+    data = tmp_path / "data"
+    run_module("dali_video.writer", train, data, "--resize", "0", "--num-shards", "1")
+    proc = run_module("dali_video.writer", val, data, "--split", "val", "--resize", "0", "--num-shards", "1",
+                      check=False)
+    assert proc.returncode == 1
+    assert ("  train: class 1 was 'movie', now 'outdoor'\n"
+            "if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes one a "
+            "line in id order: animal, movie, outdoor; else pass --replace (replace=True)") in proc.stderr
+    (tmp_path / "classes.txt").write_text("animal\nmovie\noutdoor\n")
+    run_module("dali_video.writer", val, data, "--split", "val", "--resize", "0", "--num-shards", "1",
+               "--classes", tmp_path / "classes.txt")
+    assert sorted(p.name for p in data.glob("*.tfrecord")) == ["train-00000-of-00001.tfrecord",
+                                                               "val-00000-of-00001.tfrecord"]
+
+
+def test_the_manifest_holds_classes_in_one_form_and_old_lists_still_read(tmp_path):
+    """29.14: classes was a list for folder input and a dict for CSV input (ids with gaps)."""
+    videos = make_folder_dataset(tmp_path / "v", videos_per_class=1, classes=("a", "b"), frames=(6, 6))
+    (tmp_path / "list.csv").write_text("path,label\na/a_000.avi,3\nb/b_000.avi,7\n")
+    run_module("dali_video.writer", videos, tmp_path / "folder", "--resize", "0")
+    run_module("dali_video.writer", "--csv", tmp_path / "list.csv", videos, tmp_path / "csv", "--resize", "0")
+    assert _manifest(tmp_path / "folder", "train")["classes"] == {"0": "a", "1": "b"}
+    assert _manifest(tmp_path / "csv", "train")["classes"] == {"3": "3", "7": "7"}
+    manifest = _manifest(tmp_path / "folder", "train")  # as earlier releases wrote it
+    (tmp_path / "folder" / "train.manifest.json").write_text(json.dumps({**manifest, "classes": ["a", "b"]}))
+    assert fmt.manifest_classes({"classes": ["a", "b"]}) == fmt.manifest_classes(manifest) == {0: "a", 1: "b"}
+    proc = run_module("dali_video.writer", videos, tmp_path / "folder", "--resize", "0")
+    assert "resuming: 1 of 1 shards already complete" in proc.stderr
+
+
+def test_the_same_command_after_rebuilding_the_indexes_keeps_every_shard(tmp_path):
+    """29.6: docs/formats.md recommends `dali-video-index build` after upgrades; the rebuilt frame index
+    must keep the writer's notes, or the writer refuses its own dataset."""
+    videos = make_folder_dataset(tmp_path / "v", videos_per_class=2, frames=(6, 8))
+    data = tmp_path / "data"
+    write = (videos, data, "--resize", "0", "--num-shards", "2", "--workers", "1")
+    run_module("dali_video.writer", *write)
+    before = _files(data, manifest_times=False)
+    notes = [read_frame_index(fmt.fidx_path(s)).notes for s in sorted(data.glob("*.tfrecord"))]
+    run_module("dali_video.index_tools", "build", data)
+    assert [read_frame_index(fmt.fidx_path(s)).notes for s in sorted(data.glob("*.tfrecord"))] == notes
+    proc = run_module("dali_video.writer", *write)
+    assert "resuming: 2 of 2 shards already complete" in proc.stderr
+    # 29.14: a run that reuses every shard says so, with no rate (it was "27118 frames/s")
+    assert proc.stdout.endswith(f"reused all 2 shards, complete from an earlier run (4 videos, "
+                                f"{_manifest(data, 'train')['frames']} frames): nothing to write in {data}\n")
+    assert "frames/s" not in proc.stdout
+    assert {n: b for n, (_, b) in _files(data, manifest_times=False).items()} == \
+        {n: b for n, (_, b) in before.items()}
+
+
 # ---------------------------------------------------------------- only video containers (17.4)
 
 def test_images_and_text_in_a_class_folder_are_skipped_with_reasons_and_printed(tmp_path):
@@ -138,6 +196,28 @@ def test_images_and_text_in_a_class_folder_are_skipped_with_reasons_and_printed(
     written = {n for s in (tmp_path / "out").glob("*.tfrecord")
                for n in read_frame_index(fmt.fidx_path(s)).videos["filename"]}
     assert written == {"a/clip.avi", "a/renamed.bin"}
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_a_split_of_which_no_video_is_written_fails_naming_each_and_leaves_no_shard(tmp_path, runner):
+    """29.8: a class folder holding only a text file named .mp4 wrote 0 videos, exit 0, an empty shard."""
+    root = tmp_path / "v"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.mp4").write_text("hello\n")
+    (root / "a" / "y.avi").write_bytes(b"")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", "--runner", runner, "--workers", "1", check=False)
+    text = ("no video of split train could be written, all 2 were skipped: a/x.mp4: not a video: text, not a "
+            "video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF/WMV, Ogg, Y4M); a/y.avi: not a "
+            "video: an empty file, not a video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF/WMV, "
+            "Ogg, Y4M); no shard or manifest of it is left")
+    assert proc.returncode == 1 and "wrote 0 videos" not in proc.stdout
+    assert text in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    (root / "a" / "x.mp4").unlink(), (root / "a" / "y.avi").unlink()
+    (root / "a" / ".mp4").write_text("hidden\n")
+    proc = run_module("dali_video.writer", root, tmp_path / "out", check=False)
+    assert proc.returncode == 1 and (f"dali-video-write: error: no video to write from {root} (its class folders "
+                                     f"hold no file; files whose names start with '.' are not read)") in proc.stderr
 
 
 @pytest.mark.parametrize("ext,fourcc,kind", [

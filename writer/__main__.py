@@ -22,7 +22,7 @@ from ..index_tools import storage
 
 from .encode import EncodeOptions
 from .sources import InputError, from_csv, from_folder, from_kinetics
-from .write import WriteError, write_dataset
+from .write import WriteError, plan_dataset, write_plan
 
 
 def main(argv=None) -> int:
@@ -78,7 +78,9 @@ def main(argv=None) -> int:
         if not specs:  # nothing to write: say why rather than exit quietly with no manifest
             for f in failures:
                 print(f"  skipped {f.filename}: {f.reason}", file=sys.stderr)
-            raise InputError(f"no video to write from {args.root} ({len(failures)} skipped, reasons above)")
+            why = f"{len(failures)} skipped, reasons above" if failures else \
+                "its class folders hold no file; files whose names start with '.' are not read"
+            raise InputError(f"no video to write from {args.root} ({why})")
         start = time.perf_counter()
         # Beam workers report progress as Beam metrics (the runner's UI), not to this bar.
         bar = tqdm(total=len(specs), unit="video", smoothing=0.05, disable=True if args.runner == "beam" else None)
@@ -89,10 +91,10 @@ def main(argv=None) -> int:
             bar.update(videos)
             bar.set_postfix_str(f"{frames[0] / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
 
-        manifests = write_dataset(specs, args.out, opts, input_failures=failures,
-                                  shard_size_mb=args.shard_size, num_shards=args.num_shards,
-                                  workers=args.workers, on_error=args.on_error, seed=args.seed,
-                                  progress=progress, runner=args.runner, beam_args=beam_args, replace=args.replace)
+        plan = plan_dataset(specs, args.out, opts, input_failures=failures, shard_size_mb=args.shard_size,
+                            num_shards=args.num_shards, on_error=args.on_error, seed=args.seed, replace=args.replace)
+        manifests = write_plan(plan, workers=args.workers, progress=progress, runner=args.runner,
+                               beam_args=beam_args)
         bar.close()
     except (InputError, WriteError, ValueError, OSError) as e:
         print(f"dali-video-write: error: {e}", file=sys.stderr)
@@ -107,8 +109,15 @@ def main(argv=None) -> int:
             print(f"  warning {w['filename']}: {w['reason']}")
     total_frames = sum(m["frames"] for m in manifests.values())
     total_videos = sum(m["videos"] for m in manifests.values())
-    print(f"wrote {total_videos} videos, {total_frames} frames in {seconds:.1f} s "
-          f"({total_videos / seconds:.2f} videos/s, {total_frames / seconds:.0f} frames/s) to {args.out}")
+    reused_videos, reused_frames = sum(r.videos for r in plan.reused), sum(r.frames for r in plan.reused)
+    if not plan.todo:  # a rate over shards found complete would be the speed of reading their indexes
+        print(f"reused all {len(plan.shards)} shards, complete from an earlier run ({total_videos} videos, "
+              f"{total_frames} frames): nothing to write in {args.out}")
+        return 0
+    videos, frames = total_videos - reused_videos, total_frames - reused_frames
+    reused = f"; reused {len(plan.reused)} complete shards ({reused_videos} videos)" if plan.reused else ""
+    print(f"wrote {videos} videos, {frames} frames in {seconds:.1f} s "
+          f"({videos / seconds:.2f} videos/s, {frames / seconds:.0f} frames/s) to {args.out}{reused}")
     return 0
 
 

@@ -59,8 +59,7 @@ def _manifest(path: Path | str) -> dict:
     except ValueError as e:
         raise FormatError(f"{path}: not a dali-video manifest ({e}); pass --replace (replace=True) to write "
                           f"the dataset anew, or write to another folder") from None
-    classes = manifest.get("classes") or {}
-    manifest["classes"] = {int(k): v for k, v in (enumerate(classes) if isinstance(classes, list) else classes.items())}
+    manifest["classes"] = fmt.manifest_classes(manifest)
     return manifest
 
 
@@ -132,14 +131,27 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
     return lines
 
 
-def remove_dataset(out: Path | str) -> None:
-    """Delete every file of the writer in ``out``, and no other: the manifests first, then each shard's
-    frame index (which marks it complete), its index and the shard, so that what is left at any
-    moment reads as an unfinished run."""
+def classes_hint(old: dict[str, SplitState], new: dict[str, SplitState]) -> str:
+    """When the class ids of ``new`` clash with the dataset's (a split holding some of its classes, so
+    numbered otherwise), the way to number them as it does: a class file; else ""."""
+    was = {k: v for s in old.values() for k, v in s.classes.items()}
+    if not _class_clash(was, {k: v for s in new.values() for k, v in s.classes.items()}):
+        return ""
+    listed = f": {', '.join(was[k] for k in sorted(was))}" if sorted(was) == list(range(len(was))) else ""
+    return (f"if this is a split of the same dataset, pass --classes classes.txt, a file naming its classes "
+            f"one a line in id order{listed}; else ")
+
+
+def remove_dataset(out: Path | str, splits=None) -> None:
+    """Delete every file of the writer in ``out`` (of ``splits`` only, when given), and no other: the
+    manifests first, then each shard's frame index (which marks it complete), its index and the shard,
+    so that what is left at any moment reads as an unfinished run."""
     order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
-    names = sorted((n for n in map(storage.name, storage.glob(out, "*")) if writer_split(n) is not None),
+    names = sorted((n for n in map(storage.name, storage.glob(out, "*"))
+                    if (split := writer_split(n)) is not None and (splits is None or split in splits)),
                    key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))
     for name in names:
         storage.remove(storage.join(out, name))
     if names:
-        log.info("replacing the dataset in %s: removed %d files", out, len(names))
+        log.info("removed %d files of %s in %s", len(names),
+                 "the dataset" if splits is None else f"split {', '.join(splits)}", out)

@@ -27,7 +27,7 @@ from ..index_tools import format as fmt
 from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
-from .folder import SplitState, complete_index, differences, read_folder, remove_dataset, writer_split
+from .folder import SplitState, classes_hint, complete_index, differences, read_folder, remove_dataset, writer_split
 from .sources import Failure, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,9 @@ def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOpt
     old, indexes = read_folder(out)
     if lines := differences(old, new):
         raise WriteError(f"{out} holds another dataset (splits {', '.join(old)}); this run differs:\n  "
-                         + "\n  ".join(lines) + "\npass --replace (replace=True) to delete its shards, indexes "
-                         "and manifests of every split and write this dataset, or write to another folder")
+                         + "\n  ".join(lines) + f"\n{classes_hint(old, new)}pass --replace (replace=True) to "
+                         "delete its shards, indexes and manifests of every split and write this dataset, or "
+                         "write to another folder")
     return indexes
 
 
@@ -340,11 +341,23 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
     ``runner="beam"`` runs the same plan as an Apache Beam pipeline (``writer.beam``), with
     ``beam_args`` as its pipeline options; the output is the same bytes.
     """
+    _check_runner(runner, beam_args)  # before the plan, which may delete a dataset (replace=True)
+    plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
+                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
+    return write_plan(plan, workers=workers, progress=progress, runner=runner, beam_args=beam_args)
+
+
+def _check_runner(runner: str, beam_args) -> None:
     _check_choice("runner", runner, RUNNERS)
     if beam_args and runner != "beam":
         raise ValueError(f"Beam pipeline options ({' '.join(beam_args)}) need runner='beam'")
-    plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
-                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
+
+
+def write_plan(plan: DatasetPlan, *, workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+               runner: Literal["local", "beam"] = "local", beam_args=()) -> dict:
+    """Write the shards ``plan.todo`` of a :func:`plan_dataset` plan, then the manifests; return them by
+    split (``write_dataset``'s second half: a caller that plans first knows what a run reuses)."""
+    _check_runner(runner, beam_args)
     workers = workers or os.cpu_count()
     if runner == "beam":
         try:
@@ -373,20 +386,33 @@ def write_manifests(plan: DatasetPlan, results) -> dict:
     """Each split's manifest, from the results of the shards of ``plan.todo`` (any order; results of
     ``plan.reused`` shards may be among them); returned by split.
 
-    Written last, once every shard of the plan is complete.
+    Written last, once every shard of the plan is complete. A split of which no video was written
+    (every one skipped) gets no manifest and keeps no shard: a WriteError names each video skipped and
+    why, after the other splits' manifests are written.
     """
     by_file = {r.file: r for r in (*plan.reused, *results)}
     missing = [p.name for p in plan.shards if p.name not in by_file]
     if missing:
         raise WriteError(f"{len(missing)} planned shards have no result ({missing[0]}, ...): "
                          f"write every shard before the manifests")
-    return {split: _write_manifest(plan.out_dir, split, [p for p in plan.shards if p.split == split],
-                                   [by_file[p.name] for p in plan.shards if p.split == split], plan,
-                                   [f for f in plan.input_failures if f.split in ("", split)])
-            for split in plan.splits}
+    parts = {split: ([p for p in plan.shards if p.split == split], [by_file[p.name] for p in plan.shards
+                                                                     if p.split == split],
+                     [f for f in plan.input_failures if f.split in ("", split)]) for split in plan.splits}
+    empty = [split for split, (_, results, _) in parts.items() if not sum(r.videos for r in results)]
+    manifests = {split: _write_manifest(plan.out_dir, split, *part, plan) for split, part in parts.items()
+                 if split not in empty}
+    if empty:
+        remove_dataset(plan.out_dir, empty)
+        skipped = [f"{f['filename']}: {f['reason']}" for split in empty
+                   for f in [*({"filename": f.filename, "reason": f.reason} for f in parts[split][2]),
+                             *(f for r in parts[split][1] for f in r.failures)]]
+        more = f"; ... ({len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        raise WriteError(f"no video of split {', '.join(empty)} could be written, all {len(skipped)} were skipped: "
+                         f"{'; '.join(skipped[:10])}{more}; no shard or manifest of it is left")
+    return manifests
 
 
-def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_failures) -> dict:
+def _write_manifest(out, split: str, shards, results, input_failures, plan: DatasetPlan) -> dict:
     failures = [{"filename": f.filename, "reason": f.reason} for f in input_failures]
     warnings, classes = [], {}
     for r in results:
@@ -399,8 +425,7 @@ def _write_manifest(out, split: str, shards, results, plan: DatasetPlan, input_f
                 "num_frames": r.num_frames} for r in results]
     manifest = {"format_version": fmt.FORMAT_VERSION, "split": split, "options": asdict(plan.opts),
                 "seed": plan.seed,
-                "classes": [classes[k] for k in sorted(classes)] if sorted(classes) == list(range(len(classes)))
-                else {str(k): v for k, v in sorted(classes.items())},
+                "classes": fmt.manifest_classes_json(classes),
                 "videos": sum(e["videos"] for e in entries), "frames": sum(e["frames"] for e in entries),
                 "shards": entries, "failures": failures, "warnings": warnings}
     fmt.atomic_write(fmt.manifest_path(out, split), json.dumps(manifest, indent=1).encode())

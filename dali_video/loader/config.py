@@ -5,10 +5,14 @@ Pure Python: the plan (``sampling``) and the pipeline both read a :class:`ClipCo
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 ShortVideos = Literal["repeat_last", "loop", "skip"]
 SAMPLINGS = ("stride", "segments")
@@ -299,23 +303,48 @@ RECIPES: dict[str, tuple[ClipConfig, ClipConfig]] = {
 }
 
 
+DEFAULT = "default"  # the recipe name of ClipConfig()'s clips, where a name is taken (a Mixture, --mix)
+# Fields that only evaluation (training=False) reads: training draws its clips and crops at random.
+EVALUATION_ONLY = ("test_views", "num_crops", "twice_sample")
+
+
+def check_recipe(recipe_or_config) -> None:
+    """Raise ValueError unless ``recipe_or_config`` is None or "default" (ClipConfig()'s clips), a preset's
+    name or a ClipConfig."""
+    if not (recipe_or_config is None or isinstance(recipe_or_config, ClipConfig) or _is_name(recipe_or_config)):
+        raise _recipe_error(recipe_or_config)
+
+
+def _is_name(name) -> bool:
+    return isinstance(name, str) and (name == DEFAULT or name in RECIPES)
+
+
+def _recipe_error(value) -> ValueError:
+    return ValueError(f"recipe must be {DEFAULT!r}, one of {tuple(RECIPES)} or a ClipConfig, got {value!r}")
+
+
 def recipe(name: str, *, training: bool = True) -> ClipConfig:
-    """A named preset's training (or testing) view; see :data:`RECIPES` for the values and their sources."""
-    if name not in RECIPES:
-        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a ClipConfig, got {name!r}")
-    return RECIPES[name][0 if training else 1]
+    """A named preset's training (or testing) view; see :data:`RECIPES` for the values and their sources.
+    "default" names ClipConfig()'s clips."""
+    if not _is_name(name):
+        raise _recipe_error(name)
+    return ClipConfig() if name == DEFAULT else RECIPES[name][0 if training else 1]
 
 
 def resolve(recipe_or_config, training: bool, options: dict) -> ClipConfig:
     """The config a loader reads: a preset (by name, its training or testing view) or a ClipConfig, with
-    ``options`` (ClipConfig fields) overriding it; evaluation reads its fixed view."""
-    if recipe_or_config is None:
-        base = ClipConfig()
-    elif isinstance(recipe_or_config, str):
-        base = recipe(recipe_or_config, training=training)
-    elif isinstance(recipe_or_config, ClipConfig):
-        base = recipe_or_config
-    else:
-        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a ClipConfig, got {recipe_or_config!r}")
+    ``options`` (ClipConfig fields) overriding it; evaluation reads its fixed view. Options that only
+    evaluation reads (:data:`EVALUATION_ONLY`), given for training, are said to be ignored (a WARNING)."""
+    check_recipe(recipe_or_config)
+    base = recipe(recipe_or_config, training=training) if isinstance(recipe_or_config, str) else \
+        recipe_or_config or ClipConfig()
     config = base.replace(**options)
+    if training and (unread := tuple(k for k in EVALUATION_ONLY if k in options and options[k] != getattr(base, k))):
+        _say_unread(unread)
     return config if training else config.evaluation()
+
+
+@functools.cache
+def _say_unread(names: tuple) -> None:
+    log.warning("%s: read by evaluation (training=False) only; training=True draws its clips and crops at random "
+                "and ignores %s", ", ".join(names), "it" if len(names) == 1 else "them")

@@ -137,7 +137,8 @@ def _configs(files, recipe, training: bool, options: dict) -> list[ClipConfig]:
         differ = [f for f in shared if getattr(c, f) != getattr(configs[0], f)]
         if differ:
             raise ValueError(f"Mixture datasets 0 and {i} differ in {', '.join(differ)}: the recipes must agree on "
-                             f"{', '.join(shared)} (pass them as keywords to set them for all)")
+                             f"{', '.join(shared)} (pass them as keywords to set them for all; dali-video-train: "
+                             f"--clip-len, --crop-size, --mean, --std)")
     return configs
 
 

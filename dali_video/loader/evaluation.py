@@ -6,18 +6,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import META_COLUMNS
+from .dataset import META_COLUMNS, ClipPipeline
+from .sampling import VideoTable
 
 
 @dataclass(frozen=True)
 class VideoAverages:
     """Per video (ascending rows of ``load_table``): the mean prediction, the views averaged and, when
-    labels were given, its label."""
+    labels were given, its label; when the dataset was given, its file name (as the writer stored it)."""
 
     video: np.ndarray  # [V]
     mean: np.ndarray  # [V, ...] float64
     count: np.ndarray  # [V]
     label: np.ndarray | None = None  # [V]
+    filename: np.ndarray | None = None  # [V] str
+
+
+def _table(dataset) -> VideoTable:
+    """The video table a dataset of :func:`clip_dataset` (or a ClipPipeline) reads, or a table itself."""
+    if isinstance(dataset, VideoTable):
+        return dataset
+    loader = dataset if isinstance(dataset, ClipPipeline) else getattr(dataset, "_dali_video_loader", None)
+    if loader is None:
+        raise TypeError("dataset must be what clip_dataset returned (untransformed), a ClipPipeline or a VideoTable "
+                        f"(load_table), got {type(dataset).__name__}")
+    return loader.table
 
 
 def _batches(value) -> list:
@@ -38,7 +51,7 @@ def _video_and_padding(meta) -> tuple[np.ndarray, np.ndarray]:
     return meta[:, column("video")], (meta[:, column("padding")] != 0) | (meta[:, column("replaced")] > 0)
 
 
-def average_per_video(predictions, meta, labels=None) -> VideoAverages:
+def average_per_video(predictions, meta, labels=None, *, dataset=None) -> VideoAverages:
     """Averages predictions per video over one evaluation pass (``training=False``, ``with_meta=True``,
     :func:`steps_per_epoch` batches), leaving out the padding clips (``meta["padding"]``) that fill the
     last batch and the clips that replaced damaged ones (``meta["replaced"] > 0``, with
@@ -46,7 +59,9 @@ def average_per_video(predictions, meta, labels=None) -> VideoAverages:
 
     predictions: ``[N, ...]`` per clip (a model's outputs), or a list of such batches; meta: the
     matching metadata (dicts, or on the GPU the elements' ``[B, 16]`` arrays, their third entry), one
-    per batch; labels: optionally the matching labels. Takes NumPy arrays or eager tensors."""
+    per batch; labels: optionally the matching labels; dataset: optionally the dataset of the pass (what
+    :func:`clip_dataset` returned, a :class:`ClipPipeline`, or the ``VideoTable`` it reads), which gives
+    each video's file name. Takes NumPy arrays or eager tensors."""
     preds = [np.asarray(p) for p in _batches(predictions)]
     columns = [_video_and_padding(m) for m in _batches(meta)]
     if len(preds) != len(columns) or any(len(p) != len(v) for p, (v, _) in zip(preds, columns)):
@@ -64,4 +79,5 @@ def average_per_video(predictions, meta, labels=None) -> VideoAverages:
         given = np.concatenate([np.asarray(x) for x in _batches(labels)])[keep]
         label = np.zeros(len(videos), given.dtype)
         label[row] = given
-    return VideoAverages(videos, mean, count, label)
+    filename = None if dataset is None else _table(dataset).filename[videos]
+    return VideoAverages(videos, mean, count, label, filename)

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
+import sys
+import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,62 @@ def usable_gpus() -> tuple[int, str]:
 def quiet_tensorflow() -> None:
     """Call before TensorFlow is imported: its C++ log keeps errors only, and on a host without a usable
     GPU not even those, since there every start prints "failed call to cuInit", which says only that
-    there is no GPU. A TF_CPP_MIN_LOG_LEVEL already set is kept."""
+    there is no GPU. A TF_CPP_MIN_LOG_LEVEL already set is kept. The lines its libraries log while they
+    load, before that level applies ("oneDNN custom operations are on", and without a GPU
+    "cudart_stub.cc: Could not find cuda drivers", each twice), are held to the level too
+    (:class:`_LevelledImport`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if usable_gpus()[0] else "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _LevelledImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LevelledImport())
+
+
+# A line of TensorFlow's C++ log (absl's format: severity I/W/E/F, date, time, thread, file:line]) and the
+# line absl writes before its first lines when logging is not yet set up.
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] ")
+_ABSL_PREFACE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+class _LevelledImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow with its stderr (the file descriptor: C++ writes there) held back and written
+    out without the log lines below TF_CPP_MIN_LOG_LEVEL. Its libraries log while they load, before
+    they read the level (absl writes every line until it is set up), so the level misses those."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once, and the real finders find it
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader
+        level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+        if level not in ("1", "2", "3"):
+            return self.loader.exec_module(module)
+        hidden = "IWEF"[:int(level)]
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with tempfile.TemporaryFile() as held:
+                os.dup2(held.fileno(), 2)
+                try:
+                    self.loader.exec_module(module)
+                finally:
+                    sys.stderr.flush()
+                    os.dup2(saved, 2)
+                    held.seek(0)
+                    lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    sys.stderr.write("".join(line for line in lines if not (
+                        line.rstrip("\n") == _ABSL_PREFACE or (m := _LOG_LINE.match(line)) and m[1] in hidden)))
+                    sys.stderr.flush()
+        finally:
+            os.close(saved)
 
 
 def enable_memory_growth() -> int:

@@ -14,7 +14,7 @@ from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path,
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
-from .config import MAX_INT, ClipConfig, _is_int
+from .config import MAX_INT, ClipConfig, _is_int, check_recipe
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,11 @@ def _check_class_space(shards) -> None:
 
 def _shard_index(shard):
     """The frame index header of one shard, checked against the shard and its .idx."""
+    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))  # first: a compressed shard has no index to build
     for path in (idx_path(shard), fidx_path(shard)):
         if not storage.exists(path):
             raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                               f"dali-video-index build {shard}")
-    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
     index = read_frame_index(fidx_path(shard))
     check_fresh(shard, index)
     records = fmt.read_idx(idx_path(shard))
@@ -556,7 +556,8 @@ class Mixture:
 
     Every ``sum(weights)`` clips of the sequence hold exactly ``weight`` clips of each dataset, in a
     fixed interleave (:func:`mix_slots`: no random draws); each dataset draws its clips by its own recipe
-    (a preset's name or a ClipConfig, with the loader's keywords overriding every recipe) and its own
+    (a preset's name, "default" (ClipConfig()'s clips) or a ClipConfig, checked here, with the loader's keywords
+    overriding every recipe) and its own
     per-epoch order. labels: "offset" (dataset i's labels follow those of datasets 0..i-1, each counted
     as its largest label + 1; an unlabelled video, label < 0, stays so) or one dict per dataset mapping its labels to the shared ones (int32, as the
     reader carries them). Each recipe's flip_label_pairs are in its own dataset's labels and swap only
@@ -576,6 +577,11 @@ class Mixture:
         if not parts or any(len(p) != 3 or not _is_int(p[2]) or not 1 <= p[2] <= MAX_INT for p in parts):
             raise ValueError(f"Mixture takes [(files, recipe, weight), ...] with integer weights in [1, {MAX_INT}], "
                              f"got {self.parts!r}")
+        for number, (_, recipe, _) in enumerate(parts):  # here, not when a loader first reads it
+            try:
+                check_recipe(recipe)
+            except ValueError as e:
+                raise ValueError(f"Mixture dataset {number}: {e}") from None
         labels = self.labels
         if not (labels == "offset" or (isinstance(labels, (list, tuple)) and len(labels) == len(parts)
                                        and all(isinstance(m, dict) for m in labels))):

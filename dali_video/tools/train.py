@@ -18,7 +18,7 @@ import time
 # The options that set each field of a run's record, for the way out when a restart differs.
 RUN_FLAGS = {"dataset": "--data", "split": "--split", "global_batch_size": "--batch-size", "seed": "--seed",
              "recipe": "--recipe", "mix": "--mix (datasets, recipes and weights)",
-             "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter)"}
+             "clips": "clip options (--recipe, --clip-len, --stride, --crop-size, --resize-shorter, --mean, --std)"}
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -63,6 +63,14 @@ def _int_or_range(text: str):
     return (int(low), int(high)) if high else int(low)
 
 
+def _channels(text: str) -> tuple[float, float, float]:
+    """"114.75,114.75,114.75" -> the three values (pixel units, 0-255)."""
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"takes R,G,B (three numbers, pixel units 0-255), got {text!r}")
+    return values
+
+
 def _where(data: str) -> str:
     from ..index_tools import storage
 
@@ -104,6 +112,10 @@ def main(argv=None) -> int:
     p.add_argument("--crop-size", type=int)
     p.add_argument("--resize-shorter", type=_int_or_range,
                    help="resize frames before cropping, or LOW:HIGH drawn per clip (default: as stored)")
+    p.add_argument("--mean", type=_channels, metavar="R,G,B", help="subtracted from the pixels (0-255), "
+                   "overriding the recipe's (with --mix: every recipe's; they must agree)")
+    p.add_argument("--std", type=_channels, metavar="R,G,B", help="the pixels are divided by it (0-255 units), "
+                   "overriding the recipe's (with --mix: every recipe's)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the videos")
     p.add_argument("--seed", type=int, default=0)
@@ -141,7 +153,8 @@ def main(argv=None) -> int:
         print("dali-video-train: no GPU visible to TensorFlow; using the CPU fallback (--cpu)", file=sys.stderr)
         device = "cpu"
     options = {k: v for k, v in (("clip_len", args.clip_len), ("stride", args.stride), ("crop_size", args.crop_size),
-                                 ("resize_shorter", args.resize_shorter)) if v is not None}
+                                 ("resize_shorter", args.resize_shorter), ("mean", args.mean), ("std", args.std))
+               if v is not None}
     try:
         default = ClipConfig(clip_len=16, crop_size=112)
         if args.mix:  # the recipes travel in the mixture; the options override each
@@ -222,7 +235,9 @@ def main(argv=None) -> int:
                                       initial_clip=initial_clip, chief=chief, task=task, run=run))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
-          f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, recipe {args.recipe or 'default'}",
+          f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, "
+          + (f"recipes {', '.join(m.rsplit(':', 2)[1] for m in args.mix)}" if args.mix
+             else f"recipe {args.recipe or 'default'}"),
           flush=True)
     try:
         with reader_errors():
