@@ -8,7 +8,9 @@ import dataclasses
 import functools
 import logging
 import os
-from dataclasses import dataclass
+import uuid
+import weakref
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
-from .config import ClipConfig, _is_int, resolve
+from .config import ClipConfig, _is_int, _is_real, resolve
 from .errors import tensorflow
 from .gpu import usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
@@ -24,6 +26,7 @@ from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixP
                        VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
 
 log = logging.getLogger(__name__)
+IO_TIMEOUT = 60.0  # seconds a read of an object in a bucket may take, retries included (io_timeout)
 DEVICES = ("auto", "gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
 # with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
@@ -46,6 +49,13 @@ class ClipPipeline:
     batch_size: int
     num_shards: int
     layout: str = "frames"  # "frames": one sample per frame; "clips": one per clip (see pipeline.Graph)
+    instance: str = field(default="", repr=False)  # the reader's name for native.close
+
+    def __post_init__(self):
+        # Its readers (DALI's TF dataset builds its own from the serialized pipeline) stop waiting for
+        # reads once this is closed or collected, so that deleting them never waits on a hung store.
+        if self.instance:
+            self._close = weakref.finalize(self, _close_readers, self.instance)
 
     @property
     def items_per_epoch(self) -> int:
@@ -58,7 +68,10 @@ class ClipPipeline:
         return self.plan.steps_per_epoch(len(self.videos), self.batch_size * self.num_shards)
 
     def close(self) -> None:
-        """Release the pipeline (its reader holds no threads of its own)."""
+        """Release the pipeline; its reader's waits for reads end at once (a store that hangs is not
+        waited for)."""
+        if self.instance:
+            self._close()
         self.pipeline = None
 
     def __enter__(self):
@@ -79,6 +92,12 @@ def _dali_tf(what: str):
                           f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
                           f"pyproject.toml's tf-plugin extra (make setup does)") from None
     return dali_tf
+
+
+def _close_readers(instance: str) -> None:
+    from . import native
+
+    native.close(instance)
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -216,7 +235,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   device_id: int = 0, num_threads: int | None = None, prefetch_queue_depth: int = 2,
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
-                  host_output: bool = False, io_threads: int | None = None,
+                  host_output: bool = False, io_threads: int | None = None, io_timeout: float = IO_TIMEOUT,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
@@ -247,6 +266,10 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     if io_threads > MAX_THREADS:
         raise ValueError(f"io_threads must be at most {MAX_THREADS} (one request in flight each), got {io_threads}")
     reader["io_threads"] = io_threads
+    if not _is_real(io_timeout) or not 0 < io_timeout <= 3600:
+        raise ValueError(f"io_timeout must be seconds in (0, 3600], got {io_timeout!r}")
+    reader["io_timeout"] = float(io_timeout)
+    reader["instance"] = uuid.uuid4().hex
     if layout == "auto":  # on the CPU one decoder over B*T frames is faster than T decoders (README)
         layout = "clips" if device == "gpu" else "frames"
     graph = Graph(device=device, layout=layout, crop_size=config.crop_size, resize=any(c.resizes for c in configs),
@@ -262,7 +285,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     pipe = build(reader, graph, batch_size=batch_size * (1 if per_clip_reader else config.clip_len),
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
-    return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout)
+    return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout, reader["instance"])
 
 
 def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipConfig | None = None,
@@ -317,7 +340,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
                  layout: Literal["auto", "frames", "clips"] = "auto", hw_decoder_load: float = 0.65,
                  jpeg_fancy_upsampling: bool = False, host_output: bool = False, io_threads: int | None = None,
-                 **options):
+                 io_timeout: float = IO_TIMEOUT, **options):
     """An endless ``tf.data.Dataset`` of ``(clips [B, T, crop, crop, 3], labels [B])`` batches.
 
     files: a glob, a list of shards, or a dataset folder (``split`` picks one split of a folder; a
@@ -365,6 +388,10 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     io_threads: the reader's own threads that read the next batches' clips ahead, one request each in
         flight: default :data:`BUCKET_IO_THREADS` for a dataset in a bucket (its latency hidden), 0 for
         local files (read in DALI's threads, as a batch is needed). Raise it for a network filesystem.
+    io_timeout: seconds a read of an object in a bucket may take, the clients' and the reader's retries
+        included (default 60): a store that stops answering ends the run then with a
+        :class:`ReaderError` naming the store, the object and the cause. Deleting the dataset, Ctrl-C
+        and interpreter exit do not wait for such a read (README, "Datasets in S3 and GCS").
     normalize_in: where float output is normalised: "dali" (fused with the flip; "auto", the default)
         or "tensorflow" (after the uint8 pixels reach it; CPU only).
     layout: both decode the batch's B*T frames with one decoder. "clips": DALI regroups them and emits
@@ -382,7 +409,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     :func:`meta_fields` names its columns) and the clips' stored frame numbers ``[B, T]`` int32.
     on_corrupt: a frame that fails its CRC32C or JPEG check raises an error naming shard, video, frame
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
-        ``meta["replaced"]`` and logged to stderr ("skip").
+        ``meta["replaced"]`` and logged to stderr ("skip"). Only damaged bytes are skipped: a store that
+        fails (refused, reset, timed out, 5xx after the retries, a shard gone) ends the run.
     ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
     tf = tensorflow("clip_dataset")
@@ -413,7 +441,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
-                           host_output=host_output, io_threads=io_threads)
+                           host_output=host_output, io_threads=io_threads, io_timeout=io_timeout)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)

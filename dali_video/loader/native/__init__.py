@@ -16,6 +16,7 @@ TensorFlow's wheel, else ``CUDA_HOME`` / ``nvcc``, else the CUDA header wheels (
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import fcntl
 import hashlib
@@ -304,7 +305,21 @@ def load() -> Path:
 
             plugin_manager.load_library(str(path))
             _loaded = path
+            _watch(ctypes.CDLL(str(path)))
         return _loaded
+
+
+def _watch(lib) -> None:
+    """No wait for a store outlives the program: at exit every wait for a read ends, and Ctrl-C ends
+    the waits in progress (SIGINT's handler, Python's, chained after the reader's)."""
+    atexit.register(lib.dali_video_exiting)
+    lib.dali_video_watch_sigint()
+
+
+def close(instance: str) -> None:
+    """The readers built with this ``instance`` argument stop waiting for reads (ClipPipeline.close)."""
+    if _loaded is not None:
+        ctypes.CDLL(str(_loaded)).dali_video_close(instance.encode())
 
 
 def plan_function():

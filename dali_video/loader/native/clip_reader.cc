@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -220,10 +222,11 @@ class ReadAhead {
         job = jobs_.front();
         jobs_.pop_front();
       }
-      try {
+      try {  // fill catches everything; an exception here would end the process
         fill_(job.batch->clips[job.i], job.batch->errors[job.i], job.batch->first + job.i);
-      } catch (const std::exception &e) {  // not a damaged clip (fill handles those): memory, say
-        job.batch->errors[job.i] = std::string("dali-video clip reader: ") + e.what();
+      } catch (...) {
+        job.batch->errors[job.i] = "dali-video clip reader: an unexpected error reading clip " +
+                                   std::to_string(job.batch->first + job.i);
       }
       {
         std::lock_guard<std::mutex> hold(lock_);
@@ -241,6 +244,20 @@ class ReadAhead {
   bool stop_ = false;
   std::vector<std::thread> threads_;  // last: joined before the queues they use are destroyed
 };
+
+// Readers by the instance argument Python gives each pipeline (ClipPipeline.close closes its own:
+// the reads its reader waits for end at once, so that DALI, which waits for the operator's run before
+// it deletes a pipeline, deletes it without waiting for a store that does not answer).
+std::mutex g_readers_lock;
+std::unordered_map<std::string, std::vector<std::weak_ptr<Closing>>> g_readers;
+
+void enroll(const std::string &instance, const std::shared_ptr<Closing> &closing) {
+  if (instance.empty()) return;
+  std::lock_guard<std::mutex> hold(g_readers_lock);
+  auto &readers = g_readers[instance];
+  readers.erase(std::remove_if(readers.begin(), readers.end(), [](auto &r) { return r.expired(); }), readers.end());
+  readers.push_back(closing);
+}
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
@@ -260,6 +277,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     next_ = spec.GetArgument<int64_t>("initial_clip");
     io_threads_ = spec.GetArgument<int>("io_threads");
     DALI_ENFORCE(io_threads_ >= 0, "dali-video clip reader: io_threads must be 0 or more");
+    d_.waits.timeout = spec.GetArgument<float>("io_timeout");
+    DALI_ENFORCE(d_.waits.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
+    d_.waits.closing = closing_.get();
+    enroll(spec.GetArgument<std::string>("instance"), closing_);
+    throw_at_ = spec.GetArgument<int64_t>("test_throw_at");
+    throw_ = spec.GetArgument<std::string>("test_throw");
     if (io_threads_ > 0)
       ahead_ = std::make_unique<ReadAhead>(io_threads_, [this](Clip &c, std::string &error, int64_t position) {
         fill(c, error, position);
@@ -279,6 +302,11 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       swap_[d][pairs[k]] = pairs[k + 1];
       swap_[d][pairs[k + 1]] = pairs[k];
     }
+  }
+
+  ~ClipReader() override {
+    closing_->set = true;  // reads waited for end now, not at io_timeout
+    ahead_.reset();
   }
 
  protected:
@@ -338,20 +366,36 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       // A replacement fills this position: it is padding as this position is, not as its source was.
       c.plan.padding = pads || q % items >= items_per_epoch(part.spec, part.count);
       c.replaced = static_cast<int>(tries);
+      // Anything else thrown (memory, a bug) names the video and fails the run: on a thread of the
+      // reader's own an exception would end the process.
+      const std::string video = d_.shards[d_.shard[c.plan.video]] + ": video '" + d_.filenames[c.plan.video] + "': ";
       try {
+        if (position == throw_at_) throw_for_test();
         read_clip(d_, part.spec, c);
         error.clear();
         return;
       } catch (const ReadError &e) {
-        if (!skip_) {
+        if (!skip_ || e.storage) {  // a store's failure is not a damaged clip: never skipped
           error = e.message;
           return;
         }
         std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
         error = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
-                     " damaged clips in a row (a missing mount or shard?); last: " + e.message;
+                     " damaged clips in a row; last: " + e.message;
+      } catch (const std::exception &e) {
+        error = "dali-video clip reader: " + video + "cannot read the clip: " + e.what();
+        return;
+      } catch (...) {
+        error = "dali-video clip reader: " + video + "cannot read the clip: an exception of an unknown type";
+        return;
       }
     }
+  }
+
+  // The test_throw argument's exception (tests/test_faults.py: none may end the process).
+  [[noreturn]] void throw_for_test() const {
+    if (throw_ == "bad_alloc") throw std::bad_alloc();
+    throw 42;  // not an exception class at all
   }
 
   // The dataset, its clip position and whether the clip only pads a Mixture's evaluation pass, of
@@ -472,6 +516,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     int64_t first, count;  // its videos: rows first..first+count-1
   };
 
+  std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();  // first: read waits see it to the end
   Dataset d_;
   Spec s_{};
   std::vector<Part> parts_;
@@ -485,6 +530,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   std::vector<Clip> clips_;  // the batch being emitted (without read-ahead, kept: buffers keep capacity)
   std::vector<std::string> errors_;
   int io_threads_ = 0;
+  int64_t throw_at_ = -1;
+  std::string throw_;
   std::unique_ptr<ReadAhead> ahead_;  // last: its threads stop before the members fill reads go
 };
 
@@ -502,6 +549,51 @@ extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64
   std::memcpy(out, &p, sizeof(p));
   for (int64_t t = 0; t < s.clip_len; ++t) frames[t] = dali_video::frame_number(s, p, v[p.video], t);
   return 0;
+}
+
+// Python's atexit: every wait for a read ends now (nothing may wait for a store at exit), and no
+// read starts.
+extern "C" void dali_video_exiting() { dali_video::g_exiting = true; }
+
+// ClipPipeline.close: the readers of this instance stop waiting for reads.
+extern "C" void dali_video_close(const char *instance) {
+  std::lock_guard<std::mutex> hold(dali_video::g_readers_lock);
+  auto it = dali_video::g_readers.find(instance);
+  if (it == dali_video::g_readers.end()) return;
+  for (auto &r : it->second)
+    if (auto closing = r.lock()) closing->set = true;
+  dali_video::g_readers.erase(it);
+}
+
+// Ctrl-C: SIGINT's handler (Python's, installed before) is chained after one that counts the
+// interrupts, so that a wait for a read that hangs ends and Python can raise KeyboardInterrupt.
+namespace {
+struct sigaction g_python_sigint;
+void on_sigint(int sig, siginfo_t *info, void *context) {
+  dali_video::g_interrupts.fetch_add(1);  // lock-free: safe in a signal handler
+  const struct sigaction &prev = g_python_sigint;
+  if (prev.sa_flags & SA_SIGINFO) {
+    if (prev.sa_sigaction) prev.sa_sigaction(sig, info, context);
+  } else if (prev.sa_handler == SIG_DFL) {
+    signal(SIGINT, SIG_DFL);
+    raise(SIGINT);
+  } else if (prev.sa_handler != SIG_IGN && prev.sa_handler) {
+    prev.sa_handler(sig);
+  }
+}
+}  // namespace
+
+extern "C" int dali_video_watch_sigint() {
+  static std::once_flag once;
+  static int result = 0;
+  std::call_once(once, [] {
+    struct sigaction ours{};
+    ours.sa_sigaction = on_sigint;
+    ours.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&ours.sa_mask);
+    result = sigaction(SIGINT, &ours, &g_python_sigint);
+  });
+  return result;
 }
 
 // The JPEG check alone, for the property test that holds it equal to index_tools' jpeg_problem (which
@@ -577,6 +669,13 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("mix_slots", "A Mixture: the dataset of each slot of one period.", std::vector<int>{})
     .AddOptionalArg("skip_corrupt", "Replace a damaged clip by the next ones instead of failing.", false)
     .AddOptionalArg("io_threads", "Read the next batches' clips ahead with this many threads of the reader's "
-                    "own (requests in flight to a bucket); 0: read each batch in DALI's thread pool.", 0);
+                    "own (requests in flight to a bucket); 0: read each batch in DALI's thread pool.", 0)
+    .AddOptionalArg("io_timeout", "Seconds a read of an object in a bucket may take, retries included, before "
+                    "the run fails naming the store.", 60.f)
+    .AddOptionalArg("instance", "A name that dali_video_close(name) closes this reader by.", std::string())
+    .AddOptionalArg<int64_t>("test_throw_at", "For tests: the clip position whose read throws test_throw.",
+                             int64_t{-1})
+    .AddOptionalArg("test_throw", "For tests: bad_alloc, or anything else for an int.",
+                    std::string());
 
 }  // namespace dali

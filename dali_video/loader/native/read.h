@@ -17,6 +17,12 @@
 namespace dali_video {
 
 constexpr int64_t kGap = 64;  // local frames closer than this many bytes are fetched in one read
+// An object in a bucket: a gap between wanted frames is read through, not split into a second GET,
+// when shorter than a request's latency times the bandwidth (~10 ms x ~100 MB/s, 1 MiB), and then
+// only while the clip reads at most kMostRead times its own bytes (sparse clips: TimeSformer's 8
+// frames 32 apart, TSM's segments): the largest gaps are split first. A dense clip stays one GET.
+constexpr u64 kBucketGap = u64{1} << 20;
+constexpr u64 kMostRead = 5;  // 1 + 1/kMostRead: the bytes a clip may read, over its frames' own (1.2x)
 constexpr u64 kMaxFrame = u64{1} << 28;  // a longer "JPEG" is a damaged index, never an allocation
 
 struct Row {  // one frame of the frame index (.fidx), as stored (little-endian)
@@ -42,6 +48,7 @@ struct Dataset {  // what the operator reads: shards, their frame indexes, one e
   std::vector<u64> shard_size;  // each shard's size in bytes (0 for a local shard: taken from the file)
   std::vector<u64> table_rows;  // rows of each shard's frame table that the videos use
   std::unique_ptr<ShardRows[]> cache;  // one per shard
+  Waits waits;  // io_timeout, and the reader's Closing
 };
 
 struct Clip {  // one read clip: frame t's bytes are data[start[t], start[t] + length[t])
@@ -67,12 +74,13 @@ const std::vector<Row> &shard_rows(const Dataset &d, const Plan &p) {
   const u64 at = d.table_offset[shard], n = d.table_rows[shard] * sizeof(Row);
   std::vector<Row> rows(d.table_rows[shard]);
   const std::string why = "cannot read the frame rows of video '" + d.filenames[p.video] + "'";
-  Object file(fidx, at + n, why);  // an object's size is not needed beyond the rows read
   size_t got;
   try {
+    Object file(fidx, at + n, why, d.waits);  // an object's size is not needed beyond the rows read
     got = file.read(rows.data(), n, at);
   } catch (const ReadError &e) {
-    throw ReadError{fidx + ": " + why + ": " + e.message};
+    throw ReadError{(e.storage && is_url(fidx) ? "the store " + store_of(fidx) + " failed: " : "") + fidx + ": " +
+                    why + ": " + e.message, e.storage};
   }
   if (got != n)
     throw ReadError{fidx + ": " + why + " (truncated frame table: " + byte_range(at, at + n) + " wanted); rebuild "
@@ -96,6 +104,29 @@ struct Located {
   const Row &row(size_t k) const { return rows[wanted[k]]; }
 };
 
+// Where a new read starts: split[k] for wanted frame k (k >= 1) when the gap before it is not read
+// through (kGap locally; in a bucket kBucketGap and kMostRead). Frames out of order split anyway.
+std::vector<bool> splits(const Located &l, bool bucket) {
+  const size_t n = l.wanted.size();
+  std::vector<bool> split(n, false);
+  std::vector<std::pair<u64, size_t>> kept;  // (gap, k) read through
+  u64 own = 0, through = 0;
+  for (size_t k = 0; k < n; ++k) {
+    own += l.row(k).length;
+    if (k == 0) continue;
+    const u64 end = l.row(k - 1).offset + l.row(k - 1).length, at = l.row(k).offset;
+    const u64 gap = at >= end ? at - end : 0;
+    split[k] = gap > (bucket ? kBucketGap : kGap);
+    if (bucket && !split[k] && gap) kept.push_back({gap, k}), through += gap;
+  }
+  std::sort(kept.begin(), kept.end(), [](auto a, auto b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  for (size_t i = 0; i < kept.size() && through > own / kMostRead; ++i) {
+    split[kept[i].second] = true;
+    through -= kept[i].first;
+  }
+  return split;
+}
+
 void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p, u64 shard_size, Located &l) {
   const std::string &shard = d.shards[d.shard[p.video]];
   l.wanted = frames;
@@ -109,13 +140,13 @@ void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p,
                       std::to_string(shard_size) + " bytes): stale or corrupt frame index; rebuild it with: "
                       "dali-video-index build " + shard};
   }
-  const u64 gap = is_url(shard) ? std::numeric_limits<u64>::max() : kGap;
+  const std::vector<bool> split = splits(l, is_url(shard));
   u64 total = 0;
   for (size_t k = 0; k < l.wanted.size();) {  // frames of one video lie in increasing offsets
     Located::Run run{k, k + 1, l.row(k).offset, l.row(k).offset + l.row(k).length};
     for (; run.last < l.wanted.size(); ++run.last) {
       const Row &r = l.row(run.last);
-      if (r.offset < run.end || r.offset - run.end > gap) break;
+      if (r.offset < run.end || split[run.last]) break;
       run.end = r.offset + r.length;
     }
     total += run.end - run.start;
@@ -127,33 +158,50 @@ void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p,
   }
 }
 
-// Reads the clip's frames, one read per run, and checks each.
+// Reads the clip's frames, one read per run (an object's runs at once), and checks each.
 void read_clip(const Dataset &d, const Spec &s, Clip &c) {
   const Plan &p = c.plan;
   const Video &v = d.videos[p.video];
   c.frames.resize(s.clip_len);
   for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v, t);
   const int shard = d.shard[p.video];
-  Object file(d.shards[shard], d.shard_size[shard], "cannot read video '" + d.filenames[p.video] + "'");
+  const std::string &name = d.shards[shard];
+  Object file(name, d.shard_size[shard], "cannot read video '" + d.filenames[p.video] + "'", d.waits);
   Located l;
   locate(d, c.frames, p, file.size(), l);
   std::vector<int64_t> at(l.wanted.size());  // each wanted frame's position in c.data
-  c.data.clear();
-  for (const Located::Run &run : l.runs) {
-    const size_t base = c.data.size();
-    c.data.resize(base + (run.end - run.start));
+  std::vector<size_t> base(l.runs.size());
+  size_t bytes = 0;
+  for (size_t i = 0; i < l.runs.size(); ++i) base[i] = bytes, bytes += l.runs[i].end - l.runs[i].start;
+  c.data.resize(bytes);
+  std::vector<std::shared_ptr<Fetch>> fetches;
+  if (file.remote())
+    for (const Located::Run &run : l.runs) fetches.push_back(file.start(run.start, run.end - run.start));
+  for (size_t i = 0; i < l.runs.size(); ++i) {
+    const Located::Run &run = l.runs[i];
     auto where = [&] { return frame_where(d, p, l.wanted[run.first], run.start); };
     size_t got;
     try {
-      got = file.read(c.data.data() + base, run.end - run.start, run.start);
-    } catch (const ReadError &e) {  // e.g. a range past the end of an object shorter than its index says
+      uint8_t *into = c.data.data() + base[i];
+      got = fetches.empty() ? file.read(into, run.end - run.start, run.start)
+                            : file.finish(*fetches[i], into, run.start, run.end - run.start);
+    } catch (const ReadError &e) {
+      for (auto &f : fetches) {  // the other runs' reads: nobody waits for them now
+        std::lock_guard<std::mutex> hold(f->lock);
+        f->abandoned = true;
+      }
+      if (e.storage)  // the store's failure, not the clip's: no verify can mend it
+        throw ReadError{(file.remote() ? "the store " + store_of(name) + " failed: " : "") + where() + e.message +
+                        " (not damaged data: on_corrupt='skip' does not skip it; "
+                        "resume when the store answers)", true};
+      // a range past the end of an object shorter than its index says
       throw ReadError{where() + e.message + "; check the shard with: dali-video-index verify"};
     }
     if (got != run.end - run.start)
       throw ReadError{where() + "short read: " + byte_range(run.start, run.end) +
                       " wanted, the shard ends at byte " + std::to_string(run.start + got) +
                       " (truncated, or replaced after indexing; check it with: dali-video-index verify)"};
-    for (size_t k = run.first; k < run.last; ++k) at[k] = base + (l.row(k).offset - run.start);
+    for (size_t k = run.first; k < run.last; ++k) at[k] = base[i] + (l.row(k).offset - run.start);
   }
   for (size_t k = 0; k < l.wanted.size(); ++k) {
     const Row &r = l.row(k);
