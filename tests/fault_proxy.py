@@ -1,11 +1,13 @@
 """The bench's counting proxy (``dali_video/tools/bench/proxy.py``) with faults, in front of an
 object-store test server, run in its own process by the tests: ``python -m tests.fault_proxy UPSTREAM_PORT``
 prints the port it listens on (127.0.0.1), then forwards and logs every request as that proxy does.
-``POST /__settings__`` with JSON ``{"delay": seconds, "fault": KIND, "count": N, "match": substring}`` sets
-the added latency per request and makes the next N GETs whose path contains ``match`` fail as KIND:
-"503" (SlowDown), "500", "reset" (connection closed before an answer), "truncate" (half the body, then
-the connection closed), "stall" (no answer for 6 s). Each log line also says which fault it got
-(``"fault"``); ``GET /__log__`` and ``DELETE /__log__`` as in the bench's proxy."""
+``POST /__settings__`` with JSON ``{"delay": seconds, "fault": KIND, "count": N, "match": substring, "every": K}``
+sets the added latency per request and makes N of the next GETs whose path contains ``match`` (each K-th
+of them, default every one) fail as KIND: "503" (SlowDown), "500", "reset" (connection closed before an
+answer), "truncate" (half the body, then the connection closed), "stall" (no answer for 6 s), "hang"
+(the connection held open, no answer, until the fault is set to another kind: a store that stopped
+answering). Each log line also says which fault it got (``"fault"``); ``GET /__log__`` and
+``DELETE /__log__`` as in the bench's proxy."""
 import sys
 import time
 
@@ -13,14 +15,22 @@ from dali_video.tools.bench.proxy import Proxy, serve
 
 
 class FaultProxy(Proxy):
-    settings = {"delay": 0.0, "fault": None, "count": 0, "match": ""}
+    settings = {"delay": 0.0, "fault": None, "count": 0, "match": "", "every": 1}
+    matched = 0  # matching GETs since the settings last changed
 
     def admit(self, entry):
-        fault = None
+        fault, cls = None, type(self)
         if self.command == "GET" and self.settings["count"] > 0 and self.settings["match"] in self.path:
-            fault = self.settings["fault"]
-            self.settings["count"] -= 1
+            cls.matched += 1
+            if cls.matched % self.settings["every"] == 0:
+                fault = self.settings["fault"]
+                self.settings["count"] -= 1
         entry["fault"] = fault
+
+    def _control(self):
+        if self.path == "/__settings__":
+            type(self).matched = 0
+        return super()._control()
 
     def answer(self, settings, body, entry):
         fault = entry["fault"]
@@ -31,6 +41,12 @@ class FaultProxy(Proxy):
             return int(fault), len(xml)
         if fault == "stall":  # longer than the clients' request timeouts (the AWS SDK's: 3 s)
             time.sleep(6)
+            self.close_connection = True
+            return 0, 0
+        if fault == "hang":
+            deadline = time.monotonic() + 600
+            while self.settings["fault"] == "hang" and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.close_connection = True
             return 0, 0
         if fault == "reset":

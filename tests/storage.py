@@ -66,10 +66,11 @@ class Server:
     proxy: str
     env: dict
 
-    def faults(self, delay: float = 0.0, fault: str | None = None, count: int = 0, match: str = ".tfrecord"):
-        """Added latency per request, and the next ``count`` GETs of paths holding ``match`` failing
-        as ``fault`` (tests/fault_proxy.py); no arguments: none."""
-        set_settings(self.proxy, delay=delay, fault=fault, count=count, match=match)
+    def faults(self, delay: float = 0.0, fault: str | None = None, count: int = 0, match: str = ".tfrecord",
+               every: int = 1):
+        """Added latency per request, and ``count`` of the next GETs of paths holding ``match`` (each
+        ``every``-th) failing as ``fault`` (tests/fault_proxy.py); no arguments: none."""
+        set_settings(self.proxy, delay=delay, fault=fault, count=count, match=match, every=every)
 
     def requests(self) -> dict:
         """The proxy's log since it was last cleared, and the most requests it saw in flight."""

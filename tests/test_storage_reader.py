@@ -6,6 +6,7 @@ requests alone. DALI makes each client once per process, so every test of a pyte
 endpoint per store: the proxy's."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -214,3 +215,94 @@ def test_gs_clips_over_16_kb_through_tensorflow_when_dali_video_is_imported_firs
         r"dali_video, so DALI's GCS client \(google-cloud-cpp\) would bind TensorFlow's libcurl instead of the one "
         r"it embeds and abort the process; import dali_video before tensorflow \(dali-video-train does\)",
         proc.stderr.strip().splitlines()[-1]), proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- a store that fails or stops answering
+
+def _store_error(bucket, url):
+    """What a store's failure reads as: the store, the object (a shard, or its frame index), the cause."""
+    return (rf"the store {re.escape(bucket.url)} \(endpoint {re.escape(bucket.server.proxy)}\) failed: "
+            rf"{re.escape(url)}/\S+\.tfrecord(\.fidx)?: (cannot read the frame rows of )?video '[^']+'[^\n]*: "
+            r"reading bytes \[\d+, \d+\)")
+
+
+def test_a_failing_store_ends_the_run_naming_it_and_no_clip_is_skipped(s3_store, capfd):
+    url, server = f"{s3_store.url}/ds", s3_store.server
+    start = time.perf_counter()
+    try:
+        with pytest.raises(dali_video.ReaderError, match=_store_error(s3_store, url) + r" failed 5 times: .+"):
+            with dali_video.reader_errors():
+                _batches(url, 3, _reader_only(server, fault="500", count=10**6), on_corrupt="skip")
+    finally:
+        server.faults()
+    print(f"failed after {time.perf_counter() - start:.1f} s")
+    assert "replacing a clip" not in capfd.readouterr().err
+
+
+def test_a_store_that_stops_answering_ends_the_run_within_io_timeout(store):
+    url, server = f"{store.url}/ds", store.server
+    start = time.perf_counter()
+    try:
+        with pytest.raises(dali_video.ReaderError, match=_store_error(store, url) +
+                           r": no answer within io_timeout \(3 s\): the store stopped answering"):
+            with dali_video.reader_errors():
+                _batches(url, 3, _reader_only(server, fault="hang", count=10**6), on_corrupt="skip", io_timeout=3)
+    finally:
+        server.faults()
+    assert time.perf_counter() - start < 20  # 3 s, not the clients' minutes
+
+
+def test_one_get_in_50_failing_once_gives_the_clips_of_a_clean_run(s3_store, dataset):
+    local = _batches(dataset, 4, on_corrupt="skip")
+    faults = _reader_only(s3_store.server, fault="500", count=10**6, every=50)
+    assert _batches(f"{s3_store.url}/ds", 4, faults, on_corrupt="skip") == local
+    assert any(r["fault"] for r in s3_store.server.requests()["log"])
+
+
+# A fresh process reads a batch from the bucket, then the store stops answering (the proxy holds every
+# connection open) while the reader reads ahead: the dataset is deleted, Ctrl-C comes, or the program ends.
+_HANG = """
+import gc, os, signal, sys, threading, time
+import dali_video
+from dali_video.tools.bench.proxy import set_settings
+url, proxy, how = sys.argv[1:]
+ds = dali_video.clip_dataset(url, batch_size=2, clip_len=4, crop_size=16, device="cpu", seed=3, io_timeout=600)
+it = iter(ds)
+next(it)
+set_settings(proxy, fault="hang", count=10**6, match=".tfrecord", every=1)
+time.sleep(2)  # the reads ahead now hang
+print("hanging", flush=True)
+start = time.monotonic()
+if how == "del":
+    del ds, it
+    gc.collect()
+    print(f"deleted in {time.monotonic() - start:.1f} s", flush=True)
+elif how == "sigint":
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    while True:
+        next(it)
+"""
+
+
+@pytest.mark.parametrize("how", ["del", "exit", "sigint"])
+def test_deleting_ctrl_c_and_exit_do_not_wait_for_a_store_that_hangs(s3_store, how):
+    from .conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", _HANG, f"{s3_store.url}/ds", s3_store.server.proxy, how], cwd=ROOT,
+                            env={**os.environ, **s3_store.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "hanging", proc.stderr.read()[-3000:]
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+        s3_store.server.faults()
+    assert took < 10, (took, err[-3000:])  # 5 s, and the interpreter's own exit; not io_timeout (600 s)
+    if how == "del":
+        assert proc.returncode == 0 and float(re.fullmatch(r"deleted in ([\d.]+) s", out.strip())[1]) < 5, err[-3000:]
+    elif how == "exit":
+        assert proc.returncode == 0, err[-3000:]  # never aborted
+    else:  # KeyboardInterrupt, raised (TensorFlow's pybind11 may wrap it in a RuntimeError: exit status 1)
+        assert proc.returncode in (-signal.SIGINT, 1) and "KeyboardInterrupt" in err, err[-3000:]

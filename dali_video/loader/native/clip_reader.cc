@@ -553,7 +553,19 @@ extern "C" int dali_video_plan(const int64_t *spec, const int64_t *videos, int64
 
 // Python's atexit: every wait for a read ends now (nothing may wait for a store at exit), and no
 // read starts.
-extern "C" void dali_video_exiting() { dali_video::g_exiting = true; }
+// A read abandoned inside a store's client may still run then: the clients' static destructors, which
+// run after Python's exit, would tear the client down under it and abort the process ("pure virtual
+// method called"). So, registered now (after the clients' statics: it runs before their
+// destructors), a handler ends the process with Python's exit status at once while such a read runs.
+extern "C" void dali_video_exiting() {
+  dali_video::g_exiting = true;
+  on_exit([](int status, void *) {
+    if (dali_video::g_fetching > 0) {
+      std::fflush(nullptr);
+      _exit(status);
+    }
+  }, nullptr);
+}
 
 // ClipPipeline.close: the readers of this instance stop waiting for reads.
 extern "C" void dali_video_close(const char *instance) {

@@ -62,6 +62,7 @@ struct ReadError {
 // on), or their reader closes (its Closing, set by the operator's destructor or by Python's close).
 std::atomic<bool> g_exiting{false};
 std::atomic<uint64_t> g_interrupts{0};
+std::atomic<int> g_fetching{0};  // reads of objects running, abandoned ones included
 
 struct Closing {
   std::atomic<bool> set{false};
@@ -115,6 +116,10 @@ constexpr int kAttempts = 5;  // reads of one S3 range: waits of 0.1, 0.2, 0.4, 
 bool permanent(const std::string &error);
 
 void run_fetch(Fetch &f, const std::string &url, u64 size, u64 offset, size_t n) {
+  struct Count {
+    Count() { ++g_fetching; }
+    ~Count() { --g_fetching; }
+  } count;
   const int attempts = url.rfind("s3://", 0) == 0 ? kAttempts : 1;
   for (int attempt = 1;; ++attempt) {
     std::string error;
@@ -141,6 +146,7 @@ void run_fetch(Fetch &f, const std::string &url, u64 size, u64 offset, size_t n)
 
 // Starts reading bytes [offset, offset + n) of the object at `url` (`size` bytes) on a thread of its own.
 std::shared_ptr<Fetch> start_fetch(const std::string &url, u64 size, u64 offset, size_t n) {
+  if (g_exiting) throw ReadError{"reading " + byte_range(offset, offset + n) + ": the process is exiting", true};
   auto f = std::make_shared<Fetch>();
   f->data.resize(n);
   std::thread([f, url, size, offset, n] { run_fetch(*f, url, size, offset, n); }).detach();
