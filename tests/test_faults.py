@@ -401,3 +401,21 @@ def test_a_decoder_that_kills_its_process_becomes_a_reported_failure():
     assert len(results) == 12
     assert results[5] == Failure("boom", "the decoder crashed on this file (its process died)")
     assert results[:5] + results[6:] == [i * 10 for i in range(5)] + [i * 10 for i in range(6, 12)]
+
+
+@pytest.mark.parametrize("io_threads", [0, 2])
+@pytest.mark.parametrize("kind, what", [("bad_alloc", "std::bad_alloc"), ("int", "an exception of an unknown type")])
+def test_no_exception_on_the_readers_threads_ends_the_process(dataset, monkeypatch, io_threads, kind, what):
+    """The reader's test_throw argument throws at one clip (on its own io threads, or in DALI's)."""
+    from dali_video.loader import dataset as loader
+
+    args = loader._reader_args
+    monkeypatch.setattr(loader, "_reader_args", lambda *a, **k: {**args(*a, **k), "test_throw_at": 5,
+                                                                 "test_throw": kind})
+    with pytest.raises(dali_video.ReaderError, match=rf"dali-video clip reader: \S+\.tfrecord: video '[^']+': cannot "
+                                                     rf"read the clip: {what}"):
+        with dali_video.reader_errors(), dali_video.clip_pipeline(dataset, batch_size=2, clip_len=2, crop_size=16,
+                                                                  device="cpu", output="jpegs",
+                                                                  io_threads=io_threads) as p:
+            for _ in range(4):
+                p.pipeline.run()

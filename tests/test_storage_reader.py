@@ -306,3 +306,41 @@ def test_deleting_ctrl_c_and_exit_do_not_wait_for_a_store_that_hangs(s3_store, h
         assert proc.returncode == 0, err[-3000:]  # never aborted
     else:  # KeyboardInterrupt, raised (TensorFlow's pybind11 may wrap it in a RuntimeError: exit status 1)
         assert proc.returncode in (-signal.SIGINT, 1) and "KeyboardInterrupt" in err, err[-3000:]
+
+
+def _reads_per_video(store, dataset, n, **kw):
+    """Per video of ``n`` batches of evaluation clips read from the bucket: (GETs, bytes they read,
+    bytes of the clip's own frames), from the proxy's log and the local copy's frame index."""
+    from dali_video.index_tools import format as fmt
+
+    kw = {**KW, "training": False, "io_threads": 0, **kw}
+    with dali_video.clip_pipeline(dataset, **kw) as p:
+        table, meta = p.table, np.concatenate([np.array(p.pipeline.run()[1].as_tensor()) for _ in range(3)])
+    wanted = {}  # video -> its clip's frames (the evaluation view: one per video)
+    for row in meta:
+        wanted.setdefault(int(row[6]), set()).add(int(row[7]))
+    _batches(f"{store.url}/ds", n, _reader_only(store.server), **kw)
+    found = {}
+    for r in _shard_gets(store.server.requests()["log"]):
+        start, end = map(int, r["range"].removeprefix("bytes=").split("-"))
+        for v, frames in wanted.items():
+            index = table.shards[table.shard[v]]
+            if not r["path"].endswith(Path(fmt.shard_of(index.path)).name):
+                continue
+            rows = fmt.read_frame_index(index.path).read_rows(int(table.frame_start[v]), int(table.num_frames[v]))
+            if rows["offset"][0] <= start < rows["offset"][-1] + rows["length"][-1]:
+                own = sum(int(rows["length"][f]) for f in frames)
+                gets, read, _ = found.get(v, (0, 0, own))
+                found[v] = (gets + 1, read + end + 1 - start, own)
+    return found
+
+
+@pytest.mark.parametrize("options", [dict(stride=6), dict(sampling="segments", segment_rule="tsn")])
+def test_sparse_clips_read_at_most_their_own_bytes_and_a_fifth(s3_store, dataset, options):
+    found = _reads_per_video(s3_store, dataset, 1, **options)
+    assert found and all(gets > 1 and read <= 1.2 * own for gets, read, own in found.values()), found
+
+
+def test_dense_clips_are_one_get_each(s3_store, dataset):
+    found = _reads_per_video(s3_store, dataset, 1)
+    assert found and all(gets == 1 and read < 1.2 * own for gets, read, own in found.values()), found
