@@ -411,3 +411,56 @@ def test_gpu_datasets_need_the_clip_layout_and_seeds_fit_64_bits(dataset):
         dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="gpu", layout="frames")
     with pytest.raises(ValueError, match="seed must be below 2\\*\\*63"):
         dali_video.clip_pipeline(dataset, batch_size=2, clip_len=4, crop_size=32, device="cpu", seed=2**63)
+
+
+def _fake_gpus(monkeypatch, buses, visible, details=None, split=None):
+    """A host whose CUDA devices (ordinals under CUDA_VISIBLE_DEVICES) have PCI bus ``buses``; TensorFlow
+    sees physical GPUs 0..n-1 and was restricted to ``visible`` (``tf.config.set_visible_devices``);
+    ``details`` gives each physical GPU's device details, ``split`` its virtual devices."""
+    from dali_video.loader import gpu
+
+    physical = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(len(buses))]
+    monkeypatch.setattr(gpu, "cuda_pci_bus_ids", lambda: list(buses))
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: physical)
+    monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind=None: [physical[i] for i in visible])
+    monkeypatch.setattr(tf.config, "get_logical_device_configuration",
+                        lambda d: [None] * (split or {}).get(physical.index(d), 0) or None)
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda d: {"device_name": "GPU", **(details or {}).get(physical.index(d), {})})
+    return gpu.dali_device_id
+
+
+def test_dali_decodes_on_the_cuda_device_behind_tensorflows_logical_gpu(monkeypatch):
+    buses = ["0000:1A:00.0", "0000:3B:00.0", "0000:5E:00.0", "0000:88:00.0"]
+    # A process that kept GPUs 2 and 3 (one per process on an 8-GPU host, say): TF's /gpu:0 is CUDA's 2.
+    mapped = _fake_gpus(monkeypatch, buses, visible=[2, 3])
+    assert [mapped(0), mapped(1)] == [2, 3]
+    with pytest.raises(ValueError, match=r"device_id 2 is none of TensorFlow's 2 visible GPUs"):
+        mapped(2)
+    # Matched by PCI bus id where TensorFlow's details give it (nvidia-smi's 8-digit domain too).
+    mapped = _fake_gpus(monkeypatch, buses, visible=[1], details={1: {"pci_bus_id": "00000000:88:00.0"}})
+    assert mapped(0) == 3
+    mapped = _fake_gpus(monkeypatch, buses[:2], visible=[1], details={1: {"pci_bus_id": "0000:88:00.0"}})
+    with pytest.raises(ValueError, match=r"TensorFlow's GPU 0 \(/physical_device:GPU:1, PCI bus 0000:88:00.0\) is "
+                                         r"none of the CUDA devices this process sees \(0000:1A:00.0, 0000:3B:00.0\)"):
+        mapped(0)
+    # GPU 2 split into two virtual devices: logical GPUs 0 and 1 are both CUDA's 2, logical 2 is CUDA's 3.
+    mapped = _fake_gpus(monkeypatch, buses, visible=[2, 3], split={2: 2})
+    assert [mapped(0), mapped(1), mapped(2)] == [2, 2, 3]
+
+
+def test_clip_dataset_gives_dali_the_cuda_device(monkeypatch, dataset):
+    from dali_video.loader import dataset as module
+
+    _fake_gpus(monkeypatch, ["0000:1A:00.0", "0000:3B:00.0", "0000:5E:00.0"], visible=[2])
+    monkeypatch.setattr(module, "_device", lambda device: "gpu")
+    built = {}
+
+    def clip_pipeline(files, **kw):
+        built.update(kw)
+        raise StopIteration
+
+    monkeypatch.setattr(module, "clip_pipeline", clip_pipeline)
+    with pytest.raises(StopIteration):
+        dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="gpu", device_id=0)
+    assert built["device_id"] == 2  # TensorFlow's /gpu:0, CUDA's device 2

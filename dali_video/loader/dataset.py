@@ -20,7 +20,7 @@ from ..index_tools import storage
 
 from .config import ClipConfig, _is_int, _is_real, resolve
 from .errors import tensorflow
-from .gpu import usable_gpus
+from .gpu import dali_device_id, usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
                        VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
@@ -370,6 +370,10 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         ``/gpu:<device_id>``; "cpu" is the CPU fallback; "auto" (default) the GPU when the NVIDIA driver
         offers one, else the CPU, with one warning saying so. "gpu" on a host without a usable GPU raises
         a ValueError saying so.
+    device_id: TensorFlow's logical GPU (``/gpu:<device_id>``); DALI decodes on the CUDA device behind
+        it, also after ``tf.config.set_visible_devices`` (:func:`dali_video.loader.gpu.dali_device_id`).
+        :func:`clip_pipeline`, without TensorFlow, takes the CUDA device (an ordinal under
+        ``CUDA_VISIBLE_DEVICES``, as DALI counts).
     seed: the clip plan's seed: the same seed gives the same clips on any machine.
     shard_id, num_shards: readers share each global batch of ``batch_size * num_shards`` clips: this
         reader takes part ``shard_id``. The clip sequence is the same whatever ``num_shards`` is, the
@@ -431,6 +435,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         raise ValueError("normalize_in='tensorflow' needs device='cpu': on the GPU, DALI's dataset emits the final "
                          "elements and no tf.data op may follow it (they run on the CPU only)")
     device = _device(device)
+    # TensorFlow places the dataset on its logical GPU; DALI decodes on the CUDA device behind it.
+    cuda_device = dali_device_id(device_id) if device == "gpu" else device_id
     normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
     uint8 = {"dtype": "uint8"} if normalise_in_tf else {}  # a Mixture's options override each recipe
     clips = {"recipe": None, **options, **uint8} if isinstance(files, Mixture) else {"recipe": config.replace(**uint8)}
@@ -438,7 +444,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            shard_id=shard_id,
                            num_shards=num_shards, initial_clip=initial_clip, split=split,
                            mixed_classes=mixed_classes, decode_crop=decode_crop,
-                           device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
+                           device_id=cuda_device, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
                            jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
                            host_output=host_output, io_threads=io_threads, io_timeout=io_timeout)
@@ -457,7 +463,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
         ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
                                  prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
-                                 device_id=device_id if device == "gpu" else None)
+                                 device_id=cuda_device if device == "gpu" else None)
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
     if device == "gpu":  # elements are final; with_meta adds meta [B, 16] (META_COLUMNS) and frames [B, T]
         return ds

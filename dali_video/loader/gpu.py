@@ -31,6 +31,55 @@ def usable_gpus() -> tuple[int, str]:
     return count.value, ""
 
 
+def cuda_pci_bus_ids() -> list[str]:
+    """Each CUDA device's PCI bus id ("0000:3B:00.0"), in CUDA's order under CUDA_VISIBLE_DEVICES: the
+    ordinals DALI's ``device_id`` counts. Asked of the NVIDIA driver (libcuda), without TensorFlow."""
+    if not usable_gpus()[0]:
+        return []
+    cuda = ctypes.CDLL("libcuda.so.1")
+    count, device, ids = ctypes.c_int(0), ctypes.c_int(0), []
+    cuda.cuDeviceGetCount(ctypes.byref(count))
+    for ordinal in range(count.value):
+        text = ctypes.create_string_buffer(64)
+        if cuda.cuDeviceGet(ctypes.byref(device), ordinal) or cuda.cuDeviceGetPCIBusId(text, 64, device):
+            raise RuntimeError(f"the NVIDIA driver gives no PCI bus id for CUDA device {ordinal}")
+        ids.append(text.value.decode())
+    return ids
+
+
+def _bus(pci_bus_id: str) -> tuple:
+    """A PCI bus id as numbers: libcuda writes "0000:3B:00.0", nvidia-smi "00000000:3B:00.0"."""
+    domain, bus, rest = pci_bus_id.strip().split(":")
+    device, function = rest.split(".")
+    return tuple(int(x, 16) for x in (domain, bus, device, function))
+
+
+def dali_device_id(tf_gpu: int) -> int:
+    """The CUDA device behind TensorFlow's logical GPU ``tf_gpu`` ("/gpu:<tf_gpu>"), as DALI's
+    ``device_id`` counts it (a CUDA ordinal under CUDA_VISIBLE_DEVICES). After
+    ``tf.config.set_visible_devices`` TensorFlow's GPU 0 may be CUDA's device 3: matched by the PCI bus
+    id when TensorFlow's device details give one, else by TensorFlow's physical device index, which
+    counts the CUDA devices in CUDA's order."""
+    import tensorflow as tf
+
+    logical = []  # the physical device of each logical GPU (a device split into virtual ones: several)
+    for device in tf.config.get_visible_devices("GPU"):
+        logical += [device] * max(1, len(tf.config.get_logical_device_configuration(device) or ()))
+    if not 0 <= tf_gpu < len(logical):
+        raise ValueError(f"device_id {tf_gpu} is none of TensorFlow's {len(logical)} visible GPUs "
+                         f"(tf.config.get_visible_devices('GPU'))")
+    device = logical[tf_gpu]
+    bus = tf.config.experimental.get_device_details(device).get("pci_bus_id")
+    if not bus:
+        return tf.config.list_physical_devices("GPU").index(device)
+    buses = cuda_pci_bus_ids()
+    for ordinal, cuda in enumerate(buses):
+        if _bus(cuda) == _bus(bus):
+            return ordinal
+    raise ValueError(f"TensorFlow's GPU {tf_gpu} ({device.name}, PCI bus {bus}) is none of the CUDA devices this "
+                     f"process sees ({', '.join(buses) or 'none'}); check CUDA_VISIBLE_DEVICES")
+
+
 def quiet_tensorflow() -> None:
     """Call before TensorFlow is imported: its C++ log keeps errors only, and on a host without a usable
     GPU not even those, since there every start prints "failed call to cuInit", which says only that
