@@ -119,7 +119,9 @@ std::vector<bool> splits(const Located &l, bool bucket) {
     split[k] = gap > (bucket ? kBucketGap : kGap);
     if (bucket && !split[k] && gap) kept.push_back({gap, k}), through += gap;
   }
-  std::sort(kept.begin(), kept.end(), [](auto a, auto b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  std::sort(kept.begin(), kept.end(), [](auto a, auto b) {  // the largest first; ties in order
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
   for (size_t i = 0; i < kept.size() && through > own / kMostRead; ++i) {
     split[kept[i].second] = true;
     through -= kept[i].first;
