@@ -464,3 +464,29 @@ def test_clip_dataset_gives_dali_the_cuda_device(monkeypatch, dataset):
     with pytest.raises(StopIteration):
         dali_video.clip_dataset(dataset, batch_size=2, clip_len=4, crop_size=32, device="gpu", device_id=0)
     assert built["device_id"] == 2  # TensorFlow's /gpu:0, CUDA's device 2
+
+
+def test_cuda_pci_bus_ids_are_asked_of_the_driver_in_cuda_order(monkeypatch):
+    """libcuda faked: CUDA_VISIBLE_DEVICES=5,2 on the host makes the driver list those two, in that order."""
+    import ctypes
+
+    from dali_video.loader import gpu
+
+    buses = [b"0000:88:00.0", b"0000:3B:00.0"]
+
+    class Driver:
+        def cuDeviceGetCount(self, count):
+            count._obj.value = len(buses)
+            return 0
+
+        def cuDeviceGet(self, device, ordinal):
+            device._obj.value = 100 + ordinal  # a handle, not the ordinal
+            return 0
+
+        def cuDeviceGetPCIBusId(self, text, size, device):
+            text.value = buses[device.value - 100]
+            return 0
+
+    monkeypatch.setattr(gpu, "usable_gpus", lambda: (len(buses), ""))
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver())
+    assert gpu.cuda_pci_bus_ids() == ["0000:88:00.0", "0000:3B:00.0"]

@@ -308,9 +308,10 @@ def test_deleting_ctrl_c_and_exit_do_not_wait_for_a_store_that_hangs(s3_store, h
         assert proc.returncode in (-signal.SIGINT, 1) and "KeyboardInterrupt" in err, err[-3000:]
 
 
-def _reads_per_video(store, dataset, n, **kw):
-    """Per video of ``n`` batches of evaluation clips read from the bucket: (GETs, bytes they read,
-    bytes of the clip's own frames), from the proxy's log and the local copy's frame index."""
+def _reads_per_video(store, dataset, n, prefix="ds", **kw):
+    """Per video of ``n`` batches of evaluation clips (one a video) read from the bucket's ``prefix``:
+    (GETs, bytes they read, bytes of the clip's own frames), from the proxy's log and the local copy's
+    frame index."""
     from dali_video.index_tools import format as fmt
 
     kw = {**KW, "training": False, "io_threads": 0, **kw}
@@ -319,7 +320,7 @@ def _reads_per_video(store, dataset, n, **kw):
     wanted = {}  # video -> its clip's frames (the evaluation view: one per video)
     for row in meta:
         wanted.setdefault(int(row[6]), set()).add(int(row[7]))
-    _batches(f"{store.url}/ds", n, _reader_only(store.server), **kw)
+    _batches(f"{store.url}/{prefix}", n, _reader_only(store.server), **kw)
     found = {}
     for r in _shard_gets(store.server.requests()["log"]):
         start, end = map(int, r["range"].removeprefix("bytes=").split("-"))
@@ -339,6 +340,30 @@ def _reads_per_video(store, dataset, n, **kw):
 def test_sparse_clips_read_at_most_their_own_bytes_and_a_fifth(s3_store, dataset, options):
     found = _reads_per_video(s3_store, dataset, 1, **options)
     assert found and all(gets > 1 and read <= 1.2 * own for gets, read, own in found.values()), found
+
+
+@pytest.fixture(scope="module")
+def long_videos(tmp_path_factory):
+    """2 videos of 256 frames at 256x320 written as a dataset: room for the sparse presets' clips."""
+    from dali_video.tools.sample_data import make_folder_dataset
+
+    from .conftest import run_module
+
+    videos = make_folder_dataset(tmp_path_factory.mktemp("long"), videos_per_class=1, frames=(256, 256), height=256,
+                                 width=320)
+    out = tmp_path_factory.mktemp("long_dataset")
+    run_module("dali_video.writer", videos, out, "--resize", "0")
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["timesformer_k400", "tsm_ssv2"])
+def test_the_sparse_presets_read_at_most_their_own_bytes_and_a_fifth(s3_store, long_videos, recipe):
+    """The issue's measure: TimeSformer (8 frames 32 apart) read ~25x its frames, TSM's 8 segments ~65x."""
+    s3_store.upload(long_videos, "long")
+    found = _reads_per_video(s3_store, long_videos, 1, prefix="long", recipe=recipe, clips_per_video=1, num_crops=1,
+                             batch_size=2, clip_len=8)
+    print({v: f"{gets} GETs, {read / own:.3f}x" for v, (gets, read, own) in found.items()})
+    assert len(found) == 2 and all(gets > 1 and read <= 1.2 * own for gets, read, own in found.values()), found
 
 
 def test_dense_clips_are_one_get_each(s3_store, dataset):
