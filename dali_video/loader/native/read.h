@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -38,6 +39,8 @@ struct ShardRows {
   std::mutex lock;
   bool ready = false;
   std::vector<Row> rows;  // never changed once ready
+  std::atomic<int> failures{0};  // the store's failures to read them: who waited meanwhile gets the last
+  std::string failure;
 };
 
 struct Dataset {  // what the operator reads: shards, their frame indexes, one entry per video
@@ -68,8 +71,11 @@ std::string frame_where(const Dataset &d, const Plan &p, int64_t frame, u64 offs
 const std::vector<Row> &shard_rows(const Dataset &d, const Plan &p) {
   const int shard = d.shard[p.video];
   ShardRows &c = d.cache[shard];
+  const int failures = c.failures;
   std::lock_guard<std::mutex> hold(c.lock);  // other shards' first reads go on meanwhile
   if (c.ready) return c.rows;
+  // The store failed while this thread waited: its failure, not another io_timeout per waiting clip.
+  if (c.failures != failures) throw ReadError{c.failure, true};
   const std::string fidx = d.shards[shard] + ".fidx";
   const u64 at = d.table_offset[shard], n = d.table_rows[shard] * sizeof(Row);
   std::vector<Row> rows(d.table_rows[shard]);
@@ -79,8 +85,10 @@ const std::vector<Row> &shard_rows(const Dataset &d, const Plan &p) {
     Object file(fidx, at + n, why, d.waits);  // an object's size is not needed beyond the rows read
     got = file.read(rows.data(), n, at);
   } catch (const ReadError &e) {
-    throw ReadError{(e.storage && is_url(fidx) ? "the store " + store_of(fidx) + " failed: " : "") + fidx + ": " +
-                    why + ": " + e.message, e.storage};
+    const std::string message = (e.storage && is_url(fidx) ? "the store " + store_of(fidx) + " failed: " : "") +
+                                fidx + ": " + why + ": " + e.message;
+    if (e.storage) c.failure = message, ++c.failures;
+    throw ReadError{message, e.storage};
   }
   if (got != n)
     throw ReadError{fidx + ": " + why + " (truncated frame table: " + byte_range(at, at + n) + " wanted); rebuild "
