@@ -18,7 +18,7 @@ import pytest
 from dali_video.index_tools import build
 from dali_video.index_tools import format as fmt
 from dali_video.loader.gpu import usable_gpus
-from dali_video.tools.bench import bench, proxy
+from dali_video.tools.bench import bench, proxy, systems
 from dali_video.tools.bench.proxy import proxy_log
 from dali_video.tools.sample_data import frame_number
 
@@ -99,7 +99,7 @@ def test_device_gpu_without_a_gpu_stops_the_bench(dataset, tmp_path, capsys):
 def test_the_tfdata_baseline_reads_every_layout_the_loader_reads(tmp_path, layout):
     shard = _write_tf_layout(tmp_path / fmt.shard_name("train", 0, 1), layout)  # videos of 12, 13, 14 frames
     build(shard)
-    clips, labels = next(iter(bench.tfdata_dataset([shard], 6, 5, 16)))
+    clips, labels = next(iter(systems.tfdata_dataset([shard], 6, 5, 16)))
     assert clips.shape == (6, 5, 16, 16, 3) and set(labels.numpy()) <= {0, 1, 2}
     for clip in clips.numpy():
         got = [frame_number(np.round(np.asarray(f) * 255)) for f in clip]

@@ -37,37 +37,28 @@ Feed rate (reading only, no decoding, into TensorFlow; frames/s):
 from __future__ import annotations
 
 import argparse
-import collections
-import functools
 import json
 import multiprocessing
-import multiprocessing.pool
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from queue import Empty
 
 import numpy as np
 
-from ...index_tools import fidx_path, read_frame_index
-from ...index_tools import format as fmt
 from ...index_tools import storage
-from ...index_tools.proto import walk
 from ...loader.config import ClipConfig
 from ...loader.sampling import load_table, shard_files, usable_videos
-from ...loader.gpu import quiet_tensorflow, usable_gpus
-from .proxy import proxy_log
+from ...loader.gpu import usable_gpus
+from . import measure as timing
+from .measure import dataset_files, finish, machine, save
+from .systems import RECIPE_ROWS, RUNNERS
 
-quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children
 SYSTEMS = ("dali_video", "dali_video_uint8", "dali_video_tf_norm", "tfdata", "dali_tfrecord", "decode_bound")
 FEEDS = ("feed_native", "feed_native_x2", "feed_native_bytes", "feed_python")
-RECIPE_ROWS = ("slowfast", "mvit", "tsm_ssv2")  # tsm_ssv2: segment sampling (one frame from each of 8 segments)
 COLUMNS = """Columns: clips/s, frames/s: timed batches after the first; /bound: frames/s over the decode bound's
 (the same frames decoded from memory); /dali-v: clips/s over dali_video's; readamp: bytes read per clip
 over the bytes of its T frames (1 = only the clip's frames); RSS MB: the child process's peak memory;
@@ -76,316 +67,9 @@ HEADER = (f"{'system':22} {'clips/s':>9} {'frames/s':>10} {'/bound':>8} {'/dali-
           f"{'1st s':>7}")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _evict(files) -> None:
-    """Drop the files from the page cache, as if read from cold storage."""
-    os.sync()
-    for f in files:
-        if storage.is_url(f):  # an object in a bucket: nothing of it is in this machine's cache
-            continue
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _dataset_files(data):
-    from ...index_tools import idx_path
-
-    shards = shard_files(data)
-    return shards, [p for s in shards for p in (s, idx_path(s), fidx_path(s))]
-
-
-def _sizes(data, clip_len):
-    """Mean bytes of a record and of ``clip_len`` of its frames, from the frame indexes."""
-    indexes = [read_frame_index(fidx_path(s)) for s in _dataset_files(data)[0]]  # each header read once
-    videos = sum(ix.num_videos for ix in indexes)
-    records = sum(sum(ix.videos["record_length"]) for ix in indexes)
-    frame_bytes = sum(int(ix.read_rows(0, ix.num_frame_rows)["length"].sum()) for ix in indexes)
-    return records / videos, frame_bytes / sum(ix.num_frame_rows for ix in indexes) * clip_len, videos
-
-
-def _proc(path: str, key: str) -> int:
-    """The number after ``key`` in this process's ``/proc/self/`` file ``path``."""
-    with open(f"/proc/self/{path}") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key))
-
-
-def _bytes_read() -> int:
-    """Bytes this process has read from files so far (read and pread, page cache or not)."""
-    return _proc("io", "rchar:")
-
-
-def _threads() -> int:
-    return _proc("status", "Threads:")
-
-
-def _time_batches(it, batches, batch_size, clip_len, start, seconds=None, proxy=None):
-    """Time ``batches`` batches after the first, or (``seconds``) as many as end within about that long.
-    ``proxy``: the URL of the counting proxy (:mod:`.proxy`) in front of the store: the requests it
-    saw while timing are counted too."""
-    next(it)
-    first = time.perf_counter() - start
-    if proxy:
-        proxy_log(proxy, clear=True)
-    t0, read0 = time.perf_counter(), _bytes_read()
-    n = 0
-    while True:
-        last = next(it)
-        n += 1
-        if n >= batches if seconds is None else time.perf_counter() - t0 >= seconds:
-            break
-    if hasattr(last[0], "numpy"):  # a GPU batch may still be in flight when next() returns: wait for it
-        last[0].numpy()
-    took = time.perf_counter() - t0
-    out = {"clips_per_s": n * batch_size / took, "frames_per_s": n * batch_size * clip_len / took,
-           "first_batch_s": first, "bytes_read_per_clip": (_bytes_read() - read0) / (n * batch_size),
-           "batches": n, "seconds": took}
-    if proxy:
-        log = proxy_log(proxy)
-        kinds = collections.Counter(f"{r['method']} {r['path'].split('?')[0].rsplit('.', 1)[-1]}" for r in log["log"])
-        out.update(requests_per_clip=len(log["log"]) / (n * batch_size), most_in_flight=log["most_in_flight"],
-                   store_bytes_per_clip=log["bytes"] / (n * batch_size),
-                   requests=dict(kinds), clips=n * batch_size)
-    return out
-
-
-def run_dali_video(data, batch_size, clip_len, crop, batches, device, raw=False, normalize_in="auto", seconds=None,
-                   io_threads=None, proxy=None):
-    """float32 in [0, 1] like the other loaders, or (raw) the uint8 pixels a model normalises itself.
-    ``seconds``: timed for about that long instead of ``batches``."""
-    from ...loader.dataset import clip_dataset
-
-    start, threads = time.perf_counter(), _threads()
-    pixels = dict(dtype="uint8", std=(1.0, 1.0, 1.0)) if raw else {}
-    ds = clip_dataset(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device=device, seed=0,
-                      normalize_in=normalize_in, io_threads=io_threads, **pixels)
-    out = _time_batches(iter(ds), batches, batch_size, clip_len, start, seconds, proxy)
-    out["threads_started"] = _threads() - threads  # DALI's and TensorFlow's, for this pipeline
-    out["bytes_per_clip"] = out["bytes_read_per_clip"]  # the frames' bytes, and the frame index rows
-    out["read_amplification"] = out["bytes_per_clip"] / _sizes(data, clip_len)[1]
-    return out
-
-
-def run_recipe(data, batch_size, clip_len, crop, batches, device, name):
-    """clip_dataset with a preset recipe, at the recipe's clip length and crop size (not the bench's)."""
-    from ...loader.dataset import clip_dataset
-
-    start = time.perf_counter()
-    ds = clip_dataset(data, batch_size=batch_size, recipe=name, device=device, seed=0)
-    return _time_batches(iter(ds), batches, batch_size, ds._dali_video_loader.plan.config.clip_len, start)
-
-
-def _feed_rate(data, batch_size, clip_len, crop, batches, *, readers=1, threads=None, with_bytes=False):
-    from ...loader.dataset import reader_dataset
-
-    start = time.perf_counter()
-    its = [iter(reader_dataset(data, batch_size=batch_size // readers, clip_len=clip_len, crop_size=crop, seed=0,
-                               shard_id=r, num_shards=readers, with_bytes=with_bytes, num_threads=threads))
-           for r in range(readers)]
-    for it in its:
-        next(it)
-    first = time.perf_counter() - start
-    t0 = time.perf_counter()
-    if readers == 1:  # in this thread: large tensors came out ~10x slower in a pool thread here
-        for _ in range(batches):
-            next(its[0])
-    else:
-        with multiprocessing.pool.ThreadPool(readers) as pool:  # TF lets go of the GIL while it waits
-            pool.map(lambda it: [next(it) for _ in range(batches)], its)
-    seconds = time.perf_counter() - t0
-    frames = batches * (batch_size // readers) * readers * clip_len
-    return {"frames_per_s": frames / seconds, "clips_per_s": frames / clip_len / seconds, "first_batch_s": first}
-
-
-def run_feed_native(data, batch_size, clip_len, crop, batches, device, with_bytes=False):
-    """The native reader through DALIDataset, no decoding. The frames stay in DALI as for decoding and
-    TF gets the metadata (``with_bytes``: the padded bytes too)."""
-    return _feed_rate(data, batch_size, clip_len, crop, batches, with_bytes=with_bytes)
-
-
-def run_feed_native_x2(data, batch_size, clip_len, crop, batches, device):
-    """Two native pipelines in one process, one DALI thread each, against one pipeline with one thread:
-    what one process gains from a second pipeline (no GIL between them)."""
-    one = _feed_rate(data, batch_size, clip_len, crop, batches, threads=1)
-    two = _feed_rate(data, batch_size, clip_len, crop, batches, readers=2, threads=1)
-    return {**two, "one_pipeline_frames_per_s": one["frames_per_s"],
-            "vs_one_pipeline": two["frames_per_s"] / one["frames_per_s"]}
-
-
-def run_feed_python(data, batch_size, clip_len, crop, batches, device):
-    """The Python feed (threads + DALIDatasetWithInputs), no decoding: the baseline."""
-    from ...loader.dataset import clip_pipeline
-    from .baselines import python_feed_dataset
-    from .python_feed import BatchStream
-
-    start = time.perf_counter()
-    loader = clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0)
-    stream = BatchStream(loader.table, loader.videos, loader.plan, batch_size)
-    try:
-        return _time_batches(iter(python_feed_dataset(stream, batch_size * clip_len)), batches, batch_size,
-                             clip_len, start)
-    finally:
-        stream.close()
-
-
-def _layout(shard) -> tuple[str, tuple, str | None]:
-    """How a shard stores a video, for a tf.data parser: its layout (from the frame index), the frames'
-    feature keys and the label's key (from its first record)."""
-    index = read_frame_index(fidx_path(shard))
-    features, _ = walk(next(fmt.scan_records(shard))[2])
-    label = next((k for k in fmt.LABEL_KEYS if k in features), None)
-    if index.layout != "frame_features":
-        return index.layout, (index.frames_key,), label
-    # One feature per frame: parse_single_example needs every key; their numbers' width is the first's.
-    width = min(len(m[1]) for k in features if (m := fmt.FRAME_FEATURE_RE.match(k)))
-    return index.layout, tuple(f"frames/{k:0{width}d}" for k in range(max(index.videos["num_frames"]))), label
-
-
-def _parser(layout: str, keys: tuple, label: str | None):
-    """record -> (frames [n] JPEG strings, label (-1 without one)) for one layout."""
-    import tensorflow as tf
-
-    labels = {label: tf.io.FixedLenFeature([], tf.int64, -1)} if label else {}
-
-    def parse(record):
-        if layout == "sequence_example":
-            context, lists = tf.io.parse_single_sequence_example(
-                record, context_features=labels,
-                sequence_features={keys[0]: tf.io.FixedLenSequenceFeature([], tf.string)})
-            frames = lists[keys[0]]
-        elif layout == "frame_features":  # every numbered key, "" past the record's last frame
-            context = tf.io.parse_single_example(record, {**labels, **{k: tf.io.FixedLenFeature([], tf.string, "")
-                                                                        for k in keys}})
-            frames = tf.stack([context[k] for k in keys])
-            frames = frames[:tf.reduce_sum(tf.cast(frames != "", tf.int32))]
-        else:
-            context = tf.io.parse_single_example(record, {**labels, keys[0]: tf.io.VarLenFeature(tf.string)})
-            frames = context[keys[0]].values
-        return frames, context[label] if label else tf.constant(-1, tf.int64)
-
-    return parse
-
-
-def fsspec_records(path):
-    """A shard's records as a ``tf.data.Dataset``, streamed through fsspec (buffered ranged GETs): how a
-    tf.data user reads a bucket that TensorFlow's own filesystems cannot reach (TF 2.21 has no s3://, and
-    its gs:// has Google's endpoint built in)."""
-    import tensorflow as tf
-
-    def records(url):
-        for _, _, data in fmt.scan_records(url.decode()):
-            yield data
-
-    return tf.data.Dataset.from_generator(records, args=(path,), output_signature=tf.TensorSpec([], tf.string))
-
-
-def tfdata_dataset(shards, batch_size, clip_len, crop, *, read_records=None, decode=True):
-    """What a good TF user writes: interleave, parse, random offset, decode-and-crop, batch, prefetch.
-    Reads every layout the loader reads (shards of several layouts: one stream per layout, mixed).
-    ``read_records``: path -> its records (default ``TFRecordDataset``); ``decode=False``: the clips' JPEGs
-    ``[B, T]``, not decoded (the reader alone)."""
-    import tensorflow as tf
-
-    auto = tf.data.AUTOTUNE
-    read_records = read_records or tf.data.TFRecordDataset
-    groups = {}
-    for shard in shards:
-        groups.setdefault(_layout(shard), []).append(shard)
-
-    def clip(frames, label):
-        n = tf.shape(frames)[0]
-        start = tf.random.uniform([], 0, tf.maximum(n - clip_len, 0) + 1, dtype=tf.int32)
-        picked = tf.gather(frames, tf.minimum(start + tf.range(clip_len), n - 1))
-        if not decode:
-            return picked, label
-        size = tf.image.extract_jpeg_shape(frames[0])
-        h, w = size[0], size[1]
-        y = tf.random.uniform([], 0, h - crop + 1, dtype=tf.int32)
-        x = tf.random.uniform([], 0, w - crop + 1, dtype=tf.int32)
-        images = tf.map_fn(lambda j: tf.image.decode_and_crop_jpeg(j, [y, x, crop, crop], channels=3), picked,
-                           fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
-        images = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(images, [2]), lambda: images)
-        return tf.cast(images, tf.float32) / 255.0, label
-
-    streams = []
-    for layout, group in groups.items():
-        files = tf.data.Dataset.from_tensor_slices([str(s) for s in group]).shuffle(len(group)).repeat()
-        records = files.interleave(read_records, cycle_length=min(4, len(group)), num_parallel_calls=auto,
-                                   deterministic=False)
-        streams.append(records.map(_parser(*layout), num_parallel_calls=auto, deterministic=False))
-    ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams)
-    return ds.shuffle(16).map(clip, num_parallel_calls=auto, deterministic=False).batch(batch_size).prefetch(auto)
-
-
-def run_tfdata(data, batch_size, clip_len, crop, batches, device):
-    shards, _ = _dataset_files(data)
-    start = time.perf_counter()
-    out = _time_batches(iter(tfdata_dataset(shards, batch_size, clip_len, crop)), batches, batch_size, clip_len,
-                        start)
-    record, sampled, _ = _sizes(data, clip_len)
-    out["read_amplification"] = record / sampled
-    out["bytes_per_clip"] = record
-    return out
-
-
-def run_dali_tfrecord(data, batch_size, clip_len, crop, batches, device):
-    from ...index_tools import idx_path
-
-    from .baselines import tfrecord_pipeline
-
-    shards, _ = _dataset_files(data)
-    start = time.perf_counter()
-    pipe = tfrecord_pipeline(shards, [idx_path(s) for s in shards], batch_size=batch_size)
-    pipe.build()
-    out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
-    record, sampled, _ = _sizes(data, clip_len)
-    # Records/s, not clips: this reader returns only the first JPEG of each record's frames list.
-    out = {"records_per_s": out["clips_per_s"], "first_batch_s": out["first_batch_s"], "clips_per_s": None,
-           "frames_per_s": None, "read_amplification": record / sampled, "bytes_per_clip": record}
-    return out
-
-
-def run_decode_bound(data, batch_size, clip_len, crop, batches, device, recipe=None):
-    """Decode the frames of real clips from memory: DALI (same crop windows) and cv2, all cores. With
-    ``recipe``, the frames and windows that preset reads."""
-    import cv2
-
-    from ...loader.dataset import clip_pipeline
-    from .baselines import decode_pipeline
-
-    jpegs, windows = [], []
-    clip = dict(recipe=recipe) if recipe else dict(clip_len=clip_len, crop_size=crop)
-    with clip_pipeline(data, batch_size=batch_size, device="cpu", seed=0, output="jpegs", **clip) as loader:
-        clip_len = loader.plan.config.clip_len
-        for _ in range(min(batches, 8)):
-            frames, meta = loader.pipeline.run()
-            jpegs.append([np.array(f) for f in frames])
-            windows.append(list(meta.as_array()))
-    n = batch_size * clip_len
-    state = {"i": 0}
-
-    def source():
-        i = state["i"] % len(jpegs)
-        state["i"] += 1
-        return jpegs[i], [w[0:2].copy() for w in windows[i]], [w[2:4].copy() for w in windows[i]]
-
-    start = time.perf_counter()
-    pipe = decode_pipeline(source, batch_size=n, device=device)
-    pipe.build()
-    out = _time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start)
-    flat = [bytes(j) for batch in jpegs for j in batch]
-    cv2.setNumThreads(1)
-    with multiprocessing.pool.ThreadPool(os.cpu_count()) as pool:
-        t0 = time.perf_counter()
-        pool.map(lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), flat, chunksize=16)
-        out["cv2_frames_per_s"] = len(flat) / (time.perf_counter() - t0)
-    out.update(read_amplification=None, bytes_per_clip=0)
-    return out
+def measure(data, system: str, **kw) -> dict:
+    """One system of :data:`.systems.RUNNERS`, by name, measured in a fresh process."""
+    return timing.measure(data, RUNNERS[system], **kw)
 
 
 def _transcode_segment(task):
@@ -431,81 +115,13 @@ def bench_writer(csv_path, video_root, shorter=256) -> dict:
             "vs_bound": (manifest["frames"] / seconds) / (frames / bound)}
 
 
-RUNNERS = {"dali_video": run_dali_video, "dali_video_uint8": functools.partial(run_dali_video, raw=True),
-           "dali_video_tf_norm": functools.partial(run_dali_video, normalize_in="tensorflow"),
-           "tfdata": run_tfdata, "dali_tfrecord": run_dali_tfrecord, "decode_bound": run_decode_bound,
-           "feed_native": run_feed_native, "feed_native_x2": run_feed_native_x2,
-           "feed_native_bytes": functools.partial(run_feed_native, with_bytes=True),
-           "feed_python": run_feed_python,
-           **{f"recipe_{r}": functools.partial(run_recipe, name=r) for r in RECIPE_ROWS},
-           **{f"recipe_{r}_bound": functools.partial(run_decode_bound, recipe=r) for r in RECIPE_ROWS}}
-
-
-def _child(args) -> None:
-    data, system, batch_size, clip_len, crop, batches, device, cold, seconds, queue = args
-    try:
-        if device == "gpu":  # before TensorFlow takes the GPU's memory and leaves DALI none
-            from ...loader.gpu import enable_memory_growth
-
-            enable_memory_growth()
-        if cold:
-            _evict(_dataset_files(data)[1])
-        timed = {"seconds": seconds} if seconds else {}  # only run_dali_video (and the bucket's runners) take it
-        runner = RUNNERS[system] if isinstance(system, str) else system
-        out = runner(data, batch_size, clip_len, crop, batches, device, **timed)
-        out["peak_rss_mb"] = _peak_rss_mb()
-        queue.put(out)
-    except BaseException as e:  # noqa: BLE001 - reported in the results, the other systems still run
-        queue.put({"error": f"{type(e).__name__}: {e}"})
-
-
-def measure(data, system, *, batch_size, clip_len, crop, batches, device, cold=False, seconds=None) -> dict:
-    """Run one system (a name of ``RUNNERS``, or a runner that takes the same arguments) in a fresh
-    process (clean memory figures, own page-cache state)."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=((data, system, batch_size, clip_len, crop, batches, device,
-                                             cold, seconds, queue),))
-    proc.start()
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                out = queue.get(timeout=1)
-                break
-            except Empty:  # a child killed by a crash in native code reports nothing: say so, do not wait
-                if not proc.is_alive() and queue.empty():
-                    out = {"error": f"the measuring process died (exit code {proc.exitcode})"}
-                    break
-                if time.monotonic() > deadline:
-                    out = {"error": "no result within 900 s"}
-                    break
-    finally:
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
-    return out
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    gpu = None
-    if shutil.which("nvidia-smi"):
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                           text=True)
-        gpu = r.stdout.strip() or None
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "gpu": gpu,
-            "python": platform.python_version(), "platform": platform.platform()}
-
 
 def grow(data, factor: int, into: Path) -> Path:
     """A dataset ``factor`` times larger: copies of every shard with its indexes, as one split."""
     from ...index_tools import fidx_path, idx_path
     from ...index_tools.format import shard_name
 
-    shards, _ = _dataset_files(data)
+    shards, _ = dataset_files(data)
     into.mkdir(parents=True, exist_ok=True)
     for k in range(factor):
         for i, s in enumerate(shards):
@@ -559,22 +175,6 @@ def check_inputs(args) -> tuple[list[str], list[list[str]], str]:
     return _shards(args.data, args.split, clip), [_shards(d, args.split, clip) for d in args.longer or ()], device
 
 
-def failures(results) -> list[str]:
-    """``"name: error"`` for every measurement that failed, wherever it is in ``results``."""
-    found = []
-
-    def visit(name, value):
-        if isinstance(value, dict):
-            for key in ("error", "bound_error"):
-                if key in value:
-                    found.append(f"{name}: {value[key]}")
-            for key, sub in value.items():
-                visit(f"{name} {key}".strip(), sub)
-
-    for section in ("systems", "recipes", "t_sweep", "growth", "longer"):
-        visit(section, results.get(section, {}))
-    return found
-
 
 def fmt_row(name, r) -> str:
     def f(key, spec):
@@ -617,6 +217,11 @@ def chart(results, path) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scale"]:  # start-up and memory at Kinetics scale (its own options)
+        from . import scale
+
+        return scale.main(argv[1:])
     p = argparse.ArgumentParser(prog="dali-video-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="a dataset folder (or shard glob) written by dali-video-write")
@@ -669,8 +274,8 @@ def main(argv=None) -> int:
               f"T={args.clip_len} crop {args.crop_size}; {r.get('batches')} batches in {r.get('seconds') or 0:.1f} s")
         print(HEADER)
         print(fmt_row("dali_video", r))
-        _save(results, out)
-        return _finish(results, out)
+        save(results, out)
+        return finish(results, out)
     for system in SYSTEMS:
         timed = main_system if system == "dali_video" else dict(clip_len=args.clip_len, batches=batches, **kw)
         warm = measure(data, system, **timed)
@@ -713,7 +318,7 @@ def main(argv=None) -> int:
                 s: measure(shards, s, clip_len=args.clip_len, batches=batches, **kw) for s in ("dali_video", "tfdata")}}
     if args.writer:
         results["writer"] = bench_writer(*args.writer)
-    _save(results, out)
+    save(results, out)
     try:
         if any(results["systems"][s].get("clips_per_s") for s in SYSTEMS):
             chart(results, out / "bench.png")
@@ -762,21 +367,9 @@ def main(argv=None) -> int:
         print(f"writer: {w['videos_per_s']:.2f} videos/s, {w['frames_per_s']:.0f} frames/s; decode+resize+encode "
               f"loop on all cores: {w['bound_videos_per_s']:.2f} videos/s, {w['bound_frames_per_s']:.0f} frames/s "
               f"({w['vs_bound']:.2f} of the bound)")
-    return _finish(results, out)
+    return finish(results, out)
 
 
-def _save(results, out: Path) -> None:
-    (out / "bench.json").write_text(json.dumps(results, indent=1, default=float))
-
-
-def _finish(results, out: Path) -> int:
-    """The results' path printed; 1 when a measurement failed, each named."""
-    print(f"wrote {out / 'bench.json'}")
-    failed = failures(results)
-    if failed:
-        print(f"dali-video-bench: {len(failed)} measurements failed:\n  " + "\n  ".join(failed), file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ...index_tools import idx_path
-from . import bench
+from .measure import dataset_files, finish, machine, measure, save, sizes, time_batches
+from .systems import fsspec_records, run_dali_video, tfdata_dataset
 from .proxy import set_delay, stop
 
 ENDPOINT_VARS = {"s3": "AWS_ENDPOINT_URL", "gs": "DALI_GCS_ENDPOINT_URL"}
@@ -49,7 +50,7 @@ def read_dali_video(data, batch_size, clip_len, crop, batches, device, *, thread
     start = time.perf_counter()
     with clip_pipeline(data, batch_size=batch_size, clip_len=clip_len, crop_size=crop, device="cpu", seed=0,
                        output="jpegs", io_threads=threads) as loader:
-        return bench._time_batches(iter(loader.pipeline.run, None), batches, batch_size, clip_len, start, seconds,
+        return time_batches(iter(loader.pipeline.run, None), batches, batch_size, clip_len, start, seconds,
                                    proxy)
 
 
@@ -57,25 +58,25 @@ def read_dali_tfrecord(data, batch_size, clip_len, crop, batches, device, *, thr
     """DALI's TFRecord reader over the same objects, with the shards' DALI indexes."""
     from .baselines import tfrecord_pipeline
 
-    shards, _ = bench._dataset_files(data)
+    shards, _ = dataset_files(data)
     start = time.perf_counter()
     pipe = tfrecord_pipeline(shards, [idx_path(s) for s in shards], batch_size=batch_size, num_threads=threads)
     pipe.build()
-    return bench._time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start, seconds, proxy)
+    return time_batches(iter(pipe.run, None), batches, batch_size, clip_len, start, seconds, proxy)
 
 
 def read_tfdata(data, batch_size, clip_len, crop, batches, device, *, threads, proxy, seconds=None):
     """tf.data over the same objects: records through fsspec, a random clip's JPEGs, batched."""
-    shards, _ = bench._dataset_files(data)
+    shards, _ = dataset_files(data)
     start = time.perf_counter()
-    ds = bench.tfdata_dataset([str(s) for s in shards], batch_size, clip_len, crop, read_records=bench.fsspec_records,
+    ds = tfdata_dataset([str(s) for s in shards], batch_size, clip_len, crop, read_records=fsspec_records,
                               decode=False)
-    return bench._time_batches(iter(ds), batches, batch_size, clip_len, start, seconds, proxy)
+    return time_batches(iter(ds), batches, batch_size, clip_len, start, seconds, proxy)
 
 
 def decode_dali_video(data, batch_size, clip_len, crop, batches, device, *, threads, proxy, seconds=None):
     """clip_dataset on the bucket: read, decoded, cropped, through TensorFlow."""
-    return bench.run_dali_video(data, batch_size, clip_len, crop, batches, device, seconds=seconds,
+    return run_dali_video(data, batch_size, clip_len, crop, batches, device, seconds=seconds,
                                 io_threads=threads, proxy=proxy)
 
 
@@ -127,7 +128,7 @@ def _row(latency, name, r) -> str:
     def f(v, spec, width):
         return format(v, spec) if isinstance(v, (int, float)) else "n/m".rjust(width)
 
-    mb = r.get("store_bytes_per_clip")  # the proxy's columns come together (bench._time_batches)
+    mb = r.get("store_bytes_per_clip")  # the proxy's columns come together (time_batches)
     return (f"{latency:>4} ms  {name:19} {f(r.get('clips_per_s'), '8.1f', 8)} "
             f"{f(r.get('requests_per_clip'), '9.3f', 9)} {f(None if mb is None else mb / 1e6, '8.3f', 8)} "
             f"{f(r.get('x_clip'), '7.2f', 7)} {f(r.get('most_in_flight'), '9d', 9)}")
@@ -138,8 +139,8 @@ def main(args, data: str, shards: list[str], device: str) -> int:
     the shards read from it."""
     scheme = data.split(":")[0]
     seconds = args.seconds or (5 if args.quick else 20)
-    record, clip_bytes, videos = bench._sizes(shards, args.clip_len)
-    info = bench.machine()
+    record, clip_bytes, videos = sizes(shards, args.clip_len)
+    info = machine()
     results = {"machine": info, "device": device, "data": data, "batch_size": args.batch_size,
                "clip_len": args.clip_len, "crop": args.crop_size, "threads": args.threads, "seconds": seconds,
                "videos": videos, "record_bytes": record, "clip_bytes": clip_bytes,
@@ -151,14 +152,14 @@ def main(args, data: str, shards: list[str], device: str) -> int:
             rows = results["latency"][str(ms)] = {}
             for system in SYSTEMS[:3] if args.quick else SYSTEMS:
                 runner = functools.partial(RUNNERS[system], threads=args.threads, proxy=proxy)
-                r = rows[system] = bench.measure(shards, runner, batch_size=args.batch_size,
+                r = rows[system] = measure(shards, runner, batch_size=args.batch_size,
                                                  clip_len=args.clip_len, crop=args.crop_size, batches=1,
                                                  device=device, seconds=seconds)
                 if "store_bytes_per_clip" in r:
                     r["x_clip"] = r["store_bytes_per_clip"] / clip_bytes
                 print(f"measured {system} at {ms} ms", file=sys.stderr, flush=True)
     out = Path(args.out)
-    bench._save(results, out)
+    save(results, out)
     where = (f"counted by the bench's proxy in front of {results['endpoint']} ({ENDPOINT_VARS[scheme]})" if proxy
              else "remote store: requests, bytes and in flight not measured (n/m), latency not added")
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; {data}: {videos} videos, records of "
@@ -172,4 +173,4 @@ def main(args, data: str, shards: list[str], device: str) -> int:
         ours, theirs = rows["dali_video"].get("clips_per_s"), rows["dali_tfrecord"].get("clips_per_s")
         if ours and theirs:
             print(f"{ms:>4} ms  dali_video reads {ours / theirs:.2f}x the clips/s of fn.readers.tfrecord")
-    return bench._finish({"systems": results["latency"]}, out)
+    return finish({"systems": results["latency"]}, out)
