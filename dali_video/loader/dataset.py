@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import uuid
@@ -190,6 +191,29 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
     return dataclasses.replace(plan, flip_label_pairs=pairs), table, np.arange(len(table))
 
 
+def _native_table(table: VideoTable, videos: np.ndarray):
+    """The native reader's video table of these ``videos`` (rows of ``table``): one per process, shared
+    by every reader of the same videos (see ``native.table``)."""
+    from .native.table import video_table
+
+    used = np.unique(table.shard[videos])  # shards that hold a planned video
+    shards = [str(fmt.shard_of(table.shards[s].path)) for s in used]  # local paths or s3:// / gs:// URLs
+    key = hashlib.sha256(table.digest + np.ascontiguousarray(videos, np.int64).tobytes()).hexdigest()
+
+    def make():
+        ix = [table.shards[s] for s in used]
+        shard_columns = [(i.frame_table_offset, i.num_frame_rows, i.frame_table_crc, i.shard_size) for i in ix]
+        columns = np.stack([np.searchsorted(used, table.shard[videos]), table.frame_start[videos],
+                            table.num_frames[videos], table.height[videos], table.width[videos], table.label[videos],
+                            videos, table.record_offset[videos],
+                            table.record_offset[videos] + table.record_length[videos]], axis=1)
+        names = "\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode().replace("\n", "\\n")
+                          for v in videos)
+        return shard_columns, columns, table.fps[videos], names.encode()
+
+    return video_table(key, shards, make)
+
+
 def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan, *, shard_id: int,
                  num_shards: int, initial_clip: int, on_corrupt: str) -> dict:
     """The arguments of the native reader (``fn.dali_video_clips``) for these videos and plan."""
@@ -200,20 +224,10 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan
         raise ValueError(f"video {table.filename[v]!r} in {table.shards[table.shard[v]].path} has label "
                          f"{table.label[v]}, beyond the reader's int32 range [-2**31, 2**31); re-index it with a "
                          f"smaller label")
-    used = np.unique(table.shard[videos])  # shards that hold a planned video
-    shard_of = np.searchsorted(used, table.shard[videos])
-    columns = np.stack([shard_of, *(col[videos] for col in (table.frame_start, table.num_frames, table.height,
-                                                            table.width, table.label)), videos], axis=1)
     reals = plan.floats()  # float32 values, as the Python reference plans with them
     pairs_of = plan.flip_label_pairs if mixed else (c.flip_label_pairs,)  # per dataset
     return dict(
-        shards=[fmt.shard_of(table.shards[s].path) for s in used],  # local paths or s3:// / gs:// URLs
-        table_offset=[int(table.shards[s].frame_table_offset) for s in used],
-        shard_sizes=[int(table.shards[s].shard_size) for s in used],  # an object's is known: no HEAD request
-        videos="\n".join(" ".join(map(str, row)) + f" {fps!r}" for row, fps in zip(columns.tolist(),
-                                                                                 table.fps[videos].tolist())),
-        filenames="\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode()
-                            .replace("\n", "\\n") for v in videos),
+        table=_native_table(table, videos),
         plan_seed=plan.seed, training=plan.training, clip_len=c.clip_len, stride=list(c.strides),
         crop_size=c.crop_size, resize_shorter=list(c.resize_range), crop_area=reals[:2] if c.crop_area else [],
         crop_aspect=reals[2:6], flip=c.flip, color_jitter=reals[6:10] if c.color_jitter is not None else [],
@@ -261,7 +275,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if io_threads is None:
-        io_threads = _default_io_threads(reader["shards"])
+        io_threads = _default_io_threads(reader["table"].shards)
     _check_int("io_threads", io_threads, 0)
     if io_threads > MAX_THREADS:
         raise ValueError(f"io_threads must be at most {MAX_THREADS} (one request in flight each), got {io_threads}")
@@ -467,7 +481,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
     if device == "gpu":  # elements are final; with_meta adds meta [B, 16] (META_COLUMNS) and frames [B, T]
         return ds
-    filenames = tf.constant([n.encode("utf-8", "surrogateescape") for n in loader.table.filename])
+    filenames = _filename_tensor(loader.table) if with_meta else None
     label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
@@ -495,6 +509,17 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         mapped = ds.map(finish)
     mapped._dali_video_loader = loader
     return mapped
+
+
+def _filename_tensor(table: VideoTable):
+    """The table's filenames as one string tensor, made once per table (every reader of it shares it)."""
+    import tensorflow as tf
+
+    made = table.__dict__.get("_filename_tensor")  # on the frozen table, as a cached_property keeps its value
+    if made is None:
+        made = table.__dict__["_filename_tensor"] = tf.constant([n.encode("utf-8", "surrogateescape")
+                                                                 for n in table.filename])
+    return made
 
 
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import logging
+import os
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +37,25 @@ class VideoTable:
     label: np.ndarray
     filename: np.ndarray  # str
     fps: np.ndarray  # frames per second as stored in the index; 0: unknown
+    record_offset: np.ndarray  # the video's record in its shard: byte offset and length
+    record_length: np.ndarray
 
     def __len__(self) -> int:
         return len(self.num_frames)
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """SHA-256 of the table's contents (its shards' frame tables by identity): readers of equal tables
+        share one native table (``dataset._native_table``)."""
+        h = hashlib.sha256()
+        for ix in self.shards:
+            h.update(repr((str(ix.path), ix.frame_table_offset, ix.num_frame_rows, ix.frame_table_crc,
+                           ix.shard_size)).encode())
+        for name in _PER_VIDEO:
+            column = getattr(self, name)
+            h.update(name.encode())
+            h.update("\n".join(column).encode("utf-8", "surrogatepass") if column.dtype == object else column.tobytes())
+        return h.digest()
 
     def take(self, rows) -> "VideoTable":
         return VideoTable(self.shards, **{name: getattr(self, name)[rows] for name in _PER_VIDEO})
@@ -127,14 +148,47 @@ def _shard_index(shard):
     return index
 
 
+# The tables loaded in this process, while one is used (a reader, a pipeline or the caller holds it):
+# every reader of the same files shares one, and reads no index again.
+_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_tables_lock = threading.Lock()
+
+
+def _stamp(path) -> tuple:
+    """What changes when a local file is replaced or rewritten (an object in a bucket: nothing is asked)."""
+    if storage.is_url(path):
+        return ()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # reading the table says so, naming the shard
+        return ()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def load_table(files, split: str | None = None, *, mixed_classes: bool = False) -> VideoTable:
     """Read the frame index headers of every shard, checking that no index is missing or stale and
     (unless ``mixed_classes``) that every file gives each label the same class text.
 
     Shards in a bucket are read 16 at a time (3 requests each after one listing), so start-up
-    waits for the store's latency once per 16 shards, not once per request."""
+    waits for the store's latency once per 16 shards, not once per request. A table is read once per
+    process while it is in use: loading the same files again (another reader, validation, a dataset
+    iterated again) returns the same table, unless a local shard or index changed since (its inode,
+    size or modification time); one in a bucket is taken as unchanged while its table is in use."""
+    found = shard_files(files, split)
+    key = (tuple(str(s) for s in found), mixed_classes,
+           tuple(_stamp(p) for s in found for p in (s, idx_path(s), fidx_path(s))))
+    with _tables_lock:
+        table = _tables.get(key)
+    if table is None:
+        table = _read_table(found, mixed_classes)
+        with _tables_lock:
+            table = _tables.setdefault(key, table)
+    return table
+
+
+def _read_table(found, mixed_classes: bool) -> VideoTable:
     with ThreadPoolExecutor(16) as pool:
-        shards = list(pool.map(_shard_index, shard_files(files, split)))
+        shards = list(pool.map(_shard_index, found))
     if not mixed_classes:
         _check_class_space(shards)
 
@@ -149,7 +203,8 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
         frame_start=np.concatenate([ix.frame_starts() for ix in shards]).astype(np.int64),
         num_frames=column("num_frames", np.int64), height=column("height", np.int64),
         width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object),
-        fps=column("fps", np.float64))
+        fps=column("fps", np.float64), record_offset=column("record_offset", np.int64),
+        record_length=column("record_length", np.int64))
 
 
 # ---------------------------------------------------------------- clip plans

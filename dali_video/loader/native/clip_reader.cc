@@ -33,46 +33,13 @@
 
 namespace dali_video {
 
-// The videos, one text line each ("shard row num_frames height width label table_row fps"), and their
-// names one per line: two string arguments serialize far smaller and faster than per-video lists
-// (82 MB and 4.6 s at 300k videos, through DALI's pipeline protobuf).
-void parse_videos(const std::string &text, const std::string &names, Dataset &d) {
-  const char *p = text.c_str();
-  while (*p) {
-    int64_t v[7];
-    char *end;
-    for (int64_t &x : v) {
-      x = std::strtoll(p, &end, 10);
-      DALI_ENFORCE(end != p, "dali-video clip reader: malformed 'videos' argument");
-      p = end;
-    }
-    const double fps = std::strtod(p, &end);  // 0: unknown; Python writes the shortest exact decimal
-    DALI_ENFORCE(end != p && fps >= 0 && fps <= 1e6, "dali-video clip reader: malformed 'videos' argument");
-    p = end;
-    // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
-    DALI_ENFORCE(v[0] >= 0 && static_cast<size_t>(v[0]) < d.shards.size() && v[1] >= 0 && v[2] >= 1 &&
-                 v[3] >= 1 && v[4] >= 1 && v[3] <= 65535 && v[4] <= 65535 && v[5] >= INT32_MIN && v[5] <= INT32_MAX,
-                 "dali-video clip reader: a video's shard, row, size or label is out of range");
-    d.shard.push_back(v[0]);
-    d.row.push_back(v[1]);
-    d.videos.push_back({v[2], v[3], v[4], fps});
-    d.label.push_back(v[5]);
-    d.table_row.push_back(v[6]);
-    while (*p == '\n' || *p == ' ') ++p;
+// The video table this reader reads (table.h), shared with every reader of the same videos.
+std::shared_ptr<const Dataset> table_argument(const dali::OpSpec &spec) {
+  try {
+    return find_table(spec.GetArgument<std::string>("table"));
+  } catch (const std::invalid_argument &e) {
+    DALI_FAIL(e.what());
   }
-  for (size_t start = 0; start <= names.size();) {
-    const size_t end = std::min(names.find('\n', start), names.size());
-    d.filenames.push_back(names.substr(start, end - start));
-    start = end + 1;
-  }
-  DALI_ENFORCE(!d.videos.empty() && d.filenames.size() == d.videos.size() && d.table_offset.size() == d.shards.size() &&
-               (d.shard_size.empty() || d.shard_size.size() == d.shards.size()),
-               "dali-video clip reader: the per-video arguments disagree in length");
-  d.shard_size.resize(d.shards.size());  // 0: a local shard's size comes from the file
-  d.table_rows.assign(d.shards.size(), 0);
-  for (size_t v = 0; v < d.videos.size(); ++v)
-    d.table_rows[d.shard[v]] = std::max<u64>(d.table_rows[d.shard[v]], d.row[v] + d.videos[v].num_frames);
-  d.cache = std::make_unique<ShardRows[]>(d.shards.size());
 }
 
 // crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, the colour factors as
@@ -261,11 +228,7 @@ void enroll(const std::string &instance, const std::shared_ptr<Closing> &closing
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
-  explicit ClipReader(const dali::OpSpec &spec) : Operator(spec) {
-    d_.shards = spec.GetRepeatedArgument<std::string>("shards");
-    for (int64_t offset : spec.GetRepeatedArgument<int64_t>("table_offset")) d_.table_offset.push_back(offset);
-    for (int64_t size : spec.GetRepeatedArgument<int64_t>("shard_sizes")) d_.shard_size.push_back(size);
-    parse_videos(spec.GetArgument<std::string>("videos"), spec.GetArgument<std::string>("filenames"), d_);
+  explicit ClipReader(const dali::OpSpec &spec) : Operator(spec), table_(table_argument(spec)), d_(*table_) {
     s_ = read_spec(spec);
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
@@ -277,9 +240,9 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     next_ = spec.GetArgument<int64_t>("initial_clip");
     io_threads_ = spec.GetArgument<int>("io_threads");
     DALI_ENFORCE(io_threads_ >= 0, "dali-video clip reader: io_threads must be 0 or more");
-    d_.waits.timeout = spec.GetArgument<float>("io_timeout");
-    DALI_ENFORCE(d_.waits.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
-    d_.waits.closing = closing_.get();
+    waits_.timeout = spec.GetArgument<float>("io_timeout");
+    DALI_ENFORCE(waits_.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
+    waits_.closing = closing_.get();
     enroll(spec.GetArgument<std::string>("instance"), closing_);
     throw_at_ = spec.GetArgument<int64_t>("test_throw_at");
     throw_ = spec.GetArgument<std::string>("test_throw");
@@ -371,7 +334,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       const std::string video = d_.shards[d_.shard[c.plan.video]] + ": video '" + d_.filenames[c.plan.video] + "': ";
       try {
         if (position == throw_at_) throw_for_test();
-        read_clip(d_, part.spec, c);
+        read_clip(d_, waits_, part.spec, c);
         error.clear();
         return;
       } catch (const ReadError &e) {
@@ -517,7 +480,9 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   };
 
   std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();  // first: read waits see it to the end
-  Dataset d_;
+  std::shared_ptr<const Dataset> table_;  // held while this reader lives (shared with the process's readers)
+  const Dataset &d_;
+  Waits waits_;  // io_timeout, and this reader's Closing
   Spec s_{};
   std::vector<Part> parts_;
   bool mixed_ = false;  // a Mixture's datasets (Spec words), not the one dataset of s_
@@ -633,13 +598,8 @@ DALI_SCHEMA(DaliVideoClips)
       if (spec.GetArgument<bool>("per_clip")) return spec.GetArgument<int>("clip_len") + 1;
       return spec.GetArgument<bool>("positions") ? 3 : 2;
     })
-    .AddArg("shards", "Shard paths, or s3:// and gs:// URLs of shard objects.", DALI_STRING_VEC)
-    .AddOptionalArg("shard_sizes", "Each shard's size in bytes (needed for URLs: no HEAD request is sent); "
-                    "empty or 0: taken from the local file.", std::vector<int64_t>{})
-    .AddArg("table_offset", "Byte offset of each shard's frame table in its .fidx.", DALI_INT64_VEC)
-    .AddArg("videos", "One line per video: its shard, the row of its first frame in the shard's frame table, "
-            "frames, height, width, label and row in the dataset's video table.", DALI_STRING)
-    .AddArg("filenames", "The videos' names, one per line (for error messages).", DALI_STRING)
+    .AddArg("table", "The key of the video table to read, made in this process by dali_video's clip_pipeline "
+            "(dali_video/loader/native/table.py): the shards, their frame indexes and the videos.", DALI_STRING)
     .AddArg("plan_seed", "Seed of the clip plan.", DALI_INT64)
     .AddArg("training", "Random clips (else evaluation views).", DALI_BOOL)
     .AddArg("clip_len", "Frames per clip.", DALI_INT32)

@@ -14,6 +14,7 @@
 #include "checks.h"
 #include "plan.h"
 #include "storage.h"
+#include "table.h"
 
 namespace dali_video {
 
@@ -24,35 +25,6 @@ constexpr int64_t kGap = 64;  // local frames closer than this many bytes are fe
 // frames 32 apart, TSM's segments): the largest gaps are split first. A dense clip stays one GET.
 constexpr u64 kBucketGap = u64{1} << 20;
 constexpr u64 kMostRead = 5;  // 1 + 1/kMostRead: the bytes a clip may read, over its frames' own (1.2x)
-constexpr u64 kMaxFrame = u64{1} << 28;  // a longer "JPEG" is a damaged index, never an allocation
-
-struct Row {  // one frame of the frame index (.fidx), as stored (little-endian)
-  u64 offset;
-  uint32_t length, crc;
-};
-static_assert(sizeof(Row) == 16);
-
-// A shard's frame index rows, read whole on first use and kept: a clip then costs one read of its
-// frames and none of the index. 16 bytes a frame: 300k videos x 300 frames is 1.4 GB once every
-// shard has been used (a bounded cache would send a second request per clip on each miss).
-struct ShardRows {
-  std::mutex lock;
-  bool ready = false;
-  std::vector<Row> rows;  // never changed once ready
-  std::atomic<int> failures{0};  // the store's failures to read them: who waited meanwhile gets the last
-  std::string failure;
-};
-
-struct Dataset {  // what the operator reads: shards, their frame indexes, one entry per video
-  std::vector<std::string> shards, filenames;
-  std::vector<int> shard, row, label, table_row;
-  std::vector<Video> videos;
-  std::vector<int64_t> table_offset;  // where each shard's frame table starts in its .fidx
-  std::vector<u64> shard_size;  // each shard's size in bytes (0 for a local shard: taken from the file)
-  std::vector<u64> table_rows;  // rows of each shard's frame table that the videos use
-  std::unique_ptr<ShardRows[]> cache;  // one per shard
-  Waits waits;  // io_timeout, and the reader's Closing
-};
 
 struct Clip {  // one read clip: frame t's bytes are data[start[t], start[t] + length[t])
   Plan plan;
@@ -65,37 +37,6 @@ struct Clip {  // one read clip: frame t's bytes are data[start[t], start[t] + l
 std::string frame_where(const Dataset &d, const Plan &p, int64_t frame, u64 offset) {
   return d.shards[d.shard[p.video]] + ": video '" + d.filenames[p.video] + "' frame " +
          std::to_string(frame) + " at byte " + std::to_string(offset) + ": ";
-}
-
-// A shard's frame index rows, read once (one request for an object in a bucket), then shared.
-const std::vector<Row> &shard_rows(const Dataset &d, const Plan &p) {
-  const int shard = d.shard[p.video];
-  ShardRows &c = d.cache[shard];
-  const int failures = c.failures;
-  std::lock_guard<std::mutex> hold(c.lock);  // other shards' first reads go on meanwhile
-  if (c.ready) return c.rows;
-  // The store failed while this thread waited: its failure, not another io_timeout per waiting clip.
-  if (c.failures != failures) throw ReadError{c.failure, true};
-  const std::string fidx = d.shards[shard] + ".fidx";
-  const u64 at = d.table_offset[shard], n = d.table_rows[shard] * sizeof(Row);
-  std::vector<Row> rows(d.table_rows[shard]);
-  const std::string why = "cannot read the frame rows of video '" + d.filenames[p.video] + "'";
-  size_t got;
-  try {
-    Object file(fidx, at + n, why, d.waits);  // an object's size is not needed beyond the rows read
-    got = file.read(rows.data(), n, at);
-  } catch (const ReadError &e) {
-    const std::string message = (e.storage && is_url(fidx) ? "the store " + store_of(fidx) + " failed: " : "") +
-                                fidx + ": " + why + ": " + e.message;
-    if (e.storage) c.failure = message, ++c.failures;
-    throw ReadError{message, e.storage};
-  }
-  if (got != n)
-    throw ReadError{fidx + ": " + why + " (truncated frame table: " + byte_range(at, at + n) + " wanted); rebuild "
-                    "it with: dali-video-index build " + d.shards[shard]};
-  c.rows = std::move(rows);
-  c.ready = true;
-  return c.rows;
 }
 
 // Where a clip's frames lie: the frame index rows of its distinct frames (`wanted`, ascending) and the
@@ -137,18 +78,26 @@ std::vector<bool> splits(const Located &l, bool bucket) {
   return split;
 }
 
-void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p, u64 shard_size, Located &l) {
+void locate(const Dataset &d, const Waits &waits, const std::vector<int64_t> &frames, const Plan &p,
+            u64 shard_size, Located &l) {
   const std::string &shard = d.shards[d.shard[p.video]];
   l.wanted = frames;
   std::sort(l.wanted.begin(), l.wanted.end());
   l.wanted.erase(std::unique(l.wanted.begin(), l.wanted.end()), l.wanted.end());
-  l.rows = shard_rows(d, p).data() + d.row[p.video];
+  l.rows = shard_table(d, d.shard[p.video], waits).rows() + d.row[p.video];  // make_dataset bounds its rows
+  // Every frame within the video's own record (and that within the shard): a damaged row that passed
+  // the table's CRC (or a record the index places wrongly) never makes a read the video does not hold.
+  const u64 first = d.record_start[p.video], end = d.record_end[p.video];
   for (size_t k = 0; k < l.wanted.size(); ++k) {
     const Row &r = l.row(k);
-    if (r.length > kMaxFrame || r.offset > shard_size || r.length > shard_size - r.offset)
+    if (r.offset > shard_size || r.length > shard_size - r.offset)
       throw ReadError{frame_where(d, p, l.wanted[k], r.offset) + "lies past the end of the shard (" +
                       std::to_string(shard_size) + " bytes): stale or corrupt frame index; rebuild it with: "
                       "dali-video-index build " + shard};
+    if (r.offset < first || r.offset + r.length > end)
+      throw ReadError{frame_where(d, p, l.wanted[k], r.offset) + "lies outside its video's record (" +
+                      byte_range(first, end) + "): corrupt frame index; rebuild it with: dali-video-index build " +
+                      shard};
   }
   const std::vector<bool> split = splits(l, is_url(shard));
   u64 total = 0;
@@ -160,25 +109,25 @@ void locate(const Dataset &d, const std::vector<int64_t> &frames, const Plan &p,
       run.end = r.offset + r.length;
     }
     total += run.end - run.start;
-    if (total > shard_size)  // frames of one video share one record
+    if (total > end - first)  // frames of one video share one record
       throw ReadError{frame_where(d, p, l.wanted[k], run.start) + "the frame index rows of this video overlap or "
-                      "exceed the shard: corrupt frame index; rebuild it with: dali-video-index build " + shard};
+                      "exceed its record: corrupt frame index; rebuild it with: dali-video-index build " + shard};
     l.runs.push_back(run);
     k = run.last;
   }
 }
 
 // Reads the clip's frames, one read per run (an object's runs at once), and checks each.
-void read_clip(const Dataset &d, const Spec &s, Clip &c) {
+void read_clip(const Dataset &d, const Waits &waits, const Spec &s, Clip &c) {
   const Plan &p = c.plan;
   const Video &v = d.videos[p.video];
   c.frames.resize(s.clip_len);
   for (int64_t t = 0; t < s.clip_len; ++t) c.frames[t] = frame_number(s, p, v, t);
   const int shard = d.shard[p.video];
   const std::string &name = d.shards[shard];
-  Object file(name, d.shard_size[shard], "cannot read video '" + d.filenames[p.video] + "'", d.waits);
+  Object file(name, d.shard_size[shard], "cannot read video '" + d.filenames[p.video] + "'", waits);
   Located l;
-  locate(d, c.frames, p, file.size(), l);
+  locate(d, waits, c.frames, p, file.size(), l);
   std::vector<int64_t> at(l.wanted.size());  // each wanted frame's position in c.data
   std::vector<size_t> base(l.runs.size());
   size_t bytes = 0;
