@@ -207,9 +207,8 @@ def _native_table(table: VideoTable, videos: np.ndarray):
                             table.num_frames[videos], table.height[videos], table.width[videos], table.label[videos],
                             videos, table.record_offset[videos],
                             table.record_offset[videos] + table.record_length[videos]], axis=1)
-        names = "\n".join(str(table.filename[v]).encode("utf-8", "backslashreplace").decode().replace("\n", "\\n")
-                          for v in videos)
-        return shard_columns, columns, table.fps[videos], names.encode()
+        names = "\n".join(str(n).replace("\n", "\\n") for n in table.filename[videos].tolist())
+        return shard_columns, columns, table.fps[videos], names.encode("utf-8", "backslashreplace")
 
     return video_table(key, shards, make)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -193,7 +194,8 @@ def _read_table(found, mixed_classes: bool) -> VideoTable:
         _check_class_space(shards)
 
     def column(name, dtype):
-        return np.array([value for ix in shards for value in ix.videos[name]], dtype=dtype)
+        values = itertools.chain.from_iterable(ix.videos[name] for ix in shards)
+        return np.array(list(values), dtype) if dtype is object else np.fromiter(values, dtype)
 
     # The table keeps compact arrays, not the headers' per-video lists (memory at 300k videos);
     # names stay Python strings: a fixed-width array would pad every name to the longest.
