@@ -172,24 +172,34 @@ def test_truncated_or_removed_shard_and_skipped_clips(pristine, tmp_path):
                 assert meta[:, dali_video.META_COLUMNS.index("replaced")].max() >= 1  # the damaged last video gave way to the next one
 
 
-def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_path):
+@pytest.mark.parametrize("keep_crc", [True, False])
+def test_huge_lengths_and_offsets_in_the_frame_table_are_refused(pristine, tmp_path, keep_crc):
     for path in pristine.parent.iterdir():
         shutil.copy(path, tmp_path)
     shard = tmp_path / pristine.name
     index = read_frame_index(fmt.fidx_path(shard))
-    rows = np.memmap(fmt.fidx_path(shard), dtype=fmt.FRAME_ROW, mode="r+", offset=index.frame_table_offset)
+    rows = index.read_rows(0, index.num_frame_rows).copy()
     rows["length"][:] = 2**32 - 1
     rows["offset"][0] = 2**63
-    rows.flush()
-    del rows
-    with pytest.raises(RuntimeError, match=r"frame \d+ at byte \d+: lies past the end of the shard .* rebuild"):
+    if keep_crc:  # the table's CRC fails, before any row is used
+        with open(fmt.fidx_path(shard), "r+b") as f:
+            f.seek(index.frame_table_offset)
+            f.write(rows.tobytes())
+        message = rf"{shard}\.fidx: the frame table fails its CRC32C .* rebuild it with: dali-video-index build"
+    else:  # the CRC rewritten to match: each row is bounded by the shard
+        fmt.fidx_path(shard).write_bytes(fmt.encode_frame_index(
+            shard_size=index.shard_size, num_records=index.num_records, layout=index.layout,
+            frames_key=index.frames_key, videos=index.videos, rows=rows, notes=index.notes))
+        message = r"frame \d+ at byte \d+: lies past the end of the shard .* rebuild"
+    with pytest.raises(RuntimeError, match=message):
         _run_all([shard], 1)
 
 
 def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypatch):
     built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
-    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h", "storage.h"}
+    assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h", "storage.h",
+                                                  "table.h"}
     for i, source in enumerate(native.SOURCES):  # a changed source or header needs a new build
         copy = tmp_path / source.name
         copy.write_text(source.read_text() + "\n// changed\n")
@@ -198,14 +208,41 @@ def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypat
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize("rows, names", [("0 0 5 48 64 1", "a"), ("0 0 5 48 64 1 0 junk", "a"),
-                                           ("7 0 5 48 64 1 0", "a"), ("0 0 5 48 64 1 0", "a\nb"), ("", "")])
-def test_malformed_reader_arguments_fail_cleanly(pristine, rows, names):
-    from dali_video.loader.pipeline import Graph, clip_pipeline
+GOOD = (0, 0, 5, 48, 64, 1, 0, 0, 100)  # shard, row, frames, height, width, label, table row, record start, end
 
-    reader = dict(shards=[str(pristine)], table_offset=[0], videos=rows, filenames=names, plan_seed=0,
-                  training=True, clip_len=2, crop_size=16)
-    with pytest.raises(RuntimeError, match="dali-video clip reader: "):
+
+@pytest.mark.parametrize("shard_row, video, names, message", [
+    ((0, 10, 0, 1000), GOOD, b"a", ""),
+    ((0, 10, 0, 1000), (7, *GOOD[1:]), b"a", "video 0: its shard, row, size, label or fps is out of range"),
+    ((0, 10, 0, 1000), (0, 0, 5, 0, 64, *GOOD[5:]), b"a", "video 0: its shard, row, size, label or fps is out of range"),
+    ((0, 10, 0, 1000), (0, 8, *GOOD[2:]), b"a", r"video 0's frames lie past the frame table's 10 rows"),
+    ((0, 10, 0, 1000), (*GOOD[:7], 900, 1100), b"a", r"video 0's record lies outside the shard's 1000 bytes"),
+    ((0, 10, 0, 1000), GOOD, b"a\nb", "the videos' names disagree with the videos"),
+    ((-1, 10, 0, 1000), GOOD, b"a", "a shard's frame table is out of range")])
+def test_malformed_video_tables_are_refused(pristine, shard_row, video, names, message):
+    from dali_video.loader.native.table import video_table
+
+    def make():
+        return [shard_row], [video], [25.0], names
+
+    key = f"test-{shard_row}-{video}-{names}"
+    if not message:
+        assert video_table(key, [str(pristine)], make).key == key
+        return
+    with pytest.raises(ValueError, match=f"dali-video clip reader: .*{message}"):
+        video_table(key, [str(pristine)], make)
+
+
+def test_a_reader_without_its_video_table_fails_cleanly():
+    from dali_video.loader.pipeline import Graph, clip_pipeline
+    from dali_video.loader.native.table import NativeTable
+
+    class Gone(NativeTable):
+        def __init__(self):
+            self.key, self.shards = "no-such-table", []
+
+    reader = dict(table=Gone(), plan_seed=0, training=True, clip_len=2, crop_size=16)
+    with pytest.raises(RuntimeError, match="dali-video clip reader: no video table 'no-such-table' in this process"):
         clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()
 
 
