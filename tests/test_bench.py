@@ -275,3 +275,32 @@ def test_the_bench_proxy_refuses_a_chunked_request_body_and_its_controls_skip_ht
             conn.request("PUT", "/5", body=iter([b"ab", b"cd"]), encode_chunked=True)
             assert conn.getresponse().status == 411
             assert proxy_log(url)["log"] == []  # nothing went to the store
+
+
+def test_scale_makes_a_kinetics_shaped_dataset_and_measures_start_up_and_memory(tmp_path, capsys):
+    from dali_video.loader.sampling import load_table
+
+    assert bench.main(["scale", "--out", str(tmp_path), "--videos", "60", "--frames", "8", "--shards", "3",
+                       "--readers", "2", "--clips", "16", "--epochs", "2"]) == 0
+    table = load_table(tmp_path / "data")
+    assert len(table) == 60 and set(table.num_frames) == {8} and len(table.shards) == 3
+    results = json.loads((tmp_path / "scale.json").read_text())
+    readers = results["readers"]["readers"]
+    assert len(readers) == 2 and all(0 < r["startup_s"] <= r["first_batch_s"] for r in readers), readers
+    assert len(results["epochs"]["rss_mb"]) == 2
+    out = capsys.readouterr().out
+    assert "reader 2: clip_dataset" in out and "epoch 2 -> 2" in out, out
+    assert bench.main(["scale", "--out", str(tmp_path), "--epochs", "1"]) == 2  # checked before anything is made
+
+
+def test_the_bench_modules_share_code_through_one_home_not_each_others_privates():
+    import ast
+    from pathlib import Path
+
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [a.name for a in node.names]
+                if path.name != "__main__.py":  # the entry point runs bench.main; nothing else imports it back
+                    assert node.module != "bench" and "bench" not in names, f"{path.name} imports bench.py"
+                assert not [n for n in names if n.startswith("_")], f"{path.name} borrows {names} of {node.module}"

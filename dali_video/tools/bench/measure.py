@@ -23,9 +23,10 @@ from .proxy import proxy_log
 
 quiet_tensorflow()  # before TensorFlow is imported, here and in the spawned children that measure
 
-def rss_mb() -> float:
-    """This process's resident set now (MB)."""
-    return _proc("status", "VmRSS:") / 1024
+def rss_mb(kind: str = "VmRSS") -> float:
+    """This process's resident set now (MB); ``kind="RssFile"``: its part mapped from files (shared
+    with other processes that map them)."""
+    return _proc("status", f"{kind}:") / 1024
 
 
 def peak_rss_mb() -> float:

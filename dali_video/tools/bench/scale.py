@@ -122,7 +122,7 @@ def readers(data, readers: int, clips: int) -> dict:
             next(it)
         kept.append(it)
         out["readers"].append({"startup_s": made, "first_batch_s": first, "rss_mb": rss_mb(),
-                               "added_mb": rss_mb() - before})
+                               "added_mb": rss_mb() - before, "rss_file_mb": rss_mb("RssFile")})
     return out
 
 
@@ -187,7 +187,8 @@ def main(argv=None) -> int:
             print(f"{section}: error: {results[section]['error']}")
     for k, r in enumerate(results["readers"].get("readers", [])):
         print(f"reader {k + 1}: clip_dataset {r['startup_s']:.2f} s, first batch at {r['first_batch_s']:.2f} s; "
-              f"after {args.clips} clips RSS {r['rss_mb']:.0f} MB ({r['added_mb']:+.0f} MB)")
+              f"after {args.clips} clips RSS {r['rss_mb']:.0f} MB ({r['added_mb']:+.0f} MB; mapped from files "
+              f"{r.get('rss_file_mb', 0):.0f} MB)")
     e = results["epochs"]
     if "rss_mb" in e:
         print(f"epochs (200 videos x 16 frames, {e['steps_per_epoch']} steps each): RSS " +
