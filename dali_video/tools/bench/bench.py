@@ -2,9 +2,13 @@
 
   dali-video-bench DATA_DIR --out RESULTS_DIR [--split train] [--quick] [--device auto|gpu|cpu] [--seconds S]
   dali-video-bench s3://BUCKET/PREFIX --out RESULTS_DIR [--latency-ms 0 30] [--threads 25]   (or gs://)
+  dali-video-bench scale --out RESULTS_DIR [--videos 300000 --frames 64 --shards 1000 --readers 4]
 
 On a bucket the loaders only read, side by side, with the requests, bytes and requests in flight
-that the store saw (see dali_video/tools/bench/bucket.py); the rest of this text is about a local dataset.
+that the store saw (see dali_video/tools/bench/bucket.py); `scale` makes a Kinetics-shaped synthetic dataset
+and measures start-up and memory with one and several readers (dali_video/tools/bench/scale.py); the
+rest of this text is about a local dataset. The systems are in systems.py, the timing and report
+code all three share in measure.py.
 
 --seconds S times dali_video for about S seconds of batches instead of --batches; with --quick it
 measures only that (warm), as a GPU read of a user's own data needs (`--device gpu --seconds 60 --quick`;
