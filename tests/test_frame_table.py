@@ -73,6 +73,16 @@ def test_the_video_table_is_read_once_per_process_while_in_use(dataset_copy, mon
     assert sampling.load_table(dataset_copy) is not table and len(reads) == 2 * first
 
 
+def test_a_mixtures_readers_share_one_table(dataset):
+    mixture = dali_video.Mixture([(dataset, dali_video.ClipConfig(clip_len=4, crop_size=16), 2),
+                                  (dataset, dali_video.ClipConfig(clip_len=4, crop_size=16, stride=2), 1)])
+    kw = dict(batch_size=2, device="cpu", output="jpegs", seed=0, num_shards=2)
+    with dali_video.clip_pipeline(mixture, shard_id=0, **kw) as a, dali_video.clip_pipeline(mixture, shard_id=1, **kw) as b:
+        assert a.table is b.table and len(a.table) == 2 * len(sampling.load_table(dataset))
+        assert a.pipeline._dali_video_table.key == b.pipeline._dali_video_table.key
+        a.pipeline.run(), b.pipeline.run()
+
+
 def _damage(shard: Path, video: int, frame: int, *, keep_crc: bool) -> tuple[int, int]:
     """Flip the highest bit of frame ``frame``'s offset (of ``video``) that keeps it inside the shard;
     ``keep_crc``: the frame table's CRC left as it was (else rewritten to match, as a buggy indexer would).

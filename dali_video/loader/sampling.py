@@ -736,12 +736,23 @@ def mix_plan(mixture: Mixture, configs, counts, *, seed: int, training: bool, gl
                    global_batch=global_batch)
 
 
+_mixtures: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # as _tables: one per process in use
+
+
 def mixture_table(mixture: Mixture, tables, rows=None) -> VideoTable:
-    """One table of a Mixture's datasets (of their ``rows``, default all), labels in the shared space."""
-    maps = shared_labels(mixture, tables)
-    taken = tables if rows is None else [t.take(r) for t, r in zip(tables, rows)]
-    return concat_tables([dataclasses.replace(t, label=np.array([m(x) for x in t.label], np.int64))
-                          for t, m in zip(taken, maps)])
+    """One table of a Mixture's datasets (of their ``rows``, default all), labels in the shared space;
+    the same table for every reader of the same mixture in this process."""
+    rows = [np.arange(len(t)) for t in tables] if rows is None else rows
+    key = (repr(mixture), tuple(t.digest for t in tables), tuple(hashlib.sha256(r.tobytes()).digest() for r in rows))
+    with _tables_lock:
+        table = _mixtures.get(key)
+    if table is None:
+        maps = shared_labels(mixture, tables)
+        table = concat_tables([dataclasses.replace(t, label=np.array([m(x) for x in t.label], np.int64))
+                               for t, m in zip([t.take(r) for t, r in zip(tables, rows)], maps)])
+        with _tables_lock:
+            table = _mixtures.setdefault(key, table)
+    return table
 
 
 def shared_labels(mixture: Mixture, tables) -> list:
