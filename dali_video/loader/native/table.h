@@ -35,6 +35,8 @@ struct Row {  // one frame of the frame index (.fidx), as stored (little-endian)
 static_assert(sizeof(Row) == 16);
 
 // One shard's frame table, checked against its CRC32C: mapped from a local file, or read whole.
+// dali-video's tools replace an index whole (a new file, renamed into place), which leaves a mapping
+// of the old one intact; a file truncated in place under a running reader would end it (SIGBUS).
 class FrameTable {
  public:
   // fidx: the .fidx path or URL; offset, rows, crc: its header's frame_table_offset,
@@ -106,8 +108,9 @@ class FrameTable {
 // modification time (a rebuilt index is a new table).
 std::shared_ptr<const FrameTable> frame_table(const std::string &fidx, u64 offset, u64 rows, uint32_t crc,
                                               const std::string &shard, const Waits &waits) {
-  static std::mutex lock;
-  static std::map<std::string, std::weak_ptr<const FrameTable>> tables;
+  // Never destroyed: a reader's thread may still ask while statics are destroyed at exit.
+  static auto &lock = *new std::mutex;
+  static auto &tables = *new std::map<std::string, std::weak_ptr<const FrameTable>>;
   std::string key = fidx + "\n" + std::to_string(offset) + " " + std::to_string(rows) + " " + std::to_string(crc);
   struct stat st{};
   if (!is_url(fidx) && stat(fidx.c_str(), &st) == 0)
