@@ -222,7 +222,7 @@ def test_gs_clips_over_16_kb_through_tensorflow_when_dali_video_is_imported_firs
 def _store_error(bucket, url):
     """What a store's failure reads as: the store, the object (a shard, or its frame index), the cause."""
     return (rf"the store {re.escape(bucket.url)} \(endpoint {re.escape(bucket.server.proxy)}\) failed: "
-            rf"{re.escape(url)}/\S+\.tfrecord(\.fidx)?: (cannot read the frame rows of )?video '[^']+'[^\n]*: "
+            rf"{re.escape(url)}/\S+\.tfrecord(\.fidx: cannot read the frame table|: video '[^']+'[^\n]*): "
             r"reading bytes \[\d+, \d+\)")
 
 
