@@ -77,7 +77,8 @@ def test_a_mixtures_readers_share_one_table(dataset):
     mixture = dali_video.Mixture([(dataset, dali_video.ClipConfig(clip_len=4, crop_size=16), 2),
                                   (dataset, dali_video.ClipConfig(clip_len=4, crop_size=16, stride=2), 1)])
     kw = dict(batch_size=2, device="cpu", output="jpegs", seed=0, num_shards=2)
-    with dali_video.clip_pipeline(mixture, shard_id=0, **kw) as a, dali_video.clip_pipeline(mixture, shard_id=1, **kw) as b:
+    with dali_video.clip_pipeline(mixture, shard_id=0, **kw) as a, \
+            dali_video.clip_pipeline(mixture, shard_id=1, **kw) as b:
         assert a.table is b.table and len(a.table) == 2 * len(sampling.load_table(dataset))
         assert a.pipeline._dali_video_table.key == b.pipeline._dali_video_table.key
         a.pipeline.run(), b.pipeline.run()

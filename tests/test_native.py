@@ -214,7 +214,8 @@ GOOD = (0, 0, 5, 48, 64, 1, 0, 0, 100)  # shard, row, frames, height, width, lab
 @pytest.mark.parametrize("shard_row, video, names, message", [
     ((0, 10, 0, 1000), GOOD, b"a", ""),
     ((0, 10, 0, 1000), (7, *GOOD[1:]), b"a", "video 0: its shard, row, size, label or fps is out of range"),
-    ((0, 10, 0, 1000), (0, 0, 5, 0, 64, *GOOD[5:]), b"a", "video 0: its shard, row, size, label or fps is out of range"),
+    ((0, 10, 0, 1000), (0, 0, 5, 0, 64, *GOOD[5:]), b"a",
+     "video 0: its shard, row, size, label or fps is out of range"),
     ((0, 10, 0, 1000), (0, 8, *GOOD[2:]), b"a", r"video 0's frames lie past the frame table's 10 rows"),
     ((0, 10, 0, 1000), (*GOOD[:7], 900, 1100), b"a", r"video 0's record lies outside the shard's 1000 bytes"),
     ((0, 10, 0, 1000), GOOD, b"a\nb", "the videos' names disagree with the videos"),

@@ -136,14 +136,16 @@ def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames",
                   num_threads: int | None = None, prefetch_queue_depth: int = 2):
     """Build the DALI pipeline over the native reader, whose arguments ``reader`` holds (see
-    ``fn.dali_video_clips``; ``table`` a :class:`native.table.NativeTable`, which the pipeline keeps); ``batch_size`` counts samples (frames or clips, see :class:`Graph`).
+    ``fn.dali_video_clips``; ``table`` a :class:`native.table.NativeTable`, which the pipeline keeps);
+    ``batch_size`` counts samples (frames or clips, see :class:`Graph`).
     Frames are ``(pixel - mean) / std`` as ``dtype``, or the raw pixels for uint8. ``output="jpegs"``
     (or "padded_jpegs", or "meta" alone) stops after the reader."""
     table = reader["table"]  # a native.table.NativeTable: the reader argument is its key
     native.check_store_clients(table.shards)
     native.load()
     pipe = _clip_pipeline({**reader, "table": table.key}, graph, output, batch_size=batch_size,
-                          num_threads=num_threads or usable_cores(), device_id=device_id if graph.device == "gpu" else None,
+                          num_threads=num_threads or usable_cores(),
+                          device_id=device_id if graph.device == "gpu" else None,
                           prefetch_queue_depth=prefetch_queue_depth)
     pipe._dali_video_table = table  # the video table lives while its pipeline may build readers
     return pipe
