@@ -23,7 +23,7 @@ from .loader.errors import ReaderError, reader_errors
 from .loader.evaluation import VideoAverages, average_per_video
 from .loader.gpu import enable_memory_growth
 from .loader.resources import gpu_resources, usable_cores
-from .loader.sampling import Mixture, load_table
+from .loader.sampling import Mixture, label_heads, load_table
 
 try:  # the one version is pyproject.toml's, as installed (pip install, or make setup's editable install)
     __version__ = metadata.version("dali-video")
@@ -31,7 +31,7 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
     __version__ = "0+unknown"
 __all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "InputMonitor", "Mixture",
            "ReaderError", "VideoAverages", "average_per_video", "clip_dataset", "clip_pipeline", "distribute",
-           "enable_memory_growth", "gpu_resources", "load_table", "meta_fields", "reader_dataset", "reader_errors",
+           "enable_memory_growth", "gpu_resources", "label_heads", "load_table", "meta_fields", "reader_dataset", "reader_errors",
            "recipe", "steps_per_epoch", "usable_cores"]
 
 

@@ -15,6 +15,17 @@ Frame index, version 2 (little-endian; version 1, the same without the ``fps`` c
   padding to a multiple of 16, then the frame table: one 16-byte row per frame, video after video,
   in frame order: u64 absolute offset of the JPEG in the shard, u32 its length, u32 its CRC32C.
 A reader loads the header and reads only the rows of the frames it needs.
+
+  ``NAME.tfrecord.segments``  the segment table (below), only in datasets with segments or label
+                              heads beyond one single-label class.
+
+Segment table, version 1 (UTF-8 JSON, one object): ``version``, ``shard_size`` (to detect a stale
+table, as the frame index does), ``heads`` (one ``{"name", "classes": [class name per id],
+"multi_label"}`` per label head) and ``segments``: columns of one entry per segment, ``video`` (the
+video's number among the frame index's videos), ``first`` (its first stored frame), ``count`` (its
+frames: ``first`` .. ``first + count - 1``), ``id`` (the row of the annotation it came from, 0-based,
+header excluded) and ``labels`` (per head, each segment's class ids: a list, one id for a
+single-label head). A whole-video dataset with label heads has one segment per video covering it.
 """
 from __future__ import annotations
 
@@ -36,6 +47,9 @@ SHARD_SUFFIX = ".tfrecord"
 IDX_SUFFIX = ".idx"
 FIDX_SUFFIX = ".fidx"
 FIDX_MAGIC = b"DVFIDX\x00\x01"
+SEGMENTS_SUFFIX = ".segments"
+SEGMENTS_VERSION = 1
+SEGMENT_COLUMNS = ("video", "first", "count", "id", "labels")
 MANIFEST_SUFFIX = ".manifest.json"
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
 
@@ -113,10 +127,17 @@ def fidx_path(shard) -> Path | str:
     return storage.check_path(str(shard) + FIDX_SUFFIX)
 
 
+def segments_path(shard) -> Path | str:
+    return storage.check_path(str(shard) + SEGMENTS_SUFFIX)
+
+
 def shard_of(fidx) -> str:
     """The shard of a frame index path (``NAME.tfrecord.fidx`` -> ``NAME.tfrecord``)."""
     s = str(fidx)
-    return s[: -len(FIDX_SUFFIX)] if s.endswith(FIDX_SUFFIX) else s
+    for suffix in (FIDX_SUFFIX, SEGMENTS_SUFFIX):
+        if s.endswith(suffix):
+            return s[: -len(suffix)]
+    return s
 
 
 def manifest_path(folder, split: str) -> Path | str:
@@ -340,6 +361,89 @@ def check_fresh(shard, index: FrameIndex) -> None:
     if size != index.shard_size:
         raise FormatError(f"{index.path}: stale frame index: the shard is {size} bytes, the index was "
                           f"built for {index.shard_size}. Rebuild it: dali-video-index build {shard}")
+
+
+# ---------------------------------------------------------------- segment table
+
+@dataclass(frozen=True)
+class Head:
+    """A label head: its name, its class names by id, and whether a segment may hold several of its classes."""
+
+    name: str
+    classes: tuple
+    multi_label: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """A ``.segments`` file: the label heads and one entry per segment (:data:`SEGMENT_COLUMNS`)."""
+
+    path: Path | str
+    shard_size: int
+    heads: tuple  # Head per head
+    segments: dict  # column -> list, one entry per segment
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.segments["video"])
+
+
+def encode_segments(*, shard_size: int, heads, segments: dict) -> bytes:
+    missing = [c for c in SEGMENT_COLUMNS if c not in segments]
+    if missing:
+        raise ValueError(f"segment columns missing: {missing}")
+    return json.dumps({"version": SEGMENTS_VERSION, "shard_size": shard_size,
+                       "heads": [{"name": h.name, "classes": list(h.classes), "multi_label": h.multi_label}
+                                 for h in heads],
+                       "segments": {**{c: list(segments[c]) for c in SEGMENT_COLUMNS[:4]},
+                                    "labels": {h.name: list(segments["labels"][h.name]) for h in heads}}}).encode()
+
+
+def _int_list(values) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def read_segments(path, index: FrameIndex) -> SegmentTable:
+    """The segment table at ``path``, checked against the frame index ``index`` of its shard."""
+    path = storage.check_path(path)
+    rebuild = "write the dataset again with dali-video-write"
+    try:
+        table = json.loads(storage.read(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: segment table is not valid JSON ({e})") from None
+    if not isinstance(table, dict) or table.get("version") != SEGMENTS_VERSION:
+        version = table.get("version") if isinstance(table, dict) else None
+        raise FormatError(f"{path}: segment table version {version!r}, this dali-video reads version "
+                          f"{SEGMENTS_VERSION}; {rebuild}")
+    if table.get("shard_size") != index.shard_size:
+        raise FormatError(f"{path}: stale segment table: written for a shard of {table.get('shard_size')} bytes, "
+                          f"the frame index says {index.shard_size}; {rebuild}")
+    heads, columns = table.get("heads"), table.get("segments")
+    if not isinstance(heads, list) or any(not isinstance(h, dict) or not isinstance(h.get("name"), str)
+                                          or not isinstance(h.get("classes"), list) for h in heads):
+        raise FormatError(f"{path}: heads malformed")
+    heads = tuple(Head(h["name"], tuple(map(str, h["classes"])), bool(h.get("multi_label"))) for h in heads)
+    if not isinstance(columns, dict) or any(not isinstance(columns.get(c), (list, dict)) for c in SEGMENT_COLUMNS):
+        raise FormatError(f"{path}: segment columns malformed")
+    n = len(columns["video"])
+    labels = columns["labels"]
+    if not (all(_int_list(columns[c]) and len(columns[c]) == n for c in SEGMENT_COLUMNS[:4])
+            and isinstance(labels, dict) and set(labels) == {h.name for h in heads}
+            and all(len(labels[h.name]) == n and all(_int_list(v) for v in labels[h.name]) for h in heads)):
+        raise FormatError(f"{path}: segment columns malformed (lengths or types)")
+    frames = index.videos["num_frames"]
+    for k, (v, first, count) in enumerate(zip(columns["video"], columns["first"], columns["count"])):
+        if not (0 <= v < len(frames) and first >= 0 and count >= 1 and first + count <= frames[v]):
+            raise FormatError(f"{path}: segment {k} (annotation row {columns['id'][k]}) is frames {first}.."
+                              f"{first + count - 1} of video {v}, outside its {frames[v] if 0 <= v < len(frames) else 0} "
+                              f"frames: corrupt table; {rebuild}")
+    for h in heads:
+        bad = [k for k, ids in enumerate(labels[h.name]) if any(not 0 <= i < len(h.classes) for i in ids)
+               or (not h.multi_label and len(ids) != 1)]
+        if bad:
+            raise FormatError(f"{path}: segment {bad[0]} has {h.name} labels {labels[h.name][bad[0]]}, not "
+                              f"{'class ids' if h.multi_label else 'one class id'} in 0..{len(h.classes) - 1}")
+    return SegmentTable(path, table["shard_size"], heads, columns)
 
 
 # ---------------------------------------------------------------- JPEG

@@ -165,6 +165,11 @@ def verify(shard) -> int:
             raise FormatError(f"{path}: missing; build it with: dali-video-index build {shard}")
     stored = fmt.read_frame_index(fmt.fidx_path(shard))
     fmt.check_fresh(shard, stored)
+    if "segments" in stored.notes:  # written with a segment table: it must be there and fit the index
+        if not storage.exists(fmt.segments_path(shard)):
+            raise FormatError(f"{fmt.segments_path(shard)}: missing (the frame index says the shard was written with "
+                              f"{stored.notes['segments']} segments); write the dataset again")
+        fmt.read_segments(fmt.segments_path(shard), stored)
     problems = []  # each record's first frame that is no JPEG of its video's size: checked in the one read
     fresh = index_shard(shard, None if stored.layout == "frame_features" else stored.frames_key,
                         check=lambda *record: problems.append(_jpeg_problem(shard, *record)))
@@ -269,4 +274,9 @@ def inspect(paths) -> str:
     lines.append("")
     lines.append("label histogram (label, class, videos):")
     lines += [f"  {label:>5} {text[:40]:40} {n:>7}" for (label, text), n in sorted(labels.items())]
+    tables = [fmt.read_segments(fmt.segments_path(shard), ix) for shard, ix in indexes if "segments" in ix.notes]
+    if tables:
+        heads = ", ".join(f"{h.name} ({len(h.classes)} classes{', multi-label' if h.multi_label else ''})"
+                          for h in tables[0].heads)
+        lines += ["", f"segments: {sum(t.num_segments for t in tables)} in {len(tables)} shards; label heads: {heads}"]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ CPU = dict(device="cpu", dtype="uint8", std=(1.0, 1.0, 1.0))
 
 def batches(files, n, **kw):
     ds = dali_video.clip_dataset(files, with_meta=True, **{**CPU, **kw})
-    return [(c.numpy(), lab.numpy(), {k: v.numpy() for k, v in m.items()}) for c, lab, m in ds.take(n)]
+    return [tf.nest.map_structure(lambda t: t.numpy(), element) for element in ds.take(n)]  # labels: a dict by head
 
 
 def clips_of(files, n, **kw):

@@ -3,6 +3,9 @@
   dali-video-write ROOT OUT                          ROOT/<class>/<video>
   dali-video-write --csv list.csv ROOT OUT           rows of path,label (paths relative to ROOT)
   dali-video-write --kinetics train.csv ROOT OUT     Kinetics annotations; ROOT holds the videos
+  dali-video-write --segments ann.csv ROOT OUT       annotated segments of untrimmed videos, each video
+      written once: path,start,end (seconds) or path,start_frame,end_frame, [split], label heads
+  dali-video-write --segments EPIC_100_train.csv --segments-format epic ROOT OUT   (also charades, activitynet)
   dali-video-write --replace ROOT OUT                OUT holds another dataset: delete it (every split), write this
   dali-video-write --runner beam ROOT OUT [-- BEAM PIPELINE OPTIONS]
       the same, as an Apache Beam pipeline: by default --workers local processes; after "--",
@@ -21,7 +24,7 @@ from tqdm import tqdm
 from ..index_tools import storage
 
 from .encode import EncodeOptions
-from .sources import InputError, from_csv, from_folder, from_kinetics
+from .sources import SEGMENT_FORMATS, InputError, from_csv, from_folder, from_kinetics, from_segments
 from .write import WriteError, plan_dataset, write_plan
 
 
@@ -32,9 +35,14 @@ def main(argv=None) -> int:
     p.add_argument("out", help="output folder for shards, indexes and manifests "
                    "(or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--csv", help="CSV of path,label rows")
+    src.add_argument("--csv", help="CSV of path,label rows (a header path,HEAD,HEAD...: several label heads; "
+                     "a cell 'a;b': several labels)")
+    src.add_argument("--segments", metavar="CSV", help="annotated segments: header path, start,end (seconds) or "
+                     "start_frame,end_frame (end excluded), optional split, then label heads")
     src.add_argument("--kinetics", action="append", metavar="CSV",
                      help="a Kinetics annotation CSV (repeat the flag for several: train, val, ...)")
+    p.add_argument("--segments-format", choices=SEGMENT_FORMATS, default="csv",
+                   help="--segments file's layout: csv (default), or a dataset's own (epic, charades, activitynet)")
     p.add_argument("--split", help="split name of the output (default: train; Kinetics: the CSV's split column)")
     p.add_argument("--classes", help="text file, one class name per line: fixes the class ids")
     p.add_argument("--resize", type=int, default=256, help="shorter side in px (0 keeps the size; default 256)")
@@ -55,6 +63,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, beam_args = p.parse_args(argv[:cut]), argv[cut + 1:]
+    if args.segments_format != "csv" and not args.segments:
+        p.error("--segments-format reads the file of --segments: pass --segments FILE")
     if beam_args and args.runner != "beam":
         p.error("Beam pipeline options after -- need --runner beam")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -65,14 +75,18 @@ def main(argv=None) -> int:
                              f"mounts); only the output may be an s3:// or gs:// URL")
         opts = EncodeOptions(resize_shorter=args.resize, quality=args.quality, fps=args.fps,
                              max_frames=args.max_frames)
-        classes = None
+        classes, heads = None, ()
         if args.classes:
             with open(args.classes, encoding="utf-8") as f:
                 classes = [line.strip() for line in f if line.strip()]
         if args.kinetics:
             specs, failures = from_kinetics(args.kinetics, args.root, args.split, classes, args.follow_symlinks)
+        elif args.segments:
+            specs, failures, heads = from_segments(args.segments, args.root, args.split, classes, args.follow_symlinks,
+                                                   args.segments_format)
         elif args.csv:
-            specs, failures = from_csv(args.csv, args.root, args.split or "train", classes, args.follow_symlinks)
+            specs, failures, heads = from_csv(args.csv, args.root, args.split or "train", classes,
+                                              args.follow_symlinks)
         else:
             specs, failures = from_folder(args.root, args.split or "train", classes, args.follow_symlinks)
         if not specs:  # nothing to write: say why rather than exit quietly with no manifest
@@ -92,7 +106,8 @@ def main(argv=None) -> int:
             bar.set_postfix_str(f"{frames[0] / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
 
         plan = plan_dataset(specs, args.out, opts, input_failures=failures, shard_size_mb=args.shard_size,
-                            num_shards=args.num_shards, on_error=args.on_error, seed=args.seed, replace=args.replace)
+                            num_shards=args.num_shards, on_error=args.on_error, seed=args.seed, replace=args.replace,
+                            heads=heads)
         manifests = write_plan(plan, workers=args.workers, progress=progress, runner=args.runner,
                                beam_args=beam_args)
         bar.close()
@@ -101,7 +116,8 @@ def main(argv=None) -> int:
         return 1
     seconds = time.perf_counter() - start
     for split, m in manifests.items():
-        print(f"{split}: {m['videos']} videos, {m['frames']} frames in {len(m['shards'])} shards; "
+        segments = f", {m['segments']} segments" if "segments" in m else ""
+        print(f"{split}: {m['videos']} videos{segments}, {m['frames']} frames in {len(m['shards'])} shards; "
               f"{len(m['failures'])} skipped, {len(m['warnings'])} warnings")
         for f in m["failures"]:
             print(f"  skipped {f['filename']}: {f['reason']}")

@@ -27,6 +27,7 @@ class SplitState:
     classes: dict  # label -> class text
     shards: dict  # shard file name -> plan digest ("": not the writer's; None: not complete)
     seed: int | None = None  # None: not recorded
+    heads: dict | None = None  # label head name -> {"classes", "multi_label"}, as the manifest has them; None: not recorded
 
 
 def complete_index(shard: Path | str, listed: set | None = None) -> FrameIndex | None:
@@ -40,6 +41,8 @@ def complete_index(shard: Path | str, listed: set | None = None) -> FrameIndex |
         fmt.check_fresh(shard, index)
     except (FormatError, OSError):
         return None
+    if "segments" in index.notes and not storage.exists(fmt.segments_path(shard)):
+        return None  # written with a segment table, which is gone
     return index
 
 
@@ -49,7 +52,8 @@ def writer_split(name: str) -> str | None:
         name = name[1:-4].rpartition(".")[0]
     if name.endswith(fmt.MANIFEST_SUFFIX):
         return name[:-len(fmt.MANIFEST_SUFFIX)] or None
-    parsed = fmt.parse_shard_name(name.removesuffix(fmt.IDX_SUFFIX).removesuffix(fmt.FIDX_SUFFIX))
+    parsed = fmt.parse_shard_name(name.removesuffix(fmt.IDX_SUFFIX).removesuffix(fmt.FIDX_SUFFIX)
+                                  .removesuffix(fmt.SEGMENTS_SUFFIX))
     return parsed[0] if parsed else None
 
 
@@ -81,11 +85,12 @@ def read_folder(out: Path | str) -> tuple[dict[str, SplitState], dict[str, Frame
         complete = [ix for ix in indexes.values() if ix is not None]
         classes = dict(manifest.get("classes", {}))
         for ix in complete:
-            classes.update(zip(ix.videos["label"], ix.videos["class_text"]))
+            classes.update((k, v) for k, v in zip(ix.videos["label"], ix.videos["class_text"]) if k >= 0)
         options = manifest.get("options") or next((ix.notes["options"] for ix in complete if "options" in ix.notes),
                                                   None)
         states[split] = SplitState(options, classes, {name: ix.notes.get("plan", "") if ix else None
-                                                      for name, ix in indexes.items()}, manifest.get("seed"))
+                                                      for name, ix in indexes.items()}, manifest.get("seed"),
+                                   manifest.get("heads", {}) if manifest else None)
     return states, {name: ix for split in shards.values() for name, ix in split.items() if ix is not None}
 
 
@@ -102,6 +107,23 @@ def _class_clash(was: dict, now: dict) -> str | None:
     return None
 
 
+def _heads_clash(was: dict, now: dict) -> str | None:
+    """The first way the label heads ``was`` and ``now`` differ (names, a class id, multi-label), or None."""
+    if list(was) != list(now):
+        return f"label heads were {', '.join(was) or 'none'}, now {', '.join(now) or 'none'}"
+    for name in was:
+        a, b = was[name], now[name]
+        if a.get("multi_label") != b.get("multi_label"):
+            return f"label head {name!r} was {'multi' if a.get('multi_label') else 'single'}-label, now not"
+        ids = [i for i in range(max(len(a["classes"]), len(b["classes"])))
+               if a["classes"][i:i + 1] != b["classes"][i:i + 1]]
+        if ids:
+            old, new = (c["classes"][ids[0]] if ids[0] < len(c["classes"]) else None for c in (a, b))
+            return (f"label head {name!r} class {ids[0]} was {old!r}, now {new!r} (write every split's rows in one "
+                    f"--segments file, or give integer class ids)")
+    return None
+
+
 def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[str]:
     """What keeps the run that plans ``new`` from joining the dataset ``old``, a line per split and
     matter; empty when it resumes ``old`` or adds splits of the same options and class ids."""
@@ -114,6 +136,9 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
             here += [f"{split}: {k} was {was.options.get(k)!r}, now {options.get(k)!r}"
                      for k in sorted(was.options.keys() | options.keys()) if was.options.get(k) != options.get(k)]
         if clash := _class_clash(was.classes, classes):
+            here.append(f"{split}: {clash}")
+        heads = next(iter(new.values())).heads
+        if was.heads is not None and heads is not None and (clash := _heads_clash(was.heads, heads)):
             here.append(f"{split}: {clash}")
         now = new.get(split)
         if now and not here:  # the same split again: it must be the same plan (a resumed run)
@@ -146,7 +171,7 @@ def remove_dataset(out: Path | str, splits=None) -> None:
     """Delete every file of the writer in ``out`` (of ``splits`` only, when given), and no other: the
     manifests first, then each shard's frame index (which marks it complete), its index and the shard,
     so that what is left at any moment reads as an unfinished run."""
-    order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
+    order = (fmt.MANIFEST_SUFFIX, fmt.FIDX_SUFFIX, fmt.SEGMENTS_SUFFIX, fmt.IDX_SUFFIX, fmt.SHARD_SUFFIX)
     names = sorted((n for n in map(storage.name, storage.glob(out, "*"))
                     if (split := writer_split(n)) is not None and (splits is None or split in splits)),
                    key=lambda n: next((i for i, s in enumerate(order) if n.endswith(s)), len(order)))

@@ -28,7 +28,7 @@ from ..index_tools import storage
 
 from .encode import EncodeOptions, VideoError, encode_video, open_video
 from .folder import SplitState, classes_hint, complete_index, differences, read_folder, remove_dataset, writer_split
-from .sources import Failure, VideoSpec
+from .sources import Failure, Segment, VideoSpec
 
 log = logging.getLogger(__name__)
 BYTES_PER_PIXEL = 0.25  # a q90 JPEG of natural video is about 2 bits per pixel: for sizing shards only
@@ -40,21 +40,23 @@ class ShardPlan:
     index: int
     count: int
     videos: tuple[VideoSpec, ...]
+    heads: tuple = ()  # Head per label head of the dataset (with segments or label heads; else empty)
 
     @property
     def name(self) -> str:
         return fmt.shard_name(self.split, self.index, self.count)
 
 
-def plan_shards(specs, num_shards: dict[str, int], seed: int) -> list[ShardPlan]:
-    """Shuffle each split's videos with ``seed`` and cut them into ``num_shards[split]`` even runs."""
+def plan_shards(specs, num_shards: dict[str, int], seed: int, heads: tuple = ()) -> list[ShardPlan]:
+    """Shuffle each split's videos with ``seed`` and cut them into ``num_shards[split]`` even runs
+    (``heads``: the dataset's label heads, written in each shard's segment table)."""
     plans = []
     for split in sorted(num_shards):
         videos = sorted((s for s in specs if s.split == split), key=lambda s: (s.filename, s.path))
         order = np.random.default_rng([seed, len(videos)]).permutation(len(videos))
         videos = [videos[i] for i in order]
         n = num_shards[split]
-        plans += [ShardPlan(split, i, n, tuple(videos[i * len(videos) // n:(i + 1) * len(videos) // n]))
+        plans += [ShardPlan(split, i, n, tuple(videos[i * len(videos) // n:(i + 1) * len(videos) // n]), tuple(heads))
                   for i in range(n)]
     return plans
 
@@ -137,8 +139,11 @@ def encode_all(tasks, workers: int, ahead: int = 4, fn=None):
 
 def plan_digest(plan: ShardPlan, opts: EncodeOptions) -> str:
     """What a shard was written from: a finished shard is reused only for the same plan and options."""
-    videos = [{k: v for k, v in asdict(spec).items() if k != "path"} for spec in plan.videos]  # movable roots
-    return hashlib.sha256(json.dumps([asdict(opts), videos]).encode()).hexdigest()
+    # Without segments a video's entry is what it was before segments existed: the same digest.
+    videos = [{k: v for k, v in asdict(spec).items() if k != "path" and (k != "segments" or v)}
+              for spec in plan.videos]  # movable roots
+    heads = [[asdict(h) for h in plan.heads]] if plan.heads else []
+    return hashlib.sha256(json.dumps([asdict(opts), videos, *heads]).encode()).hexdigest()
 
 
 class WriteError(RuntimeError):
@@ -167,6 +172,7 @@ class ShardResult:
     failures: list  # {"filename", "reason"} of each video skipped
     warnings: list
     reused: bool = False  # complete before this run
+    segments: int = 0  # rows of its segment table (0: none)
 
 
 @dataclass(frozen=True)
@@ -199,8 +205,27 @@ def _shard_result(path, videos: dict, size: int, notes: dict, reused: bool = Fal
     """From the shard's frame index: read back (``videos``, ``size``, ``notes`` of a FrameIndex) or in memory."""
     return ShardResult(file=storage.name(path), videos=len(videos["record"]), frames=sum(videos["num_frames"]),
                        bytes=size, num_frames=dict(zip(videos["filename"], videos["num_frames"])),
-                       classes=dict(zip(videos["label"], videos["class_text"])),
-                       failures=notes.get("failures", []), warnings=notes.get("warnings", []), reused=reused)
+                       classes={k: v for k, v in zip(videos["label"], videos["class_text"]) if k >= 0},
+                       failures=notes.get("failures", []), warnings=notes.get("warnings", []), reused=reused,
+                       segments=notes.get("segments", 0))
+
+
+def segment_frames(segment: Segment, num_frames: int, fps: float) -> tuple[int, int] | str:
+    """The stored frames ``first .. end - 1`` of ``segment`` in a video of ``num_frames`` frames at ``fps``
+    (stored frame k shows time ``k / fps``), or why it has none."""
+    if segment.unit == "video":
+        return 0, num_frames
+    if segment.unit == "seconds":
+        if not fps > 0:
+            return "the video has no frame rate to convert seconds with; give start_frame,end_frame"
+        # the frames whose time k / fps lies in [start, end) (1e-6: a boundary given in rounded seconds)
+        first, end = math.ceil(segment.start * fps - 1e-6), math.ceil(segment.end * fps - 1e-6)
+        end = max(end, first + 1)  # a segment shorter than a frame holds the frame it starts in
+    else:
+        first, end = int(segment.start), int(segment.end)
+    if first >= num_frames:
+        return f"starts at frame {first}, the video has {num_frames} stored frames"
+    return first, min(end, num_frames)
 
 
 def _reused(path, index: FrameIndex | None, digest: str) -> ShardResult | None:
@@ -218,6 +243,8 @@ def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, result
     """The shard, then its .idx, then its .fidx, each appearing whole (renamed, or one upload)."""
     index = ShardIndex("example", fmt.FRAMES)
     failures, warnings = [], []
+    segments = {c: [] for c in fmt.SEGMENT_COLUMNS}
+    segments["labels"] = {h.name: [] for h in plan.heads}
     with storage.writing(path) as f:
         for spec in plan.videos:
             result = next(results)
@@ -231,14 +258,35 @@ def _write_shard(path, plan: ShardPlan, opts: EncodeOptions, digest: str, result
             if result.warning:
                 warnings.append({"filename": spec.filename, "reason": result.warning})
             index.add(f.tell(), result.data, result.spans, result.meta)
+            _add_segments(segments, plan.heads, spec, len(index.videos["record"]) - 1, len(result.spans),
+                          result.meta.fps, warnings)
             f.write(fmt.encode_record(result.data))
             progress(len(result.spans))
         size = f.tell()
     fmt.atomic_write(fmt.idx_path(path), index.idx_bytes())
-    # The frame index goes last: its presence marks the shard complete.
     notes = {"plan": digest, "options": asdict(opts), "failures": failures, "warnings": warnings}
+    if plan.heads:
+        fmt.atomic_write(fmt.segments_path(path), fmt.encode_segments(shard_size=size, heads=plan.heads,
+                                                                      segments=segments))
+        notes["segments"] = len(segments["video"])
+    # The frame index goes last: its presence marks the shard complete.
     fmt.atomic_write(fmt.fidx_path(path), index.fidx_bytes(size, notes))
     return _shard_result(path, index.videos, size, notes)
+
+
+def _add_segments(segments: dict, heads, spec: VideoSpec, video: int, num_frames: int, fps: float,
+                  warnings: list) -> None:
+    """The segment table's rows of ``spec``'s segments, the ``video``-th of its shard."""
+    for seg in spec.segments:
+        frames = segment_frames(seg, num_frames, fps)
+        if isinstance(frames, str):
+            warnings.append({"filename": spec.filename, "reason": f"segment of annotation row {seg.id} left out: "
+                                                                  f"it {frames}"})
+            continue
+        for column, value in zip(("video", "first", "count", "id"), (video, frames[0], frames[1] - frames[0], seg.id)):
+            segments[column].append(value)
+        for head, ids in zip(heads, seg.labels):
+            segments["labels"][head.name].append(list(ids))
 
 
 def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Literal["skip", "fail"] = "skip",
@@ -265,7 +313,8 @@ def write_shard(shard: ShardPlan, out_dir, opts: EncodeOptions, *, on_error: Lit
 
 def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_failures=(),
                  shard_size_mb: float = 256, num_shards: int | None = None,
-                 on_error: Literal["skip", "fail"] = "skip", seed: int = 0, replace: bool = False) -> DatasetPlan:
+                 on_error: Literal["skip", "fail"] = "skip", seed: int = 0, replace: bool = False,
+                 heads: tuple = ()) -> DatasetPlan:
     """Plan the shards of every split of ``specs`` in ``out_dir``, and ready the folder for them.
 
     The folder holds one dataset. A plan that resumes the dataset there, or adds a split to it
@@ -287,6 +336,9 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
     if input_failures and on_error == "fail":
         raise WriteError(f"{input_failures[0].filename}: {input_failures[0].reason} "
                          f"(pass --on-error skip to skip such videos)")
+    if opts.fps and any(seg.unit == "frames" for s in specs for seg in s.segments):
+        raise WriteError("segments given in frames (start_frame,end_frame) with fps resampling: the stored frames "
+                         "are not the source's; give the segments in seconds (start,end) or write without --fps")
     specs = [dataclasses.replace(s, path=os.path.abspath(s.path)) for s in specs]
     splits = sorted({s.split for s in specs})
     if num_shards is None:
@@ -295,7 +347,7 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
                   for sp in splits}
     else:
         counts = {sp: max(1, min(num_shards, sum(s.split == sp for s in specs))) for sp in splits}
-    shards = plan_shards(specs, counts, seed)
+    shards = plan_shards(specs, counts, seed, heads)
     digests = {p.name: plan_digest(p, opts) for p in shards}
     there, reused = storage.isdir(out), []
     if there and replace:
@@ -316,8 +368,9 @@ def plan_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input_
 def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOptions, seed: int) -> dict:
     """Refuse to write ``shards`` into a folder that holds another dataset; return the frame indexes of
     its complete shards by name (read once, here)."""
-    new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split},
-                             {p.name: digests[p.name] for p in shards if p.split == split}, seed)
+    new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split and s.label >= 0},
+                             {p.name: digests[p.name] for p in shards if p.split == split}, seed,
+                             {h.name: {"classes": list(h.classes), "multi_label": h.multi_label} for h in shards[0].heads})
            for split in sorted({p.split for p in shards})}
     old, indexes = read_folder(out)
     if lines := differences(old, new):
@@ -332,18 +385,20 @@ def write_dataset(specs: list[VideoSpec], out_dir, opts: EncodeOptions, *, input
                   shard_size_mb: float = 256, num_shards: int | None = None, workers: int | None = None,
                   on_error: Literal["skip", "fail"] = "skip", seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
-                  runner: Literal["local", "beam"] = "local", beam_args=(), replace: bool = False) -> dict:
+                  runner: Literal["local", "beam"] = "local", beam_args=(), replace: bool = False,
+                  heads: tuple = ()) -> dict:
     """Write every split of ``specs`` to ``out_dir``; return the manifests by split.
 
     Re-running after a crash skips the complete shards and gives the same bytes. A folder holds
     one dataset: see ``plan_dataset`` for the runs it refuses and ``replace=True``.
     ``progress(videos, frames)`` is called once per video done (local runner only).
     ``runner="beam"`` runs the same plan as an Apache Beam pipeline (``writer.beam``), with
-    ``beam_args`` as its pipeline options; the output is the same bytes.
+    ``beam_args`` as its pipeline options; the output is the same bytes. ``heads``: the label heads
+    of specs with segments (``from_csv``, ``from_segments``), written in each shard's segment table.
     """
     _check_runner(runner, beam_args)  # before the plan, which may delete a dataset (replace=True)
     plan = plan_dataset(specs, out_dir, opts, input_failures=input_failures, shard_size_mb=shard_size_mb,
-                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace)
+                        num_shards=num_shards, on_error=on_error, seed=seed, replace=replace, heads=heads)
     return write_plan(plan, workers=workers, progress=progress, runner=runner, beam_args=beam_args)
 
 
@@ -419,14 +474,18 @@ def _write_manifest(out, split: str, shards, results, input_failures, plan: Data
         failures += r.failures
         warnings += r.warnings
         classes.update(r.classes)
-    for spec in (s for p in shards for s in p.videos):
+    for spec in (s for p in shards for s in p.videos if s.label >= 0):
         classes.setdefault(spec.label, spec.class_text)
     entries = [{"file": r.file, "videos": r.videos, "frames": r.frames, "bytes": r.bytes,
-                "num_frames": r.num_frames} for r in results]
+                "num_frames": r.num_frames, **({"segments": r.segments} if r.segments else {})} for r in results]
+    heads = shards[0].heads if shards else ()
     manifest = {"format_version": fmt.FORMAT_VERSION, "split": split, "options": asdict(plan.opts),
                 "seed": plan.seed,
                 "classes": fmt.manifest_classes_json(classes),
                 "videos": sum(e["videos"] for e in entries), "frames": sum(e["frames"] for e in entries),
                 "shards": entries, "failures": failures, "warnings": warnings}
+    if heads:  # class ids per label head: one table for every split
+        manifest["segments"] = sum(r.segments for r in results)
+        manifest["heads"] = {h.name: {"classes": list(h.classes), "multi_label": h.multi_label} for h in heads}
     fmt.atomic_write(fmt.manifest_path(out, split), json.dumps(manifest, indent=1).encode())
     return manifest

@@ -24,7 +24,8 @@ from .errors import tensorflow
 from .gpu import dali_device_id, usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
-                       VideoTable, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs, usable_videos)
+                       VideoTable, centred, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs,
+                       usable_videos)
 
 log = logging.getLogger(__name__)
 IO_TIMEOUT = 60.0  # seconds a read of an object in a bucket may take, retries included (io_timeout)
@@ -163,7 +164,7 @@ def _configs(files, recipe, training: bool, options: dict) -> list[ClipConfig]:
 
 
 def _select(files, configs: list, *, training: bool, split, shard_id, num_shards, seed, global_batch,
-            mixed_classes=False):
+            mixed_classes=False, centre=False):
     """The plan, the video table and the rows of it to read (a Mixture's: its usable videos, dataset after
     dataset, labels in the shared label space)."""
     _check_int("num_shards", num_shards, 1)
@@ -172,6 +173,8 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
     tables, rows = [], []
     for part, config in zip(files.parts if isinstance(files, Mixture) else [(files,)], configs):
         tables.append(load_table(part[0], split, mixed_classes=mixed_classes))
+        if centre:
+            tables[-1] = centred(tables[-1], config)
         rows.append(usable_videos(tables[-1], config))
         if len(rows[-1]) == 0:
             raise ValueError(f"no videos to read in {part[0]} (all shards empty, or every video skipped)")
@@ -203,10 +206,11 @@ def _native_table(table: VideoTable, videos: np.ndarray):
     def make():
         ix = [table.shards[s] for s in used]
         shard_columns = [(i.frame_table_offset, i.num_frame_rows, i.frame_table_crc, i.shard_size) for i in ix]
-        columns = np.stack([np.searchsorted(used, table.shard[videos]), table.frame_start[videos],
-                            table.num_frames[videos], table.height[videos], table.width[videos], table.label[videos],
-                            videos, table.record_offset[videos],
-                            table.record_offset[videos] + table.record_length[videos]], axis=1)
+        row = table.frame_start[videos] + table.first[videos]  # an item's first frame (a segment's, or its video's)
+        columns = np.stack([np.searchsorted(used, table.shard[videos]), row, table.num_frames[videos],
+                            table.height[videos], table.width[videos], table.label[videos], videos,
+                            table.record_offset[videos], table.record_offset[videos] + table.record_length[videos],
+                            table.first[videos]], axis=1)
         names = "\n".join(str(n).replace("\n", "\\n") for n in table.filename[videos].tolist())
         return shard_columns, columns, table.fps[videos], names.encode("utf-8", "backslashreplace")
 
@@ -249,7 +253,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   on_corrupt: Literal["raise", "skip"] = "raise", layout: Literal["auto", "frames", "clips"] = "auto",
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
                   host_output: bool = False, io_threads: int | None = None, io_timeout: float = IO_TIMEOUT,
-                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", **options) -> ClipPipeline:
+                  output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", centre: bool = False,
+                  **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
     with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 16], frames [B, T])`` (meta
@@ -270,7 +275,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
                                   num_shards=num_shards, seed=seed, global_batch=batch_size * num_shards,
-                                  mixed_classes=mixed_classes)
+                                  mixed_classes=mixed_classes, centre=centre)
     reader = _reader_args(table, videos, plan, shard_id=shard_id, num_shards=num_shards,
                           initial_clip=initial_clip, on_corrupt=on_corrupt)
     if io_threads is None:
@@ -303,7 +308,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
 
 def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipConfig | None = None,
                     training: bool = True, num_shards: int = 1, split: str | None = None, mixed_classes: bool = False,
-                    **options) -> int:
+                    centre: bool = False, **options) -> int:
     """Batches per reader that cover every clip of an epoch once (in training the last batch runs into the
     next epoch; in evaluation its rest is padding, ``meta["padding"]``); the same for every reader of
     ``num_shards``. ``steps_per_epoch(ds)`` asks a dataset that
@@ -311,8 +316,8 @@ def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipC
     files and the dataset's options (as :func:`clip_dataset`)."""
     loader = files if isinstance(files, ClipPipeline) else getattr(files, "_dali_video_loader", None)
     if loader is not None:
-        if (batch_size, recipe, training, num_shards, split, mixed_classes, options) != (None, None, True, 1, None,
-                                                                                       False, {}):
+        if (batch_size, recipe, training, num_shards, split, mixed_classes, centre, options) != (
+                None, None, True, 1, None, False, False, {}):
             raise TypeError("steps_per_epoch(dataset) takes no other arguments: the dataset knows its options")
         return loader.steps_per_epoch
     if hasattr(files, "element_spec"):
@@ -322,7 +327,7 @@ def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipC
         raise TypeError("steps_per_epoch(files) needs batch_size=... (or pass the dataset clip_dataset made)")
     plan, _, videos = _select(files, _configs(files, recipe, training, options), training=training, split=split,
                               shard_id=0, num_shards=num_shards, seed=0, global_batch=batch_size * num_shards,
-                              mixed_classes=mixed_classes)
+                              mixed_classes=mixed_classes, centre=centre)
     return plan.steps_per_epoch(len(videos), batch_size * num_shards)
 
 
@@ -347,7 +352,8 @@ def meta_fields(meta) -> dict:
 def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = None, training: bool = True,
                  device: Literal["auto", "gpu", "cpu"] = "auto", seed: int | None = None, shard_id: int = 0,
                  num_shards: int = 1, initial_clip: int = 0, with_meta: bool = False, split: str | None = None,
-                 mixed_classes: bool = False,
+                 mixed_classes: bool = False, label_format: Literal["multi_hot", "indices"] = "multi_hot",
+                 centre: bool = False,
                  decode_crop: bool = True, device_id: int = 0, num_threads: int | None = None,
                  prefetch_queue_depth: int = 2, on_corrupt: Literal["raise", "skip"] = "raise",
                  normalize_in: Literal["auto", "dali", "tensorflow"] = "auto",
@@ -428,6 +434,16 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         and byte offset ("raise"), or its clip is replaced by the next ones of the epoch, counted in
         ``meta["replaced"]`` and logged to stderr ("skip"). Only damaged bytes are skipped: a store that
         fails (refused, reset, timed out, 5xx after the retries, a shard gone) ends the run.
+    label_format: a dataset with label heads (written from ``--csv`` label columns or ``--segments``;
+        :func:`label_heads` lists them) other than one single-label head gives ``labels`` as a dict by
+        head name: int32 ``[B]`` for a single-label head; for a multi-label head a multi-hot float32
+        ``[B, classes]`` ("multi_hot") or the class ids int32 ``[B, most labels]`` padded with -1
+        ("indices"). A dataset with segments reads segments as its items: each clip is drawn inside its
+        segment's frames; ``meta`` then holds ``segment`` (the annotation row) and ``source_video`` (the
+        segment's video, its row among the dataset's videos); -1 and the item's row otherwise.
+        CPU only for now: on the GPU, gather the labels by ``meta["video"]`` from :func:`load_table`.
+    centre: every clip centred on its item's middle frame (AVA-style keyframes: segments of one frame);
+        see :func:`dali_video.loader.sampling.centred`. Boxes are not read.
     ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
     """
     tf = tensorflow("clip_dataset")
@@ -436,6 +452,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     config = _configs(files, recipe, training, options)[0]
     _check_choice("device", device, DEVICES)
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
+    _check_choice("label_format", label_format, ("multi_hot", "indices"))
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
     if normalize_in == "auto":
@@ -459,8 +476,14 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                            mixed_classes=mixed_classes, decode_crop=decode_crop,
                            device_id=cuda_device, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta,
-                           host_output=host_output, io_threads=io_threads, io_timeout=io_timeout)
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta or device == "cpu",
+                           host_output=host_output, io_threads=io_threads, io_timeout=io_timeout, centre=centre)
+    heads = loader.table.heads
+    head_dict = bool(heads) and not (len(heads) == 1 and not heads[0][0].multi_label)
+    if head_dict and device == "gpu":
+        raise ValueError(f"labels of several heads ({', '.join(h.name for h, _, _ in heads)}) or multi-label heads are "
+                         f"given on the CPU only for now (device='cpu'); on the GPU pass with_meta=True and gather "
+                         f"them by meta's video row from dali_video.load_table(files).head_labels")
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
@@ -469,7 +492,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
     else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
         dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
-        if with_meta:  # and each clip's T frame numbers
+        if with_meta or device == "cpu":  # and each clip's T frame numbers (on the CPU for the labels of heads)
             dtypes, shapes = dtypes + (tf.int32, tf.int32), shapes + (meta_shape, (B, T))
     on_gpu = device == "gpu" and not host_output
     with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
@@ -480,8 +503,12 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
     if device == "gpu":  # elements are final; with_meta adds meta [B, 16] (META_COLUMNS) and frames [B, T]
         return ds
-    filenames = _filename_tensor(loader.table) if with_meta else None
+    table = loader.table
+    filenames = _filename_tensor(table) if with_meta else None
     label = META_COLUMNS.index("label")
+    items = {"segment": tf.constant(table.segment, tf.int32),
+             "source_video": tf.constant(table.source, tf.int32)} if with_meta else {}
+    head_labels = tf.constant(table.head_labels, tf.int32) if head_dict else None
 
     @tf.autograph.experimental.do_not_convert
     def finish(images, *rest):
@@ -490,19 +517,21 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
             labels = first[:, label]
             frames = tf.reshape(rest[0][:, META_COLUMNS.index("frame")], (B, T))
         else:  # DALI regrouped them (pipeline.regroup)
-            clips, labels, *meta = images, *rest
-            first, frames = meta if with_meta else (None, None)
+            clips, labels, first, frames = images, *rest
         if normalise_in_tf:
             # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
             scale = tf.constant([1.0 / d for d in std] * c, tf.float32)
             shift = tf.constant([-m / d for m, d in zip(mean, std)] * c, tf.float32)
             rows = tf.reshape(tf.cast(clips, tf.float32), (-1, c * 3)) * scale + shift
             clips = tf.cast(tf.reshape(rows, (B, T, c, c, 3)), config.dtype)
+        if head_dict:
+            labels = _head_outputs(tf.gather(head_labels, first[:, META_COLUMNS.index("video")]), heads, label_format)
         if not with_meta:
             return clips, labels
         fields = meta_fields(first)
         del fields["label"]
-        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, "frames": frames}
+        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, "frames": frames,
+                               **{k: tf.gather(v, fields["video"]) for k, v in items.items()}}
 
     with tf.device("/cpu:0"):
         mapped = ds.map(finish)
@@ -519,6 +548,22 @@ def _filename_tensor(table: VideoTable):
         made = table.__dict__["_filename_tensor"] = tf.constant([n.encode("utf-8", "surrogateescape")
                                                                  for n in table.filename])
     return made
+
+
+def _head_outputs(ids, heads, label_format: str) -> dict:
+    """The labels dict from each clip's class ids of every head side by side (``[B, width]``, -1 padded)."""
+    import tensorflow as tf
+
+    out = {}
+    for h, column, width in heads:
+        part = ids[:, column:column + width]
+        if not h.multi_label:
+            out[h.name] = part[:, 0]
+        elif label_format == "indices":
+            out[h.name] = part
+        else:  # one_hot of -1 is all zeros
+            out[h.name] = tf.reduce_max(tf.one_hot(part, len(h.classes), dtype=tf.float32), axis=1)
+    return out
 
 
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,

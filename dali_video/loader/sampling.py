@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from ..index_tools import FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index
+from ..index_tools import (FormatError, check_fresh, expand, fidx_path, idx_path, read_frame_index, read_segments,
+                           segments_path)
 from ..index_tools import format as fmt
 from ..index_tools import storage
 
@@ -27,19 +28,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VideoTable:
-    """One row per video of the dataset, in file order then record order."""
+    """One row per item of the dataset, in file order then record order: an item is a whole video or,
+    in a dataset with a segment table, a segment of one (frames ``first`` .. ``first + num_frames - 1``
+    of its video), in the table's order."""
 
     shards: tuple  # FrameIndex per shard file
     shard: np.ndarray  # index into shards
     frame_start: np.ndarray  # row of the video's first frame in its shard's frame table
-    num_frames: np.ndarray
+    num_frames: np.ndarray  # the item's frames
     height: np.ndarray
     width: np.ndarray
-    label: np.ndarray
+    label: np.ndarray  # the one single-label head's class (or the first head's when single-label); else -1
     filename: np.ndarray  # str
     fps: np.ndarray  # frames per second as stored in the index; 0: unknown
     record_offset: np.ndarray  # the video's record in its shard: byte offset and length
     record_length: np.ndarray
+    first: np.ndarray  # the item's first frame in its video (0 for a whole video)
+    segment: np.ndarray  # the segment's annotation row (0-based, header excluded); -1: a whole video
+    source: np.ndarray  # the item's video: its row among the dataset's videos (file order, record order)
+    video_frames: np.ndarray  # the frames of the item's video
+    head_labels: np.ndarray  # [items, width] class ids of every head, side by side, padded with -1
+    heads: tuple = ()  # (Head, first column in head_labels, columns) per label head; empty: none
 
     def __len__(self) -> int:
         return len(self.num_frames)
@@ -59,11 +68,11 @@ class VideoTable:
         return h.digest()
 
     def take(self, rows) -> "VideoTable":
-        return VideoTable(self.shards, **{name: getattr(self, name)[rows] for name in _PER_VIDEO})
+        return VideoTable(self.shards, **{name: getattr(self, name)[rows] for name in _PER_VIDEO}, heads=self.heads)
 
 
-# The table's per-video columns: every field but shards.
-_PER_VIDEO = tuple(f.name for f in dataclasses.fields(VideoTable) if f.name != "shards")
+# The table's per-item columns: every field but shards and heads.
+_PER_VIDEO = tuple(f.name for f in dataclasses.fields(VideoTable) if f.name not in ("shards", "heads"))
 
 
 class SplitError(ValueError):
@@ -132,7 +141,8 @@ def _check_class_space(shards) -> None:
 
 
 def _shard_index(shard):
-    """The frame index header of one shard, checked against the shard and its .idx."""
+    """The frame index header of one shard, checked against the shard and its .idx, and its segment table
+    (None when it was written without one)."""
     fmt.check_not_gzip(shard, storage.read(shard, 0, 2))  # first: a compressed shard has no index to build
     for path in (idx_path(shard), fidx_path(shard)):
         if not storage.exists(path):
@@ -146,7 +156,58 @@ def _shard_index(shard):
         raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
                           f"({index.num_records} records): stale index; rebuild it with: "
                           f"dali-video-index build {shard}")
-    return index
+    if "segments" not in index.notes:  # the writer notes the table it writes: no request for other datasets
+        return index, None
+    if not storage.exists(segments_path(shard)):
+        raise FormatError(f"{segments_path(shard)}: segment table missing for shard {shard} (its frame index says "
+                          f"it was written with {index.notes['segments']} segments); write the dataset again")
+    return index, read_segments(segments_path(shard), index)
+
+
+def _items(index, segments) -> dict:
+    """One shard's items: its segments, or its videos; columns of _PER_VIDEO (labels per head as lists)."""
+    v = index.videos
+    if segments is None:
+        rows = np.arange(index.num_videos)
+        return dict(video=rows, first=np.zeros(len(rows), np.int64), num_frames=np.asarray(v["num_frames"], np.int64),
+                    segment=np.full(len(rows), -1, np.int64), labels={})
+    c = segments.segments
+    return dict(video=np.asarray(c["video"], np.int64), first=np.asarray(c["first"], np.int64),
+                num_frames=np.asarray(c["count"], np.int64), segment=np.asarray(c["id"], np.int64),
+                labels=c["labels"])
+
+
+def _heads(pairs) -> tuple:
+    """The label heads the shards agree on (every shard with a segment table, or none), each with its
+    columns in head_labels: 1 for a single-label head, the most labels of a segment for a multi-label one."""
+    tables = [(ix, seg) for ix, seg in pairs if seg is not None]
+    if not tables:
+        return ()
+    if len(tables) < len(pairs):
+        plain = next(fmt.shard_of(ix.path) for ix, seg in pairs if seg is None)
+        raise ValueError(f"{plain} has no segment table but {fmt.shard_of(tables[0][0].path)} has one: the files mix "
+                         f"datasets with and without segments or label heads; read one dataset at a time")
+    heads = tables[0][1].heads
+    for ix, seg in tables:
+        if seg.heads != heads:
+            raise ValueError(f"{seg.path} has label heads {[h.name for h in seg.heads]} (or their classes) other than "
+                             f"{tables[0][1].path}'s {[h.name for h in heads]}: read one dataset at a time")
+    out, column = [], 0
+    for h in heads:
+        width = max([1] + [len(ids) for _, seg in tables for ids in seg.segments["labels"][h.name]]) \
+            if h.multi_label else 1
+        out.append((h, column, width))
+        column += width
+    return tuple(out)
+
+
+def _head_labels(heads, labels: dict, n: int) -> np.ndarray:
+    """[n, width] class ids of every head side by side, padded with -1."""
+    out = np.full((n, sum(w for _, _, w in heads)), -1, np.int64)
+    for h, column, _ in heads:
+        for k, ids in enumerate(labels[h.name]):
+            out[k, column:column + len(ids)] = ids
+    return out
 
 
 # The tables loaded in this process, while one is used (a reader, a pipeline or the caller holds it):
@@ -189,24 +250,67 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
 
 def _read_table(found, mixed_classes: bool) -> VideoTable:
     with ThreadPoolExecutor(16) as pool:
-        shards = list(pool.map(_shard_index, found))
+        pairs = list(pool.map(_shard_index, found))
+    shards = [ix for ix, _ in pairs]
     if not mixed_classes:
         _check_class_space(shards)
+    heads = _heads(pairs)
+    items = [_items(ix, seg) for ix, seg in pairs]
+    sources = np.cumsum([0] + [ix.num_videos for ix in shards])[:-1]
 
-    def column(name, dtype):
+    def column(name, dtype):  # a per-video column, for each item
+        if heads:  # a segment table's items: their videos' values
+            return np.concatenate([np.asarray(ix.videos[name], dtype)[it["video"]] for ix, it in zip(shards, items)])
         values = itertools.chain.from_iterable(ix.videos[name] for ix in shards)
         return np.array(list(values), dtype) if dtype is object else np.fromiter(values, dtype)
 
+    head_labels = np.concatenate([_head_labels(heads, it["labels"], len(it["video"])) for it in items]) \
+        if heads else np.zeros((sum(len(it["video"]) for it in items), 0), np.int64)
+    label = column("label", np.int64)
+    if heads:  # the reader's one label: the first head's, when it is single-label
+        label = head_labels[:, 0] if not heads[0][0].multi_label else np.full(len(label), -1, np.int64)
     # The table keeps compact arrays, not the headers' per-video lists (memory at 300k videos);
     # names stay Python strings: a fixed-width array would pad every name to the longest.
     return VideoTable(
         shards=tuple(dataclasses.replace(ix, videos={}) for ix in shards),
-        shard=np.repeat(np.arange(len(shards), dtype=np.int64), [ix.num_videos for ix in shards]),
-        frame_start=np.concatenate([ix.frame_starts() for ix in shards]).astype(np.int64),
-        num_frames=column("num_frames", np.int64), height=column("height", np.int64),
-        width=column("width", np.int64), label=column("label", np.int64), filename=column("filename", object),
-        fps=column("fps", np.float64), record_offset=column("record_offset", np.int64),
-        record_length=column("record_length", np.int64))
+        shard=np.repeat(np.arange(len(shards), dtype=np.int64), [len(it["video"]) for it in items]),
+        frame_start=np.concatenate([ix.frame_starts()[it["video"]] if len(it["video"]) else np.zeros(0, np.int64)
+                                    for ix, it in zip(shards, items)]).astype(np.int64),
+        num_frames=np.concatenate([it["num_frames"] for it in items]).astype(np.int64),
+        height=column("height", np.int64), width=column("width", np.int64), label=label,
+        filename=column("filename", object), fps=column("fps", np.float64),
+        first=np.concatenate([it["first"] for it in items]).astype(np.int64),
+        segment=np.concatenate([it["segment"] for it in items]).astype(np.int64),
+        source=np.concatenate([it["video"] + s for it, s in zip(items, sources)]).astype(np.int64),
+        video_frames=column("num_frames", np.int64), record_offset=column("record_offset", np.int64),
+        record_length=column("record_length", np.int64),
+        head_labels=head_labels, heads=heads)
+
+
+def centred(table: VideoTable, config: ClipConfig) -> VideoTable:
+    """Each item replaced by the clip span centred on its middle frame (AVA's keyframes: segments of one
+    frame), so that every clip drawn from it is centred on that frame: the span starts at
+    ``middle - (clip_len * stride) // 2``, as SlowFast's AVA loader centres its sequence
+    (slowfast/datasets/ava_dataset.py, ``get_sequence``), moved inside the video where it would reach
+    past an end (SlowFast repeats the end frame instead). A video shorter than the span is read whole and
+    follows ``short_videos``. One stride, no target_fps, stride sampling."""
+    if config.sampling != "stride" or config.strides[0] != config.strides[1] or config.target_fps is not None:
+        raise ValueError(f"centre=True centres one clip span on each segment: it needs sampling='stride', one stride "
+                         f"and no target_fps, got sampling={config.sampling!r}, stride={config.strides}, "
+                         f"target_fps={config.target_fps!r}")
+    span = (config.clip_len - 1) * config.strides[0] + 1
+    middle = table.first + (table.num_frames - 1) // 2
+    start = np.clip(middle - config.clip_len * config.strides[0] // 2, 0, np.maximum(table.video_frames - span, 0))
+    return dataclasses.replace(table, first=start, num_frames=np.minimum(span, table.video_frames))
+
+
+def label_heads(files, split: str | None = None) -> dict:
+    """The label heads of a dataset written with several label columns or segments (empty for one
+    plain label): name -> ``{"classes": [class name by id], "multi_label": bool}``, in the order
+    :func:`clip_dataset`'s ``labels`` dict holds them, so a model can size its outputs
+    (``len(classes)`` units each)."""
+    return {h.name: {"classes": list(h.classes), "multi_label": h.multi_label}
+            for h, _, _ in load_table(files, split).heads}
 
 
 # ---------------------------------------------------------------- clip plans
@@ -292,6 +396,10 @@ def usable_videos(table: VideoTable, spec: ClipConfig) -> np.ndarray:
 # Real-valued options travel as float32 (DALI's argument type): alo, ahi (crop_area), plo, phi
 # (crop_aspect), llo, lhi (float32 of log(plo), log(phi), computed as _log below) and the colour jitter
 # (b, c, s, hue).
+#
+# "Video" below means an item of the table: a whole video, or a segment of one (a dataset with a segment
+# table), whose n frames are its own (frame numbers count from the item's first frame; the reader adds
+# that frame's number in its video when it reads and reports them). The plan sees items alone.
 #
 # The clips form one endless sequence, epoch after epoch, whatever the number of readers: with n usable
 # videos, K = clips_per_video and C = num_crops, an epoch holds N = n*K (training) or n*K*C (evaluation)
@@ -721,8 +829,13 @@ class MixPlan:
 
 def concat_tables(tables) -> VideoTable:
     """One table of several datasets' videos, dataset after dataset."""
+    if any(t.heads != tables[0].heads for t in tables):
+        raise ValueError("a Mixture's datasets must have the same label heads (or none): "
+                         f"{[[h.name for h, _, _ in t.heads] for t in tables]}")
     first = np.cumsum([0] + [len(t.shards) for t in tables])[:-1]
-    return VideoTable(shards=sum((t.shards for t in tables), ()),
+    sources = np.cumsum([0] + [int(t.source.max(initial=-1)) + 1 for t in tables])[:-1]
+    tables = [dataclasses.replace(t, source=t.source + s) for t, s in zip(tables, sources)]
+    return VideoTable(shards=sum((t.shards for t in tables), ()), heads=tables[0].heads,
                       shard=np.concatenate([t.shard + f for t, f in zip(tables, first)]),
                       **{name: np.concatenate([getattr(t, name) for t in tables])
                          for name in _PER_VIDEO if name != "shard"})

@@ -38,15 +38,16 @@ def frame_number(rgb: np.ndarray) -> int:
 
 
 def make_video(path, num_frames: int, height: int = 48, width: int = 64, label: int = 0,
-               num_classes: int = 1, fps: float = 25.0) -> Path:
-    """Write an MJPG ``.avi`` (or ``mp4v`` ``.mp4``) video of ``num_frames`` coded frames."""
+               num_classes: int = 1, fps: float = 25.0, first: int = 0) -> Path:
+    """Write an MJPG ``.avi`` (or ``mp4v`` ``.mp4``) video of ``num_frames`` coded frames, showing frames
+    ``first`` .. ``first + num_frames - 1`` (a part of a longer video, cut out)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix == ".mp4" else "MJPG"))
     out = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
     if not out.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
-    for k in range(num_frames):
+    for k in range(first, first + num_frames):
         out.write(frame_pixels(k, height, width, label, num_classes))
     out.release()
     return path

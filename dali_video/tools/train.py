@@ -182,6 +182,10 @@ def main(argv=None) -> int:
             loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
             steps = args.steps_per_epoch or loader.steps_per_epoch
             table = loader.table
+        if table.heads and not (len(table.heads) == 1 and not table.heads[0][0].multi_label):
+            raise ValueError(f"{args.data}: label heads {', '.join(h.name for h, _, _ in table.heads)} (several, or "
+                             f"multi-label): dali-video-train trains one single-label head; train such a dataset "
+                             f"from Python (clip_dataset gives labels as a dict by head, docs/writing-datasets.md)")
         num_classes = int(table.label.max()) + 1
         # What the clip position means: a restart must read the same clips (see resume.check_run).
         where = [[_where(f), str(r), w] for f, r, w in data.parts] if args.mix else _where(data)

@@ -413,7 +413,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
           if (per_clip_ && t) continue;  // per clip, the metadata is the first frame's
           int32_t values[kMetaColumns] = {
               int32_t(p.y), int32_t(p.x), int32_t(p.h), int32_t(p.w), int32_t(p.flip), label(c),
-              d_.table_row[p.video], int32_t(c.frames[t]), c.replaced, int32_t(p.stride)};
+              d_.table_row[p.video], int32_t(d_.first[p.video] + c.frames[t]), c.replaced, int32_t(p.stride)};
           for (int k = 0; k < 4; ++k) {
             const float factor = static_cast<float>(p.color[k]);
             std::memcpy(&values[10 + k], &factor, sizeof(factor));

@@ -36,7 +36,7 @@ struct Clip {  // one read clip: frame t's bytes are data[start[t], start[t] + l
 
 std::string frame_where(const Dataset &d, const Plan &p, int64_t frame, u64 offset) {
   return d.shards[d.shard[p.video]] + ": video '" + d.filenames[p.video] + "' frame " +
-         std::to_string(frame) + " at byte " + std::to_string(offset) + ": ";
+         std::to_string(d.first[p.video] + frame) + " at byte " + std::to_string(offset) + ": ";
 }
 
 // Where a clip's frames lie: the frame index rows of its distinct frames (`wanted`, ascending) and the

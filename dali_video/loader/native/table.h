@@ -142,7 +142,8 @@ struct Dataset {
   std::vector<u64> shard_size, table_offset, table_rows;  // bytes; its frame table's place in its .fidx, rows
   std::vector<uint32_t> table_crc;
   std::vector<int> shard, label, table_row;
-  std::vector<int64_t> row;  // the video's first frame in its shard's frame table
+  std::vector<int64_t> row;  // the item's first frame in its shard's frame table
+  std::vector<int64_t> first;  // that frame's number in its video (a segment's first frame; 0 for a whole video)
   std::vector<Video> videos;
   std::vector<u64> record_start, record_end;  // the video's record: no read goes outside these bytes
   std::unique_ptr<Slot[]> slots;  // one per shard
@@ -167,7 +168,9 @@ const FrameTable &shard_table(const Dataset &d, int shard, const Waits &waits) {
 }
 
 // The columns of dali_video_table_make's videos, in order (table.py's VIDEO_COLUMNS).
-enum VideoColumn { kShard, kRow, kFrames, kHeight, kWidth, kLabel, kTableRow, kRecordStart, kRecordEnd, kVideoColumns };
+enum VideoColumn {
+  kShard, kRow, kFrames, kHeight, kWidth, kLabel, kTableRow, kRecordStart, kRecordEnd, kFirst, kVideoColumns
+};
 
 // A Dataset from the columns Python hands over (see dali_video_table_make); throws std::invalid_argument
 // naming the first value out of range.
@@ -191,8 +194,9 @@ std::shared_ptr<const Dataset> make_dataset(int64_t num_shards, const char *cons
     // Frame sides up to JPEG's 65535 keep the plan's products (sides x scales) inside int64.
     if (c[kShard] < 0 || c[kShard] >= num_shards || c[kRow] < 0 || c[kFrames] < 1 || c[kHeight] < 1 ||
         c[kWidth] < 1 || c[kHeight] > 65535 || c[kWidth] > 65535 || c[kLabel] < INT32_MIN || c[kLabel] > INT32_MAX ||
-        c[kTableRow] < 0 || c[kTableRow] > INT32_MAX || !(fps[v] >= 0 && fps[v] <= 1e6))
-      fail("video " + std::to_string(v) + ": its shard, row, size, label or fps is out of range");
+        c[kTableRow] < 0 || c[kTableRow] > INT32_MAX || !(fps[v] >= 0 && fps[v] <= 1e6) || c[kFirst] < 0 ||
+        c[kFirst] > c[kRow] || c[kFirst] + c[kFrames] > INT32_MAX)
+      fail("video " + std::to_string(v) + ": its shard, row, size, label, fps or first frame is out of range");
     const int s = int(c[kShard]);
     if (u64(c[kRow]) + u64(c[kFrames]) > d->table_rows[s])  // its frames' rows lie in its shard's table
       fail(d->shards[s] + ".fidx: video " + std::to_string(v) + "'s frames lie past the frame table's " +
@@ -202,6 +206,7 @@ std::shared_ptr<const Dataset> make_dataset(int64_t num_shards, const char *cons
            std::to_string(d->shard_size[s]) + " bytes");
     d->shard.push_back(int(c[kShard]));
     d->row.push_back(c[kRow]);
+    d->first.push_back(c[kFirst]);
     d->videos.push_back({c[kFrames], c[kHeight], c[kWidth], fps[v]});
     d->label.push_back(int(c[kLabel]));
     d->table_row.push_back(int(c[kTableRow]));

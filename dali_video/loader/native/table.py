@@ -16,7 +16,10 @@ import numpy as np
 from . import load
 
 # The videos' columns, in the order table.h's VideoColumn reads them (add a column to both).
-VIDEO_COLUMNS = ("shard", "row", "num_frames", "height", "width", "label", "table_row", "record_start", "record_end")
+# An item is a video, or a segment of one: row is its first frame's row in the shard's frame table, first
+# that frame's number in its video, num_frames its frames.
+VIDEO_COLUMNS = ("shard", "row", "num_frames", "height", "width", "label", "table_row", "record_start", "record_end",
+                 "first")
 # Each shard's: its frame table's offset, rows and CRC32C (the .fidx header's), and the shard's size.
 SHARD_COLUMNS = ("table_offset", "table_rows", "table_crc", "shard_size")
 
@@ -46,7 +49,7 @@ class NativeTable:
 
 def video_table(key: str, shards: list[str], make) -> NativeTable:
     """A hold on the video table ``key`` of ``shards``, made by ``make()`` unless this process has it:
-    ``make`` returns ``(shard_columns [S, 4] int64 (SHARD_COLUMNS), columns [N, 9] int64 (VIDEO_COLUMNS),
+    ``make`` returns ``(shard_columns [S, 4] int64 (SHARD_COLUMNS), columns [N, 10] int64 (VIDEO_COLUMNS),
     fps [N] float64, names (bytes, one line each))``."""
     lib = _library()
     handle = lib.dali_video_table_hold(key.encode())

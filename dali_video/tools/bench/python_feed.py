@@ -41,7 +41,7 @@ class ClipReader:
         index = t.shards[t.shard[v]]
         shard_path = index.path.with_suffix("")
         wanted = np.unique(plan.frames)
-        first = int(t.frame_start[v])
+        first = int(t.frame_start[v] + t.first[v])  # an item's first frame row (a segment's, in a dataset with them)
         try:
             with open(index.path, "rb") as fidx, open(shard_path, "rb") as shard:
                 rows = index.read_rows(first + int(wanted[0]), int(wanted[-1] - wanted[0]) + 1,
@@ -105,7 +105,7 @@ def pack_batch(table: VideoTable, videos: np.ndarray, plans: list[ClipPlan],
         y, x, h, w, flip = plan.window
         v = int(videos[plan.video])
         for frame, jpeg in zip(plan.frames, clip):
-            header[row] = (y, x, h, w, flip, table.label[v], v, frame)
+            header[row] = (y, x, h, w, flip, table.label[v], v, table.first[v] + frame)
             out[row, HEADER_BYTES:HEADER_BYTES + len(jpeg)] = np.frombuffer(jpeg, np.uint8)
             row += 1
     out[:, :HEADER_BYTES] = header.view(np.uint8)
