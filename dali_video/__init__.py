@@ -31,8 +31,8 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
     __version__ = "0+unknown"
 __all__ = ["META_COLUMNS", "RECIPES", "ClipConfig", "ClipPipeline", "ClipSpec", "InputMonitor", "Mixture",
            "ReaderError", "VideoAverages", "average_per_video", "clip_dataset", "clip_pipeline", "distribute",
-           "enable_memory_growth", "gpu_resources", "label_heads", "load_table", "meta_fields", "reader_dataset", "reader_errors",
-           "recipe", "steps_per_epoch", "usable_cores"]
+           "enable_memory_growth", "gpu_resources", "label_heads", "load_table", "meta_fields", "reader_dataset",
+           "reader_errors", "recipe", "steps_per_epoch", "usable_cores"]
 
 
 def __getattr__(name):

@@ -434,9 +434,9 @@ def read_segments(path, index: FrameIndex) -> SegmentTable:
     frames = index.videos["num_frames"]
     for k, (v, first, count) in enumerate(zip(columns["video"], columns["first"], columns["count"])):
         if not (0 <= v < len(frames) and first >= 0 and count >= 1 and first + count <= frames[v]):
+            has = frames[v] if 0 <= v < len(frames) else 0
             raise FormatError(f"{path}: segment {k} (annotation row {columns['id'][k]}) is frames {first}.."
-                              f"{first + count - 1} of video {v}, outside its {frames[v] if 0 <= v < len(frames) else 0} "
-                              f"frames: corrupt table; {rebuild}")
+                              f"{first + count - 1} of video {v}, outside its {has} frames: corrupt table; {rebuild}")
     for h in heads:
         bad = [k for k, ids in enumerate(labels[h.name]) if any(not 0 <= i < len(h.classes) for i in ids)
                or (not h.multi_label and len(ids) != 1)]

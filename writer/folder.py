@@ -27,7 +27,7 @@ class SplitState:
     classes: dict  # label -> class text
     shards: dict  # shard file name -> plan digest ("": not the writer's; None: not complete)
     seed: int | None = None  # None: not recorded
-    heads: dict | None = None  # label head name -> {"classes", "multi_label"}, as the manifest has them; None: not recorded
+    heads: dict | None = None  # label head name -> {"classes", "multi_label"}, as the manifest has them; None: unknown
 
 
 def complete_index(shard: Path | str, listed: set | None = None) -> FrameIndex | None:

@@ -115,8 +115,8 @@ def _cells(value: str) -> list[str]:
 def label_heads(csv_path, rows, names, classes: list[str] | None = None, multi_label=()) -> tuple[tuple, list]:
     """The label heads of columns ``names`` over ``rows`` (dicts), and each row's class ids per head.
 
-    A head is multi-label when a cell holds several ``;``-separated labels (or it is in ``multi_label``). Class ids: integers as
-    they are when every value of the head is one (classes ``"0"`` .. ``"max"``), else the sorted
+    A head is multi-label when a cell holds several ``;``-separated labels (or it is in ``multi_label``).
+    Class ids: integers as they are when every value of the head is one (classes ``"0"`` .. ``"max"``), else the sorted
     names (or ``classes``, for a single head); every row of every split counts, so ids agree across
     splits. Raises InputError naming the row of a bad cell."""
     if classes is not None and len(names) > 1:
@@ -280,7 +280,8 @@ def from_segments(csv_path, root, split: str | None = None, classes: list[str] |
         if path is None:
             failures.append(Failure(name, f"{where}: path escapes the dataset root {root}", where_split))
         elif not path.is_file():
-            failures.append(Failure(name, f"{where}: no such video under {root} ({len(segments)} segments)", where_split))
+            failures.append(Failure(name, f"{where}: no such video under {root} ({len(segments)} segments)",
+                                    where_split))
         else:
             specs.append(VideoSpec(str(path), name, -1, "", where_split, segments=tuple(segments)))
     return specs, failures, heads

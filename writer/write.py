@@ -370,7 +370,8 @@ def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOpt
     its complete shards by name (read once, here)."""
     new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split and s.label >= 0},
                              {p.name: digests[p.name] for p in shards if p.split == split}, seed,
-                             {h.name: {"classes": list(h.classes), "multi_label": h.multi_label} for h in shards[0].heads})
+                             {h.name: {"classes": list(h.classes), "multi_label": h.multi_label}
+                              for h in shards[0].heads})
            for split in sorted({p.split for p in shards})}
     old, indexes = read_folder(out)
     if lines := differences(old, new):
