@@ -237,9 +237,10 @@ def test_average_per_segment_or_per_video(epic):
     metas = [m for _, _, m in ds.take(dali_video.steps_per_epoch(ds))]
     preds = [np.ones((len(m["video"]), 1)) for m in metas]
     per_segment = dali_video.average_per_video(preds, metas)
-    per_video = dali_video.average_per_video(preds, metas, per_source_video=True)
+    per_video = dali_video.average_per_video(preds, metas, per_source_video=True, dataset=ds)
     assert len(per_segment.video) == 20 and set(per_segment.count) == {2}
     assert list(per_video.video) == [0, 1] and sorted(per_video.count) == [20, 20]
+    assert list(per_video.filename) == sorted(LENGTHS)
 
 
 def test_seconds_are_converted_with_the_stored_frame_rate():
