@@ -208,16 +208,19 @@ def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypat
         monkeypatch.undo()
 
 
-GOOD = (0, 0, 5, 48, 64, 1, 0, 0, 100)  # shard, row, frames, height, width, label, table row, record start, end
+GOOD = (0, 0, 5, 48, 64, 1, 0, 0, 100, 0)  # shard, row, frames, height, width, label, table row, record start, end,
+# first (a segment's first frame in its video)
+OUT_OF_RANGE = "video 0: its shard, row, size, label, fps or first frame is out of range"
 
 
 @pytest.mark.parametrize("shard_row, video, names, message", [
     ((0, 10, 0, 1000), GOOD, b"a", ""),
-    ((0, 10, 0, 1000), (7, *GOOD[1:]), b"a", "video 0: its shard, row, size, label or fps is out of range"),
-    ((0, 10, 0, 1000), (0, 0, 5, 0, 64, *GOOD[5:]), b"a",
-     "video 0: its shard, row, size, label or fps is out of range"),
+    ((0, 10, 0, 1000), (7, *GOOD[1:]), b"a", OUT_OF_RANGE),
+    ((0, 10, 0, 1000), (0, 0, 5, 0, 64, *GOOD[5:]), b"a", OUT_OF_RANGE),
+    ((0, 10, 0, 1000), (0, 2, *GOOD[2:9], 3), b"a", OUT_OF_RANGE),  # a first frame before its video's first row
+    ((0, 10, 0, 1000), (0, 2, *GOOD[2:9], 2), b"a", ""),
     ((0, 10, 0, 1000), (0, 8, *GOOD[2:]), b"a", r"video 0's frames lie past the frame table's 10 rows"),
-    ((0, 10, 0, 1000), (*GOOD[:7], 900, 1100), b"a", r"video 0's record lies outside the shard's 1000 bytes"),
+    ((0, 10, 0, 1000), (*GOOD[:7], 900, 1100, 0), b"a", r"video 0's record lies outside the shard's 1000 bytes"),
     ((0, 10, 0, 1000), GOOD, b"a\nb", "the videos' names disagree with the videos"),
     ((-1, 10, 0, 1000), GOOD, b"a", "a shard's frame table is out of range")])
 def test_malformed_video_tables_are_refused(pristine, shard_row, video, names, message):
