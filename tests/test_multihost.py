@@ -79,7 +79,9 @@ def test_dali_video_train_reads_tf_config_and_trains_on_two_workers(dataset):
     for code, out, err in _run_workers(lambda i: cmd):
         epochs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert code == 0 and [e["epoch"] for e in epochs] == [1, 2], err[-3000:]
-        assert all(0 <= e["input_wait"] <= 1 for e in epochs), epochs  # InputMonitor under the strategy
+        # TensorFlow's profiler can abort a worker of a cluster when it stops (loader/monitor.py): not run there
+        assert all(e["input_wait"] is None for e in epochs), epochs
+        assert err.count("input_wait not measured: in a cluster of several workers") == 1, err[-3000:]
 
 
 ONE_WORKER = """
