@@ -121,6 +121,10 @@ def shard_files(files, split: str | None = None) -> list[Path | str]:
 def _check_class_space(shards) -> None:
     """Raise when files disagree on what a label means: a label with two class texts, or a class text
     with two labels (files without class texts say nothing)."""
+    pairs = set().union(*(zip(ix.videos["label"], ix.videos["class_text"]) for ix in shards))
+    named = {(label, text) for label, text in pairs if text}
+    if len({label for label, _ in named}) == len(named) == len({text for _, text in named}):
+        return  # each label one text and each text one label: at once (300k videos at start-up)
     by_label: dict = {}  # label -> (class text, shard of its first video)
     by_text: dict = {}  # class text -> (label, shard)
     for ix in shards:
@@ -143,17 +147,24 @@ def _check_class_space(shards) -> None:
 def _shard_index(shard):
     """The frame index header of one shard, checked against the shard and its .idx, and its segment table
     (None when it was written without one)."""
-    fmt.check_not_gzip(shard, storage.read(shard, 0, 2))  # first: a compressed shard has no index to build
-    for path in (idx_path(shard), fidx_path(shard)):
+    try:
+        return _checked_index(shard)
+    except FormatError:  # a compressed shard says so first: it has no index to build (the indexer refuses it)
+        fmt.check_not_gzip(shard, storage.read(shard, 0, 2))
+        raise
+
+
+def _checked_index(shard):
+    idx, fidx = idx_path(shard), fidx_path(shard)
+    for path in (idx, fidx):
         if not storage.exists(path):
             raise FormatError(f"{path}: index missing for shard {shard}; build it with: "
                               f"dali-video-index build {shard}")
-    index = read_frame_index(fidx_path(shard))
+    index = read_frame_index(fidx)
     check_fresh(shard, index)
-    records = fmt.read_idx(idx_path(shard))
-    if len(records) != index.num_records or any(
-            records[r][0] != off for r, off in zip(index.videos["record"], index.videos["record_offset"])):
-        raise FormatError(f"{idx_path(shard)}: {len(records)} records that do not match the frame index "
+    records = fmt.read_idx_array(idx)
+    if not _records_match(records, index):
+        raise FormatError(f"{idx}: {len(records)} records that do not match the frame index "
                           f"({index.num_records} records): stale index; rebuild it with: "
                           f"dali-video-index build {shard}")
     if "segments" not in index.notes:  # the writer notes the table it writes: no request for other datasets
@@ -210,6 +221,16 @@ def _head_labels(heads, labels: dict, n: int) -> np.ndarray:
     return out
 
 
+def _records_match(records: np.ndarray, index) -> bool:
+    """Whether the .idx ``records`` ([n, 2]: offset, size) hold the frame index's records where it says."""
+    rows, offsets = np.asarray(index.videos["record"]), np.asarray(index.videos["record_offset"])
+    if len(records) != index.num_records or len(rows) == 0:
+        return len(records) == index.num_records
+    if rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= len(records):
+        return False
+    return np.array_equal(records[rows, 0], offsets)
+
+
 # The tables loaded in this process, while one is used (a reader, a pipeline or the caller holds it):
 # every reader of the same files shares one, and reads no index again.
 _tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -231,7 +252,7 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
     """Read the frame index headers of every shard, checking that no index is missing or stale and
     (unless ``mixed_classes``) that every file gives each label the same class text.
 
-    Shards in a bucket are read 16 at a time (3 requests each after one listing), so start-up
+    Shards in a bucket are read 16 at a time (2 requests each after one listing), so start-up
     waits for the store's latency once per 16 shards, not once per request. A table is read once per
     process while it is in use: loading the same files again (another reader, validation, a dataset
     iterated again) returns the same table, unless a local shard or index changed since (its inode,
@@ -271,18 +292,22 @@ def _read_table(found, mixed_classes: bool) -> VideoTable:
         label = head_labels[:, 0] if not heads[0][0].multi_label else np.full(len(label), -1, np.int64)
     # The table keeps compact arrays, not the headers' per-video lists (memory at 300k videos);
     # names stay Python strings: a fixed-width array would pad every name to the longest.
+    video_frames = np.fromiter(itertools.chain.from_iterable(ix.videos["num_frames"] for ix in shards), np.int64)
+    # A video's first row: the frames before it in the dataset less those of the shards before its own
+    # (each shard's frames fill its frame table: read_frame_index checks it).
+    first_rows = np.cumsum([0] + [ix.num_frame_rows for ix in shards[:-1]], dtype=np.int64)
+    video_start = np.cumsum(video_frames) - video_frames - np.repeat(first_rows, [ix.num_videos for ix in shards])
+    source = np.concatenate([it["video"] + s for it, s in zip(items, sources)]).astype(np.int64)
     return VideoTable(
         shards=tuple(dataclasses.replace(ix, videos={}) for ix in shards),
         shard=np.repeat(np.arange(len(shards), dtype=np.int64), [len(it["video"]) for it in items]),
-        frame_start=np.concatenate([ix.frame_starts()[it["video"]] if len(it["video"]) else np.zeros(0, np.int64)
-                                    for ix, it in zip(shards, items)]).astype(np.int64),
+        frame_start=video_start[source],
         num_frames=np.concatenate([it["num_frames"] for it in items]).astype(np.int64),
         height=column("height", np.int64), width=column("width", np.int64), label=label,
         filename=column("filename", object), fps=column("fps", np.float64),
         first=np.concatenate([it["first"] for it in items]).astype(np.int64),
         segment=np.concatenate([it["segment"] for it in items]).astype(np.int64),
-        source=np.concatenate([it["video"] + s for it, s in zip(items, sources)]).astype(np.int64),
-        video_frames=column("num_frames", np.int64), record_offset=column("record_offset", np.int64),
+        source=source, video_frames=video_frames[source], record_offset=column("record_offset", np.int64),
         record_length=column("record_length", np.int64),
         head_labels=head_labels, heads=heads)
 
