@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,6 +72,34 @@ def test_the_video_table_is_read_once_per_process_while_in_use(dataset_copy, mon
     fidx = sorted(Path(dataset_copy).glob("*.fidx"))[0]
     os.utime(fidx, ns=(1, 1))  # a rewritten index (its modification time changed): read again
     assert sampling.load_table(dataset_copy) is not table and len(reads) == 2 * first
+
+
+def test_the_video_tables_columns_are_the_headers_read_at_once(dataset):
+    shards = sampling.shard_files(dataset)
+    headers = [read_frame_index(fmt.fidx_path(s)) for s in shards]
+    table = sampling.load_table(dataset)
+    assert table.frame_start.tolist() == np.concatenate([ix.frame_starts() for ix in headers]).tolist()
+    assert table.filename.tolist() == [n for ix in headers for n in ix.videos["filename"]]
+
+
+def test_an_idx_is_checked_against_the_frame_index_where_it_says():
+    index = SimpleNamespace(num_records=3, videos={"record": [0, 2], "record_offset": [0, 70]})
+    records = np.array([[0, 30], [30, 40], [70, 10]])
+    assert sampling._records_match(records, index)
+    assert not sampling._records_match(records[:2], index)  # a record short
+    assert not sampling._records_match(records + [[0, 0], [0, 0], [1, 0]], index)  # moved
+    index.videos["record"] = [0, 3]  # past the .idx's records
+    assert not sampling._records_match(records, index)
+    assert sampling._records_match(records[:0], SimpleNamespace(num_records=0, videos={"record": [], "record_offset": []}))
+
+
+def test_the_readers_names_are_one_line_each():
+    from dali_video.loader.dataset import _name_lines
+
+    assert _name_lines(["a.mp4", "b\nc.mp4", "é.mp4"]) == "a.mp4\nb\\nc.mp4\né.mp4".encode()
+    assert _name_lines(["a.mp4", 7]) == b"a.mp4\n7"
+    assert _name_lines(["\n"]) == b"\\n"
+    assert _name_lines([]) == b""
 
 
 def test_a_mixtures_readers_share_one_table(dataset):

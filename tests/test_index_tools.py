@@ -311,7 +311,7 @@ def test_encode_then_walk_round_trips_and_tensorflow_agrees(features):
             assert list(ex.features.feature[key].int64_list.value) == values
 
 
-@pytest.mark.parametrize("rate", [b"NaN ", b"-1.0", b"1e99"])
+@pytest.mark.parametrize("rate", [b"NaN ", b"-1.0", b"1e99", b'"25"'])
 def test_a_frame_rate_out_of_range_is_a_corrupt_index_naming_the_file(dataset_copy, rate):
     fidx = sorted(Path(dataset_copy).glob("*.fidx"))[0]
     data = fidx.read_bytes()
@@ -319,3 +319,15 @@ def test_a_frame_rate_out_of_range_is_a_corrupt_index_naming_the_file(dataset_co
     fidx.write_bytes(data[:at] + rate + data[at + 4:])  # the same length: offsets stay right
     with pytest.raises(FormatError, match=rf"{fidx}: video .* has frame rate .*, not in \[0, 1e6\]: corrupt index"):
         read_frame_index(fidx)
+
+
+def test_an_idx_reads_alike_at_once_and_line_by_line_and_a_number_beyond_int64_is_a_bad_line(tmp_path):
+    path = tmp_path / "x.idx"
+    for text in (b"0 10\n10 25\n", b"0\t10\r\n10  25"):  # as tfrecord2idx writes it (at once); other spacing
+        path.write_bytes(text)
+        assert fmt.read_idx_array(path).tolist() == [[0, 10], [10, 25]] and fmt.read_idx(path) == [(0, 10), (10, 25)]
+    path.write_bytes(b"")
+    assert fmt.read_idx_array(path).shape == (0, 2) and fmt.read_idx(path) == []
+    path.write_bytes(b"0 10\n10 " + b"9" * 19 + b"\n")
+    with pytest.raises(FormatError, match=r"x\.idx: line 2 is not '<offset> <size>': b'10 9999"):
+        fmt.read_idx_array(path)
