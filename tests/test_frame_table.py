@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,16 @@ def test_the_video_tables_columns_are_the_headers_read_at_once(dataset):
     table = sampling.load_table(dataset)
     assert table.frame_start.tolist() == np.concatenate([ix.frame_starts() for ix in headers]).tolist()
     assert table.filename.tolist() == [n for ix in headers for n in ix.videos["filename"]]
+
+
+def test_headers_read_one_after_another_or_16_at_a_time_alike(dataset, monkeypatch):
+    found, pools = sampling.shard_files(dataset), []
+    monkeypatch.setattr(sampling, "ThreadPoolExecutor", lambda n: pools.append(n) or ThreadPoolExecutor(n))
+    monkeypatch.setattr(sampling, "_WARM_READ", 1e9)  # every shard as from the page cache: one after another
+    serial = sampling._shard_indexes(found)
+    assert pools == [] and [ix.path for ix, _ in serial] == [fmt.fidx_path(s) for s in found]
+    monkeypatch.setattr(sampling, "_WARM_READ", 0.0)  # the first shards slow (a cold cache): the rest 16 at a time
+    assert sampling._shard_indexes(found) == serial and pools == [16]
 
 
 def test_an_idx_is_checked_against_the_frame_index_where_it_says():

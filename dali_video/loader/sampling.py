@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -269,9 +270,26 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
     return table
 
 
-def _read_table(found, mixed_classes: bool) -> VideoTable:
+_WARM_READ = 0.0007  # seconds a shard's headers take from the page cache, at most (~0.45 ms here)
+
+
+def _shard_indexes(found) -> list:
+    """Every shard's (index, segments), in order: one after another while the first 32 local shards come
+    at page-cache speed (there a thread pool's hand-offs cost more than they save: 1,000 headers in
+    0.43 s against 0.57-0.64 s on 2 cores), else 16 at a time (a bucket, a cold cache, a network disk:
+    1,000 cold headers in 0.70 s against 0.94-1.07 s one after another)."""
+    done = []
+    if not any(storage.is_url(s) for s in found):
+        start = time.perf_counter()
+        done = [_shard_index(s) for s in found[:32]]
+        if time.perf_counter() - start <= _WARM_READ * len(done):
+            return done + [_shard_index(s) for s in found[len(done):]]
     with ThreadPoolExecutor(16) as pool:
-        pairs = list(pool.map(_shard_index, found))
+        return done + list(pool.map(_shard_index, found[len(done):]))
+
+
+def _read_table(found, mixed_classes: bool) -> VideoTable:
+    pairs = _shard_indexes(found)
     shards = [ix for ix, _ in pairs]
     if not mixed_classes:
         _check_class_space(shards)
