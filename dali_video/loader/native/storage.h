@@ -115,11 +115,11 @@ constexpr int kAttempts = 5;  // reads of one S3 range: waits of 0.1, 0.2, 0.4, 
 
 bool permanent(const std::string &error);
 
+// Runs on the thread start_fetch started, and ends the count of reads running that start_fetch began.
 void run_fetch(Fetch &f, const std::string &url, u64 size, u64 offset, size_t n) {
-  struct Count {
-    Count() { ++g_fetching; }
-    ~Count() { --g_fetching; }
-  } count;
+  struct Uncount {
+    ~Uncount() { --g_fetching; }
+  } uncount;
   const int attempts = url.rfind("s3://", 0) == 0 ? kAttempts : 1;
   for (int attempt = 1;; ++attempt) {
     std::string error;
@@ -149,7 +149,13 @@ std::shared_ptr<Fetch> start_fetch(const std::string &url, u64 size, u64 offset,
   if (g_exiting) throw ReadError{"reading " + byte_range(offset, offset + n) + ": the process is exiting", true};
   auto f = std::make_shared<Fetch>();
   f->data.resize(n);
-  std::thread([f, url, size, offset, n] { run_fetch(*f, url, size, offset, n); }).detach();
+  ++g_fetching;  // counted before the thread starts: exit must not miss a read that is just starting
+  try {
+    std::thread([f, url, size, offset, n] { run_fetch(*f, url, size, offset, n); }).detach();
+  } catch (...) {
+    --g_fetching;
+    throw;
+  }
   return f;
 }
 
