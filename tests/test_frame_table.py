@@ -209,3 +209,30 @@ def test_a_flipped_bit_in_a_bucket_frame_index_reads_nothing_beyond_its_video(s3
     ranges = [[int(x) for x in g["range"].split("=")[1].split("-")] for g in s3.server.requests()["log"]
               if g["method"] == "GET" and g["path"].endswith(f"damaged/{shard.name}")]
     assert all(end - first + 1 <= length for first, end in ranges), (ranges, length)
+
+
+SKIPPING = """
+import sys
+import dali_video
+try:
+    with dali_video.clip_pipeline(sys.argv[1], batch_size=2, clip_len=4, crop_size=16, device="cpu",
+                                  output="jpegs", seed=0, io_threads=0, on_corrupt="skip") as p:
+        p.pipeline.run()
+except RuntimeError as e:
+    print(str(e).splitlines()[0][:300])
+"""
+
+
+def test_a_frame_table_failing_its_crc_is_read_once_not_again_per_clip(s3, tmp_path):
+    """on_corrupt="skip" tries other clips of the shard; its damaged frame table is not fetched and checked
+    again for each (its failure is kept for the shard): one GET of it, beside load_table's of its header."""
+    shard = tmp_path / "data" / fmt.shard_name("train", 0, 1)
+    shard.parent.mkdir()
+    _write_shard((shard, 0, 6, 40, tiny_jpeg()))
+    _damage(shard, 0, 3, keep_crc=True)
+    url = s3.upload(shard.parent, "crc")
+    s3.server.clear_log()
+    proc = subprocess.run([sys.executable, "-c", SKIPPING, url], capture_output=True, text=True)
+    assert "fails its CRC32C" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    gets = [g for g in s3.server.requests()["log"] if g["method"] == "GET" and g["path"].endswith(".fidx")]
+    assert len(gets) <= 2, gets

@@ -137,6 +137,7 @@ struct Dataset {
     std::shared_ptr<const FrameTable> table;
     std::atomic<int> failures{0};  // the store's failures to read it: who waited meanwhile gets the last
     std::string failure;
+    std::string damage;  // its bytes were wrong (CRC, size): every later clip of the shard gets this at once
   };
   std::vector<std::string> shards, filenames;  // a shard's local path, or its s3:// or gs:// URL
   std::vector<u64> shard_size, table_offset, table_rows;  // bytes; its frame table's place in its .fidx, rows
@@ -157,11 +158,15 @@ const FrameTable &shard_table(const Dataset &d, int shard, const Waits &waits) {
   if (slot.table) return *slot.table;
   // The store failed while this thread waited: its failure, not another io_timeout per waiting clip.
   if (slot.failures != failures) throw ReadError{slot.failure, true};
+  if (!slot.damage.empty()) throw ReadError{slot.damage, false};  // not read and checked again per clip
   try {
     slot.table = frame_table(d.shards[shard] + ".fidx", d.table_offset[shard], d.table_rows[shard],
                              d.table_crc[shard], d.shards[shard], waits);
   } catch (const ReadError &e) {
-    if (e.storage) slot.failure = e.message, ++slot.failures;
+    if (e.storage)
+      slot.failure = e.message, ++slot.failures;
+    else
+      slot.damage = e.message;
     throw;
   }
   return *slot.table;
