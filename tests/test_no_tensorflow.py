@@ -24,7 +24,7 @@ from dali_video.loader.native import HEADER_WHEELS
 from .conftest import ROOT
 
 PYPROJECT = tomllib.loads(Path(ROOT, "pyproject.toml").read_text())
-HIDDEN = ("tensorflow", "tf_keras", "keras", "tensorboard", "nvidia_dali_tf_plugin", "_main_deps.pth")
+HIDDEN = ("tensorflow", "tf_keras", "keras", "tensorboard", "nvidia_dali_tf_plugin")
 
 
 def _site_dirs() -> list[Path]:
