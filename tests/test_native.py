@@ -227,7 +227,7 @@ def test_malformed_video_tables_are_refused(pristine, shard_row, video, names, m
     from dali_video.loader.native.table import video_table
 
     def make():
-        return [shard_row], [video], [25.0], names
+        return [shard_row], [video], [25.0], names, [[]]
 
     key = f"test-{shard_row}-{video}-{names}"
     if not message:
@@ -235,6 +235,14 @@ def test_malformed_video_tables_are_refused(pristine, shard_row, video, names, m
         return
     with pytest.raises(ValueError, match=f"dali-video clip reader: .*{message}"):
         video_table(key, [str(pristine)], make)
+
+
+@pytest.mark.parametrize("ids", [[[-2, 0]], [[0, 2**31]]])
+def test_a_video_table_with_a_class_id_out_of_range_is_refused(pristine, ids):
+    from dali_video.loader.native.table import video_table
+
+    with pytest.raises(ValueError, match="dali-video clip reader: video 0: a class id of its label heads is out"):
+        video_table(f"test-ids-{ids}", [str(pristine)], lambda: ([(0, 10, 0, 1000)], [GOOD], [25.0], b"a", ids))
 
 
 def test_a_reader_without_its_video_table_fails_cleanly():

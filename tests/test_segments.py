@@ -20,7 +20,7 @@ from dali_video.writer.write import plan_digest, plan_shards, segment_frames
 
 from .conftest import run_module
 from .test_beam import _assert_same_files
-from .test_loader import batches, numbers
+from .test_loader import CPU, batches, numbers
 
 VERBS, NOUNS = ("cut", "take", "wash"), ("cup", "knife", "onion", "pan")
 LENGTHS = {"P01_01.avi": 200, "P01_02.avi": 160}
@@ -209,6 +209,78 @@ def test_charades_style_multi_label_gives_multi_hot_or_indices_and_trains_with_f
     model.compile("adam", loss={"action": tf.keras.losses.BinaryCrossentropy(from_logits=True)})
     history = model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def _want_labels(table, videos, fmt_="multi_hot"):
+    """Each item's labels by head from the table's class ids (the written CSV's), as clip_dataset gives them."""
+    out = {}
+    for h, column, width in table.heads:
+        ids = table.head_labels[videos, column:column + width]
+        if not h.multi_label:
+            out[h.name] = ids[:, 0]
+        elif fmt_ == "indices":
+            out[h.name] = ids
+        else:
+            out[h.name] = np.stack([np.isin(np.arange(len(h.classes)), row[row >= 0]) for row in ids]).astype(np.float32)
+    return out
+
+
+def test_labels_by_head_come_out_of_the_dali_graph_as_on_the_gpu(epic, charades):
+    # layout "clips" without metadata is the GPU path's dataset on the CPU: DALI's outputs are the
+    # elements (no tf.data op follows), the dict of labels regroups them.
+    root, rows = epic
+    kw = dict(batch_size=4, clip_len=4, crop_size=32, device="cpu", seed=0)
+    ds = dali_video.clip_dataset(root / "data", layout="clips", **{**CPU, **kw})
+    assert ds.element_spec[1] == {"noun": tf.TensorSpec((4,), tf.int32), "verb": tf.TensorSpec((4,), tf.int32)}
+    table = load_table(root / "data")
+    for (clips, labels), (clips_f, labels_f, meta) in zip(ds.take(2), batches(root / "data", 2, **kw)):
+        assert np.array_equal(clips, clips_f)  # the same clips as the per-frame layout, the same labels
+        want = _want_labels(table, meta["video"])
+        assert all(np.array_equal(labels[k], labels_f[k]) and np.array_equal(labels[k], want[k]) for k in want)
+        assert [VERBS[v] for v in labels["verb"]] == [rows[s][3] for s in meta["segment"]]
+    heads = dali_video.label_heads(root / "data")
+    inputs = tf.keras.layers.Input((4, 32, 32, 3))
+    features = tf.keras.layers.GlobalAveragePooling3D()(tf.keras.layers.Rescaling(1 / 255)(inputs))
+    model = tf.keras.Model(inputs, {n: tf.keras.layers.Dense(len(h["classes"]), name=n)(features)
+                                    for n, h in heads.items()})
+    model.compile("adam", loss={n: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True) for n in heads})
+    assert np.isfinite(model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False).history["loss"]).all()
+    # Without TensorFlow: the pipeline's outputs, one per head in name order (multi-hot or indices).
+    croot, _ = charades
+    ctable = load_table(croot / "data")
+    for fmt_, dtype in (("multi_hot", np.float32), ("indices", np.int32)):
+        with dali_video.clip_pipeline(croot / "data", layout="clips", label_format=fmt_, batch_size=3, clip_len=2,
+                                      crop_size=16, device="cpu", seed=1) as p:
+            for _ in range(2):
+                clips, action, meta, _ = (np.asarray(o.as_tensor()) for o in p.pipeline.run())
+                assert action.dtype == dtype
+                assert np.array_equal(action, _want_labels(ctable, meta[:, 6], fmt_)["action"])
+
+
+@pytest.mark.gpu
+def test_labels_by_head_on_the_gpu_are_the_cpus(epic, charades):
+    for root, fmt_ in ((epic[0], "multi_hot"), (charades[0], "multi_hot"), (charades[0], "indices")):
+        kw = dict(batch_size=2, clip_len=4, crop_size=16, seed=0, label_format=fmt_, layout="clips", **CPU)
+        cpu = dali_video.clip_dataset(root / "data", **kw)
+        gpu = dali_video.clip_dataset(root / "data", **{**kw, "device": "gpu"})
+        assert gpu.element_spec[1] == cpu.element_spec[1]
+        for (_, a), (_, b) in zip(cpu.take(3), gpu.take(3)):
+            assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_flip_label_pairs_swap_the_first_heads_classes(epic):
+    root, _ = epic
+    table = load_table(root / "data")
+    for layout in ("frames", "clips"):
+        flipped = 0
+        for _, labels, meta in batches(root / "data", 4, batch_size=5, clip_len=2, crop_size=16, seed=4,
+                                       layout=layout, flip_label_pairs=[(0, 2)]):
+            want = _want_labels(table, meta["video"])
+            swap = np.array([2, 1, 0])[want["verb"]]
+            assert np.array_equal(labels["verb"], np.where(meta["flip"] == 1, swap, want["verb"]))
+            assert np.array_equal(labels["noun"], want["noun"])  # another head's classes: not swapped
+            flipped += int(meta["flip"].sum())
+        assert 0 < flipped < 20
 
 
 def test_keyframes_centre_the_clip_on_the_frame(tmp_path):

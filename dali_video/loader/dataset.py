@@ -211,7 +211,8 @@ def _native_table(table: VideoTable, videos: np.ndarray):
                             table.height[videos], table.width[videos], table.label[videos], videos,
                             table.record_offset[videos], table.record_offset[videos] + table.record_length[videos],
                             table.first[videos]], axis=1)
-        return shard_columns, columns, table.fps[videos], _name_lines(table.filename[videos].tolist())
+        return (shard_columns, columns, table.fps[videos], _name_lines(table.filename[videos].tolist()),
+                table.head_labels[videos])
 
     return video_table(key, shards, make)
 
@@ -249,6 +250,7 @@ def _reader_args(table: VideoTable, videos: np.ndarray, plan: PlanSpec | MixPlan
         test_views=VIEW_CODES[c.test_views], target_fps=reals[10],
         flip_label_pairs=[v for pairs in pairs_of for pair in pairs for v in pair],
         flip_pair_datasets=[d for d, pairs in enumerate(pairs_of) for _ in pairs],
+        flip_columns=table.heads[0][2] if table.heads else 0,  # the first head's ids swap as the label does
         parts=[v for p in plan.parts for v in p.as_ints()] if mixed else [],
         part_videos=list(plan.counts) if mixed else [], mix_slots=mix_slots(plan.weights) if mixed else [],
         global_batch=plan.global_batch, shard_id=shard_id, num_shards=num_shards, initial_clip=initial_clip,
@@ -264,12 +266,14 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   hw_decoder_load: float = 0.65, jpeg_fancy_upsampling: bool = False, with_meta: bool = True,
                   host_output: bool = False, io_threads: int | None = None, io_timeout: float = IO_TIMEOUT,
                   output: Literal["frames", "jpegs", "padded_jpegs", "meta"] = "frames", centre: bool = False,
-                  **options) -> ClipPipeline:
+                  label_format: Literal["multi_hot", "indices"] = "multi_hot", **options) -> ClipPipeline:
     """The DALI pipeline alone, for use without TensorFlow. Arguments as :func:`clip_dataset`.
     ``pipeline.run()`` returns, with layout "frames", ``(frames [B*T, crop, crop, 3], meta [B*T, 16])``;
     with layout "clips", ``(clips [B, T, crop, crop, 3], labels [B], meta [B, 16], frames [B, T])`` (meta
-    and each clip's stored frame numbers only ``with_meta``; :data:`META_COLUMNS`). ``output="jpegs"``
-    stops after the reader (JPEG bytes, and the metadata)."""
+    and each clip's stored frame numbers only ``with_meta``; :data:`META_COLUMNS`). A dataset with label
+    heads other than one single-label head (:func:`label_heads`) gives one labels output per head instead,
+    in the order of the heads' names, as :func:`clip_dataset`'s dict (``label_format``; with layout
+    "frames" per frame, after the metadata). ``output="jpegs"`` stops after the reader (JPEG bytes, and the metadata)."""
     from .pipeline import Graph
     from .pipeline import clip_pipeline as build
 
@@ -281,6 +285,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     _check_choice("output", output, ("frames", "jpegs", "padded_jpegs", "meta"))
+    _check_choice("label_format", label_format, ("multi_hot", "indices"))
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
@@ -304,7 +309,8 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                   color=any(c.color_jitter is not None for c in configs), dtype=config.dtype, mean=config.mean,
                   std=config.std, decode_crop=decode_crop, with_meta=with_meta, hw_decoder_load=hw_decoder_load,
                   jpeg_fancy_upsampling=jpeg_fancy_upsampling, host_output=host_output and device == "gpu",
-                  frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())))
+                  frame_hw=(int(table.height[videos].max()), int(table.width[videos].max())),
+                  heads=_graph_heads(table.heads), label_format=label_format)
     # One decoder over the B*T frames in both layouts: the pipeline's batch is B*T frames ("clips"
     # regroups them into B clips inside DALI, pipeline.regroup); the reader alone runs per clip there.
     per_clip_reader = layout == "clips" and output != "frames"
@@ -314,6 +320,14 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
                  device_id=device_id, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                  output=output)
     return ClipPipeline(pipe, table, videos, plan, batch_size, num_shards, layout, reader["instance"])
+
+
+def _graph_heads(heads) -> tuple:
+    """The label heads the pipeline gives one output each (pipeline.Graph.heads), in name order; none
+    for one single-label head (the metadata's label)."""
+    if not heads or (len(heads) == 1 and not heads[0][0].multi_label):
+        return ()
+    return tuple(sorted((h.name, column, width, h.multi_label, len(h.classes)) for h, column, width in heads))
 
 
 def steps_per_epoch(files, *, batch_size: int | None = None, recipe: str | ClipConfig | None = None,
@@ -451,7 +465,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
         ("indices"). A dataset with segments reads segments as its items: each clip is drawn inside its
         segment's frames; ``meta`` then holds ``segment`` (the annotation row) and ``source_video`` (the
         segment's video, its row among the dataset's videos); -1 and the item's row otherwise.
-        CPU only for now: on the GPU, gather the labels by ``meta["video"]`` from :func:`load_table`.
+        The labels come out of the DALI pipeline itself (one output per head), so the GPU dataset gives
+        the same dict; with ``flip_label_pairs`` the first head's classes swap in flipped clips.
     centre: every clip centred on its item's middle frame (AVA-style keyframes: segments of one frame);
         see :func:`dali_video.loader.sampling.centred`. Boxes are not read.
     ``steps_per_epoch(ds)`` (:func:`steps_per_epoch`) gives ``model.fit(..., steps_per_epoch=...)``.
@@ -480,68 +495,79 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     normalise_in_tf = normalize_in == "tensorflow" and config.dtype != "uint8"
     uint8 = {"dtype": "uint8"} if normalise_in_tf else {}  # a Mixture's options override each recipe
     clips = {"recipe": None, **options, **uint8} if isinstance(files, Mixture) else {"recipe": config.replace(**uint8)}
+    # On the CPU a map finishes the elements where needed (per-frame layout, named metadata, normalising);
+    # otherwise DALI's outputs are the elements, as on the GPU, where no tf.data op may follow.
+    finish_in_tf = device == "cpu" and (with_meta or normalise_in_tf or layout != "clips")
     loader = clip_pipeline(files, batch_size=batch_size, **clips, training=training, device=device, seed=seed,
                            shard_id=shard_id,
                            num_shards=num_shards, initial_clip=initial_clip, split=split,
                            mixed_classes=mixed_classes, decode_crop=decode_crop,
                            device_id=cuda_device, num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth,
                            on_corrupt=on_corrupt, layout=layout, hw_decoder_load=hw_decoder_load,
-                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta or device == "cpu",
-                           host_output=host_output, io_threads=io_threads, io_timeout=io_timeout, centre=centre)
-    heads = loader.table.heads
-    head_dict = bool(heads) and not (len(heads) == 1 and not heads[0][0].multi_label)
-    if head_dict and device == "gpu":
-        raise ValueError(f"labels of several heads ({', '.join(h.name for h, _, _ in heads)}) or multi-label heads are "
-                         f"given on the CPU only for now (device='cpu'); on the GPU pass with_meta=True and gather "
-                         f"them by meta's video row from dali_video.load_table(files).head_labels")
+                           jpeg_fancy_upsampling=jpeg_fancy_upsampling, with_meta=with_meta or finish_in_tf,
+                           host_output=host_output, io_threads=io_threads, io_timeout=io_timeout, centre=centre,
+                           label_format=label_format)
     B, T, c = batch_size, config.clip_len, config.crop_size
     mean, std = config.mean, config.std
     pixels = tf.uint8 if normalise_in_tf else tf.as_dtype(config.dtype)
-    meta_shape = (B * T if loader.layout == "frames" else B, len(META_COLUMNS))
-    if loader.layout == "frames":  # frames and per-frame metadata: finished by a map on the CPU below
-        dtypes, shapes, samples = (pixels, tf.int32), ((B * T, c, c, 3), meta_shape), B * T
-    else:  # the final elements: clips, labels (and metadata), B of them from the pipeline's B*T frames
-        dtypes, shapes, samples = (pixels, tf.int32), ((B, T, c, c, 3), (B,)), B * T
-        if with_meta or device == "cpu":  # and each clip's T frame numbers (on the CPU for the labels of heads)
-            dtypes, shapes = dtypes + (tf.int32, tf.int32), shapes + (meta_shape, (B, T))
+    frames_layout = loader.layout == "frames"
+    heads = _graph_heads(loader.table.heads)  # one labels output each, in name order; none: the one label
+    n = B * T if frames_layout else B  # samples of each output: frames, or clips
+    label_specs = [tf.TensorSpec((n,), tf.int32)] if not heads else [
+        tf.TensorSpec((n, classes), tf.float32) if multi and label_format == "multi_hot" else
+        tf.TensorSpec((n, width) if multi else (n,), tf.int32) for _, _, width, multi, classes in heads]
+    meta_spec = tf.TensorSpec((n, len(META_COLUMNS)), tf.int32)
+    if frames_layout:  # frames, per-frame metadata and labels: finished by a map on the CPU below
+        specs = [tf.TensorSpec((n, c, c, 3), pixels), meta_spec, *(label_specs if heads else [])]
+    else:  # clips, labels (and metadata, and each clip's T frame numbers): B of them from the B*T frames
+        specs = [tf.TensorSpec((B, T, c, c, 3), pixels), *label_specs]
+        if with_meta or finish_in_tf:
+            specs += [meta_spec, tf.TensorSpec((B, T), tf.int32)]
     on_gpu = device == "gpu" and not host_output
     with tf.device(f"/gpu:{device_id}" if on_gpu else "/cpu:0"):
         # DALI's dataset runs the pipeline with its own num_threads and queue depth unless told.
-        ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=samples, num_threads=loader.pipeline.num_threads,
-                                 prefetch_queue_depth=prefetch_queue_depth, output_dtypes=dtypes, output_shapes=shapes,
+        ds = dali_tf.DALIDataset(pipeline=loader.pipeline, batch_size=B * T, num_threads=loader.pipeline.num_threads,
+                                 prefetch_queue_depth=prefetch_queue_depth,
+                                 output_dtypes=tuple(x.dtype for x in specs),
+                                 output_shapes=tuple(tuple(x.shape) for x in specs),
                                  device_id=cuda_device if device == "gpu" else None)
-    ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
-    if device == "gpu":  # elements are final; with_meta adds meta [B, 16] (META_COLUMNS) and frames [B, T]
+    names = [name for name, *_ in heads]
+
+    def labelled(labels):  # the labels outputs as the element's labels: a dict by head, or the one label
+        return dict(zip(names, labels)) if heads else labels[0]
+
+    if not finish_in_tf:  # DALI's outputs are the elements; a dict of labels only regroups them (no op)
+        if heads:
+            structure = tf.nest.pack_sequence_as((0, labelled(names), *specs[1 + len(names):]), specs)
+            ds = tf.data.experimental.from_variant(tf.data.experimental.to_variant(ds), structure)
+        ds._dali_video_loader = loader  # the table and plan it reads, for tools and the CLI
         return ds
     table = loader.table
     filenames = _filename_tensor(table) if with_meta else None
-    label = META_COLUMNS.index("label")
     items = {"segment": tf.constant(table.segment, tf.int32),
              "source_video": tf.constant(table.source, tf.int32)} if with_meta else {}
-    head_labels = tf.constant(table.head_labels, tf.int32) if head_dict else None
+    label = META_COLUMNS.index("label")
 
     @tf.autograph.experimental.do_not_convert
     def finish(images, *rest):
-        if loader.layout == "frames":  # [B, T] frame numbers from the per-frame metadata
+        if frames_layout:  # each clip's first frame's metadata and labels; [B, T] frame numbers
             clips, first = tf.reshape(images, (B, T, c, c, 3)), rest[0][::T]
-            labels = first[:, label]
+            labels = [x[::T] for x in rest[1:]] or [first[:, label]]
             frames = tf.reshape(rest[0][:, META_COLUMNS.index("frame")], (B, T))
         else:  # DALI regrouped them (pipeline.regroup)
-            clips, labels, first, frames = images, *rest
+            clips, labels, (first, frames) = images, rest[:-2], rest[-2:]
         if normalise_in_tf:
             # Per-channel factors tiled along a row: TF broadcasts a length-3 axis slowly.
             scale = tf.constant([1.0 / d for d in std] * c, tf.float32)
             shift = tf.constant([-m / d for m, d in zip(mean, std)] * c, tf.float32)
             rows = tf.reshape(tf.cast(clips, tf.float32), (-1, c * 3)) * scale + shift
             clips = tf.cast(tf.reshape(rows, (B, T, c, c, 3)), config.dtype)
-        if head_dict:
-            labels = _head_outputs(tf.gather(head_labels, first[:, META_COLUMNS.index("video")]), heads, label_format)
         if not with_meta:
-            return clips, labels
+            return clips, labelled(labels)
         fields = meta_fields(first)
         del fields["label"]
-        return clips, labels, {"filename": tf.gather(filenames, fields["video"]), **fields, "frames": frames,
-                               **{k: tf.gather(v, fields["video"]) for k, v in items.items()}}
+        return clips, labelled(labels), {"filename": tf.gather(filenames, fields["video"]), **fields, "frames": frames,
+                                         **{k: tf.gather(v, fields["video"]) for k, v in items.items()}}
 
     with tf.device("/cpu:0"):
         mapped = ds.map(finish)
@@ -558,22 +584,6 @@ def _filename_tensor(table: VideoTable):
         made = table.__dict__["_filename_tensor"] = tf.constant([n.encode("utf-8", "surrogateescape")
                                                                  for n in table.filename])
     return made
-
-
-def _head_outputs(ids, heads, label_format: str) -> dict:
-    """The labels dict from each clip's class ids of every head side by side (``[B, width]``, -1 padded)."""
-    import tensorflow as tf
-
-    out = {}
-    for h, column, width in heads:
-        part = ids[:, column:column + width]
-        if not h.multi_label:
-            out[h.name] = part[:, 0]
-        elif label_format == "indices":
-            out[h.name] = part
-        else:  # one_hot of -1 is all zeros
-            out[h.name] = tf.reduce_max(tf.one_hot(part, len(h.classes), dtype=tf.float32), axis=1)
-    return out
 
 
 def reader_dataset(files, *, batch_size: int, clip_len: int, crop_size: int, seed: int | None = None,

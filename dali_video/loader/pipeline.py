@@ -45,6 +45,10 @@ class Graph:
     jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
     host_output: bool = False  # GPU: the final outputs copied to host memory (MultiWorkerMirroredStrategy)
     frame_hw: tuple = (512, 683)  # the largest stored frame (height, width): sizes the decoder's buffers
+    # Labels by head (layout "clips"), in name order: (name, first column, columns, multi_label, classes) of
+    # each, read from the reader's class ids (its "heads" output); empty: the one label of the metadata.
+    heads: tuple = ()
+    label_format: str = "multi_hot"  # a multi-label head's: multi-hot float32 [classes], or "indices" [columns]
 
 
 def decode(jpegs, anchor, shape, g: Graph):
@@ -66,10 +70,11 @@ def decode(jpegs, anchor, shape, g: Graph):
     return fn.slice(fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), anchor, shape, axis_names="HW")
 
 
-def regroup(frames, meta, positions, clip_len: int):
+def regroup(frames, meta, positions, clip_len: int, ids=None):
     """Frames ``[B*T]`` (clip-major, ``positions`` their CPU int32 position t in the clip) regrouped into
-    ``[T, H, W, 3]`` clips ``[B]``, the metadata of each clip's first frame, and each clip's T stored
-    frame numbers ``[T]`` (the per-frame metadata's frame column, regrouped the same way).
+    ``[T, H, W, 3]`` clips ``[B]``, the metadata of each clip's first frame, each clip's T stored
+    frame numbers ``[T]`` (the per-frame metadata's frame column, regrouped the same way), and (given
+    the reader's per-frame class ids ``ids``) each clip's first frame's.
 
     DALI's conditional split sends the samples whose predicate holds to its first output and the rest
     to its second, in order, sharing them, not copying (dali/pipeline/operator/builtin/conditional/
@@ -88,12 +93,29 @@ def regroup(frames, meta, positions, clip_len: int):
         at, number = fn._conditional.split(number, predicate=at_k)
         if first is None:
             first, _ = fn._conditional.split(meta, predicate=at_k)
+            ids = None if ids is None else fn._conditional.split(ids, predicate=at_k)[0]
         _, positions = fn._conditional.split(positions, predicate=at_k)
         parts.append(part)
         numbers.append(at)
     parts.append(frames)  # position T-1 (or the only one)
     numbers.append(number)
-    return fn.stack(*parts, axis_name="F"), (meta if first is None else first), fn.stack(*numbers)
+    return fn.stack(*parts, axis_name="F"), (meta if first is None else first), fn.stack(*numbers), ids
+
+
+def head_labels(ids, g: Graph) -> list:
+    """Each label head's labels from a clip's class ids ``[columns]`` (-1 padded), in ``g.heads``' order:
+    a single-label head's class (int32 scalar); a multi-label head's multi-hot float32 ``[classes]`` (a -1
+    id one-hots to zeros), or its ids (``label_format="indices"``)."""
+    out = []
+    for _, column, width, multi_label, classes in g.heads:
+        if not multi_label:
+            out.append(ids[column])
+        elif g.label_format == "indices":
+            out.append(ids[column:column + width])
+        else:
+            hot = fn.one_hot(ids[column:column + width], num_classes=classes, dtype=types.FLOAT, axis=-1)
+            out.append(fn.reductions.max(hot, axes=0))
+    return out
 
 
 @pipeline_def(enable_conditionals=False)
@@ -105,10 +127,11 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
         read = fn.dali_video_clips(**reader, pad=output == "padded_jpegs", per_clip=g.layout == "clips")
         return read[-1] if output == "meta" else tuple(read)
     per_clip = g.layout == "clips"
-    jpegs, meta, *positions = fn.dali_video_clips(**reader, positions=per_clip)
+    jpegs, meta, *rest = fn.dali_video_clips(**reader, positions=per_clip, heads=bool(g.heads))
+    positions, ids = rest[0] if per_clip else None, rest[-1] if g.heads else None
     images = decode(jpegs, meta[0:2], meta[2:4], g)  # one decoder over the batch's B*T frames
     if per_clip:
-        images, meta, numbers = regroup(images, meta, positions[0], reader["clip_len"])
+        images, meta, numbers, ids = regroup(images, meta, positions, reader["clip_len"], ids)
     flip = meta[4]
     if g.resize:
         images = fn.resize(images, size=[g.crop_size, g.crop_size], antialias=True)
@@ -121,15 +144,17 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[g.dtype], mean=list(g.mean),
                                           std=list(g.std), output_layout="FHWC" if per_clip else "HWC")
+    if not per_clip:  # per frame (their labels along): a map on the CPU finishes the clips
+        extra = head_labels(ids, g) if g.heads else []
+        if g.device == "gpu" and not g.host_output:
+            meta, extra = meta.gpu(), [x.gpu() for x in extra]
+        return (images, meta, *extra)
+    labels = head_labels(ids, g) if g.heads else [meta[5]]
     if g.host_output:  # the dynamic executor copies GPU outputs to the host (nvidia/dali/pipeline.py:148-155)
         images = images.cpu()
-    elif g.device == "gpu":
-        meta = meta.gpu()
-        numbers = numbers.gpu() if per_clip else None
-    if not per_clip:
-        return images, meta
-    labels = meta[5]
-    return (images, labels, meta, numbers) if g.with_meta else (images, labels)
+    elif g.device == "gpu":  # DALI's TF dataset wants every output on its device
+        meta, numbers, labels = meta.gpu(), numbers.gpu(), [x.gpu() for x in labels]
+    return (images, *labels, meta, numbers) if g.with_meta else (images, *labels)
 
 
 def clip_pipeline(reader: dict, graph: Graph, *, batch_size: int, device_id: int | None = 0,

@@ -234,7 +234,12 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     skip_ = spec.GetArgument<bool>("skip_corrupt");
     pad_ = spec.GetArgument<bool>("pad");
     positions_ = spec.GetArgument<bool>("positions");
-    DALI_ENFORCE(!(per_clip_ && positions_), "dali-video clip reader: positions needs per_clip=False");
+    heads_ = spec.GetArgument<bool>("heads");
+    DALI_ENFORCE(!(per_clip_ && (positions_ || heads_)), "dali-video clip reader: positions and heads need "
+                 "per_clip=False");
+    flip_columns_ = spec.GetArgument<int>("flip_columns");
+    DALI_ENFORCE(flip_columns_ >= 0 && flip_columns_ <= d_.label_width,
+                 "dali-video clip reader: flip_columns is out of the label heads' columns");
     shard_id_ = spec.GetArgument<int>("shard_id");
     num_shards_ = spec.GetArgument<int>("num_shards");
     next_ = spec.GetArgument<int64_t>("initial_clip");
@@ -401,6 +406,18 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       for (int i = 0; i < batch; ++i)
         for (int64_t t = 0; t < T; ++t) *pos.mutable_tensor<int32_t>(sample(i, t)) = static_cast<int32_t>(t);
     }
+    if (heads_) {  // each frame's clip's class ids of every label head (the first flip_columns swapped as label)
+      auto &ids = ws.Output<dali::CPUBackend>(2 + positions_);
+      const int64_t W = d_.label_width;
+      ids.Resize(dali::uniform_list_shape(batch * T, {W}), DALI_INT32);
+      for (int i = 0; i < batch; ++i) {
+        const int32_t *row = d_.head_labels.data() + clips_[i].plan.video * W;
+        for (int64_t t = 0; t < T; ++t) {
+          int32_t *out = ids.mutable_tensor<int32_t>(sample(i, t));
+          for (int64_t k = 0; k < W; ++k) out[k] = k < flip_columns_ ? swapped(clips_[i], row[k]) : row[k];
+        }
+      }
+    }
     auto &pool = ws.GetThreadPool();
     for (int i = 0; i < batch; ++i) {
       pool.AddWork([&, i](int) {
@@ -467,8 +484,10 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   }
 
   // A flipped clip's label, swapped when its dataset's flip_label_pairs pair it (left/right classes).
-  int32_t label(const Clip &c) const {
-    const int32_t l = d_.label[c.plan.video];
+  int32_t label(const Clip &c) const { return swapped(c, d_.label[c.plan.video]); }
+
+  // Class l of clip c, swapped when c is flipped and its dataset's flip_label_pairs pair l.
+  int32_t swapped(const Clip &c, int32_t l) const {
     const auto &swap = swap_[c.dataset];
     const auto it = c.plan.flip ? swap.find(l) : swap.end();
     return it == swap.end() ? l : it->second;
@@ -489,7 +508,8 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   std::vector<int> slot_;  // the dataset of each slot of the mixture's period
   std::vector<int64_t> rank_, weight_;  // a slot's rank among its dataset's slots; slots per dataset
   std::vector<std::unordered_map<int32_t, int32_t>> swap_;  // per dataset
-  bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false;
+  bool per_clip_ = false, skip_ = false, pad_ = false, positions_ = false, heads_ = false;
+  int flip_columns_ = 0;  // the label heads' columns that flip_label_pairs swap (the first head's)
   int shard_id_ = 0, num_shards_ = 1;
   int64_t next_ = 0;  // position of this reader's next batch (to read) in the global clip sequence
   std::vector<Clip> clips_;  // the batch being emitted (without read-ahead, kept: buffers keep capacity)
@@ -596,7 +616,7 @@ DALI_SCHEMA(DaliVideoClips)
     .NumInput(0)
     .OutputFn([](const dali::OpSpec &spec) {
       if (spec.GetArgument<bool>("per_clip")) return spec.GetArgument<int>("clip_len") + 1;
-      return spec.GetArgument<bool>("positions") ? 3 : 2;
+      return 2 + spec.GetArgument<bool>("positions") + spec.GetArgument<bool>("heads");
     })
     .AddArg("table", "The key of the video table to read, made in this process by dali_video's clip_pipeline "
             "(dali_video/loader/native/table.py): the shards, their frame indexes and the videos.", DALI_STRING)
@@ -626,6 +646,10 @@ DALI_SCHEMA(DaliVideoClips)
     .AddOptionalArg("per_clip", "One JPEG output per frame position, metadata per clip.", false)
     .AddOptionalArg("positions", "A third output: each frame's position in its clip (int32 scalar), per frame.",
                     false)
+    .AddOptionalArg("heads", "One more output: per frame, its clip's class ids of every label head side by side "
+                    "(int32 [label width], -1 padded; the video table's head labels).", false)
+    .AddOptionalArg("flip_columns", "The label heads' columns (the first head's) whose class ids a flipped clip "
+                    "swaps by flip_label_pairs, as the label.", 0)
     .AddOptionalArg("pad", "Zero-pad every frame's bytes to the batch's longest (uniform shapes, for TensorFlow).",
                     false)
     .AddOptionalArg("sampling", "0: T frames a stride apart; 1: one frame from each of T segments.", 0)

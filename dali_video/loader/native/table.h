@@ -147,6 +147,8 @@ struct Dataset {
   std::vector<int64_t> first;  // that frame's number in its video (a segment's first frame; 0 for a whole video)
   std::vector<Video> videos;
   std::vector<u64> record_start, record_end;  // the video's record: no read goes outside these bytes
+  int64_t label_width = 0;  // class ids per item of its label heads, side by side (-1 pads)
+  std::vector<int32_t> head_labels;  // [videos, label_width]
   std::unique_ptr<Slot[]> slots;  // one per shard
 };
 
@@ -181,7 +183,8 @@ enum VideoColumn {
 // naming the first value out of range.
 std::shared_ptr<const Dataset> make_dataset(int64_t num_shards, const char *const *shards, const int64_t *shard_columns,
                                             int64_t num_videos, const int64_t *columns, const double *fps,
-                                            const char *names, int64_t names_len) {
+                                            const char *names, int64_t names_len, int64_t label_width,
+                                            const int64_t *head_labels) {
   auto d = std::make_shared<Dataset>();
   auto fail = [](const std::string &what) { throw std::invalid_argument("dali-video clip reader: " + what); };
   for (int64_t s = 0; s < num_shards; ++s) {
@@ -225,6 +228,13 @@ std::shared_ptr<const Dataset> make_dataset(int64_t num_shards, const char *cons
     start = stop + 1;
   }
   if (num_videos < 1 || d->filenames.size() != size_t(num_videos)) fail("the videos' names disagree with the videos");
+  if (label_width < 0) fail("the label heads' width is negative");
+  d->label_width = label_width;
+  for (int64_t k = 0; k < num_videos * label_width; ++k) {
+    if (head_labels[k] < -1 || head_labels[k] > INT32_MAX)
+      fail("video " + std::to_string(k / label_width) + ": a class id of its label heads is out of range");
+    d->head_labels.push_back(int32_t(head_labels[k]));
+  }
   d->slots = std::make_unique<Dataset::Slot[]>(num_shards);
   return d;
 }
@@ -274,13 +284,15 @@ extern "C" int64_t dali_video_table_hold(const char *key) {
 }
 
 // Makes the video table `key` (see make_dataset: shard_columns [num_shards, 4], columns [num_videos,
-// kVideoColumns], names '\n'-separated) and returns a hold on it; -1 and the reason in error (cap bytes).
+// kVideoColumns], names '\n'-separated, head_labels [num_videos, label_width]) and returns a hold on it;
+// -1 and the reason in error (cap bytes).
 extern "C" int64_t dali_video_table_make(const char *key, int64_t num_shards, const char *const *shards,
                                          const int64_t *shard_columns, int64_t num_videos, const int64_t *columns,
-                                         const double *fps, const char *names, int64_t names_len, char *error,
-                                         int64_t cap) {
+                                         const double *fps, const char *names, int64_t names_len,
+                                         int64_t label_width, const int64_t *head_labels, char *error, int64_t cap) {
   try {
-    auto d = dali_video::make_dataset(num_shards, shards, shard_columns, num_videos, columns, fps, names, names_len);
+    auto d = dali_video::make_dataset(num_shards, shards, shard_columns, num_videos, columns, fps, names, names_len,
+                                      label_width, head_labels);
     auto &t = dali_video::tables();
     std::lock_guard<std::mutex> hold(t.lock);
     for (auto it = t.by_key.begin(); it != t.by_key.end();)

@@ -32,7 +32,7 @@ def _library():
     lib.dali_video_table_hold.restype = ctypes.c_int64
     lib.dali_video_table_make.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_char_p), _i64,
                                           ctypes.c_int64, _i64, ctypes.POINTER(ctypes.c_double), ctypes.c_char_p,
-                                          ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
+                                          ctypes.c_int64, ctypes.c_int64, _i64, ctypes.c_char_p, ctypes.c_int64]
     lib.dali_video_table_make.restype = ctypes.c_int64
     lib.dali_video_table_release.argtypes = [ctypes.c_int64]
     lib.dali_video_table_release.restype = None
@@ -50,20 +50,22 @@ class NativeTable:
 def video_table(key: str, shards: list[str], make) -> NativeTable:
     """A hold on the video table ``key`` of ``shards``, made by ``make()`` unless this process has it:
     ``make`` returns ``(shard_columns [S, 4] int64 (SHARD_COLUMNS), columns [N, 10] int64 (VIDEO_COLUMNS),
-    fps [N] float64, names (bytes, one line each))``."""
+    fps [N] float64, names (bytes, one line each), head_labels [N, W] int64: each item's class ids of
+    its label heads side by side, -1 padded; W may be 0)``."""
     lib = _library()
     handle = lib.dali_video_table_hold(key.encode())
     if handle < 0:
-        shard_columns, columns, fps, names = make()
+        shard_columns, columns, fps, names, head_labels = make()
         shard_columns = np.ascontiguousarray(shard_columns, np.int64)
         columns = np.ascontiguousarray(columns, np.int64)
         fps = np.ascontiguousarray(fps, np.float64)
+        head_labels = np.ascontiguousarray(head_labels, np.int64).reshape(len(columns), -1)
         paths = (ctypes.c_char_p * len(shards))(*(s.encode("utf-8", "surrogateescape") for s in shards))
         error = ctypes.create_string_buffer(1024)
         handle = lib.dali_video_table_make(key.encode(), len(shards), paths, shard_columns.ctypes.data_as(_i64),
                                            len(columns), columns.ctypes.data_as(_i64),
                                            fps.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), names, len(names),
-                                           error, len(error))
+                                           head_labels.shape[1], head_labels.ctypes.data_as(_i64), error, len(error))
         if handle < 0:
             raise ValueError(error.value.decode(errors="replace"))
     return NativeTable(key, shards, handle, lib)
