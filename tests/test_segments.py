@@ -244,6 +244,22 @@ def test_dali_video_train_trains_a_multi_label_head_with_map(charades):
     assert line["action_loss"] == line["loss"] > 0 and 0 <= line["action_mAP"] <= 1 and "accuracy" not in line
 
 
+def test_dali_video_train_resumes_a_single_and_a_multi_label_head_under_tf_keras(charades, tmp_path):
+    """As across hosts (Keras 2 through tf-keras), whose reloaded model names a head's metric HEAD_HEAD_mAP."""
+    root, labels = charades
+    _csv(tmp_path / "list.csv", "path,scene,action", [(name, "ab"[i % 2], cell)
+                                                       for i, (name, cell) in enumerate(labels.items())])
+    run_module("dali_video.writer", "--csv", tmp_path / "list.csv", root / "videos", tmp_path / "data", "--resize",
+               "0", "--workers", "1")
+    args = ["--data", tmp_path / "data", "--cpu", "--steps-per-epoch", "1", "--batch-size", "2", "--clip-len", "2",
+            "--crop-size", "16", "--checkpoint-dir", tmp_path / "ckpt"]
+    for epochs in (1, 2):
+        proc = run_module("dali_video.train_input", *args, "--epochs", epochs, env={"TF_USE_LEGACY_KERAS": "1"})
+        [line] = _epoch_lines(proc.stdout)
+        assert line["epoch"] == epochs and 0 <= line["scene_accuracy"] <= 1 and 0 <= line["action_mAP"] <= 1
+        assert line["loss"] == pytest.approx(line["scene_loss"] + line["action_loss"], abs=2e-4)
+
+
 def test_keyframes_centre_the_clip_on_the_frame(tmp_path):
     make_video(tmp_path / "videos" / "movie.avi", 120)
     keys = [0, 5, 30, 31, 64, 119]

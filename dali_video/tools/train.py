@@ -58,6 +58,12 @@ def _metric(head) -> str:
     return "mAP" if head.multi_label else "accuracy"
 
 
+def _logged(logs: dict, head: str, name: str):
+    """A head's loss or metric in Keras' logs: HEAD_NAME, or NAME with one output; tf-keras names the
+    metric objects of a reloaded model of several outputs HEAD_HEAD_NAME."""
+    return next(logs[k] for k in (f"{head}_{name}", f"{head}_{head}_{name}", name) if k in logs)
+
+
 def _model(tf, position, num_classes: int, config, heads=()):
     """The saved model (weights and optimizer state) when resuming, else a new compiled one."""
     if position and position["model"]:
@@ -243,9 +249,7 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.start
             clips, wait = steps * args.batch_size, logs.get("input_wait")
-            # Per head: its loss and metric (Keras names them HEAD_NAME, but not with one output).
-            scores = {f"{h.name}_{m}": logs.get(f"{h.name}_{m}", logs.get(m))
-                      for h in heads for m in ("loss", _metric(h))}
+            scores = {f"{h.name}_{m}": _logged(logs, h.name, m) for h in heads for m in ("loss", _metric(h))}
             print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
                               **{k: round(float(v), 4) for k, v in (scores or {"accuracy": logs["accuracy"]}).items()},
                               "clips_per_s": round(clips / seconds, 1),
