@@ -388,6 +388,9 @@ class Head:
     classes: tuple
     multi_label: bool = False
 
+    def __str__(self) -> str:  # "verb (97 classes)", "action (157 classes, multi-label)"
+        return f"{self.name} ({len(self.classes)} classes{', multi-label' if self.multi_label else ''})"
+
 
 @dataclass(frozen=True)
 class SegmentTable:

@@ -276,7 +276,6 @@ def inspect(paths) -> str:
     lines += [f"  {label:>5} {text[:40]:40} {n:>7}" for (label, text), n in sorted(labels.items())]
     tables = [fmt.read_segments(fmt.segments_path(shard), ix) for shard, ix in indexes if "segments" in ix.notes]
     if tables:
-        heads = ", ".join(f"{h.name} ({len(h.classes)} classes{', multi-label' if h.multi_label else ''})"
-                          for h in tables[0].heads)
+        heads = ", ".join(map(str, tables[0].heads))
         lines += ["", f"segments: {sum(t.num_segments for t in tables)} in {len(tables)} shards; label heads: {heads}"]
     return "\n".join(lines)

@@ -13,10 +13,11 @@ from dali_video.tools.sample_data import make_folder_dataset  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, check=True):
-    """Run ``python -m module args`` from the repository root; return the CompletedProcess."""
+def run_module(module, *args, check=True, env=None):
+    """Run ``python -m module args`` from the repository root (``env``: variables added); return the
+    CompletedProcess."""
     proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT})
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

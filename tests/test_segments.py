@@ -281,6 +281,53 @@ def test_flip_label_pairs_swap_the_first_heads_classes(epic):
             assert np.array_equal(labels["noun"], want["noun"])  # another head's classes: not swapped
             flipped += int(meta["flip"].sum())
         assert 0 < flipped < 20
+def _epoch_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_dali_video_train_trains_two_heads_with_a_loss_and_accuracy_each_and_resumes(epic, tmp_path, capsys):
+    from dali_video.loader.resume import read_position
+    from dali_video.tools.train import main
+
+    args = ["--data", str(epic[0] / "data"), "--cpu", "--steps-per-epoch", "2", "--batch-size", "4", "--clip-len",
+            "2", "--crop-size", "16", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main([*args, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "clip 2x16x16, label heads verb (3 classes), noun (4 classes), recipe default" in out
+    [line] = _epoch_lines(out)
+    assert list(line) == ["epoch", "loss", "verb_loss", "verb_accuracy", "noun_loss", "noun_accuracy", "clips_per_s",
+                          "frames_per_s", "clip", "input_wait"]
+    assert line["loss"] == pytest.approx(line["verb_loss"] + line["noun_loss"], abs=2e-4)
+    assert 0 <= line["verb_accuracy"] <= 1 and 0 <= line["noun_accuracy"] <= 1
+    model = tf.keras.models.load_model(read_position(tmp_path / "ckpt")["model"])
+    assert {k: v.shape[-1] for k, v in model(np.zeros((1, 2, 16, 16, 3), np.float32)).items()} == {"verb": 3, "noun": 4}
+    assert main([*args, "--epochs", "2"]) == 0  # the saved two-output model, resumed
+    out = capsys.readouterr().out
+    assert "resuming from" in out and [(d["epoch"], d["clip"]) for d in _epoch_lines(out)] == [(2, 16)]
+
+
+def test_dali_video_train_trains_a_multi_label_head_with_map(charades):
+    proc = run_module("dali_video.train_input", "--data", charades[0] / "data", "--cpu", "--epochs", "1",
+                      "--steps-per-epoch", "2", "--batch-size", "2", "--clip-len", "2", "--crop-size", "16")
+    assert "label heads action (5 classes, multi-label), recipe default" in proc.stdout
+    [line] = _epoch_lines(proc.stdout)
+    assert line["action_loss"] == line["loss"] > 0 and 0 <= line["action_mAP"] <= 1 and "accuracy" not in line
+
+
+def test_dali_video_train_resumes_a_single_and_a_multi_label_head_under_tf_keras(charades, tmp_path):
+    """As across hosts (Keras 2 through tf-keras), whose reloaded model names a head's metric HEAD_HEAD_mAP."""
+    root, labels = charades
+    _csv(tmp_path / "list.csv", "path,scene,action", [(name, "ab"[i % 2], cell)
+                                                       for i, (name, cell) in enumerate(labels.items())])
+    run_module("dali_video.writer", "--csv", tmp_path / "list.csv", root / "videos", tmp_path / "data", "--resize",
+               "0", "--workers", "1")
+    args = ["--data", tmp_path / "data", "--cpu", "--steps-per-epoch", "1", "--batch-size", "2", "--clip-len", "2",
+            "--crop-size", "16", "--checkpoint-dir", tmp_path / "ckpt"]
+    for epochs in (1, 2):
+        proc = run_module("dali_video.train_input", *args, "--epochs", epochs, env={"TF_USE_LEGACY_KERAS": "1"})
+        [line] = _epoch_lines(proc.stdout)
+        assert line["epoch"] == epochs and 0 <= line["scene_accuracy"] <= 1 and 0 <= line["action_mAP"] <= 1
+        assert line["loss"] == pytest.approx(line["scene_loss"] + line["action_loss"], abs=2e-4)
 
 
 def test_keyframes_centre_the_clip_on_the_frame(tmp_path):

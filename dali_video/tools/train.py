@@ -34,26 +34,52 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def small_video_model(num_classes: int, clip_len: int, crop_size: int):
+def small_video_model(num_classes: int, clip_len: int, crop_size: int, heads=()):
+    """Logits of ``num_classes`` or, with ``heads`` (the dataset's label heads, ``VideoTable.heads``'
+    Head objects), a dict of them by head name, one output per head on the same trunk."""
     import tensorflow as tf
 
     layers = tf.keras.layers
-    return tf.keras.Sequential([
-        layers.Input((clip_len, crop_size, crop_size, 3)),
-        layers.Conv3D(16, 3, strides=(1, 2, 2), padding="same", activation="relu"),
-        layers.Conv3D(32, 3, strides=2, padding="same", activation="relu"),
-        layers.GlobalAveragePooling3D(),
-        layers.Dense(num_classes),
-    ])
+    inputs = layers.Input((clip_len, crop_size, crop_size, 3))
+    trunk = [layers.Conv3D(16, 3, strides=(1, 2, 2), padding="same", activation="relu"),
+             layers.Conv3D(32, 3, strides=2, padding="same", activation="relu"),
+             layers.GlobalAveragePooling3D()]
+    if not heads:
+        return tf.keras.Sequential([inputs, *trunk, layers.Dense(num_classes)])
+    features = inputs
+    for layer in trunk:
+        features = layer(features)
+    return tf.keras.Model(inputs, {h.name: layers.Dense(len(h.classes), name=h.name)(features) for h in heads})
 
 
-def _model(tf, position, num_classes: int, config):
+def _metric(head) -> str:
+    """A head's metric in the logs: accuracy, or for a multi-label head mAP (Keras' AUC of the
+    precision-recall curve of each class, averaged over the classes, as Charades reports mAP)."""
+    return "mAP" if head.multi_label else "accuracy"
+
+
+def _logged(logs: dict, head: str, name: str):
+    """A head's loss or metric in Keras' logs: HEAD_NAME, or NAME with one output; tf-keras names the
+    metric objects of a reloaded model of several outputs HEAD_HEAD_NAME."""
+    return next(logs[k] for k in (f"{head}_{name}", f"{head}_{head}_{name}", name) if k in logs)
+
+
+def _model(tf, position, num_classes: int, config, heads=()):
     """The saved model (weights and optimizer state) when resuming, else a new compiled one."""
     if position and position["model"]:
         return tf.keras.models.load_model(position["model"])
-    model = small_video_model(num_classes, config.clip_len, config.crop_size)
+    model = small_video_model(num_classes, config.clip_len, config.crop_size, heads)
+    sparse = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if not heads:
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=sparse, metrics=["accuracy"])
+        return model
+    # A multi-label head's labels are multi-hot float32 [B, classes]: a sigmoid per class.
+    binary = tf.keras.losses.BinaryCrossentropy(from_logits=True)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+                  loss={h.name: binary if h.multi_label else sparse for h in heads},
+                  metrics={h.name: [tf.keras.metrics.AUC(curve="PR", multi_label=True, num_labels=len(h.classes),
+                                                         from_logits=True, name="mAP") if h.multi_label
+                                    else "accuracy"] for h in heads})
     return model
 
 
@@ -182,10 +208,9 @@ def main(argv=None) -> int:
             loader = ds._dali_video_loader  # the video table it loaded: no second pass over the indexes
             steps = args.steps_per_epoch or loader.steps_per_epoch
             table = loader.table
-        if table.heads and not (len(table.heads) == 1 and not table.heads[0][0].multi_label):
-            raise ValueError(f"{args.data}: label heads {', '.join(h.name for h, _, _ in table.heads)} (several, or "
-                             f"multi-label): dali-video-train trains one single-label head; train such a dataset "
-                             f"from Python (clip_dataset gives labels as a dict by head, docs/writing-datasets.md)")
+        # Labels as a dict by head (clip_dataset) unless one single-label head: then [B], as without heads.
+        heads = [h for h, _, _ in table.heads] if len(table.heads) > 1 or any(
+            h.multi_label for h, _, _ in table.heads) else []
         num_classes = int(table.label.max()) + 1
         # What the clip position means: a restart must read the same clips (see resume.check_run).
         where = [[_where(f), str(r), w] for f, r, w in data.parts] if args.mix else _where(data)
@@ -212,7 +237,7 @@ def main(argv=None) -> int:
     chief = getattr(strategy.extended, "should_checkpoint", True)
     task = f"{resolver.task_type}-{resolver.task_id}" if resolver else "0"
     with strategy.scope():
-        model = _model(tf, position, num_classes, config)
+        model = _model(tf, position, num_classes, config, heads)
     if position:
         print(f"resuming from {args.checkpoint_dir}: epoch {position['epoch']}, clip {initial_clip}", flush=True)
     first_epoch = position["epoch"] if position else 0
@@ -224,8 +249,9 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.start
             clips, wait = steps * args.batch_size, logs.get("input_wait")
+            scores = {f"{h.name}_{m}": _logged(logs, h.name, m) for h in heads for m in ("loss", _metric(h))}
             print(json.dumps({"epoch": epoch + 1, "loss": round(float(logs["loss"]), 4),
-                              "accuracy": round(float(logs["accuracy"]), 4),
+                              **{k: round(float(v), 4) for k, v in (scores or {"accuracy": logs["accuracy"]}).items()},
                               "clips_per_s": round(clips / seconds, 1),
                               "frames_per_s": round(clips * config.clip_len / seconds, 1),
                               "clip": initial_clip + (epoch + 1 - first_epoch) * clips,
@@ -239,7 +265,8 @@ def main(argv=None) -> int:
                                       initial_clip=initial_clip, chief=chief, task=task, run=run))
 
     print(f"training on {data} ({device}): {steps} steps/epoch, batch {args.batch_size}, clip {config.clip_len}"
-          f"x{config.crop_size}x{config.crop_size}, {num_classes} classes, "
+          f"x{config.crop_size}x{config.crop_size}, "
+          + (f"label heads {', '.join(map(str, heads))}, " if heads else f"{num_classes} classes, ")
           + (f"recipes {', '.join(m.rsplit(':', 2)[1] for m in args.mix)}" if args.mix
              else f"recipe {args.recipe or 'default'}"),
           flush=True)
