@@ -490,3 +490,18 @@ def test_cuda_pci_bus_ids_are_asked_of_the_driver_in_cuda_order(monkeypatch):
     monkeypatch.setattr(gpu, "usable_gpus", lambda: (len(buses), ""))
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver())
     assert gpu.cuda_pci_bus_ids() == ["0000:88:00.0", "0000:3B:00.0"]
+
+
+def test_a_dataset_made_inside_a_tf_function_leaves_later_datasets_working(dataset):
+    # The filenames tensor is shared by every dataset of a table: one made in a graph belongs to that
+    # graph only, and must not be handed to the next dataset (it raised there).
+    kw = dict(batch_size=2, clip_len=2, crop_size=16, with_meta=True, seed=0, **CPU)
+
+    @tf.function(autograph=False)
+    def first_names():
+        return dali_video.clip_dataset(dataset, **kw).take(1).get_single_element()[2]["filename"]
+
+    held = dali_video.load_table(dataset)  # the table (and its tensors) outlive the graph's dataset
+    in_graph = first_names().numpy()
+    eager = next(iter(dali_video.clip_dataset(dataset, **kw)))[2]["filename"].numpy()
+    assert list(in_graph) == list(eager) and set(eager) <= {n.encode() for n in held.filename}

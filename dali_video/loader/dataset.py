@@ -29,6 +29,10 @@ from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixP
 
 log = logging.getLogger(__name__)
 IO_TIMEOUT = 60.0  # seconds a read of an object in a bucket may take, retries included (io_timeout)
+# The video tables of datasets made inside a graph (tf.function): the graph may build their pipelines
+# after the Python objects of the call are gone, and a reader without its table aborts the process there
+# (DALI's TF plugin checks the build with TF_CHECK_OK). Kept for the process.
+_GRAPH_TABLES = []
 DEVICES = ("auto", "gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
 # with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
@@ -531,6 +535,8 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                                  output_dtypes=tuple(x.dtype for x in specs),
                                  output_shapes=tuple(tuple(x.shape) for x in specs),
                                  device_id=cuda_device if device == "gpu" else None)
+    if not tf.executing_eagerly():
+        _GRAPH_TABLES.append(loader.pipeline._dali_video_table)
     names = [name for name, *_ in heads]
 
     def labelled(labels):  # the labels outputs as the element's labels: a dict by head, or the one label
@@ -576,13 +582,15 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
 
 
 def _filename_tensor(table: VideoTable):
-    """The table's filenames as one string tensor, made once per table (every reader of it shares it)."""
+    """The table's filenames as one string tensor, made once per table (every reader of it shares it);
+    inside a graph (tf.function) one of the graph's own, which no other graph may use."""
     import tensorflow as tf
 
     made = table.__dict__.get("_filename_tensor")  # on the frozen table, as a cached_property keeps its value
-    if made is None:
-        made = table.__dict__["_filename_tensor"] = tf.constant([n.encode("utf-8", "surrogateescape")
-                                                                 for n in table.filename])
+    if made is None or not tf.executing_eagerly():
+        made = tf.constant([n.encode("utf-8", "surrogateescape") for n in table.filename])
+        if tf.executing_eagerly():
+            table.__dict__["_filename_tensor"] = made
     return made
 
 
