@@ -252,6 +252,42 @@ def test_a_store_that_stops_answering_ends_the_run_within_io_timeout(store):
     assert time.perf_counter() - start < 20  # 3 s, not the clients' minutes
 
 
+def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_readers(s3_store, dataset):
+    # Two readers of the same files share one video table: the first to need a shard's frame table
+    # loads it for both. Closed meanwhile, it stops; the other then loads the table itself.
+    import threading
+
+    url, server = f"{s3_store.url}/ds", s3_store.server
+    kw = {**KW, "io_threads": 0, "io_timeout": 600}
+    a, b = (dali_video.clip_pipeline(url, **kw) for _ in range(2))
+    outcome = {}
+
+    def run(name, p):
+        try:
+            outcome[name] = [np.array(x).tobytes() for x in p.run()[0]]
+        except Exception as e:
+            outcome[name] = e
+
+    try:
+        server.faults(fault="hang", count=10**6, match=".fidx")
+        first = threading.Thread(target=run, args=("a", a.pipeline))
+        first.start()
+        time.sleep(2)  # a waits for the frame table
+        second = threading.Thread(target=run, args=("b", b.pipeline))
+        second.start()
+        time.sleep(1)  # b waits for a's load
+        server.faults()
+        a.close()
+        first.join(30)
+        second.join(60)
+    finally:
+        server.faults()
+        b.close()
+    assert not first.is_alive() and not second.is_alive()
+    assert "the reader is closing" in str(outcome["a"])
+    assert outcome["b"] == _batches(dataset, 1, io_threads=0)[0][0], outcome["b"]  # the local shards' clips
+
+
 def test_one_get_in_50_failing_once_gives_the_clips_of_a_clean_run(s3_store, dataset):
     local = _batches(dataset, 4, on_corrupt="skip")
     faults = _reader_only(s3_store.server, fault="500", count=10**6, every=50)

@@ -165,6 +165,7 @@ const FrameTable &shard_table(const Dataset &d, int shard, const Waits &waits) {
     slot.table = frame_table(d.shards[shard] + ".fidx", d.table_offset[shard], d.table_rows[shard],
                              d.table_crc[shard], d.shards[shard], waits);
   } catch (const ReadError &e) {
+    if (waits.closing && waits.closing->set) throw;  // this reader's wait was cut short: the others read it
     if (e.storage)
       slot.failure = e.message, ++slot.failures;
     else
