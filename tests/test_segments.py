@@ -330,6 +330,17 @@ def test_dali_video_train_resumes_a_single_and_a_multi_label_head_under_tf_keras
         assert line["loss"] == pytest.approx(line["scene_loss"] + line["action_loss"], abs=2e-4)
 
 
+def test_a_segment_table_replaced_by_hand_is_read_again(epic, tmp_path):
+    data = shutil.copytree(epic[0] / "data", tmp_path / "data")
+    held = load_table(data)
+    [path] = data.glob("*.segments")
+    table = json.loads(path.read_text())
+    table["segments"]["labels"]["verb"] = [[2 - ids[0]] for ids in table["segments"]["labels"]["verb"]]
+    path.write_text(json.dumps(table))
+    again = load_table(data)
+    assert again is not held and list(again.head_labels[:, 0]) == [2 - v for v in held.head_labels[:, 0]]
+
+
 def test_keyframes_centre_the_clip_on_the_frame(tmp_path):
     make_video(tmp_path / "videos" / "movie.avi", 120)
     keys = [0, 5, 30, 31, 64, 119]

@@ -256,11 +256,11 @@ def load_table(files, split: str | None = None, *, mixed_classes: bool = False) 
     Shards in a bucket are read 16 at a time (2 requests each after one listing), so start-up
     waits for the store's latency once per 16 shards, not once per request. A table is read once per
     process while it is in use: loading the same files again (another reader, validation, a dataset
-    iterated again) returns the same table, unless a local shard or index changed since (its inode,
-    size or modification time); one in a bucket is taken as unchanged while its table is in use."""
+    iterated again) returns the same table, unless a local shard, index or segment table changed since
+    (its inode, size or modification time); one in a bucket is taken as unchanged while its table is in use."""
     found = shard_files(files, split)
     key = (tuple(str(s) for s in found), mixed_classes,
-           tuple(_stamp(p) for s in found for p in (s, idx_path(s), fidx_path(s))))
+           tuple(_stamp(p) for s in found for p in (s, idx_path(s), fidx_path(s), segments_path(s))))
     with _tables_lock:
         table = _tables.get(key)
     if table is None:
