@@ -254,8 +254,41 @@ def test_a_reader_without_its_video_table_fails_cleanly():
             self.key, self.shards = "no-such-table", []
 
     reader = dict(table=Gone(), plan_seed=0, training=True, clip_len=2, crop_size=16)
+    pipe = clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs")
+    pipe.build()  # builds: DALI's TF plugin ends the process on a pipeline that fails to build
     with pytest.raises(RuntimeError, match="dali-video clip reader: no video table 'no-such-table' in this process"):
-        clip_pipeline(reader, Graph(device="cpu"), batch_size=2, output="jpegs").build()
+        pipe.run()
+
+
+# A pipeline serialized, its table gone with its Python objects, then built by DALI's TF dataset (as
+# tf.data service or a saved graph would in another process): an error, not the process's end.
+_ORPHAN = '''
+import gc, sys
+import tensorflow as tf
+import dali_video
+from nvidia.dali.plugin import tf as dali_tf
+p = dali_video.clip_pipeline(sys.argv[1], batch_size=2, clip_len=2, crop_size=16, device="cpu", output="meta")
+orphan = p.pipeline
+orphan._dali_video_table = None  # the table's last hold
+del p
+gc.collect()
+with tf.device("/cpu:0"):
+    ds = dali_tf.DALIDataset(pipeline=orphan, batch_size=4, output_dtypes=tf.int32, output_shapes=(4, 16),
+                             device_id=None)
+try:
+    next(iter(ds))
+except Exception as e:
+    print(type(e).__name__, str(e).count("no video table"))
+'''
+
+
+def test_a_pipeline_built_without_its_video_table_in_tensorflow_is_an_error_not_an_abort(dataset):
+    from .conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", _ORPHAN, str(dataset)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:][1] != "0" and "Error" in done.stdout, done.stdout
 
 
 def test_skip_gives_up_when_every_clip_is_damaged(pristine, tmp_path):

@@ -33,13 +33,21 @@
 
 namespace dali_video {
 
-// The video table this reader reads (table.h), shared with every reader of the same videos.
-std::shared_ptr<const Dataset> table_argument(const dali::OpSpec &spec) {
+// The video table this reader reads (table.h), shared with every reader of the same videos; or none
+// and why in `missing`: DALI's TF plugin ends the process on a pipeline that fails to build (TF_CHECK_OK),
+// so a reader without its table (a pipeline deserialized in another process) fails at its first run.
+std::shared_ptr<const Dataset> table_argument(const dali::OpSpec &spec, std::string &missing) {
   try {
     return find_table(spec.GetArgument<std::string>("table"));
   } catch (const std::invalid_argument &e) {
-    DALI_FAIL(e.what());
+    missing = e.what();
+    return nullptr;
   }
+}
+
+const Dataset &no_videos() {
+  static const Dataset *none = new Dataset;
+  return *none;
 }
 
 // crop y, x, h, w, flip, label, video (table row), frame, replaced, stride, the colour factors as
@@ -228,7 +236,9 @@ void enroll(const std::string &instance, const std::shared_ptr<Closing> &closing
 
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
-  explicit ClipReader(const dali::OpSpec &spec) : Operator(spec), table_(table_argument(spec)), d_(*table_) {
+  explicit ClipReader(const dali::OpSpec &spec)
+      : Operator(spec), table_(table_argument(spec, missing_)), d_(table_ ? *table_ : no_videos()) {
+    if (!table_) return;  // RunImpl says why
     s_ = read_spec(spec);
     per_clip_ = spec.GetArgument<bool>("per_clip");
     skip_ = spec.GetArgument<bool>("skip_corrupt");
@@ -281,6 +291,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   bool SetupImpl(std::vector<dali::OutputDesc> &, const dali::Workspace &) override { return false; }
 
   void RunImpl(dali::Workspace &ws) override {
+    if (!table_) DALI_FAIL(missing_);
     const int requested = ws.GetRequestedBatchSize(0);
     const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
     DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
@@ -499,6 +510,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   };
 
   std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();  // first: read waits see it to the end
+  std::string missing_;  // why there is no table_ (before it: its initializer writes this)
   std::shared_ptr<const Dataset> table_;  // held while this reader lives (shared with the process's readers)
   const Dataset &d_;
   Waits waits_;  // io_timeout, and this reader's Closing
