@@ -1,6 +1,7 @@
 """Build, verify and inspect the indexes of TFRecord video shards."""
 from __future__ import annotations
 
+import collections
 import glob
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,14 +269,19 @@ def inspect(paths) -> str:
         lines.append(f"{storage.name(shard):40} {len(videos['record']):>7} {frames:>8} "
                      f"{_stats(videos['num_frames']):>25} {nbytes / max(frames, 1) / 1024:>9.1f} "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(res.items())))
-    labels = {}
-    for text, label in zip(videos["class_text"], videos["label"]):
-        labels[(label, text)] = labels.get((label, text), 0) + 1
-    lines.append("")
-    lines.append("label histogram (label, class, videos):")
-    lines += [f"  {label:>5} {text[:40]:40} {n:>7}" for (label, text), n in sorted(labels.items())]
     tables = [fmt.read_segments(fmt.segments_path(shard), ix) for shard, ix in indexes if "segments" in ix.notes]
-    if tables:
+    if tables:  # label heads: one histogram each, over the items (segments, or videos)
         heads = ", ".join(map(str, tables[0].heads))
         lines += ["", f"segments: {sum(t.num_segments for t in tables)} in {len(tables)} shards; label heads: {heads}"]
+        for h in tables[0].heads:
+            cells = [ids for t in tables for ids in t.segments["labels"][h.name]]
+            counts = collections.Counter(i for ids in cells for i in ids)
+            lines += ["", f"{h.name} histogram (class id, class, segments):"]
+            lines += [f"  {i:>5} {text[:40]:40} {counts[i]:>7}" for i, text in enumerate(h.classes)]
+            if not all(cells):
+                lines.append(f"  {'':>5} {'(no label)':40} {sum(not ids for ids in cells):>7}")
+        return "\n".join(lines)
+    labels = collections.Counter(zip(videos["label"], videos["class_text"]))
+    lines += ["", "label histogram (label, class, videos):"]
+    lines += [f"  {label:>5} {text[:40]:40} {n:>7}" for (label, text), n in sorted(labels.items())]
     return "\n".join(lines)

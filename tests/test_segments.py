@@ -2,6 +2,7 @@
 by head (EPIC-style verb + noun, Charades-style multi-label, AVA-style keyframes)."""
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -111,7 +112,11 @@ def test_verify_and_the_loader_check_the_segment_table(epic, tmp_path):
     data = shutil.copytree(epic[0] / "data", tmp_path / "data")
     [shard] = sorted(data.glob("*.tfrecord"))
     assert verify(shard) == 2
-    assert inspect([shard]).endswith("segments: 20 in 1 shards; label heads: verb (3 classes), noun (4 classes)")
+    text = inspect([shard])
+    assert "segments: 20 in 1 shards; label heads: verb (3 classes), noun (4 classes)" in text
+    assert "label histogram" not in text  # the videos' plain label (-1) says nothing of their segments
+    assert re.search(r"verb histogram \(class id, class, segments\):\n +0 cut +7\n +1 take +7\n +2 wash +6\n", text)
+    assert re.search(r"noun histogram .*\n +0 cup +5\n +1 knife +5\n +2 onion +5\n +3 pan +5$", text)
     table = json.loads(fmt.segments_path(shard).read_text())
     table["segments"]["count"][3] = 500
     fmt.segments_path(shard).write_text(json.dumps(table))
@@ -196,6 +201,9 @@ def test_charades_style_multi_label_gives_multi_hot_or_indices_and_trains_with_f
     assert dali_video.label_heads(root / "data") == {"action": {"classes": ["0", "1", "2", "3", "4"],
                                                                 "multi_label": True}}
     want = {name: {int(c) for c in cell.split(";") if c} for name, cell in labels.items()}
+    assert inspect(sorted((root / "data").glob("*.tfrecord"))).endswith(  # a class counts each video that has it
+        "action histogram (class id, class, segments):\n" + "\n".join(
+            f"  {i:>5} {str(i):40} {n:>7}" for i, n in enumerate([2, 1, 1, 1, 1])) + f"\n  {'':>5} {'(no label)':40} {1:>7}")
     for fmt_, check in (("multi_hot", lambda row, ids: set(np.flatnonzero(row)) == ids and row.dtype == np.float32),
                         ("indices", lambda row, ids: set(row[row >= 0]) == ids and len(row) == 3)):
         for _, lab, meta in batches(root / "data", 2, batch_size=4, clip_len=2, crop_size=16, seed=1,
