@@ -14,12 +14,11 @@
 // build records the readers it made (a thread-local their constructor reads) under its pipeline and a
 // destroy closes that pipeline's readers, then calls DALI's own. Only the plugin's calls pass here
 // (DALI's Python pipelines do not use the C API). Nothing is rewritten unless both slots are found,
-// each of them holds DALI's own function (dladdr says so) and lies in a writable page outside RELRO;
-// otherwise an iterator's deletion waits as before.
+// each of them holds DALI's own function (as this library links it) and lies in a writable page
+// outside RELRO; otherwise an iterator's deletion waits as before.
 // Included once, by clip_reader.cc (one translation unit).
 #pragma once
 
-#include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
 
@@ -98,13 +97,6 @@ struct Slots {
   int found = 0;  // relocations of either name: routed only with exactly one jump slot each
 };
 
-bool is_dalis(void *function, const char *name) {
-  Dl_info info{};
-  if (!function || !dladdr(function, &info) || !info.dli_sname || !info.dli_fname) return false;
-  const char *file = std::strrchr(info.dli_fname, '/');
-  return std::strcmp(info.dli_sname, name) == 0 && std::strcmp(file ? file + 1 : info.dli_fname, "libdali.so") == 0;
-}
-
 int find_slots(dl_phdr_info *info, size_t, void *out) {
   if (!kJumpSlot || !info->dlpi_name || !std::strstr(info->dlpi_name, "libdali_tf")) return 0;
   auto &slots = *static_cast<Slots *>(out);
@@ -170,7 +162,8 @@ extern "C" int dali_video_route_tf_iterators() {
   dl_iterate_phdr(dali_video::find_slots, &slots);
   if (slots.found != 2 || !slots.build || !slots.destroy) return 0;
   void *build = __atomic_load_n(slots.build, __ATOMIC_SEQ_CST), *destroy = __atomic_load_n(slots.destroy, __ATOMIC_SEQ_CST);
-  if (!dali_video::is_dalis(build, "daliPipelineBuild") || !dali_video::is_dalis(destroy, "daliPipelineDestroy"))
+  // Each holds DALI's function as this library links it (TF loads op libraries with RTLD_NOW: resolved).
+  if (build != reinterpret_cast<void *>(&daliPipelineBuild) || destroy != reinterpret_cast<void *>(&daliPipelineDestroy))
     return 0;
   dali_video::g_dali_build.store(reinterpret_cast<dali_video::PipelineCall>(build));
   dali_video::g_dali_destroy.store(reinterpret_cast<dali_video::PipelineCall>(destroy));
