@@ -400,6 +400,7 @@ def test_deleting_an_iterator_does_not_wait_for_a_store_that_hangs(s3_store, how
         s3_store.server.faults()
     assert proc.returncode == 0, proc.stderr[-3000:]
     deleted, read_on = proc.stdout.strip().splitlines()
+    print(how, deleted)
     assert float(re.fullmatch(r"deleted in ([\d.]+) s", deleted)[1]) < 5, proc.stderr[-3000:]  # not io_timeout
     assert read_on == "the other iterator read on"
 
