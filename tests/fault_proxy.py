@@ -1,13 +1,14 @@
 """The bench's counting proxy (``dali_video/tools/bench/proxy.py``) with faults, in front of an
 object-store test server, run in its own process by the tests: ``python -m tests.fault_proxy UPSTREAM_PORT``
 prints the port it listens on (127.0.0.1), then forwards and logs every request as that proxy does.
-``POST /__settings__`` with JSON ``{"delay": seconds, "fault": KIND, "count": N, "match": substring, "every": K}``
-sets the added latency per request and makes N of the next GETs whose path contains ``match`` (each K-th
-of them, default every one) fail as KIND: "503" (SlowDown), "500", "reset" (connection closed before an
+``POST /__settings__`` with JSON ``{"delay": seconds, "fault": KIND, "count": N, "match": regex, "every": K,
+"after": M}`` sets the added latency per request and makes N of the next GETs whose path ``match`` is found
+in (each K-th of them, default every one; once M of them passed, default 0) fail as KIND: "503" (SlowDown), "500", "reset" (connection closed before an
 answer), "truncate" (half the body, then the connection closed), "stall" (no answer for 6 s), "hang"
 (the connection held open, no answer, until the fault is set to another kind: a store that stopped
 answering). Each log line also says which fault it got (``"fault"``); ``GET /__log__`` and
 ``DELETE /__log__`` as in the bench's proxy."""
+import re
 import sys
 import time
 
@@ -15,14 +16,14 @@ from dali_video.tools.bench.proxy import Proxy, serve
 
 
 class FaultProxy(Proxy):
-    settings = {"delay": 0.0, "fault": None, "count": 0, "match": "", "every": 1}
+    settings = {"delay": 0.0, "fault": None, "count": 0, "match": "", "every": 1, "after": 0}
     matched = 0  # matching GETs since the settings last changed
 
     def admit(self, entry):
-        fault, cls = None, type(self)
-        if self.command == "GET" and self.settings["count"] > 0 and self.settings["match"] in self.path:
+        fault, cls, after = None, type(self), self.settings["after"]
+        if self.command == "GET" and self.settings["count"] > 0 and re.search(self.settings["match"], self.path):
             cls.matched += 1
-            if cls.matched % self.settings["every"] == 0:
+            if cls.matched > after and (cls.matched - after) % self.settings["every"] == 0:
                 fault = self.settings["fault"]
                 self.settings["count"] -= 1
         entry["fault"] = fault

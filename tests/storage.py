@@ -67,10 +67,11 @@ class Server:
     env: dict
 
     def faults(self, delay: float = 0.0, fault: str | None = None, count: int = 0, match: str = ".tfrecord",
-               every: int = 1):
-        """Added latency per request, and ``count`` of the next GETs of paths holding ``match`` (each
-        ``every``-th) failing as ``fault`` (tests/fault_proxy.py); no arguments: none."""
-        set_settings(self.proxy, delay=delay, fault=fault, count=count, match=match, every=every)
+               every: int = 1, after: int = 0):
+        """Added latency per request, and ``count`` of the next GETs of paths where ``match`` (a regular
+        expression) is found (each ``every``-th, once ``after`` passed) failing as ``fault``
+        (tests/fault_proxy.py); no arguments: none."""
+        set_settings(self.proxy, delay=delay, fault=fault, count=count, match=match, every=every, after=after)
 
     def requests(self) -> dict:
         """The proxy's log since it was last cleared, and the most requests it saw in flight."""

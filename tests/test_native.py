@@ -199,7 +199,7 @@ def test_the_library_is_named_by_its_source_and_dali_version(tmp_path, monkeypat
     built = native.library_path(native._sanitize())
     assert built.exists() and native.load() == built
     assert {f.name for f in native.SOURCES} == {"clip_reader.cc", "plan.h", "checks.h", "read.h", "storage.h",
-                                                  "table.h"}
+                                                  "table.h", "iterators.h"}
     for i, source in enumerate(native.SOURCES):  # a changed source or header needs a new build
         copy = tmp_path / source.name
         copy.write_text(source.read_text() + "\n// changed\n")
@@ -366,3 +366,29 @@ def test_io_threads_out_of_range_are_refused(dataset):
     for bad in (-1, 129, 2**32 + 2):
         with pytest.raises(ValueError, match="io_threads must be"):
             dali_video.clip_pipeline(dataset, batch_size=2, clip_len=4, crop_size=16, device="cpu", io_threads=bad)
+
+
+_ROUTED = """
+import sys
+import dali_video
+from dali_video.loader import native
+p = dali_video.clip_pipeline(sys.argv[1], batch_size=2, clip_len=4, crop_size=16, device="cpu", output="jpegs", seed=1)
+print(native.route_tf_iterators())  # DALI's TF plugin is not loaded: nothing routed
+from nvidia.dali.plugin import tf
+print(native.route_tf_iterators(), native.route_tf_iterators())
+with p:
+    p.pipeline.run()  # DALI's own pipelines do not pass there
+it = iter(dali_video.clip_dataset(sys.argv[1], batch_size=2, clip_len=4, crop_size=16, device="cpu", seed=1))
+next(it)
+del it
+print("read")
+"""
+
+
+def test_tf_iterators_are_routed_once_the_tf_plugin_is_loaded(dataset):
+    # native/iterators.h: DALI's TF plugin's daliPipelineBuild/Destroy pass through the reader, which
+    # closes a deleted iterator's readers (tests/test_storage_reader.py: a store that hangs).
+    proc = subprocess.run([sys.executable, "-c", _ROUTED, str(dataset)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:3] == ["False", "True True", "read"], proc.stdout

@@ -344,6 +344,67 @@ def test_deleting_ctrl_c_and_exit_do_not_wait_for_a_store_that_hangs(s3_store, h
         assert proc.returncode in (-signal.SIGINT, 1) and "KeyboardInterrupt" in err, err[-3000:]
 
 
+# One iterator of a dataset (which lives on) is deleted while its pipeline's run waits for a store that
+# stopped answering: `del it` (of the dataset, or of a prefetch after it: TensorFlow's thread waits in
+# DALI's iterator), or the end of `fit` (its iterator's next batch hangs: the GETs of the
+# batches it reads and of the one DALI prefetched pass, one GET a clip, the frame indexes not counted).
+# Another iterator of the dataset, made before, reads on once the store answers again.
+_HANG_ITERATOR = """
+import gc, sys, time
+import dali_video  # before TensorFlow (DALI's S3 client)
+import tensorflow as tf
+from dali_video.tools.bench.proxy import proxy_log, set_settings
+url, proxy, how = sys.argv[1:]
+ds = dali_video.clip_dataset(url, batch_size=2, clip_len=4, crop_size=16, device="cpu", seed=3, io_timeout=600,
+                             io_threads=0)
+other = iter(ds)
+next(other)
+time.sleep(2)  # the batches it prefetched are read
+steps, shards = 3, r"\\.tfrecord($|\\?)"
+start = None
+if how != "fit":
+    set_settings(proxy, fault="hang", count=10**6, match=shards, every=1, after=0)
+    it = iter(ds if how == "del" else ds.prefetch(1))  # the reads of its first batches hang
+    time.sleep(2)
+    start = time.monotonic()
+    del it
+    gc.collect()
+else:
+    # DALI runs 2 batches ahead (prefetch_queue_depth): fit's 3 and the 4th are read, the 5th hangs.
+    set_settings(proxy, fault="hang", count=10**6, match=shards, every=1, after=2 * (steps + 1))
+    model = tf.keras.Sequential([tf.keras.layers.Input((4, 16, 16, 3)), tf.keras.layers.Flatten(),
+                                 tf.keras.layers.Dense(2)])
+    model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ended = tf.keras.callbacks.LambdaCallback(on_train_end=lambda logs: globals().update(start=time.monotonic()))
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[ended])
+    gc.collect()
+took = time.monotonic() - start
+assert any(r["fault"] == "hang" for r in proxy_log(proxy)["log"])  # a read hung
+print(f"deleted in {took:.1f} s", flush=True)
+set_settings(proxy, fault=None, count=0, after=0)
+for _ in range(3):
+    next(other)
+print("the other iterator read on", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["del", "prefetch", "fit"])
+def test_deleting_an_iterator_does_not_wait_for_a_store_that_hangs(s3_store, how):
+    from .conftest import ROOT
+
+    s3_store.server.clear_log()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _HANG_ITERATOR, f"{s3_store.url}/ds", s3_store.server.proxy, how],
+                              cwd=ROOT, env={**os.environ, **s3_store.env}, capture_output=True, text=True, timeout=300)
+    finally:
+        s3_store.server.faults()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    deleted, read_on = proc.stdout.strip().splitlines()
+    print(how, deleted)
+    assert float(re.fullmatch(r"deleted in ([\d.]+) s", deleted)[1]) < 5, proc.stderr[-3000:]  # not io_timeout
+    assert read_on == "the other iterator read on"
+
+
 def _reads_per_video(store, dataset, n, prefix="ds", **kw):
     """Per video of ``n`` batches of evaluation clips (one a video) read from the bucket's ``prefix``:
     (GETs, bytes they read, bytes of the clip's own frames), from the proxy's log and the local copy's

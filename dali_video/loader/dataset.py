@@ -97,6 +97,10 @@ def _dali_tf(what: str):
         raise ImportError(f"dali_video.{what} needs DALI's TensorFlow plugin, which is not installed here ({e}): "
                           f"pip install --no-build-isolation nvidia-dali-tf-plugin-cuda120 at the version of "
                           f"pyproject.toml's tf-plugin extra (make setup does)") from None
+    from . import native
+
+    if not native.route_tf_iterators():
+        log.debug("DALI's TF plugin's calls are not routed: deleting an iterator may wait io_timeout")
     return dali_tf
 
 

@@ -322,6 +322,13 @@ def close(instance: str) -> None:
         ctypes.CDLL(str(_loaded)).dali_video_close(instance.encode())
 
 
+def route_tf_iterators() -> bool:
+    """Once DALI's TF plugin is loaded: deleting one of its iterators closes that iterator's readers
+    first, so that the deletion never waits for a store that hangs (``iterators.h``); False where the
+    plugin's calls cannot be routed (then it waits up to io_timeout, as before)."""
+    return bool(ctypes.CDLL(str(load())).dali_video_route_tf_iterators())
+
+
 def plan_function():
     """The operator's plan as a C function (see ``dali_video_plan`` in clip_reader.cc), for tests."""
     f = ctypes.CDLL(str(load())).dali_video_plan

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "dali/pipeline/operator/operator.h"
+#include "iterators.h"
 #include "plan.h"
 #include "read.h"
 
@@ -259,6 +260,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
     DALI_ENFORCE(waits_.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
     waits_.closing = closing_.get();
     enroll(spec.GetArgument<std::string>("instance"), closing_);
+    enroll_built(closing_);  // a TF iterator's: closed when the iterator is deleted (iterators.h)
     throw_at_ = spec.GetArgument<int64_t>("test_throw_at");
     throw_ = spec.GetArgument<std::string>("test_throw");
     if (io_threads_ > 0)
