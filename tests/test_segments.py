@@ -289,6 +289,16 @@ def test_flip_label_pairs_swap_the_first_heads_classes(epic):
             assert np.array_equal(labels["noun"], want["noun"])  # another head's classes: not swapped
             flipped += int(meta["flip"].sum())
         assert 0 < flipped < 20
+    # A Mixture's datasets (the same heads) keep their class ids: each swaps by its recipe's own pairs.
+    from dali_video.loader.config import ClipConfig
+
+    mixture = dali_video.Mixture([(root / "data", ClipConfig(clip_len=2, crop_size=16), 1),
+                                  (root / "data", ClipConfig(clip_len=2, crop_size=16, flip_label_pairs=[(0, 2)]), 1)])
+    for _, labels, meta in batches(mixture, 4, batch_size=4, seed=4, layout="clips"):
+        want = _want_labels(table, meta["video"] % len(table.filename))
+        swapped = (meta["flip"] == 1) & (meta["dataset"] == 1)
+        assert np.array_equal(labels["verb"], np.where(swapped, np.array([2, 1, 0])[want["verb"]], want["verb"]))
+        assert np.array_equal(labels["noun"], want["noun"])
 def _epoch_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

@@ -24,15 +24,11 @@ from .errors import tensorflow
 from .gpu import dali_device_id, usable_gpus
 from .resources import BUCKET_IO_THREADS, MAX_THREADS, pipeline_threads, usable_cores
 from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixPlan, Mixture, PlanSpec,
-                       VideoTable, centred, load_table, mix_plan, mix_slots, mixture_table, shared_flip_pairs,
-                       usable_videos)
+                       VideoTable, centred, labels_by_head, load_table, mix_plan, mix_slots, mixture_table,
+                       shared_flip_pairs, usable_videos)
 
 log = logging.getLogger(__name__)
 IO_TIMEOUT = 60.0  # seconds a read of an object in a bucket may take, retries included (io_timeout)
-# The video tables of datasets made inside a graph (tf.function): the graph may build their pipelines
-# after the Python objects of the call are gone, and a reader without its table aborts the process there
-# (DALI's TF plugin checks the build with TF_CHECK_OK). Kept for the process.
-_GRAPH_TABLES = []
 DEVICES = ("auto", "gpu", "cpu")
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
 # with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
@@ -198,7 +194,10 @@ def _select(files, configs: list, *, training: bool, split, shard_id, num_shards
     plan = mix_plan(files, configs, [len(r) for r in rows], seed=int(seed), training=training,
                     global_batch=global_batch)
     table = mixture_table(files, tables, rows)
-    pairs = shared_flip_pairs(files, tables, configs)
+    # The pairs swap the label in the shared label space; with labels by head, the first head's class ids,
+    # which a Mixture leaves as they are (its datasets have the same heads).
+    pairs = tuple(c.flip_label_pairs for c in configs) if labels_by_head(table.heads) else \
+        shared_flip_pairs(files, tables, configs)
     return dataclasses.replace(plan, flip_label_pairs=pairs), table, np.arange(len(table))
 
 
@@ -333,7 +332,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
 def _graph_heads(heads) -> tuple:
     """The label heads the pipeline gives one output each (pipeline.Graph.heads), in name order; none
     for one single-label head (the metadata's label)."""
-    if not heads or (len(heads) == 1 and not heads[0][0].multi_label):
+    if not labels_by_head(heads):
         return ()
     return tuple(sorted((h.name, column, width, h.multi_label, len(h.classes)) for h, column, width in heads))
 
@@ -539,14 +538,16 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
                                  output_dtypes=tuple(x.dtype for x in specs),
                                  output_shapes=tuple(tuple(x.shape) for x in specs),
                                  device_id=cuda_device if device == "gpu" else None)
-    if not tf.executing_eagerly():
-        _GRAPH_TABLES.append(loader.pipeline._dali_video_table)
+    if not tf.executing_eagerly():  # a graph (tf.function) builds the pipeline after this call's objects
+        # are gone: its video table lives as long as the graph (the function that holds it)
+        tf.compat.v1.get_default_graph().add_to_collection("dali_video_tables", loader.pipeline._dali_video_table)
     names = [name for name, *_ in heads]
 
     def labelled(labels):  # the labels outputs as the element's labels: a dict by head, or the one label
         return dict(zip(names, labels)) if heads else labels[0]
 
     if not finish_in_tf:  # DALI's outputs are the elements; a dict of labels only regroups them (no op)
+        assert not frames_layout  # per frame, a map finishes the clips (and the outputs' order differs)
         if heads:
             structure = tf.nest.pack_sequence_as((0, labelled(names), *specs[1 + len(names):]), specs)
             ds = tf.data.experimental.from_variant(tf.data.experimental.to_variant(ds), structure)

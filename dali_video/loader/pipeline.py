@@ -144,16 +144,15 @@ def _clip_pipeline(reader: dict, g: Graph, output: str):
     else:
         images = fn.crop_mirror_normalize(images, mirror=flip, dtype=DTYPES[g.dtype], mean=list(g.mean),
                                           std=list(g.std), output_layout="FHWC" if per_clip else "HWC")
-    if not per_clip:  # per frame (their labels along): a map on the CPU finishes the clips
-        extra = head_labels(ids, g) if g.heads else []
-        if g.device == "gpu" and not g.host_output:
-            meta, extra = meta.gpu(), [x.gpu() for x in extra]
-        return (images, meta, *extra)
-    labels = head_labels(ids, g) if g.heads else [meta[5]]
+    # Per frame, the labels of heads go along (a map on the CPU finishes the clips); per clip, the labels.
+    labels = head_labels(ids, g) if g.heads else [meta[5]] if per_clip else []
     if g.host_output:  # the dynamic executor copies GPU outputs to the host (nvidia/dali/pipeline.py:148-155)
         images = images.cpu()
     elif g.device == "gpu":  # DALI's TF dataset wants every output on its device
-        meta, numbers, labels = meta.gpu(), numbers.gpu(), [x.gpu() for x in labels]
+        meta, labels = meta.gpu(), [x.gpu() for x in labels]
+        numbers = numbers.gpu() if per_clip else None
+    if not per_clip:
+        return (images, meta, *labels)
     return (images, *labels, meta, numbers) if g.with_meta else (images, *labels)
 
 

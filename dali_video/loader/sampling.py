@@ -347,6 +347,12 @@ def centred(table: VideoTable, config: ClipConfig) -> VideoTable:
     return dataclasses.replace(table, first=start, num_frames=np.minimum(span, table.video_frames))
 
 
+def labels_by_head(heads) -> bool:
+    """Whether a table's ``heads`` give labels as a dict by head name: any heads but one single-label
+    head (whose labels are ``labels [B]``, as a dataset's without heads)."""
+    return bool(heads) and not (len(heads) == 1 and not heads[0][0].multi_label)
+
+
 def label_heads(files, split: str | None = None) -> dict:
     """The label heads of a dataset written with several label columns or segments (empty for one
     plain label): name -> ``{"classes": [class name by id], "multi_label": bool}``, in the order

@@ -54,7 +54,8 @@ def small_video_model(num_classes: int, clip_len: int, crop_size: int, heads=())
 
 def _metric(head) -> str:
     """A head's metric in the logs: accuracy, or for a multi-label head mAP (Keras' AUC of the
-    precision-recall curve of each class, averaged over the classes, as Charades reports mAP)."""
+    precision-recall curve of each class, averaged over the classes: close to, not exactly, the average
+    precision Charades reports)."""
     return "mAP" if head.multi_label else "accuracy"
 
 
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     from ..loader.monitor import InputMonitor
     from ..loader.resume import ClipPosition, check_run, dataset_fingerprint, read_position
     from .sample_data import sample_dataset
-    from ..loader.sampling import Mixture, load_table, mixture_table
+    from ..loader.sampling import Mixture, labels_by_head, load_table, mixture_table
 
     data = args.data or str(sample_dataset())
     device = "cpu" if args.cpu else "gpu"
@@ -209,8 +210,7 @@ def main(argv=None) -> int:
             steps = args.steps_per_epoch or loader.steps_per_epoch
             table = loader.table
         # Labels as a dict by head (clip_dataset) unless one single-label head: then [B], as without heads.
-        heads = [h for h, _, _ in table.heads] if len(table.heads) > 1 or any(
-            h.multi_label for h, _, _ in table.heads) else []
+        heads = [h for h, _, _ in table.heads] if labels_by_head(table.heads) else []
         num_classes = int(table.label.max()) + 1
         # What the clip position means: a restart must read the same clips (see resume.check_run).
         where = [[_where(f), str(r), w] for f, r, w in data.parts] if args.mix else _where(data)
