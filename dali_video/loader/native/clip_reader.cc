@@ -35,8 +35,9 @@
 namespace dali_video {
 
 // The video table this reader reads (table.h), shared with every reader of the same videos; or none
-// and why in `missing`: DALI's TF plugin ends the process on a pipeline that fails to build (TF_CHECK_OK),
-// so a reader without its table (a pipeline deserialized in another process) fails at its first run.
+// and why in `missing`. DALI's TF plugin ends the process on a pipeline that fails to build (TF_CHECK_OK),
+// so a reader that cannot start (no table: a pipeline deserialized in another process; bad arguments)
+// fails at its first run instead.
 std::shared_ptr<const Dataset> table_argument(const dali::OpSpec &spec, std::string &missing) {
   try {
     return find_table(spec.GetArgument<std::string>("table"));
@@ -238,49 +239,13 @@ void enroll(const std::string &instance, const std::shared_ptr<Closing> &closing
 class ClipReader : public dali::Operator<dali::CPUBackend> {
  public:
   explicit ClipReader(const dali::OpSpec &spec)
-      : Operator(spec), table_(table_argument(spec, missing_)), d_(table_ ? *table_ : no_videos()) {
-    if (!table_) return;  // RunImpl says why
-    s_ = read_spec(spec);
-    per_clip_ = spec.GetArgument<bool>("per_clip");
-    skip_ = spec.GetArgument<bool>("skip_corrupt");
-    pad_ = spec.GetArgument<bool>("pad");
-    positions_ = spec.GetArgument<bool>("positions");
-    heads_ = spec.GetArgument<bool>("heads");
-    DALI_ENFORCE(!(per_clip_ && (positions_ || heads_)), "dali-video clip reader: positions and heads need "
-                 "per_clip=False");
-    flip_columns_ = spec.GetArgument<int>("flip_columns");
-    DALI_ENFORCE(flip_columns_ >= 0 && flip_columns_ <= d_.label_width,
-                 "dali-video clip reader: flip_columns is out of the label heads' columns");
-    shard_id_ = spec.GetArgument<int>("shard_id");
-    num_shards_ = spec.GetArgument<int>("num_shards");
-    next_ = spec.GetArgument<int64_t>("initial_clip");
-    io_threads_ = spec.GetArgument<int>("io_threads");
-    DALI_ENFORCE(io_threads_ >= 0, "dali-video clip reader: io_threads must be 0 or more");
-    waits_.timeout = spec.GetArgument<float>("io_timeout");
-    DALI_ENFORCE(waits_.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
-    waits_.closing = closing_.get();
-    enroll(spec.GetArgument<std::string>("instance"), closing_);
-    enroll_built(closing_);  // a TF iterator's: closed when the iterator is deleted (iterators.h)
-    throw_at_ = spec.GetArgument<int64_t>("test_throw_at");
-    throw_ = spec.GetArgument<std::string>("test_throw");
-    if (io_threads_ > 0)
-      ahead_ = std::make_unique<ReadAhead>(io_threads_, [this](Clip &c, std::string &error, int64_t position) {
-        fill(c, error, position);
-      });
-    read_parts(spec);
-    // Each dataset's own pairs (a Mixture's recipes differ): a clip's label swaps by its dataset's only.
-    const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
-    auto datasets = spec.GetRepeatedArgument<int>("flip_pair_datasets");
-    if (datasets.empty()) datasets.assign(pairs.size() / 2, 0);
-    DALI_ENFORCE(pairs.size() % 2 == 0 && datasets.size() * 2 == pairs.size(),
-                 "dali-video clip reader: flip_label_pairs must hold (a, b) pairs, one flip_pair_datasets each");
-    swap_.resize(parts_.size());
-    for (size_t k = 0; k < pairs.size(); k += 2) {
-      const int d = datasets[k / 2];
-      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(),
-                   "dali-video clip reader: a flip pair's dataset is out of range");
-      swap_[d][pairs[k]] = pairs[k + 1];
-      swap_[d][pairs[k + 1]] = pairs[k];
+      : Operator(spec), table_(table_argument(spec, failure_)), d_(table_ ? *table_ : no_videos()) {
+    if (!table_) return;  // RunImpl says why (see table_argument)
+    try {
+      configure(spec);
+    } catch (const std::exception &e) {
+      failure_ = e.what();  // said now too: what fails next in the build (threads, memory) may hide it
+      std::cerr << "dali-video clip reader: cannot read: " << failure_ << std::endl;
     }
   }
 
@@ -293,7 +258,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   bool SetupImpl(std::vector<dali::OutputDesc> &, const dali::Workspace &) override { return false; }
 
   void RunImpl(dali::Workspace &ws) override {
-    if (!table_) DALI_FAIL(missing_);
+    if (!failure_.empty()) DALI_FAIL(failure_);
     const int requested = ws.GetRequestedBatchSize(0);
     const int batch = per_clip_ ? requested : requested / static_cast<int>(s_.clip_len);
     DALI_ENFORCE(per_clip_ || requested % s_.clip_len == 0,
@@ -324,6 +289,52 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   }
 
  private:
+  // The reader's arguments, checked; throws naming the first that is wrong.
+  void configure(const dali::OpSpec &spec) {
+    s_ = read_spec(spec);
+    per_clip_ = spec.GetArgument<bool>("per_clip");
+    skip_ = spec.GetArgument<bool>("skip_corrupt");
+    pad_ = spec.GetArgument<bool>("pad");
+    positions_ = spec.GetArgument<bool>("positions");
+    heads_ = spec.GetArgument<bool>("heads");
+    DALI_ENFORCE(!(per_clip_ && (positions_ || heads_)), "dali-video clip reader: positions and heads need "
+                 "per_clip=False");
+    flip_columns_ = spec.GetArgument<int>("flip_columns");
+    DALI_ENFORCE(flip_columns_ >= 0 && flip_columns_ <= d_.label_width,
+                 "dali-video clip reader: flip_columns is out of the label heads' columns");
+    shard_id_ = spec.GetArgument<int>("shard_id");
+    num_shards_ = spec.GetArgument<int>("num_shards");
+    next_ = spec.GetArgument<int64_t>("initial_clip");
+    io_threads_ = spec.GetArgument<int>("io_threads");
+    DALI_ENFORCE(io_threads_ >= 0, "dali-video clip reader: io_threads must be 0 or more");
+    waits_.timeout = spec.GetArgument<float>("io_timeout");
+    DALI_ENFORCE(waits_.timeout > 0, "dali-video clip reader: io_timeout must be above 0");
+    waits_.closing = closing_.get();
+    enroll(spec.GetArgument<std::string>("instance"), closing_);
+    enroll_built(closing_);  // a TF iterator's: closed when the iterator is deleted (iterators.h)
+    throw_at_ = spec.GetArgument<int64_t>("test_throw_at");
+    throw_ = spec.GetArgument<std::string>("test_throw");
+    read_parts(spec);
+    if (io_threads_ > 0)
+      ahead_ = std::make_unique<ReadAhead>(io_threads_, [this](Clip &c, std::string &error, int64_t position) {
+        fill(c, error, position);
+      });
+    // Each dataset's own pairs (a Mixture's recipes differ): a clip's label swaps by its dataset's only.
+    const auto pairs = spec.GetRepeatedArgument<int>("flip_label_pairs");
+    auto datasets = spec.GetRepeatedArgument<int>("flip_pair_datasets");
+    if (datasets.empty()) datasets.assign(pairs.size() / 2, 0);
+    DALI_ENFORCE(pairs.size() % 2 == 0 && datasets.size() * 2 == pairs.size(),
+                 "dali-video clip reader: flip_label_pairs must hold (a, b) pairs, one flip_pair_datasets each");
+    swap_.resize(parts_.size());
+    for (size_t k = 0; k < pairs.size(); k += 2) {
+      const int d = datasets[k / 2];
+      DALI_ENFORCE(d >= 0 && static_cast<size_t>(d) < parts_.size(),
+                   "dali-video clip reader: a flip pair's dataset is out of range");
+      swap_[d][pairs[k]] = pairs[k + 1];
+      swap_[d][pairs[k + 1]] = pairs[k];
+    }
+  }
+
   // The position of this reader's share of the next global batch, which it then passes.
   int64_t claim(int batch) {
     const int64_t first = next_ + static_cast<int64_t>(shard_id_) * batch;
@@ -512,7 +523,7 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
   };
 
   std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();  // first: read waits see it to the end
-  std::string missing_;  // why there is no table_ (before it: its initializer writes this)
+  std::string failure_;  // why the reader cannot read: no table_, or its arguments (before table_: its initializer writes it)
   std::shared_ptr<const Dataset> table_;  // held while this reader lives (shared with the process's readers)
   const Dataset &d_;
   Waits waits_;  // io_timeout, and this reader's Closing

@@ -97,14 +97,13 @@ struct Slots {
   int found = 0;  // relocations of either name: routed only with exactly one jump slot each
 };
 
-int find_slots(dl_phdr_info *info, size_t, void *out) {
-  if (!kJumpSlot || !info->dlpi_name || !std::strstr(info->dlpi_name, "libdali_tf")) return 0;
-  auto &slots = *static_cast<Slots *>(out);
+// One library's slots of the two functions (see Slots).
+void slots_of(dl_phdr_info *info, Slots &slots) {
   const ElfW(Addr) base = info->dlpi_addr;
   const ElfW(Dyn) *dyn = nullptr;
   for (int i = 0; i < info->dlpi_phnum; ++i)
     if (info->dlpi_phdr[i].p_type == PT_DYNAMIC) dyn = reinterpret_cast<const ElfW(Dyn) *>(base + info->dlpi_phdr[i].p_vaddr);
-  if (!dyn) return 1;
+  if (!dyn) return;
   // The loader relocates these addresses in place on most architectures, not on all.
   auto at = [base](ElfW(Addr) a) { return a < base ? a + base : a; };
   const ElfW(Sym) *symbols = nullptr;
@@ -121,7 +120,7 @@ int find_slots(dl_phdr_info *info, size_t, void *out) {
     if (dyn->d_tag == DT_RELA) tables[1] = reinterpret_cast<const ElfW(Rela) *>(at(dyn->d_un.d_ptr));
     if (dyn->d_tag == DT_RELASZ) bytes[1] = dyn->d_un.d_val;
   }
-  if (!symbols || !names || !tables[0] || !rela) return 1;
+  if (!symbols || !names || !tables[0] || !rela) return;
   for (int t = 0; t < 2; ++t) {
     for (size_t k = 0; tables[t] && k < bytes[t] / sizeof(ElfW(Rela)); ++k) {
       const ElfW(Rela) &r = tables[t][k];
@@ -146,7 +145,25 @@ int find_slots(dl_phdr_info *info, size_t, void *out) {
       if (t == 0 && ELF64_R_TYPE(r.r_info) == kJumpSlot && writable) *slot = reinterpret_cast<void **>(address);
     }
   }
-  return 1;
+}
+
+// Every loaded libdali_tf*'s slots: routed only when exactly one library has any (a plugin loaded twice,
+// or another DALI's, is left alone).
+struct Plugins {
+  Slots slots;
+  int libraries = 0;  // libdali_tf* libraries with relocations of either name
+};
+
+int find_slots(dl_phdr_info *info, size_t, void *out) {
+  if (!kJumpSlot || !info->dlpi_name || !std::strstr(info->dlpi_name, "libdali_tf")) return 0;
+  auto &plugins = *static_cast<Plugins *>(out);
+  Slots slots;
+  slots_of(info, slots);
+  if (slots.found) {
+    ++plugins.libraries;
+    plugins.slots = slots;
+  }
+  return 0;  // on to the next library
 }
 
 }  // namespace dali_video
@@ -158,9 +175,10 @@ extern "C" int dali_video_route_tf_iterators() {
   static bool routed = false;
   std::lock_guard<std::mutex> hold(lock);
   if (routed) return 1;
-  dali_video::Slots slots;
-  dl_iterate_phdr(dali_video::find_slots, &slots);
-  if (slots.found != 2 || !slots.build || !slots.destroy) return 0;
+  dali_video::Plugins plugins;
+  dl_iterate_phdr(dali_video::find_slots, &plugins);
+  const dali_video::Slots &slots = plugins.slots;
+  if (plugins.libraries != 1 || slots.found != 2 || !slots.build || !slots.destroy) return 0;
   void *build = __atomic_load_n(slots.build, __ATOMIC_SEQ_CST), *destroy = __atomic_load_n(slots.destroy, __ATOMIC_SEQ_CST);
   // Each holds DALI's function as this library links it (TF loads op libraries with RTLD_NOW: resolved).
   if (build != reinterpret_cast<void *>(&daliPipelineBuild) || destroy != reinterpret_cast<void *>(&daliPipelineDestroy))

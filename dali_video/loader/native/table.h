@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -133,7 +134,7 @@ std::shared_ptr<const FrameTable> frame_table(const std::string &fidx, u64 offse
 // add one here and in kVideoColumns / table.py's VIDEO_COLUMNS).
 struct Dataset {
   struct Slot {  // a shard's frame table, loaded on first use
-    std::mutex lock;
+    std::timed_mutex lock;  // timed: a reader waiting for another's load stops when it closes
     std::shared_ptr<const FrameTable> table;
     std::atomic<int> failures{0};  // the store's failures to read it: who waited meanwhile gets the last
     std::string failure;
@@ -156,7 +157,10 @@ struct Dataset {
 const FrameTable &shard_table(const Dataset &d, int shard, const Waits &waits) {
   Dataset::Slot &slot = d.slots[shard];
   const int failures = slot.failures;
-  std::lock_guard<std::mutex> hold(slot.lock);  // other shards' first reads go on meanwhile
+  std::unique_lock<std::timed_mutex> hold(slot.lock, std::defer_lock);  // other shards' first reads go on
+  while (!hold.try_lock_for(std::chrono::milliseconds(50)))  // another reader loads it, perhaps from a hung store
+    if (waits.closing && waits.closing->set)
+      throw ReadError{d.shards[shard] + ".fidx: waiting for the frame table abandoned: the reader is closing", true};
   if (slot.table) return *slot.table;
   // The store failed while this thread waited: its failure, not another io_timeout per waiting clip.
   if (slot.failures != failures) throw ReadError{slot.failure, true};
