@@ -252,15 +252,15 @@ def test_a_store_that_stops_answering_ends_the_run_within_io_timeout(store):
     assert time.perf_counter() - start < 20  # 3 s, not the clients' minutes
 
 
-def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_readers(s3_store, dataset):
-    # Two readers of the same files share one video table: the first to need a shard's frame table
-    # loads it for both. Closed meanwhile, it stops; the other then loads the table itself.
+def _two_readers_of_one_table(store, outcome):
+    """Two readers of the store's dataset (one video table), each running its first batch in a thread
+    of its own, the first waiting for a frame table from the store, which now hangs, the second for the
+    first's load of it."""
     import threading
 
-    url, server = f"{s3_store.url}/ds", s3_store.server
     kw = {**KW, "io_threads": 0, "io_timeout": 600}
-    a, b = (dali_video.clip_pipeline(url, **kw) for _ in range(2))
-    outcome = {}
+    pipes = [dali_video.clip_pipeline(f"{store.url}/ds", **kw) for _ in range(2)]
+    store.server.faults(fault="hang", count=10**6, match=".fidx")  # the indexes' headers are read: their tables hang
 
     def run(name, p):
         try:
@@ -268,14 +268,20 @@ def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_rea
         except Exception as e:
             outcome[name] = str(e)  # not the exception: its frames would hold the pipeline (and its tables)
 
+    threads = []
+    for name, p in zip("ab", pipes):
+        threads.append(threading.Thread(target=run, args=(name, p.pipeline)))
+        threads[-1].start()
+        time.sleep(2 if name == "a" else 1)  # a waits for the frame table; then b for a's load
+    return pipes, threads
+
+
+def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_readers(s3_store, dataset):
+    # Two readers of the same files share one video table: the first to need a shard's frame table
+    # loads it for both. Closed meanwhile, it stops; the other then loads the table itself.
+    server, outcome = s3_store.server, {}
     try:
-        server.faults(fault="hang", count=10**6, match=".fidx")
-        first = threading.Thread(target=run, args=("a", a.pipeline))
-        first.start()
-        time.sleep(2)  # a waits for the frame table
-        second = threading.Thread(target=run, args=("b", b.pipeline))
-        second.start()
-        time.sleep(1)  # b waits for a's load
+        (a, b), (first, second) = _two_readers_of_one_table(s3_store, outcome)
         server.faults()
         a.close()
         first.join(30)
@@ -286,6 +292,22 @@ def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_rea
     assert not first.is_alive() and not second.is_alive()
     assert "the reader is closing" in outcome["a"]
     assert outcome["b"] == _batches(dataset, 1, io_threads=0)[0][0], outcome["b"]  # the local shards' clips
+
+
+def test_a_reader_waiting_for_anothers_load_of_a_frame_table_stops_when_closed(s3_store):
+    server, outcome = s3_store.server, {}
+    try:
+        (a, b), (first, second) = _two_readers_of_one_table(s3_store, outcome)
+        start = time.monotonic()
+        b.close()  # its iterator or dataset deleted, while a still waits for the store
+        second.join(30)
+        took = time.monotonic() - start
+    finally:
+        server.faults()
+        a.close()
+        first.join(30)
+    assert not second.is_alive() and took < 5, took  # not io_timeout (600 s), nor a's wait
+    assert "waiting for the frame table abandoned: the reader is closing" in outcome["b"], outcome["b"]
 
 
 def test_one_get_in_50_failing_once_gives_the_clips_of_a_clean_run(s3_store, dataset):
