@@ -252,14 +252,16 @@ def test_a_store_that_stops_answering_ends_the_run_within_io_timeout(store):
     assert time.perf_counter() - start < 20  # 3 s, not the clients' minutes
 
 
-def _two_readers_of_one_table(store, outcome):
-    """Two readers of the store's dataset (one video table), each running its first batch in a thread
-    of its own, the first waiting for a frame table from the store, which now hangs, the second for the
-    first's load of it."""
+def _two_readers_of_one_table(store, dataset, outcome):
+    """Two readers of the dataset in the store (one video table), each running its first batch in a
+    thread of its own, the first waiting for a frame table from the store, which now hangs, the second
+    for the first's load of it. A prefix of its own: no frame table of it is in the process yet."""
     import threading
+    import uuid
 
     kw = {**KW, "io_threads": 0, "io_timeout": 600}
-    pipes = [dali_video.clip_pipeline(f"{store.url}/ds", **kw) for _ in range(2)]
+    url = store.upload(dataset, f"fresh-{uuid.uuid4().hex}")
+    pipes = [dali_video.clip_pipeline(url, **kw) for _ in range(2)]
     store.server.faults(fault="hang", count=10**6, match=".fidx")  # the indexes' headers are read: their tables hang
 
     def run(name, p):
@@ -281,7 +283,7 @@ def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_rea
     # loads it for both. Closed meanwhile, it stops; the other then loads the table itself.
     server, outcome = s3_store.server, {}
     try:
-        (a, b), (first, second) = _two_readers_of_one_table(s3_store, outcome)
+        (a, b), (first, second) = _two_readers_of_one_table(s3_store, dataset, outcome)
         server.faults()
         a.close()
         first.join(30)
@@ -294,10 +296,10 @@ def test_a_reader_closed_while_it_loads_a_frame_table_leaves_it_to_the_other_rea
     assert outcome["b"] == _batches(dataset, 1, io_threads=0)[0][0], outcome["b"]  # the local shards' clips
 
 
-def test_a_reader_waiting_for_anothers_load_of_a_frame_table_stops_when_closed(s3_store):
+def test_a_reader_waiting_for_anothers_load_of_a_frame_table_stops_when_closed(s3_store, dataset):
     server, outcome = s3_store.server, {}
     try:
-        (a, b), (first, second) = _two_readers_of_one_table(s3_store, outcome)
+        (a, b), (first, second) = _two_readers_of_one_table(s3_store, dataset, outcome)
         start = time.monotonic()
         b.close()  # its iterator or dataset deleted, while a still waits for the store
         second.join(30)
