@@ -48,6 +48,9 @@ def test_the_report_holds_parity_throughput_and_resources(cpu_as_gpu, tmp_path, 
         ("uint8", 0.0), ("uint8", 0.65), ("float32", 0.0), ("float32", 0.65)]
     for row in report["parity"]:  # the same decoder on both sides here: exact, every frame its number
         assert row["shape"] == [2, 16, 224, 224, 3] and row["max_diff"] == 0 and row["frame_numbers_ok"], row
+    labels = report["labels"]  # the heads' labels as the pipeline gives them: multi-hot, then indices
+    assert labels["ok"] and len(labels["multi_hot"]["tags"][0]) == 3 and set(labels["multi_hot"]["verb"]) <= {0, 1}
+    assert all(len(ids) == 3 for ids in labels["indices"]["tags"])  # up to 3 tags a video (abc[:k % 4]), -1 padded
     assert [r["hw_decoder_load"] for r in report["throughput"]] == [0.0, 0.65]
     for row in report["throughput"]:
         assert row["batches"] >= 3 and row["frames_per_s"] == pytest.approx(row["clips_per_s"] * 16, abs=1)
@@ -55,6 +58,7 @@ def test_the_report_holds_parity_throughput_and_resources(cpu_as_gpu, tmp_path, 
                                                                                "pinned_bytes", "device_bytes"}
     printed = capsys.readouterr().out
     assert "parity GPU vs CPU" in printed and "hardware JPEG decoder: used (the GPU has one)" in printed
+    assert "labels by head, GPU = CPU: True" in printed
     assert printed.rstrip().splitlines()[-1].startswith("dali-video-gpu-check: ok in ")
 
 

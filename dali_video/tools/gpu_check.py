@@ -9,6 +9,8 @@ JSON file and a printed table:
   ``hw_decoder_load`` 0 and the default, each in its own process, with the threads it started
   (``/proc/self/status``), the device memory it took (the CUDA driver's ``cuMemGetInfo``, through
   ctypes) and the pinned host memory (mappings of ``/dev/nvidia*``), next to ``gpu_resources``;
+- labels by head (a single-label and a multi-label head, multi-hot and indices) out of the GPU
+  pipeline equal to the CPU pipeline's;
 - whether the hardware JPEG decoder was used; the GPU, driver, CUDA and DALI versions;
 - where TensorFlow is installed, ``clip_dataset`` + ``fit`` for two epochs on one GPU, and under
   ``MirroredStrategy`` where there are two.
@@ -109,6 +111,29 @@ def parity(data, clip_len: int, dtype: str, load: float, cpu: list | None = None
     row["ok"] = bool(row["meta_equal"] and row["frames_equal"] and row["frame_numbers_ok"]
                      and gpu[0].shape == cpu[0].shape and diff.max() <= limit["max"] and diff.mean() < limit["mean"])
     return row, cpu
+
+
+def head_labels(data) -> dict:
+    """The data's videos written again with two label heads (``verb``, and a multi-label ``tags``):
+    the GPU pipeline's labels outputs (multi-hot, then indices) equal the CPU pipeline's."""
+    videos = Path(data).parent / "videos"
+    rows = [f"{p.relative_to(videos)},{'cut' if k % 2 else 'take'},{';'.join('abc'[:k % 4])}"
+            for k, p in enumerate(sorted(videos.rglob("*.avi")))]
+    (videos.parent / "heads.csv").write_text("\n".join(["path,verb,tags", *rows]) + "\n")
+    heads = videos.parent / "heads"
+    subprocess.run([sys.executable, "-m", "dali_video.writer", "--csv", str(videos.parent / "heads.csv"), str(videos),
+                    str(heads), "--resize", "0", "--workers", "2"], check=True, capture_output=True)
+    row = {"ok": True}
+    for label_format in ("multi_hot", "indices"):
+        kw = dict(clip_len=CLIP_LENS[0], batch_size=2, seed=0, label_format=label_format)
+        with _pipeline(heads, "cpu", **kw) as p:
+            cpu = _host(p.pipeline.run())
+        with _pipeline(heads, "gpu", **kw) as p:
+            gpu = _host(p.pipeline.run())
+        # outputs: clips, tags, verb (the heads in name order), meta, frames
+        row[label_format] = {"tags": gpu[1].tolist(), "verb": gpu[2].tolist()}
+        row["ok"] = row["ok"] and all(np.array_equal(gpu[k], cpu[k]) for k in (1, 2, 3))
+    return row
 
 
 # What one GPU pipeline takes, measured in its own process.
@@ -310,6 +335,7 @@ def table(report: dict) -> str:
     hw = report["hw_decoder"]
     lines.append(f"hardware JPEG decoder: {'used' if hw.get('used') else 'not used'}"
                  f" ({'the GPU has one' if hw.get('gpu_has_engine') else 'the GPU has none'})")
+    lines.append(f"labels by head, GPU = CPU: {report['labels']['ok']}")
     for r in report["tensorflow"] or []:
         lines.append(f"TensorFlow fit ({r['mode']}): {'ok' if r['ok'] else 'FAILED: ' + r.get('error', '')}")
     return "\n".join(lines)
@@ -330,6 +356,10 @@ def check(data, seconds: float, with_tf: bool) -> dict:
                 report["parity"].append(row)
     report["throughput"] = [_measure_in_process(data, t, load, seconds) for t in CLIP_LENS for load in TOLERANCE]
     report["hw_decoder"] = hw_decoder(data, report["gpu"]["name"])
+    try:
+        report["labels"] = head_labels(data)
+    except Exception as e:  # a GPU pipeline that cannot run: named in the report
+        report["labels"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[-1000:]}"}
     report["tensorflow"] = None
     if with_tf:
         report["tensorflow"] = [fit(data, "one_gpu")] + ([fit(data, "mirrored")] if report["gpu"]["count"] >= 2
@@ -341,6 +371,8 @@ def check(data, seconds: float, with_tf: bool) -> dict:
                 for r in report["parity"] if not r["ok"]]
     problems += [f"the GPU pipeline T={r['clip_len']} hw_decoder_load={r['hw_decoder_load']} cannot run: {r['error']}"
                  for r in report["throughput"] if "error" in r]
+    if not report["labels"]["ok"]:
+        problems.append(f"labels by head: {report['labels'].get('error') or 'the GPU labels differ from the CPU ones'}")
     problems += [f"TensorFlow fit ({r['mode']}): {r['error'] if 'error' in r else 'loss not finite'}"
                  for r in report["tensorflow"] or [] if not r["ok"]]
     report["problems"] = problems
