@@ -45,8 +45,9 @@ class Graph:
     jpeg_fancy_upsampling: bool = False  # GPU: libjpeg-turbo's chroma upsampling, as the CPU decoder
     host_output: bool = False  # GPU: the final outputs copied to host memory (MultiWorkerMirroredStrategy)
     frame_hw: tuple = (512, 683)  # the largest stored frame (height, width): sizes the decoder's buffers
-    # Labels by head (layout "clips"), in name order: (name, first column, columns, multi_label, classes) of
-    # each, read from the reader's class ids (its "heads" output); empty: the one label of the metadata.
+    # Labels by head (per clip, or per frame with layout "frames"), in name order: (name, first column,
+    # columns, multi_label, classes) of each, from the reader's class ids (its "heads" output); empty: the
+    # one label of the metadata.
     heads: tuple = ()
     label_format: str = "multi_hot"  # a multi-label head's: multi-hot float32 [classes], or "indices" [columns]
 
