@@ -358,9 +358,6 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
       // A replacement fills this position: it is padding as this position is, not as its source was.
       c.plan.padding = pads || q % items >= items_per_epoch(part.spec, part.count);
       c.replaced = static_cast<int>(tries);
-      // Anything else thrown (memory, a bug) names the video and fails the run: on a thread of the
-      // reader's own an exception would end the process.
-      const std::string video = d_.shards[d_.shard[c.plan.video]] + ": video '" + d_.filenames[c.plan.video] + "': ";
       try {
         if (position == throw_at_) throw_for_test();
         read_clip(d_, waits_, part.spec, c);
@@ -374,14 +371,20 @@ class ClipReader : public dali::Operator<dali::CPUBackend> {
         std::cerr << "dali-video: on_corrupt='skip': replacing a clip: " << e.message << std::endl;
         error = "on_corrupt='skip' gave up after " + std::to_string(tries + 1) +
                      " damaged clips in a row; last: " + e.message;
-      } catch (const std::exception &e) {
-        error = "dali-video clip reader: " + video + "cannot read the clip: " + e.what();
+      } catch (const std::exception &e) {  // anything else (memory, a bug) names the video and fails the
+        error = cannot_read(c) + e.what();  // run: on a thread of the reader's own it would end the process
         return;
       } catch (...) {
-        error = "dali-video clip reader: " + video + "cannot read the clip: an exception of an unknown type";
+        error = cannot_read(c) + "an exception of an unknown type";
         return;
       }
     }
+  }
+
+  // How an error of clip c that is no ReadError begins: its shard and video.
+  std::string cannot_read(const Clip &c) const {
+    return "dali-video clip reader: " + d_.shards[d_.shard[c.plan.video]] + ": video '" + d_.filenames[c.plan.video] +
+           "': cannot read the clip: ";
   }
 
   // The test_throw argument's exception (tests/test_faults.py: none may end the process).

@@ -150,7 +150,7 @@ void read_clip(const Dataset &d, const Waits &waits, const Spec &s, Clip &c) {
         f->abandoned = true;
       }
       if (e.storage)  // the store's failure, not the clip's: no verify can mend it
-        throw ReadError{(file.remote() ? "the store " + store_of(name) + " failed: " : "") + where() + e.message +
+        throw ReadError{store_failed(name) + where() + e.message +
                         " (not damaged data: on_corrupt='skip' does not skip it; "
                         "resume when the store answers)", true};
       // a range past the end of an object shorter than its index says

@@ -70,18 +70,18 @@ struct Closing {
 
 bool is_url(const std::string &name) { return name.find("://") != std::string::npos; }
 
-// Whether a client's error is one that trying again cannot mend (S3's error codes, GCS's status codes).
-bool permanent(const std::string &error) {
-  for (const char *code : {"InvalidRange", "NoSuchKey", "NoSuchBucket", "AccessDenied", "SignatureDoesNotMatch",
-                           "InvalidAccessKeyId", "outside of the file", "[NOT_FOUND]", "[PERMISSION_DENIED]",
-                           "[UNAUTHENTICATED]", "[OUT_OF_RANGE]", "[INVALID_ARGUMENT]"})
+// An error that says the object is shorter than its index: damaged data, not a store's failure.
+bool past_end(const std::string &error) {
+  for (const char *code : {"InvalidRange", "outside of the file", "[OUT_OF_RANGE]"})
     if (error.find(code) != std::string::npos) return true;
   return false;
 }
 
-// An error that says the object is shorter than its index: damaged data, not a store's failure.
-bool past_end(const std::string &error) {
-  for (const char *code : {"InvalidRange", "outside of the file", "[OUT_OF_RANGE]"})
+// Whether a client's error is one that trying again cannot mend (S3's error codes, GCS's status codes).
+bool permanent(const std::string &error) {
+  if (past_end(error)) return true;
+  for (const char *code : {"NoSuchKey", "NoSuchBucket", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId",
+                           "[NOT_FOUND]", "[PERMISSION_DENIED]", "[UNAUTHENTICATED]", "[INVALID_ARGUMENT]"})
     if (error.find(code) != std::string::npos) return true;
   return false;
 }
@@ -98,6 +98,12 @@ std::string store_of(const std::string &url) {
   return url.substr(0, end) + (endpoint && *endpoint ? std::string(" (endpoint ") + endpoint + ")" : "");
 }
 
+// What an error about the object `name` begins with when its store failed: the store, for an object in
+// a bucket (a local file's error names its path already).
+std::string store_failed(const std::string &name) {
+  return is_url(name) ? "the store " + store_of(name) + " failed: " : "";
+}
+
 // One ranged read of an object, run by a thread of its own and shared with whoever waits for it: the
 // bytes land in `data`, which the read owns, so that a read abandoned by its waiter writes into
 // nothing the waiter frees.
@@ -112,8 +118,6 @@ struct Fetch {
 };
 
 constexpr int kAttempts = 5;  // reads of one S3 range: waits of 0.1, 0.2, 0.4, 0.8 s between them
-
-bool permanent(const std::string &error);
 
 // Runs on the thread start_fetch started, and ends the count of reads running that start_fetch began.
 void run_fetch(Fetch &f, const std::string &url, u64 size, u64 offset, size_t n) {

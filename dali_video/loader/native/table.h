@@ -77,8 +77,8 @@ class FrameTable {
         Object file(fidx, offset + n, "cannot read the frame table", waits);
         got = file.read(copy_.data(), n, offset);
       } catch (const ReadError &e) {
-        throw ReadError{(e.storage && is_url(fidx) ? "the store " + store_of(fidx) + " failed: " : "") + fidx +
-                        ": cannot read the frame table: " + e.message, e.storage};
+        throw ReadError{(e.storage ? store_failed(fidx) : "") + fidx + ": cannot read the frame table: " + e.message,
+                        e.storage};
       }
       if (got != n)
         throw ReadError{fidx + ": truncated frame table: " + byte_range(offset, offset + n) + " wanted" + rebuild};
