@@ -392,6 +392,12 @@ class Head:
         return f"{self.name} ({len(self.classes)} classes{', multi-label' if self.multi_label else ''})"
 
 
+def heads_json(heads) -> dict:
+    """Label heads as JSON (manifests, segment tables, ``label_heads``): name -> ``{"classes": [class
+    name by id], "multi_label": bool}``, in the heads' order."""
+    return {h.name: {"classes": list(h.classes), "multi_label": h.multi_label} for h in heads}
+
+
 @dataclass(frozen=True)
 class SegmentTable:
     """A ``.segments`` file: the label heads and one entry per segment (:data:`SEGMENT_COLUMNS`)."""
@@ -411,8 +417,7 @@ def encode_segments(*, shard_size: int, heads, segments: dict) -> bytes:
     if missing:
         raise ValueError(f"segment columns missing: {missing}")
     return json.dumps({"version": SEGMENTS_VERSION, "shard_size": shard_size,
-                       "heads": [{"name": h.name, "classes": list(h.classes), "multi_label": h.multi_label}
-                                 for h in heads],
+                       "heads": [{"name": name, **head} for name, head in heads_json(heads).items()],
                        "segments": {**{c: list(segments[c]) for c in SEGMENT_COLUMNS[:4]},
                                     "labels": {h.name: list(segments["labels"][h.name]) for h in heads}}}).encode()
 

@@ -442,17 +442,19 @@ def _reads_per_video(store, dataset, n, prefix="ds", **kw):
     wanted = {}  # video -> its clip's frames (the evaluation view: one per video)
     for row in meta:
         wanted.setdefault(int(row[6]), set()).add(int(row[7]))
+    where = {}  # video -> its shard's name, its rows, its clip's own bytes (read once, not per GET)
+    for v, frames in wanted.items():
+        index = table.shards[table.shard[v]]
+        rows = fmt.read_frame_index(index.path).read_rows(int(table.frame_start[v]), int(table.num_frames[v]))
+        where[v] = Path(fmt.shard_of(index.path)).name, rows, sum(int(rows["length"][f]) for f in frames)
     _batches(f"{store.url}/{prefix}", n, _reader_only(store.server), **kw)
     found = {}
     for r in _shard_gets(store.server.requests()["log"]):
         start, end = map(int, r["range"].removeprefix("bytes=").split("-"))
-        for v, frames in wanted.items():
-            index = table.shards[table.shard[v]]
-            if not r["path"].endswith(Path(fmt.shard_of(index.path)).name):
+        for v, (shard, rows, own) in where.items():
+            if not r["path"].endswith(shard):
                 continue
-            rows = fmt.read_frame_index(index.path).read_rows(int(table.frame_start[v]), int(table.num_frames[v]))
             if rows["offset"][0] <= start < rows["offset"][-1] + rows["length"][-1]:
-                own = sum(int(rows["length"][f]) for f in frames)
                 gets, read, _ = found.get(v, (0, 0, own))
                 found[v] = (gets + 1, read + end + 1 - start, own)
     return found

@@ -127,7 +127,8 @@ def _heads_clash(was: dict, now: dict) -> str | None:
 def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[str]:
     """What keeps the run that plans ``new`` from joining the dataset ``old``, a line per split and
     matter; empty when it resumes ``old`` or adds splits of the same options and class ids."""
-    options = next(iter(new.values())).options
+    first = next(iter(new.values()))
+    options, heads = first.options, first.heads
     classes = {k: v for s in new.values() for k, v in s.classes.items()}
     lines = []
     for split, was in old.items():
@@ -137,7 +138,6 @@ def differences(old: dict[str, SplitState], new: dict[str, SplitState]) -> list[
                      for k in sorted(was.options.keys() | options.keys()) if was.options.get(k) != options.get(k)]
         if clash := _class_clash(was.classes, classes):
             here.append(f"{split}: {clash}")
-        heads = next(iter(new.values())).heads
         if was.heads is not None and heads is not None and (clash := _heads_clash(was.heads, heads)):
             here.append(f"{split}: {clash}")
         now = new.get(split)

@@ -174,10 +174,11 @@ def from_csv(csv_path, root, split: str, classes: list[str] | None = None, follo
     root = Path(root)
     with open(csv_path, newline="", encoding="utf-8") as f:
         first = next(csv.reader(f), [])
-    if first and first[0].strip() == "path" and [c.strip() for c in first] != ["path", "label"] or \
-            any(len(_cells(r["label"])) > 1 for _, r in _rows(csv_path, ("path", "label"))):
+    if first and first[0].strip() == "path" and [c.strip() for c in first] != ["path", "label"]:
         return _from_csv_heads(csv_path, root, split, classes, follow_symlinks)
     rows = list(_rows(csv_path, ("path", "label")))
+    if any(len(_cells(r["label"])) > 1 for _, r in rows):
+        return _from_csv_heads(csv_path, root, split, classes, follow_symlinks)
     labels = [r["label"] for _, r in rows]
     numeric = classes is None and all(lbl.lstrip("-").isdigit() for lbl in labels)
     ids = {} if numeric else _class_ids(labels, classes)

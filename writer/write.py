@@ -370,8 +370,7 @@ def _check_folder(out: Path | str, specs, shards, digests: dict, opts: EncodeOpt
     its complete shards by name (read once, here)."""
     new = {split: SplitState(asdict(opts), {s.label: s.class_text for s in specs if s.split == split and s.label >= 0},
                              {p.name: digests[p.name] for p in shards if p.split == split}, seed,
-                             {h.name: {"classes": list(h.classes), "multi_label": h.multi_label}
-                              for h in shards[0].heads})
+                             fmt.heads_json(shards[0].heads))
            for split in sorted({p.split for p in shards})}
     old, indexes = read_folder(out)
     if lines := differences(old, new):
@@ -487,6 +486,6 @@ def _write_manifest(out, split: str, shards, results, input_failures, plan: Data
                 "shards": entries, "failures": failures, "warnings": warnings}
     if heads:  # class ids per label head: one table for every split
         manifest["segments"] = sum(r.segments for r in results)
-        manifest["heads"] = {h.name: {"classes": list(h.classes), "multi_label": h.multi_label} for h in heads}
+        manifest["heads"] = fmt.heads_json(heads)
     fmt.atomic_write(fmt.manifest_path(out, split), json.dumps(manifest, indent=1).encode())
     return manifest

@@ -30,6 +30,7 @@ from .sampling import (RULE_CODES, SAMPLING_CODES, SHORT_CODES, VIEW_CODES, MixP
 log = logging.getLogger(__name__)
 IO_TIMEOUT = 60.0  # seconds a read of an object in a bucket may take, retries included (io_timeout)
 DEVICES = ("auto", "gpu", "cpu")
+LABEL_FORMATS = ("multi_hot", "indices")  # label_format's
 # Columns of the int32 metadata the pipeline returns next to the frames (one row per frame, or per clip
 # with layout "clips"); brightness..hue hold float32 bits (see meta_fields); padding is 1 for the clips that
 # only fill an evaluation pass's last batch; dataset is a Mixture's dataset (0 otherwise).
@@ -292,7 +293,7 @@ def clip_pipeline(files, *, batch_size: int, recipe: str | ClipConfig | None = N
         raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load!r}")
     _check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     _check_choice("output", output, ("frames", "jpegs", "padded_jpegs", "meta"))
-    _check_choice("label_format", label_format, ("multi_hot", "indices"))
+    _check_choice("label_format", label_format, LABEL_FORMATS)
     _check_int("batch_size", batch_size, 1)
     _check_int("initial_clip", initial_clip, 0)
     plan, table, videos = _select(files, configs, training=training, split=split, shard_id=shard_id,
@@ -484,7 +485,7 @@ def clip_dataset(files, *, batch_size: int, recipe: str | ClipConfig | None = No
     config = _configs(files, recipe, training, options)[0]
     _check_choice("device", device, DEVICES)
     _check_choice("normalize_in", normalize_in, ("auto", "dali", "tensorflow"))
-    _check_choice("label_format", label_format, ("multi_hot", "indices"))
+    _check_choice("label_format", label_format, LABEL_FORMATS)
     # DALI normalises, fused with the flip: on the CPU too it measured faster than TensorFlow
     # normalising the uint8 pixels it hands over (README, Performance).
     if normalize_in == "auto":

@@ -341,7 +341,7 @@ def centred(table: VideoTable, config: ClipConfig) -> VideoTable:
         raise ValueError(f"centre=True centres one clip span on each segment: it needs sampling='stride', one stride "
                          f"and no target_fps, got sampling={config.sampling!r}, stride={config.strides}, "
                          f"target_fps={config.target_fps!r}")
-    span = (config.clip_len - 1) * config.strides[0] + 1
+    span = int(clip_extent(config, config.strides[0], 0.0))
     middle = table.first + (table.num_frames - 1) // 2
     start = np.clip(middle - config.clip_len * config.strides[0] // 2, 0, np.maximum(table.video_frames - span, 0))
     return dataclasses.replace(table, first=start, num_frames=np.minimum(span, table.video_frames))
@@ -358,8 +358,7 @@ def label_heads(files, split: str | None = None) -> dict:
     plain label): name -> ``{"classes": [class name by id], "multi_label": bool}``, in the order
     :func:`clip_dataset`'s ``labels`` dict holds them, so a model can size its outputs
     (``len(classes)`` units each)."""
-    return {h.name: {"classes": list(h.classes), "multi_label": h.multi_label}
-            for h, _, _ in load_table(files, split).heads}
+    return fmt.heads_json(h for h, _, _ in load_table(files, split).heads)
 
 
 # ---------------------------------------------------------------- clip plans

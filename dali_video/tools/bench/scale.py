@@ -19,6 +19,7 @@ Figures go to RESULTS_DIR/scale.json and are printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import sys
@@ -121,8 +122,9 @@ def readers(data, readers: int, clips: int) -> dict:
         for _ in range(clips // BATCH - 1):
             next(it)
         kept.append(it)
-        out["readers"].append({"startup_s": made, "first_batch_s": first, "rss_mb": rss_mb(),
-                               "added_mb": rss_mb() - before, "rss_file_mb": rss_mb("RssFile")})
+        rss = rss_mb()
+        out["readers"].append({"startup_s": made, "first_batch_s": first, "rss_mb": rss, "added_mb": rss - before,
+                               "rss_file_mb": rss_mb("RssFile")})
     return out
 
 
@@ -175,8 +177,9 @@ def main(argv=None) -> int:
     results = {"machine": machine(), "videos": args.videos, "frames": args.frames, "shards": args.shards,
                "make_s": made, "clips_per_reader": args.clips}
     kw = dict(batch_size=BATCH, clip_len=CLIP_LEN, crop=SIDE, batches=0, device="cpu")
-    results["readers"] = measure(str(data), _runner(_run_readers, readers_=args.readers, clips=args.clips), **kw)
-    results["epochs"] = measure(str(small), _runner(_run_epochs, epochs_=args.epochs), **kw)
+    readers = functools.partial(_run_readers, readers_=args.readers, clips=args.clips)
+    results["readers"] = measure(str(data), readers, **kw)
+    results["epochs"] = measure(str(small), functools.partial(_run_epochs, epochs_=args.epochs), **kw)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(results, indent=1))
     m = results["machine"]
@@ -197,8 +200,3 @@ def main(argv=None) -> int:
     print(f"wrote {out / 'scale.json'}")
     return 1 if any("error" in results[s] for s in ("readers", "epochs")) else 0
 
-
-def _runner(f, **kw):
-    import functools
-
-    return functools.partial(f, **kw)
